@@ -1,0 +1,12 @@
+"""p2pforget: simulate decentralized (gossip) federated learning and certified unlearning.
+
+>>> import p2pforget
+>>> cfg = p2pforget.config.from_dict({"topology": {"kind": "ring", "n_clients": 4}})
+>>> engine = p2pforget.Engine(config=cfg)
+"""
+from . import aggregate, config, data, models, partition, seeding, topology
+from .config import Config
+from .engine import Engine
+
+__version__ = "0.1.0"
+__all__ = ["Config", "Engine", "aggregate", "config", "data", "models", "partition", "seeding", "topology", "__version__"]

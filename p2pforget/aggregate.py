@@ -1,0 +1,85 @@
+"""Pure math on stacked parameters: gossip mixing, weighted averaging, the star's server rule.
+
+Gossip sums ``x_i <- sum_j W_ij x_j`` run over each row's neighbours in increasing client id,
+one vectorized multiply-add per neighbour slot. The per-element operation order is therefore
+fixed by the graph alone, which is what makes results bit-identical however clients are
+spread over processes.
+
+Example
+-------
+>>> import numpy as np, torch
+>>> W = np.array([[.5, .5, 0], [.5, 0, .5], [0, .5, .5]])
+>>> rows = MixingRows.from_matrix(W, lo=0, hi=3)
+>>> gossip_mix(torch.eye(3, dtype=torch.float64), rows.idx, rows.weight)[0].tolist()
+[0.5, 0.5, 0.0]
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+import numpy as np
+import torch
+
+
+@dataclass(frozen=True)
+class MixingRows:
+    """Rows ``lo..hi-1`` of a mixing matrix as padded neighbour lists (sorted by column id).
+
+    ``idx[r, s]`` is a global client id and ``weight[r, s]`` its weight; padding slots point at
+    the row's own client with weight 0.
+    """
+
+    idx: np.ndarray     # (n_rows, slots) int64, global ids
+    weight: np.ndarray  # (n_rows, slots) float64
+
+    @classmethod
+    def from_matrix(cls, W: np.ndarray, *, lo: int, hi: int) -> "MixingRows":
+        rows = [np.flatnonzero(W[i]) for i in range(lo, hi)]
+        slots = max((len(r) for r in rows), default=1)
+        idx = np.empty((hi - lo, slots), dtype=np.int64)
+        weight = np.zeros((hi - lo, slots), dtype=np.float64)
+        for r, (i, cols) in enumerate(zip(range(lo, hi), rows)):
+            idx[r] = i
+            idx[r, :len(cols)] = cols
+            weight[r, :len(cols)] = W[i, cols]
+        return cls(idx=idx, weight=weight)
+
+
+def gossip_mix(X: torch.Tensor, idx: torch.Tensor | np.ndarray, weight: torch.Tensor | np.ndarray) -> torch.Tensor:
+    """``out[r] = sum_s weight[r, s] * X[idx[r, s]]``, summed slot by slot in slot order.
+
+    ``idx`` indexes rows of ``X`` (which holds every row the output needs).
+    """
+    idx = torch.as_tensor(idx)
+    weight = torch.as_tensor(weight, dtype=X.dtype)
+    out = weight[:, 0:1] * X[idx[:, 0]]
+    for s in range(1, idx.shape[1]):
+        out = out + weight[:, s:s + 1] * X[idx[:, s]]
+    return out
+
+
+def weighted_average(X: torch.Tensor, weights: torch.Tensor | np.ndarray) -> torch.Tensor:
+    """``sum_i w_i x_i / sum_i w_i`` over the rows of ``X``."""
+    w = torch.as_tensor(weights, dtype=X.dtype)
+    return ((w / w.sum())[:, None] * X).sum(dim=0)
+
+
+class Aggregator(Protocol):
+    """The star hub's rule: turn the clients' models of one round into the next global model."""
+
+    def aggregate(self, *, global_params: torch.Tensor, client_params: torch.Tensor, weights: np.ndarray) -> torch.Tensor:
+        ...
+
+
+class FedAvg:
+    """Federated averaging weighted by sample counts (McMahan et al., AISTATS 2017)."""
+
+    def aggregate(self, *, global_params: torch.Tensor, client_params: torch.Tensor, weights: np.ndarray) -> torch.Tensor:
+        return weighted_average(client_params, weights)
+
+
+def fedavg_matrix(weights: np.ndarray) -> np.ndarray:
+    """The (n, n) matrix one FedAvg round applies to the clients' models: every row is ``w / sum(w)``."""
+    w = np.asarray(weights, dtype=np.float64)
+    return np.tile(w / w.sum(), (len(w), 1))

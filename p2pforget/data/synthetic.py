@@ -1,0 +1,30 @@
+"""Synthetic classification: class-conditional Gaussians in ``n_features`` dimensions.
+
+Class means are drawn once per seed with norm ``separation``; samples are ``mean_y + N(0, I)``.
+Labels of the pool are balanced, then split among clients by ``data.partition``.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from .. import seeding
+from ..config import DataConfig
+from . import FederatedData, register, shard
+
+
+def gaussian_mixture(n: int, *, means: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """``n`` balanced, shuffled samples from the Gaussian classes with the given ``means``."""
+    y = rng.permutation(np.arange(n) % len(means))
+    x = means[y] + rng.standard_normal((n, means.shape[1]))
+    return x, y.astype(np.int64)
+
+
+@register("gaussian_logistic")
+def gaussian_logistic(cfg: DataConfig, n_clients: int, seed: int) -> FederatedData:
+    r = seeding.rng(seed, purpose="data/means")
+    means = r.standard_normal((cfg.n_classes, cfg.n_features))
+    means *= cfg.separation / np.linalg.norm(means, axis=1, keepdims=True)
+    x, y = gaussian_mixture(n_clients * cfg.n_samples_per_client, means=means, rng=seeding.rng(seed, purpose="data/pool"))
+    xt, yt = gaussian_mixture(cfg.n_test, means=means, rng=seeding.rng(seed, purpose="data/test"))
+    xs, ys = shard(x, y, cfg, n_clients, seed)
+    return FederatedData(x=xs, y=ys, x_test=xt, y_test=yt, n_classes=cfg.n_classes)

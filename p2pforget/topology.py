@@ -1,0 +1,241 @@
+"""Gossip graphs and their mixing matrices.
+
+A topology is an undirected networkx graph on nodes ``0..n-1`` (clients). The star is the
+exception that makes centralized FL a topology: ``n`` data-holding clients ``0..n-1`` plus a
+server hub with id ``n`` and no data.
+
+Example
+-------
+>>> g = build_graph("ring", 6)
+>>> W = mixing_matrix(g)
+>>> bool(abs(W.sum(axis=1) - 1).max() < 1e-12)
+True
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import networkx as nx
+import numpy as np
+import scipy.sparse as sp
+
+from . import seeding
+
+KINDS = ("ring", "torus", "star", "complete", "erdos_renyi", "small_world", "random_regular", "file")
+TOLERANCE = 1e-12
+
+
+class TopologyError(ValueError):
+    """A graph or mixing matrix is unusable (disconnected, not doubly stochastic, ...)."""
+
+
+def _torus(n: int) -> nx.Graph:
+    rows = max(r for r in range(1, math.isqrt(n) + 1) if n % r == 0)
+    cols = n // rows
+    if rows < 3:
+        raise TopologyError(f"torus needs n_clients = r*c with r, c >= 3 (e.g. 9, 12, 16, 25); got {n}")
+    g = nx.grid_2d_graph(rows, cols, periodic=True)
+    return nx.convert_node_labels_to_integers(g, ordering="sorted")
+
+
+def _star(n: int) -> nx.Graph:
+    g = nx.Graph()
+    g.add_nodes_from(range(n + 1))
+    g.add_edges_from((i, n) for i in range(n))
+    g.graph["hub"] = n
+    return g
+
+
+def read_graph_file(path: str | Path) -> nx.Graph:
+    """Read a GraphML file (``.graphml``) or an edge list (one ``u v`` pair per line, ``#`` comments)."""
+    path = Path(path)
+    if not path.is_file():
+        raise TopologyError(f"graph file {str(path)!r} does not exist; set topology.path to an edge list or .graphml file")
+    if path.suffix.lower() == ".graphml":
+        g = nx.read_graphml(path)
+    else:
+        g = nx.read_edgelist(path, comments="#", data=False)
+    g = nx.Graph(g)
+    try:
+        order = sorted(g.nodes, key=int)
+    except ValueError:
+        order = sorted(g.nodes, key=str)
+    return nx.relabel_nodes(g, {node: i for i, node in enumerate(order)})
+
+
+def build_graph(
+    kind: str,
+    n_clients: int,
+    *,
+    seed: int = 0,
+    p: float = 0.3,
+    k: int = 4,
+    beta: float = 0.2,
+    degree: int = 3,
+    path: str | Path = "",
+) -> nx.Graph:
+    """Build the gossip graph of ``kind`` on clients ``0..n_clients-1``; random kinds are seeded.
+
+    Raises :class:`TopologyError` if the graph would be disconnected.
+
+    Examples
+    --------
+    >>> build_graph("torus", 9).number_of_edges()
+    18
+    >>> build_graph("star", 4).graph["hub"]
+    4
+    """
+    s = seeding.int_seed(seed, purpose=f"topology/{kind}")
+    builders = {
+        "ring": lambda: nx.cycle_graph(n_clients),
+        "torus": lambda: _torus(n_clients),
+        "star": lambda: _star(n_clients),
+        "complete": lambda: nx.complete_graph(n_clients),
+        "erdos_renyi": lambda: nx.gnp_random_graph(n_clients, p, seed=s),
+        "small_world": lambda: nx.watts_strogatz_graph(n_clients, k, beta, seed=s),
+        "random_regular": lambda: _random_regular(degree, n_clients, s),
+        "file": lambda: read_graph_file(path),
+    }
+    if kind not in builders:
+        raise TopologyError(f"unknown topology kind {kind!r}; choose one of: {', '.join(KINDS)}")
+    g = builders[kind]()
+    if kind == "file" and g.number_of_nodes() != n_clients:
+        raise TopologyError(
+            f"graph file {str(path)!r} has {g.number_of_nodes()} nodes but topology.n_clients = {n_clients}; make them equal"
+        )
+    check_connected(g, hint={"erdos_renyi": "raise topology.p or change run.seed",
+                             "small_world": "raise topology.k or lower topology.beta"}.get(kind, ""))
+    return g
+
+
+def _random_regular(degree: int, n: int, seed: int) -> nx.Graph:
+    if degree >= n or (degree * n) % 2:
+        raise TopologyError(f"random_regular needs degree < n_clients and degree*n_clients even; got degree={degree}, n={n}")
+    return nx.random_regular_graph(degree, n, seed=seed)
+
+
+def check_connected(g: nx.Graph, hint: str = "") -> None:
+    """Raise :class:`TopologyError` naming the components if ``g`` is not connected."""
+    if g.number_of_nodes() == 0:
+        raise TopologyError("the graph has no nodes")
+    if not nx.is_connected(g):
+        parts = sorted((sorted(c) for c in nx.connected_components(g)), key=len)
+        shown = "; ".join(str(c[:8]) + ("..." if len(c) > 8 else "") for c in parts[:3])
+        raise TopologyError(
+            f"the graph is disconnected ({len(parts)} components, smallest: {shown}); gossip cannot mix across components"
+            + (f"; {hint}" if hint else "")
+        )
+
+
+def mixing_matrix(g: nx.Graph, kind: str = "metropolis") -> np.ndarray:
+    """Symmetric doubly-stochastic mixing matrix of ``g`` (dense, nodes in sorted order).
+
+    ``metropolis``: ``W_ij = 1/(1+max(d_i, d_j))`` on edges (Metropolis-Hastings);
+    ``uniform_neighbors``: every neighbour gets ``1/(1+max degree)``. The diagonal takes the rest.
+    """
+    n = g.number_of_nodes()
+    edges = np.array(list(g.edges), dtype=np.int64).reshape(-1, 2)
+    deg = np.array([g.degree(i) for i in range(n)], dtype=np.float64)
+    if kind == "metropolis":
+        w = 1.0 / (1.0 + np.maximum(deg[edges[:, 0]], deg[edges[:, 1]]))
+    elif kind == "uniform_neighbors":
+        w = np.full(len(edges), 1.0 / (1.0 + deg.max(initial=0.0)))
+    else:
+        raise TopologyError(f"unknown mixing {kind!r}; choose one of: metropolis, uniform_neighbors, file")
+    W = np.zeros((n, n))
+    W[edges[:, 0], edges[:, 1]] = w
+    W[edges[:, 1], edges[:, 0]] = w
+    W[np.diag_indices(n)] = 1.0 - W.sum(axis=1)
+    return W
+
+
+def validate_mixing(W: np.ndarray, g: nx.Graph | None = None, *, tol: float = TOLERANCE) -> None:
+    """Raise :class:`TopologyError` unless ``W`` is square, non-negative, doubly stochastic to ``tol``,
+    and (given ``g``) zero off the graph's edges."""
+    W = np.asarray(W, dtype=np.float64)
+    if W.ndim != 2 or W.shape[0] != W.shape[1]:
+        raise TopologyError(f"mixing matrix must be square, got shape {W.shape}")
+    if g is not None and W.shape[0] != g.number_of_nodes():
+        raise TopologyError(f"mixing matrix is {W.shape[0]}x{W.shape[0]} but the graph has {g.number_of_nodes()} nodes")
+    if (W < -tol).any():
+        i, j = np.argwhere(W < -tol)[0]
+        raise TopologyError(f"mixing matrix has a negative entry W[{i},{j}] = {W[i, j]:.3g}; weights must be >= 0")
+    rows, cols = np.abs(W.sum(axis=1) - 1), np.abs(W.sum(axis=0) - 1)
+    if rows.max() > tol or cols.max() > tol:
+        bad = "row" if rows.max() > tol else "column"
+        idx = int(np.argmax(rows if bad == "row" else cols))
+        raise TopologyError(
+            f"mixing matrix is not doubly stochastic: {bad} {idx} sums to {W.sum(axis=1 if bad == 'row' else 0)[idx]!r} "
+            f"(tolerance {tol}); use topology.mixing = \"metropolis\" or fix the matrix"
+        )
+    if g is not None:
+        allowed = nx.to_numpy_array(g, nodelist=range(g.number_of_nodes())) + np.eye(W.shape[0])
+        off = np.argwhere((allowed == 0) & (np.abs(W) > tol))
+        if len(off):
+            i, j = off[0]
+            raise TopologyError(f"mixing matrix puts weight W[{i},{j}] = {W[i, j]:.3g} on a pair that is not an edge of the graph")
+
+
+def load_mixing(path: str | Path, g: nx.Graph) -> np.ndarray:
+    """Read a user mixing matrix (``.npy`` or whitespace/comma text) and validate it against ``g``."""
+    path = Path(path)
+    if not path.is_file():
+        raise TopologyError(f"mixing file {str(path)!r} does not exist; set topology.mixing_path to a .npy or text matrix")
+    W = np.load(path) if path.suffix == ".npy" else np.loadtxt(path, delimiter="," if path.suffix == ".csv" else None)
+    validate_mixing(W, g)
+    return np.asarray(W, dtype=np.float64)
+
+
+def drop_edges(g: nx.Graph, q: float, *, seed: int, round: int) -> nx.Graph:
+    """The graph of one round with every edge dropped independently with probability ``q``.
+
+    A pure function of ``(seed, round)``; the result may be disconnected (gossip still converges
+    if the union over rounds is connected).
+    """
+    edges = sorted(tuple(sorted(e)) for e in g.edges)
+    keep = seeding.rng(seed, purpose="topology/dropout", counters=(round,)).random(len(edges)) >= q
+    h = nx.Graph()
+    h.add_nodes_from(range(g.number_of_nodes()))
+    h.add_edges_from(e for e, k in zip(edges, keep) if k)
+    return h
+
+
+def spectral_gap(W: np.ndarray) -> float:
+    """``1 - |lambda_2|``: one minus the second largest eigenvalue modulus of ``W``."""
+    ev = np.sort(np.abs(np.linalg.eigvals(np.asarray(W, dtype=np.float64))))[::-1]
+    return float(1.0 - ev[1]) if len(ev) > 1 else 1.0
+
+
+@dataclass(frozen=True)
+class Stats:
+    n_nodes: int
+    n_edges: int
+    degree_min: int
+    degree_mean: float
+    degree_max: int
+    diameter: int
+    spectral_gap: float
+
+
+def stats(g: nx.Graph, W: np.ndarray | None = None) -> Stats:
+    """Degree, diameter and spectral gap (of ``W``, or of its Metropolis matrix) of a connected graph."""
+    deg = [d for _, d in g.degree]
+    W = mixing_matrix(g) if W is None else W
+    return Stats(
+        n_nodes=g.number_of_nodes(),
+        n_edges=g.number_of_edges(),
+        degree_min=min(deg),
+        degree_mean=float(np.mean(deg)),
+        degree_max=max(deg),
+        diameter=nx.diameter(g),
+        spectral_gap=spectral_gap(W),
+    )
+
+
+def to_sparse(W: np.ndarray) -> sp.csr_array:
+    """``W`` as a CSR array with sorted column indices (the order in which mixing sums run)."""
+    S = sp.csr_array(W)
+    S.sort_indices()
+    return S

@@ -1,0 +1,66 @@
+"""How parameters move between the clients of different processes.
+
+A transport knows which block of client ids ``lo..hi-1`` this process hosts. The engine asks it
+for the rows of neighbouring clients hosted elsewhere (``halo``), for all rows at the root
+(``gather``) and to broadcast from the root. :mod:`.local` keeps every client in one process;
+:mod:`.mpi` spreads them over MPI ranks.
+"""
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+
+import torch
+
+
+def block(n_clients: int, size: int, rank: int) -> tuple[int, int]:
+    """Contiguous client ids ``[lo, hi)`` of ``rank``; the first ``n_clients % size`` ranks get one more.
+
+    >>> [block(7, 3, r) for r in range(3)]
+    [(0, 3), (3, 5), (5, 7)]
+    """
+    if size > n_clients:
+        raise ValueError(f"{size} ranks but only {n_clients} clients; launch at most {n_clients} ranks or add clients")
+    base, extra = divmod(n_clients, size)
+    lo = rank * base + min(rank, extra)
+    return lo, lo + base + (rank < extra)
+
+
+class Transport(ABC):
+    """One process's view of the clients: its block, and collective moves of stacked rows."""
+
+    n_clients: int
+    rank: int
+    size: int
+
+    @property
+    def block(self) -> tuple[int, int]:
+        return block(self.n_clients, self.size, self.rank)
+
+    @property
+    def is_root(self) -> bool:
+        return self.rank == 0
+
+    @abstractmethod
+    def set_neighbours(self, neighbours: dict[int, list[int]]) -> list[int]:
+        """Declare each client's neighbours (all clients, symmetric); returns the halo ids this
+        process will receive, in the order :meth:`halo` returns them."""
+
+    @abstractmethod
+    def halo(self, rows: torch.Tensor) -> torch.Tensor:
+        """Send this block's rows where neighbours need them; return the halo rows."""
+
+    @abstractmethod
+    def gather(self, rows: torch.Tensor) -> torch.Tensor | None:
+        """All clients' rows (in client-id order) at the root, ``None`` elsewhere."""
+
+    @abstractmethod
+    def broadcast(self, value: torch.Tensor | None) -> torch.Tensor:
+        """The root's ``value`` on every process."""
+
+    def bcast_object(self, obj):
+        """The root's Python object on every process (setup only, never in the round loop)."""
+        return obj
+
+    def abort(self, code: int = 1) -> None:
+        """End every process of the job (after an error on one of them)."""
+        raise SystemExit(code)
