@@ -74,6 +74,7 @@ class RunWriter:
         self.out = out
         self.started = time.perf_counter()
         self.seconds_before = 0.0
+        self._static: dict[str, np.ndarray] | None = None
 
     def snapshot(self, *, rounds_total: int, complete: bool) -> dict[str, Any] | None:
         """Gather state and (at the root) write both run files; returns the report at the root."""
@@ -83,7 +84,9 @@ class RunWriter:
         if not e.transport.is_root:
             return None
         seconds = self.seconds_before + time.perf_counter() - self.started
-        arrays = _static_arrays(e, rounds_total)
+        if self._static is None:
+            self._static = _static_arrays(e, rounds_total)
+        arrays = dict(self._static)
         arrays["params/init"] = init
         arrays["params/trained"] = state["params"]
         for k, v in state.items():

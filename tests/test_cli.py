@@ -1,0 +1,67 @@
+import json
+import subprocess
+import sys
+
+import pytest
+
+from p2pforget import config
+from p2pforget.__main__ import main
+
+
+def _write(tmp_path, **overrides):
+    cfg = config.from_dict({"run": {"rounds": 3}, "topology": {"n_clients": 4}, "data": {"n_samples_per_client": 10, "n_test": 20}})
+    path = tmp_path / "exp.toml"
+    path.write_text(config.dumps(cfg))
+    return path
+
+
+def test_run_with_overrides_writes_run_dir(tmp_path, capsys):
+    path = _write(tmp_path)
+    out = tmp_path / "out"
+    assert main(["run", str(path), "--set", "topology.kind=complete", "--set", "run.rounds=2", "--out", str(out)]) == 0
+    report = json.loads((out / "report.json").read_text())
+    assert report["config"]["topology"]["kind"] == "complete" and report["rounds_done"] == 2
+    assert "test acc" in capsys.readouterr().out
+    assert main(["report", str(out)]) == 0
+    assert (out / "metrics.png").stat().st_size > 10_000
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["--set", "topology.kindd=ring"], "unknown key topology.kindd; valid keys in [topology]: kind, n_clients"),
+    (["--set", "topology.kind=ring", "--set", "train.lr=fast"], "train.lr must be of type float"),
+    (["--set", "topology.kind=erdos_renyi", "--set", "topology.p=0.01", "--set", "topology.n_clients=30"], "disconnected"),
+])
+def test_bad_input_is_one_clear_line(tmp_path, capsys, argv, message):
+    assert main(["run", str(_write(tmp_path)), "--out", str(tmp_path / "o")] + argv) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+
+
+def test_missing_files_are_clear(tmp_path, capsys):
+    assert main(["run", str(tmp_path / "nope.toml")]) == 2
+    assert "does not exist" in capsys.readouterr().err
+    assert main(["report", str(tmp_path)]) == 2
+    assert "no run file" in capsys.readouterr().err
+    assert main(["run", str(_write(tmp_path)), "--resume", str(tmp_path / "empty")]) == 2
+    assert "no run file" in capsys.readouterr().err
+
+
+def test_topologies_list_and_show(tmp_path, capsys):
+    assert main(["topologies"]) == 0
+    assert "small_world" in capsys.readouterr().out
+    png = tmp_path / "t.png"
+    assert main(["topologies", "show", "torus", "--n", "9", "--png", str(png)]) == 0
+    out = capsys.readouterr().out
+    assert "diameter        2" in out and "spectral_gap" in out
+    assert png.stat().st_size > 5_000
+
+
+@pytest.mark.slow
+def test_demo_end_to_end(tmp_path):
+    res = subprocess.run([sys.executable, "-m", "p2pforget", "demo", "--out", str(tmp_path / "demo")],
+                         capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stderr
+    assert "test acc (mean)" in res.stdout
+    report = json.loads((tmp_path / "demo" / "report.json").read_text())
+    assert report["final"]["test_acc_mean"] > 0.8  # 10-class digits, chance 0.1
+    assert (tmp_path / "demo" / "metrics.png").exists() and (tmp_path / "demo" / "topology.png").exists()

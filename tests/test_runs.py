@@ -1,0 +1,127 @@
+"""Run files: layout, determinism, atomic writes, bit-identical resume."""
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from p2pforget import config, experiment, history
+from p2pforget.experiment import ResumeError
+
+
+class Interrupt(Exception):
+    pass
+
+
+def _cfg(**train):
+    return config.from_dict({
+        "run": {"seed": 11, "rounds": 8},
+        "topology": {"kind": "erdos_renyi", "n_clients": 7, "p": 0.5, "dropout": 0.3},
+        "data": {"n_samples_per_client": 30, "n_test": 50, "n_features": 4, "save": True},
+        "model": {"kind": "mlp", "hidden": 8},
+        "train": {"batch_size": 8, "local_steps": 2, "dtype": "float32"} | train,
+    })
+
+
+def test_layout(tmp_path):
+    cfg = _cfg()
+    experiment.run(cfg, out=tmp_path, progress=False)
+    rf = history.read_h5(tmp_path / "history.h5")
+    assert rf.attrs["n_clients"] == 7 and rf.attrs["world_size"] == 1 and rf.attrs["complete"]
+    assert config.loads(rf.attrs["config_toml"]) == cfg
+    d = 4 * 8 + 8 + 8 * 3 + 3
+    assert rf.arrays["params/init"].shape == (7, d) and rf.arrays["params/trained"].dtype == np.float32
+    assert rf.arrays["topology/mixing"].shape == (8, 7, 7)  # time-varying: one matrix per round
+    assert rf.arrays["topology/edges"].shape[1] == 2
+    assert rf.arrays["data/client_0003/x"].shape == (30, 4) and rf.arrays["data/test/y"].shape == (50,)
+    for name in ["loss_mean", "test_acc_mean", "test_acc_min", "consensus_distance", "bytes_sent"]:
+        assert rf.arrays[f"metrics/{name}"].shape == (8,)
+    assert not any(p.name.endswith(".tmp") for p in tmp_path.iterdir())
+    import json
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert report["final"]["test_acc_mean"] == pytest.approx(rf.arrays["metrics/test_acc_mean"][-1])
+
+
+def test_bytes_count_messages_on_active_edges(tmp_path):
+    cfg = _cfg()
+    result = experiment.run(cfg, out=tmp_path, progress=False)
+    W = history.read_h5(tmp_path / "history.h5").arrays["topology/mixing"]
+    d = result.engine.dim
+    expected = [np.count_nonzero(Wt - np.diag(np.diag(Wt))) * d * 4 for Wt in W]
+    assert result.engine.metrics["bytes_sent"] == expected
+
+
+@pytest.mark.parametrize("algorithm", ["dsgd", "gradient_tracking"])
+def test_same_config_twice_is_bit_identical(tmp_path, algorithm):
+    cfg = _cfg(algorithm=algorithm, local_steps=1)
+    experiment.run(cfg, out=tmp_path / "a", progress=False)
+    experiment.run(cfg, out=tmp_path / "b", progress=False)
+    a, b = (history.read_h5(tmp_path / n / "history.h5").arrays for n in "ab")
+    assert np.array_equal(a["params/trained"], b["params/trained"])
+    assert not np.array_equal(a["params/trained"], a["params/init"])
+    for k in a:
+        if k.startswith("metrics/"):
+            assert np.array_equal(a[k], b[k])
+
+
+@pytest.mark.parametrize("algorithm,kind", [("dsgd", "erdos_renyi"), ("gradient_tracking", "erdos_renyi"), ("dsgd", "star")])
+def test_resume_after_interruption_is_bit_identical(tmp_path, algorithm, kind):
+    cfg = config.replace(_cfg(algorithm=algorithm, local_steps=1), topology={"kind": kind})
+    full = experiment.run(cfg, out=tmp_path / "full", progress=False)
+
+    def stop_at_5(engine):
+        if engine.round == 5:
+            raise Interrupt
+
+    with pytest.raises(Interrupt):
+        experiment.run(cfg, out=tmp_path / "cut", progress=False, callback=stop_at_5)
+    cut = history.read_h5(tmp_path / "cut" / "history.h5")
+    assert cut.attrs["rounds_done"] == 5 and not cut.attrs["complete"]
+    resumed = experiment.run(cfg, out=tmp_path / "cut", resume=True, progress=False)
+    assert resumed.engine.round == 8
+    a = history.read_h5(tmp_path / "full" / "history.h5").arrays
+    b = history.read_h5(tmp_path / "cut" / "history.h5").arrays
+    assert np.array_equal(a["params/trained"], b["params/trained"])
+    assert np.array_equal(a["metrics/loss_mean"], b["metrics/loss_mean"])
+    assert full.engine.metrics == resumed.engine.metrics
+
+
+def test_resume_with_a_changed_config_is_refused(tmp_path):
+    cfg = _cfg()
+    experiment.run(cfg, out=tmp_path, progress=False)
+    with pytest.raises(ResumeError, match=r"train.lr: 0.1 -> 0.5"):
+        experiment.run(config.replace(cfg, train={"lr": 0.5}), out=tmp_path, resume=True, progress=False)
+    more = experiment.run(config.replace(cfg, run={"rounds": 10}), out=tmp_path, resume=True, progress=False)
+    assert len(more.engine.metrics["loss_mean"]) == 10
+
+
+@pytest.mark.slow
+def test_cli_resume_after_kill_is_bit_identical(tmp_path):
+    """Kill a real `p2pforget run` process mid-run with SIGKILL, resume it, compare with an uninterrupted run."""
+    cfg_path = tmp_path / "exp.toml"
+    cfg = config.replace(_cfg(), run={"rounds": 150}, data={"save": False})
+    cfg_path.write_text(config.dumps(cfg))
+    exe = [sys.executable, "-m", "p2pforget", "run", str(cfg_path)]
+    env = os.environ | {"OMP_NUM_THREADS": "1"}
+    subprocess.run(exe + ["--out", str(tmp_path / "full")], check=True, env=env, capture_output=True)
+    proc = subprocess.Popen(exe + ["--out", str(tmp_path / "cut")], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    h5 = tmp_path / "cut" / "history.h5"
+    deadline = time.time() + 60
+    while time.time() < deadline:
+        if h5.exists() and history.read_h5(h5).attrs["rounds_done"] >= 20:
+            break
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    done = history.read_h5(h5).attrs["rounds_done"]
+    assert 20 <= done < 150
+    subprocess.run([sys.executable, "-m", "p2pforget", "run", str(cfg_path), "--resume", str(tmp_path / "cut")],
+                   check=True, env=env, capture_output=True)
+    a = history.read_h5(tmp_path / "full" / "history.h5").arrays
+    b = history.read_h5(h5).arrays
+    assert np.array_equal(a["params/trained"], b["params/trained"])
+    assert np.array_equal(a["metrics/consensus_distance"], b["metrics/consensus_distance"])

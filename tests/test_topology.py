@@ -1,0 +1,115 @@
+import networkx as nx
+import numpy as np
+import pytest
+
+from p2pforget import Engine, config, topology
+from p2pforget.topology import TopologyError
+
+TOPOLOGIES = ["ring", "torus", "star", "complete", "erdos_renyi", "small_world", "random_regular"]
+
+
+@pytest.mark.parametrize("kind", TOPOLOGIES)
+@pytest.mark.parametrize("mixing", ["metropolis", "uniform_neighbors"])
+def test_mixing_is_symmetric_doubly_stochastic_on_edges(kind, mixing):
+    g = topology.build_graph(kind, 12, seed=4, p=0.4)
+    W = topology.mixing_matrix(g, mixing)
+    assert np.abs(W - W.T).max() == 0
+    assert np.abs(W.sum(axis=0) - 1).max() < 1e-12 and np.abs(W.sum(axis=1) - 1).max() < 1e-12
+    assert W.min() >= 0
+    A = nx.to_numpy_array(g, nodelist=range(g.number_of_nodes()))
+    assert np.all(W[(A == 0) & ~np.eye(len(W), dtype=bool)] == 0)
+    assert np.all(W[A == 1] > 0)
+    topology.validate_mixing(W, g)
+
+
+def test_metropolis_weights_formula():
+    g = topology.build_graph("star", 5)
+    W = topology.mixing_matrix(g)
+    # hub (degree 5) - leaf (degree 1): 1/(1+max(5,1)) = 1/6
+    assert W[0, 5] == pytest.approx(1 / 6) and W[0, 0] == pytest.approx(5 / 6) and W[5, 5] == pytest.approx(1 / 6)
+
+
+def test_ring_spectral_gap_matches_closed_form():
+    n = 10
+    W = topology.mixing_matrix(topology.build_graph("ring", n))
+    # Metropolis ring = circulant (1/3, 1/3, 1/3): eigenvalues 1/3 + 2/3 cos(2 pi k / n)
+    assert topology.spectral_gap(W) == pytest.approx(2 / 3 * (1 - np.cos(2 * np.pi / n)), abs=1e-12)
+    s = topology.stats(topology.build_graph("ring", n))
+    assert (s.degree_min, s.degree_max, s.diameter, s.n_edges) == (2, 2, 5, 10)
+
+
+def test_torus_shape_and_error():
+    g = topology.build_graph("torus", 12)
+    assert all(d == 4 for _, d in g.degree) and g.number_of_edges() == 24
+    with pytest.raises(TopologyError, match="r, c >= 3"):
+        topology.build_graph("torus", 10)
+
+
+@pytest.mark.parametrize("kind", ["erdos_renyi", "small_world", "random_regular"])
+def test_random_graphs_reproducible_from_seed(kind):
+    edges = lambda s: sorted(topology.build_graph(kind, 20, seed=s, p=0.3, k=4, beta=0.5).edges)
+    assert edges(7) == edges(7)
+    assert edges(7) != edges(8)
+
+
+def test_disconnected_graph_is_a_clear_error():
+    with pytest.raises(TopologyError, match="disconnected.*raise topology.p"):
+        topology.build_graph("erdos_renyi", 30, p=0.01)
+
+
+def test_graph_files(tmp_path):
+    g = topology.build_graph("file", 6, path="topologies/barbell6.edgelist")
+    assert g.number_of_edges() == 7 and nx.is_connected(g)
+    g = topology.build_graph("file", 10, path="topologies/petersen10.graphml")
+    assert sorted(d for _, d in g.degree) == [3] * 10
+    bad = tmp_path / "two.edgelist"
+    bad.write_text("0 1\n2 3\n")
+    with pytest.raises(TopologyError, match="disconnected"):
+        topology.build_graph("file", 4, path=bad)
+    with pytest.raises(TopologyError, match="n_clients"):
+        topology.build_graph("file", 5, path="topologies/barbell6.edgelist")
+    with pytest.raises(TopologyError, match="does not exist"):
+        topology.build_graph("file", 5, path=tmp_path / "missing.txt")
+
+
+def test_bad_mixing_matrix_is_a_clear_error(tmp_path):
+    g = topology.build_graph("ring", 4)
+    W = topology.mixing_matrix(g)
+    W_bad = W.copy()
+    W_bad[0, 0] += 1e-9
+    with pytest.raises(TopologyError, match="not doubly stochastic: row 0"):
+        topology.validate_mixing(W_bad, g)
+    W_off = np.full((4, 4), 0.25)
+    with pytest.raises(TopologyError, match="not an edge"):
+        topology.validate_mixing(W_off, g)
+    neg = W.copy()
+    neg[0, 1] -= 0.5
+    neg[0, 0] += 0.5
+    neg[1, 0] -= 0.5
+    neg[1, 1] += 0.5
+    with pytest.raises(TopologyError, match="negative"):
+        topology.validate_mixing(neg, g)
+    path = tmp_path / "W.txt"
+    np.savetxt(path, W_bad)
+    cfg = config.from_dict({"topology": {"kind": "ring", "n_clients": 4, "mixing": "file", "mixing_path": str(path)}})
+    with pytest.raises(TopologyError, match="doubly stochastic"):
+        Engine(config=cfg)
+
+
+def test_user_mixing_matrix_is_used(tmp_path):
+    g = topology.build_graph("ring", 4)
+    W = 0.5 * np.eye(4) + 0.25 * nx.to_numpy_array(g, nodelist=range(4))
+    np.save(tmp_path / "W.npy", W)
+    cfg = config.from_dict({"topology": {"kind": "ring", "n_clients": 4, "mixing": "file", "mixing_path": str(tmp_path / "W.npy")}})
+    assert np.array_equal(Engine(config=cfg).base_mixing, W)
+
+
+def test_edge_dropout_is_seeded_and_recomputes_mixing():
+    cfg = config.from_dict({"topology": {"kind": "complete", "n_clients": 8, "dropout": 0.5}})
+    e = Engine(config=cfg)
+    W0, W1 = e.mixing_at(0), e.mixing_at(1)
+    assert np.array_equal(W0, Engine(config=cfg).mixing_at(0))
+    assert not np.array_equal(W0, W1)
+    for W in (W0, W1):
+        topology.validate_mixing(W)
+        assert np.count_nonzero(W - np.diag(np.diag(W))) < 8 * 7  # some edges dropped
