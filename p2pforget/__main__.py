@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import traceback
 from importlib import resources
 from pathlib import Path
 
@@ -139,16 +140,32 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
+def _abort_other_ranks(code: int) -> None:
+    """Under MPI, one rank's failure must end the whole job: the other ranks would otherwise
+    wait forever in the next collective call."""
+    mpi = sys.modules.get("mpi4py.MPI")
+    if mpi is not None and mpi.Is_initialized() and not mpi.Is_finalized() and mpi.COMM_WORLD.Get_size() > 1:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        mpi.COMM_WORLD.Abort(code)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     try:
         return args.fn(args)
     except (ValueError, FileNotFoundError) as e:
         print(f"p2pforget: error: {e}", file=sys.stderr)
+        _abort_other_ranks(2)
         return 2
     except KeyboardInterrupt:
         print("p2pforget: interrupted", file=sys.stderr)
+        _abort_other_ranks(130)
         return 130
+    except BaseException:
+        traceback.print_exc()
+        _abort_other_ranks(1)
+        raise
 
 
 if __name__ == "__main__":

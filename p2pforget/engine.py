@@ -26,8 +26,8 @@ from tqdm import tqdm
 
 from . import aggregate, data as datasets, models, seeding, topology
 from .config import Config
+from . import transport as transport_mod
 from .transport import Transport
-from .transport.local import LocalTransport
 
 VMAP_WIDTH = 8
 """Clients are evaluated in vmap batches of exactly ``min(VMAP_WIDTH, n_clients)`` rows (the last
@@ -72,7 +72,7 @@ class Engine:
         self.config = cfg
         n = cfg.topology.n_clients
         self.n_clients = n
-        self.transport = transport or LocalTransport(n_clients=n)
+        self.transport = transport or transport_mod.make(cfg.run.transport, n_clients=n)
         self.lo, self.hi = self.transport.block
         self.dtype = getattr(torch, cfg.train.dtype)
         self.seed = cfg.run.seed
@@ -223,7 +223,7 @@ class Engine:
         new = None
         if self.transport.is_root:
             new = self.aggregator.aggregate(global_params=self.params[0], client_params=full, weights=self.sample_counts)
-        new = self.transport.broadcast(new)
+        new = self.transport.broadcast(new, like=self.params[0])
         self.params = new.expand(self.hi - self.lo, -1).clone()
 
     def train(self, rounds: int, *, progress: bool = True, callback: Callable[["Engine"], None] | None = None) -> None:

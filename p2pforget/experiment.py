@@ -110,7 +110,7 @@ class RunWriter:
 
 
 def build_report(engine: Engine, *, seconds: float, complete: bool) -> dict[str, Any]:
-    s = topology.stats(engine.graph, None if engine.is_star else engine.base_mixing)
+    s = topology.stats(engine.graph, engine.base_mixing)
     return {
         "config": config_mod.to_dict(engine.config),
         "n_clients": engine.n_clients,
@@ -124,6 +124,24 @@ def build_report(engine: Engine, *, seconds: float, complete: bool) -> dict[str,
     }
 
 
+def _read_checkpoint(engine: Engine, cfg: Config, out: Path, writer: RunWriter) -> dict[str, np.ndarray]:
+    """The root reads and checks the checkpoint; every process gets it (or the root's error)."""
+    payload: dict[str, np.ndarray] | Exception | None = None
+    if engine.transport.is_root:
+        try:
+            stored = history.read_h5(out / "history.h5")
+            _check_resumable(cfg, stored.attrs["config_toml"])
+            payload = {k.removeprefix("checkpoint/"): v for k, v in stored.arrays.items() if k.startswith("checkpoint/")}
+            payload |= {k: v for k, v in stored.arrays.items() if k.startswith("metrics/")}
+            writer.seconds_before = float(stored.attrs.get("seconds", 0.0))
+        except (ValueError, FileNotFoundError) as e:
+            payload = e
+    payload = engine.transport.bcast_object(payload)
+    if isinstance(payload, Exception):
+        raise payload
+    return payload
+
+
 def run(cfg: Config, *, out: str | Path | None = None, resume: bool = False, transport: Transport | None = None,
         progress: bool = True, callback: Callable[[Engine], None] | None = None) -> RunResult:
     """Train ``cfg.run.rounds`` rounds, checkpointing every ``run.checkpoint_every`` rounds.
@@ -135,14 +153,7 @@ def run(cfg: Config, *, out: str | Path | None = None, resume: bool = False, tra
     engine = Engine(config=cfg, transport=transport)
     writer = RunWriter(engine, out)
     if resume:
-        state = None
-        if engine.transport.is_root:
-            stored = history.read_h5(out / "history.h5")
-            _check_resumable(cfg, stored.attrs["config_toml"])
-            state = {k.removeprefix("checkpoint/"): v for k, v in stored.arrays.items() if k.startswith("checkpoint/")}
-            state |= {k: v for k, v in stored.arrays.items() if k.startswith("metrics/")}
-            writer.seconds_before = float(stored.attrs.get("seconds", 0.0))
-        engine.load_state(engine.transport.bcast_object(state))
+        engine.load_state(_read_checkpoint(engine, cfg, out, writer))
         if engine.round > cfg.run.rounds:
             raise ResumeError(f"the stored run already has {engine.round} rounds, more than run.rounds = {cfg.run.rounds}")
     every = cfg.run.checkpoint_every

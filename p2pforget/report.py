@@ -63,6 +63,26 @@ def plot_metrics(metrics: dict[str, np.ndarray], path: str | Path, *, title: str
     return path
 
 
+def plot_comparison(curves: dict[str, dict[str, list[float]]], path: str | Path) -> Path:
+    """Per-round test accuracy, consensus distance and communication of several runs (one line each)."""
+    fig, axes = plt.subplots(1, 3, figsize=(14, 4))
+    for name, m in curves.items():
+        rounds = np.arange(1, len(m["test_acc_mean"]) + 1)
+        axes[0].plot(rounds, m["test_acc_mean"], label=name)
+        axes[1].plot(rounds, np.maximum(m["consensus_distance"], 1e-16), label=name)
+        axes[2].plot(rounds, np.cumsum(m["bytes_sent"]) / 1e6, label=name)
+    axes[0].set(title="test accuracy (mean over nodes)", xlabel="round")
+    axes[1].set(title="consensus distance", xlabel="round", yscale="log")
+    axes[2].set(title="communication (cumulative MB)", xlabel="round")
+    axes[0].legend()
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
 def plot_graph(g: nx.Graph, path: str | Path, *, title: str = "") -> Path:
     """A drawing of the gossip graph (a star's hub drawn larger and in another colour)."""
     hub = g.graph.get("hub")

@@ -7,6 +7,7 @@ for the rows of neighbouring clients hosted elsewhere (``halo``), for all rows a
 """
 from __future__ import annotations
 
+import os
 from abc import ABC, abstractmethod
 
 import torch
@@ -54,8 +55,8 @@ class Transport(ABC):
         """All clients' rows (in client-id order) at the root, ``None`` elsewhere."""
 
     @abstractmethod
-    def broadcast(self, value: torch.Tensor | None) -> torch.Tensor:
-        """The root's ``value`` on every process."""
+    def broadcast(self, value: torch.Tensor | None, *, like: torch.Tensor) -> torch.Tensor:
+        """The root's ``value`` on every process (``like`` gives the shape and dtype elsewhere)."""
 
     def bcast_object(self, obj):
         """The root's Python object on every process (setup only, never in the round loop)."""
@@ -64,3 +65,31 @@ class Transport(ABC):
     def abort(self, code: int = 1) -> None:
         """End every process of the job (after an error on one of them)."""
         raise SystemExit(code)
+
+
+_LAUNCHER_SIZE_VARS = ("OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "PMIX_SIZE", "MPI_LOCALNRANKS")
+
+
+def launched_size() -> int:
+    """How many ranks the MPI launcher (mpirun/mpiexec/srun) started, read from its environment; 1 if none."""
+    for var in _LAUNCHER_SIZE_VARS:
+        if os.environ.get(var, "").isdigit():
+            return int(os.environ[var])
+    return 1
+
+
+def make(kind: str, *, n_clients: int) -> Transport:
+    """The transport for ``run.transport``: ``"local"``, ``"mpi"``, or ``"auto"`` (MPI when
+    launched with more than one rank, in-process otherwise)."""
+    if kind == "auto":
+        kind = "mpi" if launched_size() > 1 else "local"
+    if kind == "local":
+        from .local import LocalTransport
+        return LocalTransport(n_clients=n_clients)
+    if kind == "mpi":
+        try:
+            from .mpi import MPITransport
+        except ImportError as e:
+            raise ValueError(f"run.transport = 'mpi' but {e}") from None
+        return MPITransport(n_clients=n_clients)
+    raise ValueError(f"unknown run.transport {kind!r}; choose one of: auto, local, mpi")

@@ -28,6 +28,6 @@ class LocalTransport(Transport):
     def gather(self, rows: torch.Tensor) -> torch.Tensor:
         return rows
 
-    def broadcast(self, value: torch.Tensor | None) -> torch.Tensor:
+    def broadcast(self, value: torch.Tensor | None, *, like: torch.Tensor) -> torch.Tensor:
         assert value is not None
         return value

@@ -1,0 +1,110 @@
+"""Run under any number of ranks: `mpirun -n K python -m pytest tests/mpi` (also plain pytest, K = 1).
+
+Every rank runs the experiment through the MPI transport; rank 0 also runs it in-process and
+compares the run files bit for bit.
+"""
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from p2pforget import config, experiment, history
+from p2pforget.transport import block
+from p2pforget.transport.mpi import MPITransport
+
+MPI = pytest.importorskip("mpi4py.MPI")
+COMM = MPI.COMM_WORLD
+
+BASE = {
+    "run": {"seed": 5, "rounds": 6},
+    "data": {"n_samples_per_client": 16, "n_test": 30, "n_features": 4, "partition": "dirichlet"},
+    "model": {"kind": "mlp", "hidden": 6},
+    "train": {"batch_size": 4, "local_steps": 2, "lr": 0.2},
+}
+CASES = {
+    "ring7": {"topology": {"kind": "ring", "n_clients": 7}},
+    "torus9": {"topology": {"kind": "torus", "n_clients": 9}},
+    "star5": {"topology": {"kind": "star", "n_clients": 5}},
+    "erdos_renyi10_dropout": {"topology": {"kind": "erdos_renyi", "n_clients": 10, "p": 0.4, "dropout": 0.3}},
+    "small_world8_tracking_f64": {"topology": {"kind": "small_world", "n_clients": 8},
+                                  "train": {"algorithm": "gradient_tracking", "local_steps": 1, "dtype": "float64"}},
+    "random_regular8_cnn": {"topology": {"kind": "random_regular", "n_clients": 8}, "data": {"n_features": 16},
+                            "model": {"kind": "cnn", "hidden": 6}},
+}
+
+
+def _cfg(case: str, transport: str) -> config.Config:
+    data = {k: dict(v) for k, v in BASE.items()}
+    for section, values in CASES[case].items():
+        data.setdefault(section, {}).update(values)
+    data["run"]["transport"] = transport
+    return config.from_dict(data)
+
+
+def _shared(tmp_path: Path) -> Path:
+    return Path(COMM.bcast(str(tmp_path), root=0))
+
+
+def _assert_same_run(a_dir: Path, b_dir: Path) -> None:
+    a, b = history.read_h5(a_dir / "history.h5"), history.read_h5(b_dir / "history.h5")
+    assert set(a.arrays) == set(b.arrays)
+    for key in a.arrays:
+        assert np.array_equal(a.arrays[key], b.arrays[key]), key
+    assert b.attrs["world_size"] == COMM.Get_size()
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_mpi_run_is_bit_identical_to_in_process(case, tmp_path):
+    out = _shared(tmp_path)
+    experiment.run(_cfg(case, "mpi"), out=out / "mpi", progress=False)
+    if COMM.Get_rank() == 0:
+        experiment.run(_cfg(case, "local"), out=out / "local", progress=False)
+        _assert_same_run(out / "local", out / "mpi")
+    COMM.Barrier()
+
+
+def test_resume_under_mpi_matches_uninterrupted_in_process_run(tmp_path):
+    out = _shared(tmp_path)
+    cfg = _cfg("erdos_renyi10_dropout", "mpi")
+
+    class Stop(Exception):
+        pass
+
+    def stop(engine):
+        if engine.round == 3:
+            raise Stop
+
+    with pytest.raises(Stop):
+        experiment.run(cfg, out=out / "mpi", progress=False, callback=stop)
+    COMM.Barrier()
+    experiment.run(cfg, out=out / "mpi", resume=True, progress=False)
+    if COMM.Get_rank() == 0:
+        experiment.run(_cfg("erdos_renyi10_dropout", "local"), out=out / "local", progress=False)
+        _assert_same_run(out / "local", out / "mpi")
+    COMM.Barrier()
+
+
+def test_halo_delivers_exactly_the_neighbour_rows():
+    import torch
+
+    n = 11
+    t = MPITransport(n_clients=n)
+    neighbours = {i: sorted({(i - 1) % n, (i + 1) % n, (i + 4) % n, (i - 4) % n}) for i in range(n)}
+    halo_ids = t.set_neighbours(neighbours)
+    lo, hi = t.block
+    rows = torch.arange(lo, hi, dtype=torch.float64)[:, None] * torch.ones(1, 3, dtype=torch.float64)
+    got = t.halo(rows)
+    assert got[:, 0].tolist() == [float(j) for j in halo_ids]
+    wanted = {j for i in range(lo, hi) for j in neighbours[i]} - set(range(lo, hi))
+    assert sorted(halo_ids) == sorted(wanted)
+    full = t.gather(rows)
+    if t.is_root:
+        assert full[:, 0].tolist() == [float(i) for i in range(n)]
+
+
+def test_more_ranks_than_clients_is_a_clear_error():
+    with pytest.raises(ValueError, match="ranks but only 2 clients"):
+        block(2, 3, 0)
+    if COMM.Get_size() > 2:
+        with pytest.raises(ValueError, match=f"{COMM.Get_size()} ranks but only 2 clients"):
+            MPITransport(n_clients=2)
