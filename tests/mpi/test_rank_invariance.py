@@ -45,22 +45,30 @@ def _shared(tmp_path: Path) -> Path:
     return Path(COMM.bcast(str(tmp_path), root=0))
 
 
-def _assert_same_run(a_dir: Path, b_dir: Path) -> None:
+def _differences(a_dir: Path, b_dir: Path) -> list[str]:
     a, b = history.read_h5(a_dir / "history.h5"), history.read_h5(b_dir / "history.h5")
-    assert set(a.arrays) == set(b.arrays)
-    for key in a.arrays:
-        assert np.array_equal(a.arrays[key], b.arrays[key]), key
-    assert b.attrs["world_size"] == COMM.Get_size()
+    diffs = [f"datasets differ: {sorted(set(a.arrays) ^ set(b.arrays))}"] if set(a.arrays) != set(b.arrays) else []
+    diffs += [key for key in a.arrays if key in b.arrays and not np.array_equal(a.arrays[key], b.arrays[key])]
+    if b.attrs["world_size"] != COMM.Get_size():
+        diffs.append(f"world_size {b.attrs['world_size']}")
+    return diffs
+
+
+def _assert_same_run_at_root(cfg_local: config.Config, out: Path) -> None:
+    """Rank 0 runs in-process and compares; every rank learns the verdict (no rank is left waiting)."""
+    diffs = None
+    if COMM.Get_rank() == 0:
+        experiment.run(cfg_local, out=out / "local", progress=False)
+        diffs = _differences(out / "local", out / "mpi")
+    diffs = COMM.bcast(diffs, root=0)
+    assert diffs == [], f"not bit-identical at {COMM.Get_size()} ranks: {diffs}"
 
 
 @pytest.mark.parametrize("case", list(CASES))
 def test_mpi_run_is_bit_identical_to_in_process(case, tmp_path):
     out = _shared(tmp_path)
     experiment.run(_cfg(case, "mpi"), out=out / "mpi", progress=False)
-    if COMM.Get_rank() == 0:
-        experiment.run(_cfg(case, "local"), out=out / "local", progress=False)
-        _assert_same_run(out / "local", out / "mpi")
-    COMM.Barrier()
+    _assert_same_run_at_root(_cfg(case, "local"), out)
 
 
 def test_resume_under_mpi_matches_uninterrupted_in_process_run(tmp_path):
@@ -78,10 +86,7 @@ def test_resume_under_mpi_matches_uninterrupted_in_process_run(tmp_path):
         experiment.run(cfg, out=out / "mpi", progress=False, callback=stop)
     COMM.Barrier()
     experiment.run(cfg, out=out / "mpi", resume=True, progress=False)
-    if COMM.Get_rank() == 0:
-        experiment.run(_cfg("erdos_renyi10_dropout", "local"), out=out / "local", progress=False)
-        _assert_same_run(out / "local", out / "mpi")
-    COMM.Barrier()
+    _assert_same_run_at_root(_cfg("erdos_renyi10_dropout", "local"), out)
 
 
 def test_halo_delivers_exactly_the_neighbour_rows():
@@ -98,8 +103,8 @@ def test_halo_delivers_exactly_the_neighbour_rows():
     wanted = {j for i in range(lo, hi) for j in neighbours[i]} - set(range(lo, hi))
     assert sorted(halo_ids) == sorted(wanted)
     full = t.gather(rows)
-    if t.is_root:
-        assert full[:, 0].tolist() == [float(i) for i in range(n)]
+    order = COMM.bcast(full[:, 0].tolist() if t.is_root else None, root=0)
+    assert order == [float(i) for i in range(n)]
 
 
 def test_more_ranks_than_clients_is_a_clear_error():
