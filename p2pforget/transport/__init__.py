@@ -32,6 +32,8 @@ class Transport(ABC):
     n_clients: int
     rank: int
     size: int
+    comm_seconds: float = 0.0  # time spent moving rows between processes
+    comm_bytes: int = 0        # bytes this process sent to others
 
     @property
     def block(self) -> tuple[int, int]:

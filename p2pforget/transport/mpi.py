@@ -10,6 +10,8 @@ Run with ``mpirun -n 4 python -m p2pforget run exp.toml``.
 """
 from __future__ import annotations
 
+import time
+
 import numpy as np
 import torch
 
@@ -36,6 +38,8 @@ class MPITransport(Transport):
         self._sizes = np.array([hi - lo for lo, hi in blocks])
         self._owner = np.repeat(np.arange(self.size), self._sizes)
         self._graph_comm = None
+        self.comm_seconds = 0.0  # wall time inside MPI calls
+        self.comm_bytes = 0      # bytes this rank sent to other ranks
         self._send_rows: list[np.ndarray] = []
         self._recv_counts: list[int] = []
 
@@ -68,7 +72,10 @@ class MPITransport(Transport):
         recv = np.empty((sum(self._recv_counts), d), dtype=local.dtype)
         scounts = [len(idx) * d for idx in self._send_rows]
         rcounts = [c * d for c in self._recv_counts]
+        start = time.perf_counter()
         self._graph_comm.Neighbor_alltoallv([send, (scounts, _displs(scounts))], [recv, (rcounts, _displs(rcounts))])
+        self.comm_seconds += time.perf_counter() - start
+        self.comm_bytes += send.nbytes
         return torch.from_numpy(recv)
 
     def gather(self, rows: torch.Tensor) -> torch.Tensor | None:
@@ -77,12 +84,18 @@ class MPITransport(Transport):
         per_row = int(np.prod(tail, dtype=np.int64))
         counts = [int(s) * per_row for s in self._sizes]
         full = np.empty((self.n_clients, *tail), dtype=local.dtype) if self.rank == 0 else None
+        start = time.perf_counter()
         self.comm.Gatherv(local, [full, (counts, _displs(counts))] if self.rank == 0 else None, root=0)
+        self.comm_seconds += time.perf_counter() - start
+        self.comm_bytes += local.nbytes if self.rank else 0
         return None if full is None else torch.from_numpy(full)
 
     def broadcast(self, value: torch.Tensor | None, *, like: torch.Tensor) -> torch.Tensor:
         buf = np.ascontiguousarray(value.detach().numpy()) if self.rank == 0 else np.empty(like.shape, like.numpy().dtype)
+        start = time.perf_counter()
         self.comm.Bcast(buf, root=0)
+        self.comm_seconds += time.perf_counter() - start
+        self.comm_bytes += buf.nbytes * (self.size - 1) if self.rank == 0 else 0
         return torch.from_numpy(buf)
 
     def bcast_object(self, obj):
