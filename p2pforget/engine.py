@@ -16,7 +16,7 @@ Example
 """
 from __future__ import annotations
 
-from typing import Callable
+from typing import Callable, Iterable
 
 import numpy as np
 import torch
@@ -87,9 +87,12 @@ class Engine:
             raise ValueError("the star runs FedAvg rounds; set train.algorithm = 'dsgd' (gradient tracking is for gossip graphs)")
 
         self.data = datasets.build(cfg.data, n_clients=n, seed=self.seed)
-        self.sample_counts = np.full(n, self.data.x.shape[1], dtype=np.float64)
         self.x = torch.as_tensor(self.data.x[self.lo:self.hi], dtype=self.dtype)
         self.y = torch.as_tensor(self.data.y[self.lo:self.hi])
+        # Which samples each client still trains on, and which nodes are still in the graph;
+        # forgetting (exclude) changes both.
+        self.retained = np.ones(self.data.y.shape, dtype=bool)
+        self.members = np.ones(n, dtype=bool)
         self.x_test = torch.as_tensor(self.data.x_test, dtype=self.dtype)
         self.y_test = torch.as_tensor(self.data.y_test)
 
@@ -98,36 +101,65 @@ class Engine:
         self.width = min(VMAP_WIDTH, n)
         self._grad_fn = grad_and_value(self._objective)
 
-        self.base_mixing = self._static_mixing()
-        self._set_halo()
+        self._update_topology()
 
         self.init_params = self._init_params()
         self.params = self.init_params.clone()
         self.tracker: torch.Tensor | None = None     # gradient tracking: y_i
         self.last_grad: torch.Tensor | None = None   # gradient tracking: grad at the current x_i
+        self.ledger = torch.zeros(self.hi - self.lo, n, dtype=torch.float64)  # row i: C_i (see ledger.py)
         self.round = 0
         self.metrics: dict[str, list[float]] = {name: [] for name in METRICS}
+
+    @property
+    def sample_counts(self) -> np.ndarray:
+        """Samples each client trains on (0 for a client that has been forgotten entirely)."""
+        return self.retained.sum(axis=1).astype(np.float64) * self.members
+
+    @property
+    def has_data(self) -> np.ndarray:
+        return self.sample_counts > 0
 
     # ------------------------------------------------------------------ setup
     def _static_mixing(self) -> np.ndarray:
         if self.is_star:
             return aggregate.fedavg_matrix(self.sample_counts)
         t = self.config.topology
-        if t.mixing == "file":
+        if t.mixing == "file" and self.members.all():
             return topology.load_mixing(t.mixing_path, self.graph)
-        W = topology.mixing_matrix(self.graph, t.mixing)
+        # After a node leaves, a user matrix no longer fits the graph: Metropolis weights are recomputed.
+        W = topology.mixing_matrix(self.graph, "metropolis" if t.mixing == "file" else t.mixing)
         topology.validate_mixing(W, self.graph)
         return W
 
-    def _set_halo(self) -> None:
-        if self.is_star:
-            neighbours = {i: [] for i in range(self.n_clients)}
-        else:
-            neighbours = {i: sorted(self.graph.neighbors(i)) for i in range(self.n_clients)}
-        halo_ids = self.transport.set_neighbours(neighbours)
-        ext_ids = list(range(self.lo, self.hi)) + list(halo_ids)
+    def _update_topology(self) -> None:
+        self.base_mixing = self._static_mixing()
+        neighbours = {i: [] if self.is_star else sorted(self.graph.neighbors(i)) for i in range(self.n_clients)}
+        self.halo = self.transport.neighbourhood(neighbours)
+        ext_ids = list(range(self.lo, self.hi)) + list(self.halo.ids)
         self._ext_pos = np.full(self.n_clients, -1, dtype=np.int64)
         self._ext_pos[ext_ids] = np.arange(len(ext_ids))
+        self._local_mask = torch.as_tensor(self.retained[self.lo:self.hi], dtype=self.dtype)
+        self._local_active = torch.as_tensor(self.has_data[self.lo:self.hi], dtype=self.dtype)
+
+    def exclude(self, *, samples: dict[int, np.ndarray] | None = None, removed: Iterable[int] = ()) -> None:
+        """Take data out of training, and nodes out of the graph, for every later round.
+
+        ``samples`` maps a client id to the indices of its samples to drop (all of them: the
+        client keeps no data and, if it stays in the graph, only relays). ``removed`` nodes leave
+        the graph: their edges are cut and mixing weights recomputed; if the remaining graph is
+        disconnected this raises :class:`~p2pforget.topology.TopologyError`.
+        """
+        for j, idx in (samples or {}).items():
+            self.retained[j, np.asarray(idx, dtype=np.int64)] = False
+        removed = sorted(set(removed))
+        if removed:
+            self.members[removed] = False
+            self.graph.remove_edges_from([e for j in removed for e in list(self.graph.edges(j))])
+            kept = [v for v in self.graph.nodes if v >= self.n_clients or self.members[v]]
+            topology.check_connected(self.graph.subgraph(kept),
+                                     hint=f"removing node(s) {removed} splits the graph; use unlearn.mode = \"keep_relay\"")
+        self._update_topology()
 
     def _init_params(self) -> torch.Tensor:
         if self.config.train.same_init or self.is_star:
@@ -137,24 +169,37 @@ class Engine:
                             for i in range(self.lo, self.hi)])
 
     # ------------------------------------------------------------------ math
-    def _objective(self, flat: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        """Mean cross-entropy on ``(x, y)`` plus ``weight_decay/2 * ||flat||^2``."""
+    def _objective(self, flat: torch.Tensor, x: torch.Tensor, y: torch.Tensor, mask: torch.Tensor,
+                   active: torch.Tensor) -> torch.Tensor:
+        """Mean cross-entropy over the samples with ``mask`` 1, plus ``weight_decay/2 * ||flat||^2``;
+        zero for a client without data (``active`` 0), which only relays."""
         wd = self.config.train.weight_decay
-        return F.cross_entropy(self.model.forward(flat, x), y) + 0.5 * wd * (flat * flat).sum()
+        ce = F.cross_entropy(self.model.forward(flat, x), y, reduction="none")
+        return (mask * ce).sum() / mask.sum().clamp(min=1) + active * 0.5 * wd * (flat * flat).sum()
 
-    def gradients(self, params: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Per-client gradients and objective values of stacked ``params`` on stacked batches."""
-        return fixed_width_vmap(self._grad_fn, self.width, params, x, y)
+    def gradients(self, params: torch.Tensor, batch: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-client gradients and objective values of stacked ``params`` on a stacked ``batch``
+        ``(x, y, mask)`` (see :meth:`full_batch`)."""
+        return fixed_width_vmap(self._grad_fn, self.width, params, *batch, self._local_active)
 
-    def _batch(self, key: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
+    def full_batch(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Every sample of this process's clients, with the mask of those still trained on."""
+        return self.x, self.y, self._local_mask
+
+    def _batch(self, key: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         b, m = self.config.train.batch_size, self.x.shape[1]
         if b == 0 or b >= m:
-            return self.x, self.y
-        idx = np.stack([seeding.rng(self.seed, client=i, purpose="batch", counters=key).choice(m, b, replace=False)
-                        for i in range(self.lo, self.hi)])
+            return self.full_batch()
+        idx = np.zeros((self.hi - self.lo, b), dtype=np.int64)
+        mask = np.zeros((self.hi - self.lo, b))
+        for r, i in enumerate(range(self.lo, self.hi)):
+            pool = np.flatnonzero(self.retained[i])
+            take = min(b, len(pool))
+            idx[r, :take] = seeding.rng(self.seed, client=i, purpose="batch", counters=key).choice(pool, take, replace=False)
+            mask[r, :take] = 1.0
         idx = torch.as_tensor(idx)
         rows = torch.arange(self.hi - self.lo)[:, None]
-        return self.x[rows, idx], self.y[rows, idx]
+        return self.x[rows, idx], self.y[rows, idx], torch.as_tensor(mask, dtype=self.dtype)
 
     def mixing_at(self, round: int) -> np.ndarray:
         """The (n, n) mixing matrix used in ``round`` (edge dropout makes it time-varying)."""
@@ -165,7 +210,7 @@ class Engine:
         return topology.mixing_matrix(g, "metropolis" if self.config.topology.mixing == "file" else self.config.topology.mixing)
 
     def _mix(self, rows: torch.Tensor, W: np.ndarray) -> torch.Tensor:
-        ext = torch.cat([rows, self.transport.halo(rows)])
+        ext = torch.cat([rows, self.halo.exchange(rows)])
         mr = aggregate.MixingRows.from_matrix(W, lo=self.lo, hi=self.hi)
         return aggregate.gossip_mix(ext, self._ext_pos[mr.idx], mr.weight)
 
@@ -190,13 +235,24 @@ class Engine:
         else:
             self._dsgd_round(W)
             sent = self._bytes(W, 1)
+        self._update_ledger(W)
         self.round += 1
         self._record(sent)
+
+    def _update_ledger(self, W: np.ndarray) -> None:
+        """``C <- W (C + I)`` with this round's mixing matrix (on a star, FedAvg's)."""
+        if self.is_star:
+            # FedAvg's matrix is 1 w^T and every ledger row equals, so W (C + I) = C + 1 w^T.
+            self.ledger = self.ledger + torch.as_tensor(W[self.lo:self.hi])
+            return
+        eye = torch.zeros_like(self.ledger)
+        eye[torch.arange(self.hi - self.lo), torch.arange(self.lo, self.hi)] = 1.0
+        self.ledger = self._mix(self.ledger + eye, W)
 
     def _local_steps(self, params: torch.Tensor) -> torch.Tensor:
         lr = self.config.train.lr
         for s in range(self.config.train.local_steps):
-            g, _ = self.gradients(params, *self._batch((self.round, s)))
+            g, _ = self.gradients(params, self._batch((self.round, s)))
             params = params - lr * g
         return params
 
@@ -208,12 +264,12 @@ class Engine:
         """DIGing gradient tracking (Nedic, Olshevsky & Shi, SIAM J. Optim. 2017):
         ``x <- W x - lr y``; ``y <- W y + g(x_new) - g(x)``; converges to the exact optimum with a constant step."""
         if self.tracker is None:
-            self.last_grad, _ = self.gradients(self.params, *self._batch((0, 0)))
+            self.last_grad, _ = self.gradients(self.params, self._batch((0, 0)))
             self.tracker = self.last_grad.clone()
         d = self.dim
         mixed = self._mix(torch.cat([self.params, self.tracker], dim=1), W)
         self.params = mixed[:, :d] - self.config.train.lr * self.tracker
-        g, _ = self.gradients(self.params, *self._batch((self.round + 1, 0)))
+        g, _ = self.gradients(self.params, self._batch((self.round + 1, 0)))
         self.tracker = mixed[:, d:] + g - self.last_grad
         self.last_grad = g
 
@@ -246,7 +302,7 @@ class Engine:
         n_loc = params.shape[0]
         xt = self.x_test.expand(n_loc, *self.x_test.shape)
         with torch.no_grad():
-            loss = fixed_width_vmap(self._objective, self.width, params.detach(), self.x, self.y)
+            loss = fixed_width_vmap(self._objective, self.width, params.detach(), *self.full_batch(), self._local_active)
             logits = fixed_width_vmap(self.model.forward, self.width, params.detach(), xt)
         acc = (logits.argmax(-1) == self.y_test).to(self.dtype).mean(dim=1)
         full = self.transport.gather(torch.stack([loss, acc], dim=1))
@@ -264,16 +320,17 @@ class Engine:
         full = self.gather_params()
         if per_client is None:
             return
-        self.metrics["loss_mean"].append(float(per_client["loss"].mean()))
-        self.metrics["test_acc_mean"].append(float(per_client["test_acc"].mean()))
-        self.metrics["test_acc_min"].append(float(per_client["test_acc"].min()))
-        self.metrics["consensus_distance"].append(consensus_distance(full))
+        m = self.members
+        self.metrics["loss_mean"].append(float(per_client["loss"][self.has_data].mean()))
+        self.metrics["test_acc_mean"].append(float(per_client["test_acc"][m].mean()))
+        self.metrics["test_acc_min"].append(float(per_client["test_acc"][m].min()))
+        self.metrics["consensus_distance"].append(consensus_distance(full[m]))
         self.metrics["bytes_sent"].append(sent)
 
     # ------------------------------------------------------------------ state
     def state(self) -> dict[str, np.ndarray] | None:
         """Everything needed to continue training bit-identically (at the root; ``None`` elsewhere)."""
-        out = {"round": np.array(self.round), "params": self.gather_params()}
+        out = {"round": np.array(self.round), "params": self.gather_params(), "ledger": self.gather_params(self.ledger)}
         if self.tracker is not None:
             out["tracker"] = self.gather_params(self.tracker)
             out["last_grad"] = self.gather_params(self.last_grad)
@@ -286,6 +343,7 @@ class Engine:
         rows = slice(self.lo, self.hi)
         self.round = int(state["round"])
         self.params = torch.as_tensor(state["params"][rows], dtype=self.dtype).clone()
+        self.ledger = torch.as_tensor(state["ledger"][rows], dtype=torch.float64).clone()
         if "tracker" in state:
             self.tracker = torch.as_tensor(state["tracker"][rows], dtype=self.dtype).clone()
             self.last_grad = torch.as_tensor(state["last_grad"][rows], dtype=self.dtype).clone()

@@ -26,6 +26,19 @@ def block(n_clients: int, size: int, rank: int) -> tuple[int, int]:
     return lo, lo + base + (rank < extra)
 
 
+class Halo(ABC):
+    """Moves this process's rows to the processes hosting their neighbours, for one graph.
+
+    ``ids`` are the client ids of the rows :meth:`exchange` returns, in that order.
+    """
+
+    ids: list[int]
+
+    @abstractmethod
+    def exchange(self, rows: torch.Tensor) -> torch.Tensor:
+        """Send this block's rows where neighbours need them; return the rows of ``ids``."""
+
+
 class Transport(ABC):
     """One process's view of the clients: its block, and collective moves of stacked rows."""
 
@@ -44,13 +57,8 @@ class Transport(ABC):
         return self.rank == 0
 
     @abstractmethod
-    def set_neighbours(self, neighbours: dict[int, list[int]]) -> list[int]:
-        """Declare each client's neighbours (all clients, symmetric); returns the halo ids this
-        process will receive, in the order :meth:`halo` returns them."""
-
-    @abstractmethod
-    def halo(self, rows: torch.Tensor) -> torch.Tensor:
-        """Send this block's rows where neighbours need them; return the halo rows."""
+    def neighbourhood(self, neighbours: dict[int, list[int]]) -> "Halo":
+        """The exchange pattern of a graph, given every client's neighbours (symmetric)."""
 
     @abstractmethod
     def gather(self, rows: torch.Tensor) -> torch.Tensor | None:

@@ -3,7 +3,14 @@ from __future__ import annotations
 
 import torch
 
-from . import Transport
+from . import Halo, Transport
+
+
+class _NoHalo(Halo):
+    ids: list[int] = []
+
+    def exchange(self, rows: torch.Tensor) -> torch.Tensor:
+        return rows[:0]
 
 
 class LocalTransport(Transport):
@@ -19,11 +26,8 @@ class LocalTransport(Transport):
         self.rank = 0
         self.size = 1
 
-    def set_neighbours(self, neighbours: dict[int, list[int]]) -> list[int]:
-        return []
-
-    def halo(self, rows: torch.Tensor) -> torch.Tensor:
-        return rows[:0]
+    def neighbourhood(self, neighbours: dict[int, list[int]]) -> Halo:
+        return _NoHalo()
 
     def gather(self, rows: torch.Tensor) -> torch.Tensor:
         return rows

@@ -15,7 +15,7 @@ import time
 import numpy as np
 import torch
 
-from . import Transport, block
+from . import Halo, Transport, block
 
 try:
     from mpi4py import MPI
@@ -37,13 +37,10 @@ class MPITransport(Transport):
         blocks = [block(n_clients, self.size, r) for r in range(self.size)]  # raises when size > n_clients
         self._sizes = np.array([hi - lo for lo, hi in blocks])
         self._owner = np.repeat(np.arange(self.size), self._sizes)
-        self._graph_comm = None
         self.comm_seconds = 0.0  # wall time inside MPI calls
         self.comm_bytes = 0      # bytes this rank sent to other ranks
-        self._send_rows: list[np.ndarray] = []
-        self._recv_counts: list[int] = []
 
-    def set_neighbours(self, neighbours: dict[int, list[int]]) -> list[int]:
+    def neighbourhood(self, neighbours: dict[int, list[int]]) -> Halo:
         lo, hi = self.block
         need: dict[int, set[int]] = {}
         send: dict[int, set[int]] = {}
@@ -56,27 +53,9 @@ class MPITransport(Transport):
         peers = sorted(need)
         if sorted(send) != peers:
             raise ValueError("the gossip graph must be undirected (every neighbour relation symmetric)")
-        if self._graph_comm is not None:
-            self._graph_comm.Free()
-        self._graph_comm = self.comm.Create_dist_graph_adjacent(peers, peers, reorder=False)
-        self._send_rows = [np.array(sorted(send[r])) - lo for r in peers]
-        self._recv_counts = [len(need[r]) for r in peers]
-        # Rows arrive grouped by peer rank, each group in increasing client id (how the peer packs them).
-        return [j for r in peers for j in sorted(need[r])]
-
-    def halo(self, rows: torch.Tensor) -> torch.Tensor:
-        d = rows.shape[1]
-        local = rows.detach().numpy()
-        send = np.ascontiguousarray(np.concatenate([local[idx] for idx in self._send_rows])) if self._send_rows \
-            else np.empty((0, d), dtype=local.dtype)
-        recv = np.empty((sum(self._recv_counts), d), dtype=local.dtype)
-        scounts = [len(idx) * d for idx in self._send_rows]
-        rcounts = [c * d for c in self._recv_counts]
-        start = time.perf_counter()
-        self._graph_comm.Neighbor_alltoallv([send, (scounts, _displs(scounts))], [recv, (rcounts, _displs(rcounts))])
-        self.comm_seconds += time.perf_counter() - start
-        self.comm_bytes += send.nbytes
-        return torch.from_numpy(recv)
+        graph_comm = self.comm.Create_dist_graph_adjacent(peers, peers, reorder=False)
+        return _MPIHalo(self, graph_comm, send_rows=[np.array(sorted(send[r])) - lo for r in peers],
+                        recv_ids=[sorted(need[r]) for r in peers])
 
     def gather(self, rows: torch.Tensor) -> torch.Tensor | None:
         local = np.ascontiguousarray(rows.detach().numpy())
@@ -108,3 +87,29 @@ class MPITransport(Transport):
 def _displs(counts: list[int]) -> list[int]:
     return [0, *np.cumsum(counts)[:-1].tolist()] if counts else []
 
+
+
+class _MPIHalo(Halo):
+    """One ``Neighbor_alltoallv`` on a distributed-graph communicator linking the ranks that host
+    neighbouring clients. Rows arrive grouped by peer rank, each group in increasing client id."""
+
+    def __init__(self, transport: MPITransport, graph_comm, *, send_rows: list[np.ndarray], recv_ids: list[list[int]]) -> None:
+        self.transport = transport
+        self.graph_comm = graph_comm
+        self.send_rows = send_rows
+        self.recv_counts = [len(ids) for ids in recv_ids]
+        self.ids = [j for ids in recv_ids for j in ids]
+
+    def exchange(self, rows: torch.Tensor) -> torch.Tensor:
+        d = rows.shape[1]
+        local = rows.detach().numpy()
+        send = np.ascontiguousarray(np.concatenate([local[idx] for idx in self.send_rows])) if self.send_rows \
+            else np.empty((0, d), dtype=local.dtype)
+        recv = np.empty((sum(self.recv_counts), d), dtype=local.dtype)
+        scounts = [len(idx) * d for idx in self.send_rows]
+        rcounts = [c * d for c in self.recv_counts]
+        start = time.perf_counter()
+        self.graph_comm.Neighbor_alltoallv([send, (scounts, _displs(scounts))], [recv, (rcounts, _displs(rcounts))])
+        self.transport.comm_seconds += time.perf_counter() - start
+        self.transport.comm_bytes += send.nbytes
+        return torch.from_numpy(recv)

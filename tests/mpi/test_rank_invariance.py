@@ -95,10 +95,11 @@ def test_halo_delivers_exactly_the_neighbour_rows():
     n = 11
     t = MPITransport(n_clients=n)
     neighbours = {i: sorted({(i - 1) % n, (i + 1) % n, (i + 4) % n, (i - 4) % n}) for i in range(n)}
-    halo_ids = t.set_neighbours(neighbours)
+    halo = t.neighbourhood(neighbours)
+    halo_ids = halo.ids
     lo, hi = t.block
     rows = torch.arange(lo, hi, dtype=torch.float64)[:, None] * torch.ones(1, 3, dtype=torch.float64)
-    got = t.halo(rows)
+    got = halo.exchange(rows)
     assert got[:, 0].tolist() == [float(j) for j in halo_ids]
     wanted = {j for i in range(lo, hi) for j in neighbours[i]} - set(range(lo, hi))
     assert sorted(halo_ids) == sorted(wanted)
