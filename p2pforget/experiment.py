@@ -89,6 +89,7 @@ class RunWriter:
         arrays = dict(self._static)
         arrays["params/init"] = init
         arrays["params/trained"] = state["params"]
+        arrays["ledger/influence"] = state["ledger"]
         for k, v in state.items():
             if k.startswith("metrics/"):
                 arrays[k] = v
