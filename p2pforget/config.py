@@ -87,15 +87,44 @@ class TrainConfig:
 
 
 @dataclass(frozen=True)
+class UnlearnConfig:
+    method: str = _choice("certified", "certified", "retrain")
+    clients: tuple[int, ...] = ()
+    samples: dict[str, tuple[int, ...]] = field(default_factory=dict)
+    epsilon: float = _range(1.0, 1e-12)
+    delta: float = _range(1e-5, 1e-300, 1.0)
+    curvature: str = _choice("exact", "exact", "ggn", "diag_fisher", "kfac")
+    newton_steps: int = _range(1, 1)
+    mode: str = _choice("remove", "remove", "keep_relay")
+    noise: bool = True
+    damping: float = _range(0.0, 0.0)
+    gossip_tol: float = _range(1e-12, 1e-16, 1e-2)
+
+
+@dataclass(frozen=True)
 class Config:
     run: RunConfig = field(default_factory=RunConfig)
     topology: TopologyConfig = field(default_factory=TopologyConfig)
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    unlearn: UnlearnConfig = field(default_factory=UnlearnConfig)
 
 
-def _check_value(where: str, f: dataclasses.Field, value: Any, ftype: type) -> Any:
+def _int_list(where: str, value: Any) -> tuple[int, ...]:
+    if not isinstance(value, (list, tuple)) or any(isinstance(v, bool) or not isinstance(v, int) or v < 0 for v in value):
+        raise ConfigError(f"{where} must be a list of non-negative integers, e.g. [0, 3], got {value!r}")
+    return tuple(value)
+
+
+def _check_value(where: str, f: dataclasses.Field, value: Any, ftype: Any) -> Any:
+    origin = typing.get_origin(ftype)
+    if origin is tuple:
+        return _int_list(where, value)
+    if origin is dict:
+        if not isinstance(value, dict) or not all(str(k).isdigit() for k in value):
+            raise ConfigError(f"{where} must map client ids to sample indices, e.g. {{ 3 = [0, 5, 7] }}, got {value!r}")
+        return {str(int(k)): _int_list(f"{where}.{k}", v) for k, v in value.items()}
     if ftype is float and isinstance(value, int) and not isinstance(value, bool):
         value = float(value)
     if ftype is bool and not isinstance(value, bool) or ftype is not bool and (isinstance(value, bool) or not isinstance(value, ftype)):
@@ -188,15 +217,23 @@ def dumps(cfg: Config) -> str:
     for section, values in to_dict(cfg).items():
         lines.append(f"[{section}]")
         for key, value in values.items():
-            if isinstance(value, bool):
-                text = "true" if value else "false"
-            elif isinstance(value, str):
-                text = json.dumps(value)
-            else:
-                text = repr(value)
-            lines.append(f"{key} = {text}")
+            lines.append(f"{key} = {_toml_value(value)}")
         lines.append("")
     return "\n".join(lines)
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        return json.dumps(value)
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    if isinstance(value, dict):
+        if not value:
+            return "{}"
+        return "{ " + ", ".join(f"{json.dumps(str(k))} = {_toml_value(v)}" for k, v in value.items()) + " }"
+    return repr(value)
 
 
 def reference() -> str:
@@ -211,7 +248,12 @@ def reference() -> str:
             elif "range" in f.metadata:
                 lo, hi = f.metadata["range"]
                 accepts = f"{hints[f.name].__name__} in [{lo}, {'inf' if hi is None else hi}]"
+            elif typing.get_origin(hints[f.name]) is tuple:
+                accepts = "list of client ids"
+            elif typing.get_origin(hints[f.name]) is dict:
+                accepts = "table client id -> list of sample indices"
             else:
                 accepts = hints[f.name].__name__
-            rows.append(f"| `{section.name}.{f.name}` | `{f.default!r}` | {accepts} |")
+            default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+            rows.append(f"| `{section.name}.{f.name}` | `{_toml_value(default)}` | {accepts} |")
     return "\n".join(rows)
