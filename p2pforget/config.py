@@ -98,7 +98,7 @@ class UnlearnConfig:
     mode: str = _choice("remove", "remove", "keep_relay")
     noise: bool = True
     damping: float = _range(0.0, 0.0)
-    gossip_tol: float = _range(1e-12, 1e-16, 1e-2)
+    gossip_tol: float = _range(1e-10, 1e-16, 1e-2)
 
 
 @dataclass(frozen=True)

@@ -282,9 +282,10 @@ class Engine:
         new = self.transport.broadcast(new, like=self.params[0])
         self.params = new.expand(self.hi - self.lo, -1).clone()
 
-    def train(self, rounds: int, *, progress: bool = True, callback: Callable[["Engine"], None] | None = None) -> None:
+    def train(self, rounds: int, *, progress: bool = True, callback: Callable[["Engine"], None] | None = None,
+              desc: str = "train") -> None:
         """Run ``rounds`` more rounds; ``callback(engine)`` is called after each one."""
-        bar = tqdm(total=rounds, desc="train", disable=not (progress and self.transport.is_root), leave=False)
+        bar = tqdm(total=rounds, desc=desc, disable=not (progress and self.transport.is_root), leave=False)
         for _ in range(rounds):
             self.step()
             bar.update()
@@ -348,6 +349,25 @@ class Engine:
             self.tracker = torch.as_tensor(state["tracker"][rows], dtype=self.dtype).clone()
             self.last_grad = torch.as_tensor(state["last_grad"][rows], dtype=self.dtype).clone()
         self.metrics = {k: [float(v) for v in state.get(f"metrics/{k}", [])] for k in METRICS}
+
+    def forget(self, *, clients=(), samples: dict | None = None, reference: bool = True, progress: bool = True,
+               **options):
+        """Forget whole ``clients`` and/or ``samples`` (client id -> sample indices), with
+        ``config.unlearn`` updated by ``options`` (e.g. ``epsilon=0.5, curvature="ggn"``); with
+        ``reference`` also train Retrain. Returns a :class:`~p2pforget.unlearn.ForgetResult`
+        (see :func:`p2pforget.unlearn.forget`)."""
+        from . import unlearn
+        from .config import replace
+
+        opts = replace(self.config, unlearn=options).unlearn
+        return unlearn.forget(self, clients=clients, samples=samples, options=opts, reference=reference, progress=progress)
+
+    def objective_weights(self) -> np.ndarray:
+        """Weight ``a_k`` of each client's objective in what training minimizes: 1 on a gossip graph
+        (``sum_k f_k``); on a star, FedAvg's sample-count weights scaled so equal clients weigh 1."""
+        if self.is_star:
+            return self.sample_counts / self.data.y.shape[1]
+        return self.has_data.astype(np.float64)
 
     def edges(self) -> np.ndarray:
         """The graph's edges as an (E, 2) array with ``u < v``."""

@@ -1,0 +1,105 @@
+"""Per-client curvature of the local objective, for all clients of a process at once.
+
+Each function takes the engine (for its model, data masks and fixed-width vmap) and stacked
+parameters ``[n_local, d]`` and returns one curvature per client:
+
+- ``exact``: the Hessian ``[n_local, d, d]`` (``torch.func.hessian``);
+- ``ggn``: the generalized Gauss-Newton ``J^T (diag p - p p^T) J`` of the cross-entropy, which for
+  softmax outputs equals the Fisher information (Martens 2020, "New insights and perspectives on
+  the natural gradient method"); exact for the logistic model;
+- ``diag_fisher``: the diagonal of that Fisher/GGN, ``[n_local, d]``;
+- ``kfac``: Kronecker-factored approximate curvature (Martens & Grosse, ICML 2015), built per client
+  by ``curvlinops`` (KFACLinearOperator, type-2 Fisher) and materialized ``[n_local, d, d]``.
+
+All include the weight-decay term ``weight_decay * I`` of clients that still hold data.
+"""
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Callable
+
+import torch
+from torch.func import hessian, jacrev
+
+from ..engine import fixed_width_vmap
+
+if TYPE_CHECKING:
+    from ..engine import Engine
+
+KINDS = ("exact", "ggn", "diag_fisher", "kfac")
+
+
+def is_diagonal(kind: str) -> bool:
+    return kind == "diag_fisher"
+
+
+def _exact(engine: "Engine", params: torch.Tensor) -> torch.Tensor:
+    return fixed_width_vmap(hessian(engine._objective), engine.width, params.detach(), *engine.full_batch(),
+                            engine._local_active)
+
+
+def _output_curvature(engine: "Engine", flat: torch.Tensor, x: torch.Tensor, mask: torch.Tensor):
+    """Per-sample Jacobians ``J [m, C, d]`` and softmax curvature ``diag p - p p^T [m, C, C]``, masked and
+    scaled by ``1 / sum(mask)``."""
+    logits = engine.model.forward(flat, x)
+    J = jacrev(engine.model.forward)(flat, x)  # [m, C, d]
+    p = torch.softmax(logits, dim=-1)
+    A = torch.diag_embed(p) - p[:, :, None] * p[:, None, :]
+    A = A * (mask / mask.sum().clamp(min=1))[:, None, None]
+    return J, A
+
+
+def _ggn(engine: "Engine", params: torch.Tensor) -> torch.Tensor:
+    wd = engine.config.train.weight_decay
+
+    def one(flat, x, y, mask, active):
+        J, A = _output_curvature(engine, flat, x, mask)
+        G = torch.einsum("scd,sce,sef->df", J, A, J)
+        return G + active * wd * torch.eye(flat.shape[0], dtype=flat.dtype)
+
+    return fixed_width_vmap(one, engine.width, params.detach(), *engine.full_batch(), engine._local_active)
+
+
+def _diag_fisher(engine: "Engine", params: torch.Tensor) -> torch.Tensor:
+    wd = engine.config.train.weight_decay
+
+    def one(flat, x, y, mask, active):
+        J, A = _output_curvature(engine, flat, x, mask)
+        return torch.einsum("scd,sce,sed->d", J, A, J) + active * wd
+
+    return fixed_width_vmap(one, engine.width, params.detach(), *engine.full_batch(), engine._local_active)
+
+
+def _kfac(engine: "Engine", params: torch.Tensor) -> torch.Tensor:
+    from curvlinops import KFACLinearOperator
+
+    wd = engine.config.train.weight_decay
+    module = engine.model.module.to(engine.dtype)
+    d = engine.dim
+    out = torch.zeros(params.shape[0], d, d, dtype=engine.dtype)
+    x, y, mask = engine.full_batch()
+    for r in range(params.shape[0]):
+        keep = mask[r] > 0
+        if not keep.any():
+            continue
+        with torch.no_grad():
+            for p, v in zip(module.parameters(), torch.split(params[r].detach(), engine.model.sizes)):
+                p.copy_(v.view_as(p))
+        op = KFACLinearOperator(module, torch.nn.CrossEntropyLoss(), list(module.parameters()), [(x[r][keep], y[r][keep])],
+                                fisher_type="type-2", check_deterministic=False)
+        out[r] = op @ torch.eye(d, dtype=engine.dtype) + wd * torch.eye(d, dtype=engine.dtype)
+    return out
+
+
+COMPUTE: dict[str, Callable[["Engine", torch.Tensor], torch.Tensor]] = {
+    "exact": _exact,
+    "ggn": _ggn,
+    "diag_fisher": _diag_fisher,
+    "kfac": _kfac,
+}
+
+
+def local_curvature(engine: "Engine", params: torch.Tensor, kind: str) -> torch.Tensor:
+    """Curvature of each local client's objective at its own parameters (see module docstring)."""
+    if kind not in COMPUTE:
+        raise ValueError(f"unknown unlearn.curvature {kind!r}; choose one of: {', '.join(KINDS)}")
+    return COMPUTE[kind](engine, params)

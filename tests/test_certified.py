@@ -1,0 +1,139 @@
+"""Certified unlearning against independent scipy optima of the remaining objective."""
+import numpy as np
+import pytest
+
+from p2pforget import Engine, config
+from p2pforget.unlearn import certified
+
+from reference import sum_objective_optimum
+
+ROUNDS = {0.1: 1200, 0.01: 1500}
+LR = {"torus": 0.07}  # the torus's mixing matrix has eigenvalue -0.6: gradient tracking needs a smaller step
+
+
+def _trained(kind, n, wd, seed=0):
+    cfg = config.from_dict({
+        "run": {"seed": seed},
+        "topology": {"kind": kind, "n_clients": n, "p": 0.3},
+        "data": {"n_samples_per_client": 50, "n_features": 4, "n_classes": 3, "partition": "dirichlet", "alpha": 1.0},
+        "train": {"algorithm": "gradient_tracking", "lr": LR.get(kind, 0.15), "dtype": "float64", "weight_decay": wd},
+        "unlearn": {"noise": False, "gossip_tol": 1e-13},
+    })
+    engine = Engine(config=cfg)
+    engine.train(ROUNDS[wd], progress=False)
+    return cfg, engine.state()
+
+
+_CACHE = {}
+
+
+def trained(kind, n, wd):
+    if (kind, n, wd) not in _CACHE:
+        _CACHE[kind, n, wd] = _trained(kind, n, wd)
+    cfg, state = _CACHE[kind, n, wd]
+    engine = Engine(config=cfg)
+    engine.load_state(state)
+    return engine
+
+
+def remaining_optimum(engine, forgotten):
+    d = engine.data
+    keep = np.ones(d.y.shape, bool)
+    for j, idx in forgotten.items():
+        keep[j, idx] = False
+    xs = [d.x[i][keep[i]] for i in range(engine.n_clients) if keep[i].any()]
+    ys = [d.y[i][keep[i]] for i in range(engine.n_clients) if keep[i].any()]
+    return sum_objective_optimum(xs, ys, 3, engine.config.train.weight_decay, engine.params[0].numpy())
+
+
+def relative_errors(engine, result, opt):
+    nodes = np.flatnonzero(engine.members)
+    trained = result.params["trained"][nodes]
+    unlearned = result.params["unlearned_noiseless"][nodes]
+    return np.linalg.norm(unlearned - opt, axis=1) / np.linalg.norm(trained - opt, axis=1)
+
+
+GRAPHS = [("ring", 8), ("torus", 16), ("erdos_renyi", 16)]
+
+
+@pytest.mark.parametrize("kind,n", GRAPHS)
+@pytest.mark.parametrize("mode", ["remove", "keep_relay"])
+def test_one_newton_step_lands_within_5_percent(kind, n, mode):
+    engine = trained(kind, n, 0.1)
+    forgotten = {3: np.arange(50)}
+    result = engine.forget(clients=[3], progress=False, reference=False, mode=mode)
+    err = relative_errors(engine, result, remaining_optimum(engine, forgotten))
+    assert err.max() < 0.05, err
+    assert engine.members[3] == (mode == "keep_relay")
+    c = result.certificate
+    assert c["residual_norm"] <= c["gradient_residual_bound"] <= c["residual_bound"]
+
+
+@pytest.mark.parametrize("kind,n", GRAPHS)
+@pytest.mark.parametrize("wd", [0.1, 0.01])
+def test_five_newton_steps_reach_the_remaining_optimum(kind, n, wd):
+    engine = trained(kind, n, wd)
+    result = engine.forget(clients=[5], progress=False, reference=False, newton_steps=5)
+    opt = remaining_optimum(engine, {5: np.arange(50)})
+    nodes = np.flatnonzero(engine.members)
+    err = np.linalg.norm(result.params["unlearned_noiseless"][nodes] - opt, axis=1) / np.linalg.norm(opt)
+    assert err.max() < 1e-6, err
+    c = result.certificate
+    assert c["residual_norm"] <= c["gradient_residual_bound"] <= c["residual_bound"]
+    # the bound is a real bound on the distance to the remaining optimum
+    assert np.linalg.norm(result.params["unlearned_noiseless"][nodes] - opt, axis=1).max() <= c["residual_bound"]
+
+
+@pytest.mark.parametrize("kind,n", GRAPHS)
+def test_forgetting_samples_of_one_client(kind, n):
+    engine = trained(kind, n, 0.1)
+    idx = np.arange(0, 50, 3)
+    result = engine.forget(samples={2: idx}, progress=False, reference=False)
+    assert engine.members[2] and engine.retained[2].sum() == 50 - len(idx)
+    err = relative_errors(engine, result, remaining_optimum(engine, {2: idx}))
+    assert err.max() < 0.05, err
+    five = trained(kind, n, 0.1).forget(samples={2: idx}, progress=False, reference=False, newton_steps=5)
+    opt = remaining_optimum(engine, {2: idx})
+    assert np.abs(five.params["unlearned_noiseless"] - opt).max() / np.linalg.norm(opt) < 1e-6
+
+
+@pytest.mark.parametrize("curvature", ["ggn", "diag_fisher", "kfac"])
+def test_approximate_curvatures(curvature):
+    """GGN equals the Hessian for the logistic model; K-FAC and the diagonal Fisher are approximations
+    that still remove most of the forgotten client's influence in one step and converge with more."""
+    engine = trained("ring", 8, 0.1)
+    opt = remaining_optimum(engine, {3: np.arange(50)})
+    one = engine.forget(clients=[3], progress=False, reference=False, curvature=curvature)
+    err = relative_errors(engine, one, opt)
+    limit = {"ggn": 0.05, "kfac": 0.5, "diag_fisher": 0.8}[curvature]
+    assert err.max() < limit, err
+    c = one.certificate
+    assert c["residual_norm"] <= c["gradient_residual_bound"] <= c["residual_bound"]
+
+
+def test_gossip_rounds_formula():
+    from p2pforget import topology
+
+    W = topology.mixing_matrix(topology.build_graph("ring", 10))
+    lam = 1 / 3 + 2 / 3 * np.cos(2 * np.pi / 10)
+    assert certified.gossip_rounds(W, np.arange(10), 1e-8) == int(np.ceil(np.log(1e-8) / np.log(lam)))
+
+
+def test_noise_matches_sigma():
+    cfg = config.from_dict({
+        "topology": {"kind": "ring", "n_clients": 8},
+        "data": {"n_samples_per_client": 30, "n_features": 120, "n_classes": 4},
+        "train": {"algorithm": "gradient_tracking", "lr": 0.1, "dtype": "float64", "weight_decay": 0.1},
+        "unlearn": {"curvature": "diag_fisher", "epsilon": 5.0},
+    })
+    engine = Engine(config=cfg)
+    engine.train(60, progress=False)
+    result = engine.forget(clients=[1], progress=False, reference=False)
+    c = result.certificate
+    assert c["sigma"] == pytest.approx(c["residual_bound"] * np.sqrt(2 * np.log(1.25 / 1e-5)) / 5.0, rel=1e-12)
+    nodes = np.flatnonzero(engine.members)
+    noise = (result.params["unlearned"] - result.params["unlearned_noiseless"])[nodes]
+    assert noise.size > 3000
+    assert noise.std() == pytest.approx(c["sigma"], rel=0.1)
+    assert abs(noise.mean()) < 0.1 * c["sigma"]
+    assert c["residual_norm"] <= c["residual_bound"]
