@@ -98,7 +98,9 @@ class UnlearnConfig:
     mode: str = _choice("remove", "remove", "keep_relay")
     noise: bool = True
     damping: float = _range(0.0, 0.0)
-    gossip_tol: float = _range(1e-10, 1e-16, 1e-2)
+    averaging: str = _choice("gossip", "gossip", "tree")
+    gossip_tol: float = _range(1e-10, 1e-16, 1e-1)
+    curvature_tol: float = _range(1e-4, 1e-16, 1e-1)
 
 
 @dataclass(frozen=True)

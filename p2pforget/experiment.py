@@ -11,17 +11,20 @@ Example
 """
 from __future__ import annotations
 
+import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
+import torch
 
 from . import config as config_mod, history, topology
 from .config import Config
 from .engine import Engine
 from .transport import Transport
+from .unlearn import ForgetResult
 
 
 class ResumeError(ValueError):
@@ -167,4 +170,74 @@ def run(cfg: Config, *, out: str | Path | None = None, resume: bool = False, tra
 
     engine.train(cfg.run.rounds - engine.round, progress=progress, callback=after_round)
     report = writer.snapshot(rounds_total=cfg.run.rounds, complete=True)
+    clients, samples = forget_request(cfg)
+    if clients or samples:
+        result = engine.forget(clients=clients, samples=samples, progress=progress)
+        report = record_forget(engine, out, result)
     return RunResult(engine=engine, out=out, report=report or {})
+
+
+def forget_request(cfg: Config) -> tuple[tuple[int, ...], dict[int, tuple[int, ...]]]:
+    """The clients and samples ``[unlearn]`` asks to forget."""
+    return cfg.unlearn.clients, {int(k): v for k, v in cfg.unlearn.samples.items()}
+
+
+def record_forget(engine: Engine, out: Path, result: ForgetResult) -> dict[str, Any] | None:
+    """Add a forget request's models, certificate, metrics and cost to the run files (root only);
+    returns the updated report."""
+    if not engine.transport.is_root:
+        return None
+    path = out / "history.h5"
+    stored = history.read_h5(path)
+    arrays = dict(stored.arrays)
+    arrays.update({f"params/{k}": v for k, v in result.params.items() if k != "trained"})
+    arrays["unlearn/retained"] = engine.retained
+    arrays["unlearn/members"] = engine.members
+    cert = result.certificate
+    cost = {name: vars(c) for name, c in result.cost.items()}
+    attrs = {k: v for k, v in cert.items() if isinstance(v, (int, float, str, bool))}
+    attrs |= {"forgotten": json.dumps(result.forgotten), "mode": result.mode, "method": result.method}
+    attrs |= {k: float(v) for k, v in cost["unlearn"].items()}
+    group_attrs = dict(stored.group_attrs) | {"unlearn": attrs}
+    history.write_h5(path, attrs=stored.attrs | {"unlearned": True}, arrays=arrays, group_attrs=group_attrs)
+    report = json.loads((out / "report.json").read_text())
+    if "retrain" in cost:
+        cost["ratio_to_retrain"] = {k: (cost["unlearn"][k] / cost["retrain"][k] if cost["retrain"][k] else None)
+                                    for k in cost["unlearn"]}
+    report |= {"unlearn": cert | {"forgotten": result.forgotten, "mode": result.mode}, "metrics": result.metrics, "cost": cost}
+    history.write_json(out / "report.json", report)
+    return report
+
+
+def load_run(run_dir: str | Path, *, overrides: list[str] = (), transport: Transport | None = None) -> Engine:
+    """Rebuild the engine of a finished run (its last checkpoint, and any forgetting already done).
+
+    Only ``unlearn.*`` keys may be overridden: the rest describes how the models were trained.
+    """
+    run_dir = Path(run_dir)
+    bad = [o for o in overrides if not o.strip().startswith("unlearn.")]
+    if bad:
+        raise ValueError(f"only [unlearn] keys can change on a finished run; got {bad[0]!r}")
+    payload: Any = None
+    if transport is None or transport.is_root:
+        try:
+            stored = history.read_h5(run_dir / "history.h5")
+            keep = ("checkpoint/", "metrics/", "unlearn/", "params/unlearned")
+            payload = (stored.attrs["config_toml"], {k: v for k, v in stored.arrays.items() if k.startswith(keep)})
+        except (ValueError, FileNotFoundError) as e:
+            payload = e
+    if transport is not None:
+        payload = transport.bcast_object(payload)
+    if isinstance(payload, Exception):
+        raise payload
+    toml, arrays = payload
+    cfg = config_mod.with_overrides(config_mod.loads(toml), list(overrides))
+    engine = Engine(config=cfg, transport=transport)
+    state = {k.removeprefix("checkpoint/"): v for k, v in arrays.items() if k.startswith("checkpoint/")}
+    engine.load_state(state | {k: v for k, v in arrays.items() if k.startswith("metrics/")})
+    if "unlearn/retained" in arrays:
+        engine.exclude(samples={j: np.flatnonzero(~arrays["unlearn/retained"][j]) for j in range(engine.n_clients)},
+                       removed=np.flatnonzero(~arrays["unlearn/members"]).tolist())
+        engine.params = torch.as_tensor(arrays["params/unlearned"][engine.lo:engine.hi], dtype=engine.dtype).clone()
+        engine.tracker = engine.last_grad = None
+    return engine

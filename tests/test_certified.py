@@ -17,7 +17,7 @@ def _trained(kind, n, wd, seed=0):
         "topology": {"kind": kind, "n_clients": n, "p": 0.3},
         "data": {"n_samples_per_client": 50, "n_features": 4, "n_classes": 3, "partition": "dirichlet", "alpha": 1.0},
         "train": {"algorithm": "gradient_tracking", "lr": LR.get(kind, 0.15), "dtype": "float64", "weight_decay": wd},
-        "unlearn": {"noise": False, "gossip_tol": 1e-13},
+        "unlearn": {"noise": False, "gossip_tol": 1e-13, "curvature_tol": 1e-12},
     })
     engine = Engine(config=cfg)
     engine.train(ROUNDS[wd], progress=False)
@@ -137,3 +137,14 @@ def test_noise_matches_sigma():
     assert noise.std() == pytest.approx(c["sigma"], rel=0.1)
     assert abs(noise.mean()) < 0.1 * c["sigma"]
     assert c["residual_norm"] <= c["residual_bound"]
+
+
+def test_tree_averaging_is_exact_and_cheaper_than_gossip():
+    gossip = trained("ring", 8, 0.1).forget(clients=[3], progress=False, reference=False)
+    tree = trained("ring", 8, 0.1).forget(clients=[3], progress=False, reference=False, averaging="tree")
+    diff = np.abs(gossip.params["unlearned_noiseless"] - tree.params["unlearned_noiseless"])[np.arange(8) != 3]
+    assert diff.max() < 1e-9
+    d = 15
+    # the forgotten gradient to the 7 remaining nodes, and one curvature sum up and down a 7-node tree
+    assert tree.cost["unlearn"].comm_bytes == 7 * d * 8 + 2 * 6 * d * d * 8
+    assert tree.cost["unlearn"].comm_bytes < gossip.cost["unlearn"].comm_bytes / 20

@@ -18,12 +18,14 @@ remaining data. At a stationary point of ``Phi``, ``grad Phi'(theta) = -g`` with
    share of j's updates in i's model relative to the network mean; 1 for gradient tracking and the
    star, where every node holds the minimizer of ``Phi``), so its estimate of ``grad Phi'(theta_i)``
    is ``-sum_j omega_ij g_j``.
-3. Every node computes the curvature of its remaining local objective; the network averages it
-   (gossip with the remaining graph's Metropolis matrix until the estimates agree to
-   ``unlearn.gossip_tol``; on a star the hub averages exactly); ``H_i = M * average`` with M the
-   number of nodes in the graph.
+3. Every node computes the curvature of its remaining local objective; the network sums it
+   (``averaging = "gossip"``: gossip with the remaining graph's Metropolis matrix until the
+   estimates agree to ``unlearn.curvature_tol``, times the node count; ``"tree"``: exactly, up and
+   down a spanning tree; on a star the hub sums). An inexact sum only slows the Newton iteration,
+   and the certificate accounts for it.
 4. Newton step ``theta_i <- theta_i - H_i^{-1} grad_i``. Each further step (``newton_steps``)
-   averages the nodes' remaining-data gradients the same way instead of using the ledger.
+   sums the nodes' remaining-data gradients the same way (to ``unlearn.gossip_tol``) instead of
+   using the ledger.
 5. Gaussian noise ``N(0, sigma^2 I)`` with ``sigma = residual_bound * sqrt(2 ln(1.25/delta)) / epsilon``
    is added to every node's model (see :func:`certificate` and docs/certified_unlearning.md).
 """
@@ -71,19 +73,23 @@ def gossip_rounds(W: np.ndarray, nodes: np.ndarray, tol: float) -> int:
     return max(1, math.ceil(math.log(tol) / math.log(lam)))
 
 
-def network_sum(engine: "Engine", rows: torch.Tensor, tol: float) -> tuple[torch.Tensor, float, int]:
+def network_sum(engine: "Engine", rows: torch.Tensor, *, tol: float, averaging: str) -> tuple[torch.Tensor, float, int]:
     """Every node's estimate of ``sum_k rows_k`` over the nodes in the graph; returns
-    ``(estimates, bytes sent, mixing rounds)``. Gossip averaging times the node count; on a star
-    the hub sums exactly and broadcasts."""
+    ``(estimates, bytes sent, mixing rounds)``.
+
+    ``gossip``: mix with the remaining graph's matrix until the estimates agree to a relative ``tol``,
+    then scale the average by the node count. ``tree``: exact sum up a spanning tree of the graph and
+    back down (``2 (M - 1)`` messages; on a star the hub sums, ``2 M`` messages).
+    """
     nodes = np.flatnonzero(engine.members)
     flat = rows.reshape(rows.shape[0], -1)
     itemsize = flat.element_size()
-    if engine.is_star:
+    if engine.is_star or averaging == "tree":
         full = engine.transport.gather(flat)
         total = full[torch.as_tensor(nodes)].sum(dim=0) if engine.transport.is_root else None
         total = engine.transport.broadcast(total, like=flat[0])
-        sent = 2.0 * len(nodes) * flat.shape[1] * itemsize
-        return total.expand_as(flat).reshape(rows.shape).clone(), sent, 1
+        messages = 2 * len(nodes) if engine.is_star else 2 * (len(nodes) - 1)
+        return total.expand_as(flat).reshape(rows.shape).clone(), float(messages * flat.shape[1] * itemsize), 1
     W = engine.base_mixing
     R = gossip_rounds(W, nodes, tol)
     x = flat
@@ -211,11 +217,11 @@ class CertifiedNewton:
         for step in range(options.newton_steps):
             if step > 0:
                 local_grad = engine.gradients(theta, engine.full_batch())[0] * a_after
-                rhs, sent, _ = network_sum(engine, local_grad, options.gossip_tol)
+                rhs, sent, _ = network_sum(engine, local_grad, tol=options.gossip_tol, averaging=options.averaging)
                 comm += sent
             curv = local_curvature(engine, theta, options.curvature)
             curv = curv * (a_after if is_diagonal(options.curvature) else a_after[:, :, None])
-            H, sent, r = network_sum(engine, curv, options.gossip_tol)
+            H, sent, r = network_sum(engine, curv, tol=options.curvature_tol, averaging=options.averaging)
             comm += sent
             rounds.append(r)
             before = theta
