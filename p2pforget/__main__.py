@@ -41,6 +41,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     result = experiment.run(cfg, out=out, resume=bool(args.resume))
     if result.report:
         _print_final(result.report, result.out)
+        if "unlearn" in result.report:
+            print(forget_table(result.report))
     return 0
 
 
@@ -54,21 +56,73 @@ def _print_final(report: dict, out: Path) -> None:
     print(f"run files: {out}/history.h5, {out}/report.json")
 
 
+def forget_table(report: dict) -> str:
+    """One row per model: method | FA | RA | TA | MIA | distance to Retrain | seconds | comm MB."""
+    from .report import table
+
+    m, cost, cert = report["metrics"], report["cost"], report["unlearn"]
+    rows = []
+    for key, name, c in [("trained", "Trained (before)", None), ("retrained", "Retrain", cost.get("retrain")),
+                         ("unlearned", cert["method"].capitalize(), cost["unlearn"])]:
+        if key not in m:
+            continue
+        r = m[key]
+        fa = r["FA"]["mean"] if r.get("FA") else float("nan")
+        rows.append([name, fa, r["RA"]["mean"], r["TA"]["mean"], r.get("MIA", float("nan")),
+                     r.get("distance_to_retrain", float("nan")),
+                     c["seconds"] if c else "", c["comm_bytes"] / 1e6 if c else ""])
+    text = table(["method", "FA", "RA", "TA", "MIA", "dist. to Retrain", "seconds", "comm MB"], rows)
+    return text + (f"\ncertificate: epsilon={cert['epsilon']}, delta={cert['delta']}, sigma={cert['sigma']:.3g}, "
+                   f"residual bound={cert['residual_bound']:.3g}, residual norm={cert['residual_norm']:.3g}, "
+                   f"certified={cert['certified']}")
+
+
+def _parse_samples(items: list[str]) -> dict[int, list[int]]:
+    out: dict[int, list[int]] = {}
+    for item in items:
+        client, sep, idx = item.partition(":")
+        try:
+            out[int(client)] = [int(i) for i in idx.split(",") if i.strip()]
+        except ValueError:
+            raise ValueError(f"--samples {item!r} must look like CLIENT:I,J,K, e.g. 3:0,5,7") from None
+        if not sep:
+            raise ValueError(f"--samples {item!r} must look like CLIENT:I,J,K, e.g. 3:0,5,7")
+    return out
+
+
+def cmd_forget(args: argparse.Namespace) -> int:
+    from . import experiment
+
+    engine = experiment.load_run(args.run_dir, overrides=args.set or [])
+    result = engine.forget(clients=args.clients or (), samples=_parse_samples(args.samples or []),
+                           reference=not args.no_retrain)
+    report = experiment.record_forget(engine, Path(args.run_dir), result)
+    if report:
+        print(forget_table(report))
+        print(f"updated: {args.run_dir}/history.h5, {args.run_dir}/report.json")
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from . import experiment, report
 
     cfg = demo_config()
     cfg = config_mod.with_overrides(cfg, args.set or [])
     out = Path(args.out or cfg.run.out)
-    t = cfg.topology
+    t, u = cfg.topology, cfg.unlearn
     print(f"p2pforget demo: {t.n_clients} clients on a {t.kind}, {cfg.data.kind} data ({cfg.data.partition} split), "
-          f"{cfg.model.kind} model, {cfg.train.algorithm}, {cfg.run.rounds} rounds")
+          f"{cfg.model.kind} model, {cfg.train.algorithm}, {cfg.run.rounds} rounds; then forget client(s) "
+          f"{list(u.clients)} with {u.method} unlearning (epsilon={u.epsilon}, delta={u.delta}) next to Retrain")
     result = experiment.run(cfg, out=out)
     m = result.engine.metrics
+    step = max(1, cfg.run.rounds // 6)
     rows = [[r, m["loss_mean"][r - 1], m["test_acc_mean"][r - 1], m["test_acc_min"][r - 1], m["consensus_distance"][r - 1],
              sum(m["bytes_sent"][:r]) / 1e6]
-            for r in sorted({1, *range(10, cfg.run.rounds + 1, 10), cfg.run.rounds}) if r <= len(m["loss_mean"])]
+            for r in sorted({1, *range(step, cfg.run.rounds + 1, step), cfg.run.rounds}) if r <= len(m["loss_mean"])]
     print(report.table(["round", "loss", "test acc (mean)", "test acc (min)", "consensus", "comm MB"], rows))
+    if "unlearn" in result.report:
+        print()
+        print(forget_table(result.report))
     pngs = report.report_run(out) + [report.plot_graph(result.engine.graph, out / "topology.png", title=f"{t.kind}, n={t.n_clients}")]
     print(f"run files: {out}/history.h5, {out}/report.json; plots: {', '.join(str(p) for p in pngs)}")
     return 0
@@ -133,6 +187,14 @@ def parser() -> argparse.ArgumentParser:
     t.add_argument("--path", default="")
     t.add_argument("--png", help="where to write the drawing")
     t.set_defaults(fn=cmd_topologies)
+
+    f = sub.add_parser("forget", help="forget clients or samples in a finished run, next to Retrain")
+    f.add_argument("run_dir")
+    f.add_argument("--clients", type=int, nargs="+", metavar="ID", help="clients to forget entirely")
+    f.add_argument("--samples", nargs="+", metavar="CLIENT:I,J", help="samples to forget, e.g. 3:0,5,7")
+    f.add_argument("--set", action="append", metavar="unlearn.KEY=VALUE", help="override an [unlearn] key")
+    f.add_argument("--no-retrain", action="store_true", help="skip the Retrain reference")
+    f.set_defaults(fn=cmd_forget)
 
     rep = sub.add_parser("report", help="PNG plots of a run directory")
     rep.add_argument("run_dir")

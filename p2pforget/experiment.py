@@ -222,7 +222,7 @@ def load_run(run_dir: str | Path, *, overrides: list[str] = (), transport: Trans
     if transport is None or transport.is_root:
         try:
             stored = history.read_h5(run_dir / "history.h5")
-            keep = ("checkpoint/", "metrics/", "unlearn/", "params/unlearned")
+            keep = ("checkpoint/", "metrics/", "unlearn/", "params/unlearned_noiseless")
             payload = (stored.attrs["config_toml"], {k: v for k, v in stored.arrays.items() if k.startswith(keep)})
         except (ValueError, FileNotFoundError) as e:
             payload = e
@@ -238,6 +238,7 @@ def load_run(run_dir: str | Path, *, overrides: list[str] = (), transport: Trans
     if "unlearn/retained" in arrays:
         engine.exclude(samples={j: np.flatnonzero(~arrays["unlearn/retained"][j]) for j in range(engine.n_clients)},
                        removed=np.flatnonzero(~arrays["unlearn/members"]).tolist())
-        engine.params = torch.as_tensor(arrays["params/unlearned"][engine.lo:engine.hi], dtype=engine.dtype).clone()
+        rows = arrays["params/unlearned_noiseless"][engine.lo:engine.hi]
+        engine.params = torch.as_tensor(rows, dtype=engine.dtype).clone()
         engine.tracker = engine.last_grad = None
     return engine

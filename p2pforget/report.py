@@ -9,6 +9,7 @@ a | b
 """
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Sequence
 
@@ -99,6 +100,57 @@ def plot_graph(g: nx.Graph, path: str | Path, *, title: str = "") -> Path:
     return path
 
 
+def plot_ledger(C: np.ndarray, path: str | Path, *, title: str = "influence ledger") -> Path:
+    """Heatmap of the ledger shares: row i, column j = fraction of node i's updates from client j."""
+    from .ledger import shares
+
+    fig, ax = plt.subplots(figsize=(6, 5))
+    im = ax.imshow(shares(C), cmap="viridis", vmin=0)
+    fig.colorbar(im, ax=ax, label="share of node i's accumulated updates")
+    ax.set(title=title, xlabel="client j (source)", ylabel="node i (holder)")
+    path = Path(path)
+    fig.savefig(path, dpi=110, bbox_inches="tight")
+    plt.close(fig)
+    return path
+
+
+def plot_influence_share(mixings: list[np.ndarray], client: int, path: str | Path) -> Path:
+    """Share of ``client``'s influence at every node after each round (one line per node)."""
+    from .ledger import share_history
+
+    h = share_history(mixings, client)
+    n = h.shape[1]
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for i in range(n):
+        ax.plot(np.arange(1, len(h) + 1), h[:, i], lw=2.0 if i == client else 0.8, color="tab:red" if i == client else None)
+    ax.axhline(1 / n, color="k", ls="--", lw=0.8, label="uniform 1/n")
+    ax.set(title=f"share of client {client}'s updates held by each node", xlabel="round", ylabel="share", xscale="log")
+    ax.legend()
+    path = Path(path)
+    fig.savefig(path, dpi=110, bbox_inches="tight")
+    plt.close(fig)
+    return path
+
+
+def plot_unlearning(metrics: dict, path: str | Path) -> Path:
+    """FA / RA / TA / MIA of the trained, retrained and unlearned models, side by side."""
+    names = [k for k in ("trained", "retrained", "unlearned") if k in metrics]
+    labels = ["FA", "RA", "TA", "MIA"]
+    fig, ax = plt.subplots(figsize=(8, 4))
+    width = 0.8 / len(names)
+    for k, name in enumerate(names):
+        m = metrics[name]
+        vals = [m[x]["mean"] if isinstance(m.get(x), dict) else (m.get(x) or 0.0) for x in labels]
+        ax.bar(np.arange(len(labels)) + k * width, vals, width, label=name)
+    ax.set_xticks(np.arange(len(labels)) + width * (len(names) - 1) / 2, labels)
+    ax.set(ylabel="percent (mean over nodes)", title="unlearning metrics (MIA 50 = forgotten data look unseen)")
+    ax.legend()
+    path = Path(path)
+    fig.savefig(path, dpi=110, bbox_inches="tight")
+    plt.close(fig)
+    return path
+
+
 def report_run(run_dir: str | Path) -> list[Path]:
     """PNG plots for a finished (or interrupted) run directory; returns the files written."""
     run_dir = Path(run_dir)
@@ -106,4 +158,17 @@ def report_run(run_dir: str | Path) -> list[Path]:
     metrics = {k.removeprefix("metrics/"): v for k, v in rf.arrays.items() if k.startswith("metrics/")}
     if not len(metrics.get("loss_mean", [])):
         raise ValueError(f"{run_dir} has no completed rounds to plot")
-    return [plot_metrics(metrics, run_dir / "metrics.png", title=run_dir.name)]
+    pngs = [plot_metrics(metrics, run_dir / "metrics.png", title=run_dir.name)]
+    C = rf.arrays["ledger/influence"]
+    pngs.append(plot_ledger(C, run_dir / "ledger.png"))
+    W = rf.arrays["topology/mixing"]
+    rounds = int(rf.attrs["rounds_done"])
+    mixings = list(W[:rounds]) if W.ndim == 3 else [W] * rounds
+    forgotten = [int(j) for j in json.loads(rf.group_attrs.get("unlearn", {}).get("forgotten", "{}"))]
+    pngs.append(plot_influence_share(mixings, forgotten[0] if forgotten else 0, run_dir / "influence_share.png"))
+    report_file = run_dir / "report.json"
+    if report_file.exists():
+        report = json.loads(report_file.read_text())
+        if "metrics" in report:
+            pngs.append(plot_unlearning(report["metrics"], run_dir / "unlearning.png"))
+    return pngs

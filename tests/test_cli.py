@@ -61,7 +61,14 @@ def test_demo_end_to_end(tmp_path):
     res = subprocess.run([sys.executable, "-m", "p2pforget", "demo", "--out", str(tmp_path / "demo")],
                          capture_output=True, text=True, timeout=120)
     assert res.returncode == 0, res.stderr
-    assert "test acc (mean)" in res.stdout
+    for text in ["test acc (mean)", "Retrain", "Certified", "dist. to Retrain", "certificate: epsilon=1.0"]:
+        assert text in res.stdout
     report = json.loads((tmp_path / "demo" / "report.json").read_text())
-    assert report["final"]["test_acc_mean"] > 0.8  # 10-class digits, chance 0.1
-    assert (tmp_path / "demo" / "metrics.png").exists() and (tmp_path / "demo" / "topology.png").exists()
+    m = report["metrics"]
+    assert m["unlearned"]["relative_distance_to_retrain"] < 0.5
+    for key in ("FA", "RA", "TA"):
+        assert abs(m["unlearned"][key]["mean"] - m["retrained"][key]["mean"]) <= 2.0
+    assert report["cost"]["unlearn"]["seconds"] < report["cost"]["retrain"]["seconds"]
+    assert report["unlearn"]["certified"] and report["unlearn"]["residual_norm"] <= report["unlearn"]["residual_bound"]
+    for png in ["metrics", "topology", "ledger", "influence_share", "unlearning"]:
+        assert (tmp_path / "demo" / f"{png}.png").stat().st_size > 10_000

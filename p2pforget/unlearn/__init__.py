@@ -136,8 +136,9 @@ def forget(engine: "Engine", *, clients=(), samples: dict | None = None, options
     """Forget ``clients`` and/or ``samples`` (client id -> indices) with ``options.method``, and train
     the Retrain reference next to it (unless ``reference=False``).
 
-    Afterwards ``engine`` holds the released (noisy) unlearned models and trains without the
-    forgotten data. Metrics are computed on the nodes still in the graph.
+    Afterwards ``engine`` holds the noiseless unlearned models (each node's private state; the
+    released, noised models are in the result) and trains without the forgotten data. Metrics are
+    computed on the released models of the nodes still in the graph.
     """
     from .retrain import retrain
 
@@ -152,7 +153,9 @@ def forget(engine: "Engine", *, clients=(), samples: dict | None = None, options
 
     trained = engine.params.clone()
     outcome, seconds, flops = measured(lambda: methods[opts.method]().unlearn(engine, request, opts))
-    engine.params = outcome.released.clone()
+    # Nodes continue from their noiseless models and publish noised ones, so that later requests
+    # start from the exact correction (sequential deletion as in Sekhari et al. 2021).
+    engine.params = outcome.noiseless.clone()
     engine.tracker = engine.last_grad = None  # gradient tracking restarts from the new models
     cost = {"unlearn": Cost(seconds=seconds, flops=flops + outcome.extra_flops, comm_bytes=outcome.comm_bytes)}
 

@@ -24,8 +24,9 @@ remaining data. At a stationary point of ``Phi``, ``grad Phi'(theta) = -g`` with
    down a spanning tree; on a star the hub sums). An inexact sum only slows the Newton iteration,
    and the certificate accounts for it.
 4. Newton step ``theta_i <- theta_i - H_i^{-1} grad_i``. Each further step (``newton_steps``)
-   sums the nodes' remaining-data gradients the same way (to ``unlearn.gossip_tol``) instead of
-   using the ledger.
+   first averages the nodes' models (the target, the remaining optimum, is one point), then sums
+   the nodes' remaining-data gradients at that model the same way (to ``unlearn.gossip_tol``)
+   instead of using the ledger.
 5. Gaussian noise ``N(0, sigma^2 I)`` with ``sigma = residual_bound * sqrt(2 ln(1.25/delta)) / epsilon``
    is added to every node's model (see :func:`certificate` and docs/certified_unlearning.md).
 """
@@ -216,9 +217,13 @@ class CertifiedNewton:
         rounds = []
         for step in range(options.newton_steps):
             if step > 0:
+                # The target is one point, the remaining optimum: nodes first agree on their mean
+                # model, so every node's gradient sum is evaluated at the point it steps from.
+                total, sent, _ = network_sum(engine, theta, tol=options.gossip_tol, averaging=options.averaging)
+                theta = total / n_nodes
                 local_grad = engine.gradients(theta, engine.full_batch())[0] * a_after
-                rhs, sent, _ = network_sum(engine, local_grad, tol=options.gossip_tol, averaging=options.averaging)
-                comm += sent
+                rhs, sent2, _ = network_sum(engine, local_grad, tol=options.gossip_tol, averaging=options.averaging)
+                comm += sent + sent2
             curv = local_curvature(engine, theta, options.curvature)
             curv = curv * (a_after if is_diagonal(options.curvature) else a_after[:, :, None])
             H, sent, r = network_sum(engine, curv, tol=options.curvature_tol, averaging=options.averaging)
