@@ -98,6 +98,7 @@ class UnlearnConfig:
     mode: str = _choice("remove", "remove", "keep_relay")
     noise: bool = True
     damping: float = _range(0.0, 0.0)
+    finetune_rounds: int = _range(0, 0)
     averaging: str = _choice("gossip", "gossip", "tree")
     gossip_tol: float = _range(1e-10, 1e-16, 1e-1)
     curvature_tol: float = _range(1e-4, 1e-16, 1e-1)

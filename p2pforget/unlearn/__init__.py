@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Callable, Protocol
 
 import numpy as np
 import torch
@@ -77,11 +77,14 @@ def _check_client(engine: "Engine", j: int) -> None:
 
 @dataclass
 class Outcome:
-    """What an unlearning method produces (local rows of this process)."""
+    """What an unlearning method produces (local rows of this process).
+
+    ``release()`` returns the models to publish and the certificate. It runs outside the cost
+    measurement: the simulator evaluates the certificate with global knowledge of the data.
+    """
 
     noiseless: torch.Tensor
-    released: torch.Tensor
-    certificate: dict[str, Any]
+    release: Callable[[], tuple[torch.Tensor, dict[str, Any]]]
     comm_bytes: float
     extra_flops: float = 0.0  # work the FLOP counter cannot see (dense solves)
 
@@ -136,9 +139,10 @@ def forget(engine: "Engine", *, clients=(), samples: dict | None = None, options
     """Forget ``clients`` and/or ``samples`` (client id -> indices) with ``options.method``, and train
     the Retrain reference next to it (unless ``reference=False``).
 
-    Afterwards ``engine`` holds the noiseless unlearned models (each node's private state; the
-    released, noised models are in the result) and trains without the forgotten data. Metrics are
-    computed on the released models of the nodes still in the graph.
+    Afterwards ``engine`` trains without the forgotten data, from the noiseless unlearned models
+    (each node's private state; the released, noised models are in the result) or, with
+    ``finetune_rounds``, from the fine-tuned released models. Metrics are computed on the released
+    models of the nodes still in the graph.
     """
     from .retrain import retrain
 
@@ -152,27 +156,39 @@ def forget(engine: "Engine", *, clients=(), samples: dict | None = None, options
         forgotten_mask[j, idx] = True
 
     trained = engine.params.clone()
+    rounds = engine.round
     outcome, seconds, flops = measured(lambda: methods[opts.method]().unlearn(engine, request, opts))
+    cost = Cost(seconds=seconds, flops=flops + outcome.extra_flops, comm_bytes=outcome.comm_bytes)
+    released, certificate = outcome.release()
     # Nodes continue from their noiseless models and publish noised ones, so that later requests
-    # start from the exact correction (sequential deletion as in Sekhari et al. 2021).
+    # start from the exact correction (sequential deletion as in Sekhari et al. 2021) ...
     engine.params = outcome.noiseless.clone()
     engine.tracker = engine.last_grad = None  # gradient tracking restarts from the new models
-    cost = {"unlearn": Cost(seconds=seconds, flops=flops + outcome.extra_flops, comm_bytes=outcome.comm_bytes)}
+    if opts.finetune_rounds:
+        # ... unless they fine-tune: training the published models on the remaining data is
+        # post-processing that never touches the forgotten data, so the certificate still holds.
+        engine.params = released.clone()
+        _, seconds, flops = measured(lambda: engine.train(opts.finetune_rounds, progress=False, desc="fine-tune"))
+        cost.seconds += seconds
+        cost.flops += flops
+        cost.comm_bytes += float(sum(engine.metrics["bytes_sent"][rounds:])) if engine.transport.is_root else 0.0
+        released = engine.params.clone()
+    cost = {"unlearn": cost}
 
     nodes = np.flatnonzero(engine.members)
     sets = metrics.EvalSets.from_masks(engine, forgotten_mask, engine.retained & engine.members[:, None])
     evaluated = {"trained": metrics.evaluate(engine, trained, sets, nodes=nodes),
-                 "unlearned": metrics.evaluate(engine, outcome.released, sets, nodes=nodes)}
-    local = {"trained": trained, "unlearned_noiseless": outcome.noiseless, "unlearned": outcome.released}
+                 "unlearned": metrics.evaluate(engine, released, sets, nodes=nodes)}
+    local = {"trained": trained, "unlearned_noiseless": outcome.noiseless, "unlearned": released}
     if reference:
-        retrained, r_cost = retrain(engine, rounds=engine.round, progress=progress)
+        retrained, r_cost = retrain(engine, rounds=rounds, progress=progress)
         cost["retrain"] = r_cost
         local["retrained"] = retrained.params
         evaluated["retrained"] = metrics.evaluate(engine, retrained.params, sets, nodes=nodes)
 
     gathered = {k: engine.gather_params(v) for k, v in local.items()}
     result = ForgetResult(method=opts.method, forgotten={j: v.tolist() for j, v in request.samples.items()},
-                          mode=opts.mode, certificate=outcome.certificate, cost=cost)
+                          mode=opts.mode, certificate=certificate, cost=cost)
     if engine.transport.is_root:
         result.params = gathered
         result.metrics = evaluated

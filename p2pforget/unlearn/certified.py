@@ -38,6 +38,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 import torch.nn.functional as F
+import torch._decomp.decompositions_for_jvp  # noqa: F401  (loaded by jvp on first use; import it up front)
 from torch.func import grad, jvp
 
 from .. import ledger as ledger_mod, seeding
@@ -235,14 +236,17 @@ class CertifiedNewton:
             theta = theta + delta
 
         noiseless = theta
-        gathered = [engine.gather_params(v) for v in (before, delta, noiseless)]
-        cert = certificate(engine, *gathered, options) if engine.transport.is_root else None
-        cert = engine.transport.bcast_object(cert)
-        cert["gossip_rounds_per_average"] = rounds[0]
-        released = noiseless
-        if options.noise:
-            released = noiseless + cert["sigma"] * self._noise(engine, noiseless)
-        return Outcome(noiseless=noiseless, released=released, certificate=cert, comm_bytes=comm, extra_flops=extra_flops)
+
+        def release() -> tuple[torch.Tensor, dict]:
+            gathered = [engine.gather_params(v) for v in (before, delta, noiseless)]
+            cert = certificate(engine, *gathered, options) if engine.transport.is_root else None
+            cert = engine.transport.bcast_object(cert)
+            cert["gossip_rounds_per_average"] = rounds[0]
+            if not options.noise:
+                return noiseless, cert
+            return noiseless + cert["sigma"] * self._noise(engine, noiseless), cert
+
+        return Outcome(noiseless=noiseless, release=release, comm_bytes=comm, extra_flops=extra_flops)
 
     @staticmethod
     def _noise(engine: "Engine", like: torch.Tensor) -> torch.Tensor:
@@ -257,13 +261,29 @@ class CertifiedNewton:
 
 def _solve(H: torch.Tensor, rhs: torch.Tensor, damping: float, *, active: np.ndarray) -> tuple[torch.Tensor, float]:
     """``-H_i^{-1} rhs_i`` for every local node still in the graph (zero for nodes that left), with
-    H diagonal ``[n, d]`` or dense ``[n, d, d]``; returns the step and the FLOPs of the solves."""
+    H diagonal ``[n, d]`` or dense ``[n, d, d]``; returns the step and the FLOPs every node spends.
+
+    Dense systems use a Cholesky factorization (LU if H is not positive definite). Nodes whose H
+    is the same matrix (an exact sum hands every node the same one) share one factorization here;
+    the FLOPs still count one factorization per node, as each node does its own."""
     out = torch.zeros_like(rhs)
+    rows = np.flatnonzero(active)
     d = rhs.shape[1]
-    for r in np.flatnonzero(active):
-        if H.dim() == 2:
-            out[r] = -rhs[r] / (H[r] + damping)
+    if H.dim() == 2:
+        out[rows] = -rhs[rows] / (H[rows] + damping)
+        return out, float(len(rows) * d)
+    eye = damping * torch.eye(d, dtype=H.dtype)
+    groups: list[list[int]] = []
+    for r in rows:
+        for g in groups:
+            if torch.equal(H[g[0]], H[r]):
+                g.append(int(r))
+                break
         else:
-            out[r] = -torch.linalg.solve(H[r] + damping * torch.eye(d, dtype=H.dtype), rhs[r])
-    per_node = d if H.dim() == 2 else 2 * d ** 3 / 3 + 2 * d ** 2
-    return out, float(len(np.flatnonzero(active)) * per_node)
+            groups.append([int(r)])
+    for g in groups:
+        A = H[g[0]] + eye
+        b = rhs[g].T
+        L, info = torch.linalg.cholesky_ex(A)
+        out[g] = -(torch.cholesky_solve(b, L) if int(info) == 0 else torch.linalg.solve(A, b)).T
+    return out, float(len(rows) * (d ** 3 / 3 + 2 * d ** 2))
