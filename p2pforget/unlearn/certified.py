@@ -213,7 +213,11 @@ class CertifiedNewton:
         comm = float(len(forgotten) * n_nodes * engine.dim * itemsize)
 
         # 2-4. Newton steps on the remaining objective.
-        rhs = -(omega @ G)
+        # Elementwise, one forgotten client at a time: a matrix product's rounding could depend on
+        # how many nodes this process hosts.
+        rhs = torch.zeros_like(theta)
+        for k in range(len(forgotten)):
+            rhs = rhs - omega[:, k:k + 1] * G[k]
         extra_flops = 0.0
         rounds = []
         for step in range(options.newton_steps):
@@ -283,7 +287,8 @@ def _solve(H: torch.Tensor, rhs: torch.Tensor, damping: float, *, active: np.nda
             groups.append([int(r)])
     for g in groups:
         A = H[g[0]] + eye
-        b = rhs[g].T
         L, info = torch.linalg.cholesky_ex(A)
-        out[g] = -(torch.cholesky_solve(b, L) if int(info) == 0 else torch.linalg.solve(A, b)).T
+        for r in g:  # one right-hand side at a time, so no result depends on the group's size
+            b = rhs[r][:, None]
+            out[r] = -(torch.cholesky_solve(b, L) if int(info) == 0 else torch.linalg.solve(A, b))[:, 0]
     return out, float(len(rows) * (d ** 3 / 3 + 2 * d ** 2))

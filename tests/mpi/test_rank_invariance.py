@@ -21,6 +21,17 @@ BASE = {
     "model": {"kind": "mlp", "hidden": 6},
     "train": {"batch_size": 4, "local_steps": 2, "lr": 0.2},
 }
+UNLEARN_CASES = {
+    "ring7_certified_gossip": {"topology": {"kind": "ring", "n_clients": 7}, "model": {"kind": "logistic"},
+                               "train": {"algorithm": "gradient_tracking", "local_steps": 1, "dtype": "float64", "weight_decay": 0.1},
+                               "unlearn": {"clients": [2], "newton_steps": 2}},
+    "star5_samples_keep_relay": {"topology": {"kind": "star", "n_clients": 5}, "model": {"kind": "logistic"},
+                                 "train": {"dtype": "float64", "weight_decay": 0.05},
+                                 "unlearn": {"samples": {"1": [0, 3, 4]}, "clients": [4], "mode": "keep_relay"}},
+    "erdos_renyi10_mlp_ggn_tree": {"topology": {"kind": "erdos_renyi", "n_clients": 10, "p": 0.5, "dropout": 0.2},
+                                   "unlearn": {"clients": [6], "curvature": "ggn", "averaging": "tree", "damping": 0.1,
+                                               "finetune_rounds": 2}},
+}
 CASES = {
     "ring7": {"topology": {"kind": "ring", "n_clients": 7}},
     "torus9": {"topology": {"kind": "torus", "n_clients": 9}},
@@ -35,7 +46,7 @@ CASES = {
 
 def _cfg(case: str, transport: str) -> config.Config:
     data = {k: dict(v) for k, v in BASE.items()}
-    for section, values in CASES[case].items():
+    for section, values in (CASES | UNLEARN_CASES)[case].items():
         data.setdefault(section, {}).update(values)
     data["run"]["transport"] = transport
     return config.from_dict(data)
@@ -51,6 +62,10 @@ def _differences(a_dir: Path, b_dir: Path) -> list[str]:
     diffs += [key for key in a.arrays if key in b.arrays and not np.array_equal(a.arrays[key], b.arrays[key])]
     if b.attrs["world_size"] != COMM.Get_size():
         diffs.append(f"world_size {b.attrs['world_size']}")
+    cert_a, cert_b = a.group_attrs.get("unlearn", {}), b.group_attrs.get("unlearn", {})
+    timing = {"seconds", "flops"}  # wall time differs; FLOPs include each rank's vmap padding
+    diffs += [f"unlearn.{k}" for k in cert_a if k not in timing
+              and not np.array_equal(cert_a[k], cert_b.get(k), equal_nan=isinstance(cert_a[k], float))]
     return diffs
 
 
@@ -66,6 +81,13 @@ def _assert_same_run_at_root(cfg_local: config.Config, out: Path) -> None:
 
 @pytest.mark.parametrize("case", list(CASES))
 def test_mpi_run_is_bit_identical_to_in_process(case, tmp_path):
+    out = _shared(tmp_path)
+    experiment.run(_cfg(case, "mpi"), out=out / "mpi", progress=False)
+    _assert_same_run_at_root(_cfg(case, "local"), out)
+
+
+@pytest.mark.parametrize("case", list(UNLEARN_CASES))
+def test_mpi_unlearning_is_bit_identical_to_in_process(case, tmp_path):
     out = _shared(tmp_path)
     experiment.run(_cfg(case, "mpi"), out=out / "mpi", progress=False)
     _assert_same_run_at_root(_cfg(case, "local"), out)
