@@ -1,0 +1,114 @@
+"""Forget requests: validation, batches, sequences, run files and the CLI on a finished run."""
+import json
+
+import numpy as np
+import pytest
+
+from p2pforget import Engine, config, experiment, history
+from p2pforget.__main__ import main
+
+from reference import sum_objective_optimum
+
+
+def _cfg(**unlearn):
+    return config.from_dict({
+        "run": {"seed": 2, "rounds": 400},
+        "topology": {"kind": "erdos_renyi", "n_clients": 10, "p": 0.5},
+        "data": {"n_samples_per_client": 20, "n_features": 3, "n_classes": 3, "n_test": 60},
+        "train": {"algorithm": "gradient_tracking", "lr": 0.15, "dtype": "float64", "weight_decay": 0.1},
+        "unlearn": {"noise": False, "newton_steps": 4, "averaging": "tree"} | unlearn,
+    })
+
+
+@pytest.fixture(scope="module")
+def trained_state():
+    engine = Engine(config=_cfg())
+    engine.train(400, progress=False)
+    return engine.state()
+
+
+def _engine(state, **unlearn):
+    engine = Engine(config=_cfg(**unlearn))
+    engine.load_state(state)
+    return engine
+
+
+def _optimum(engine, keep):
+    d = engine.data
+    xs = [d.x[i][keep[i]] for i in range(engine.n_clients) if keep[i].any()]
+    ys = [d.y[i][keep[i]] for i in range(engine.n_clients) if keep[i].any()]
+    return sum_objective_optimum(xs, ys, 3, 0.1, np.zeros(12))
+
+
+def test_bad_requests_are_clear(trained_state):
+    engine = _engine(trained_state)
+    with pytest.raises(ValueError, match="client 12 does not exist; client ids are 0..9"):
+        engine.forget(clients=[12], progress=False)
+    with pytest.raises(ValueError, match="must lie in 0..19"):
+        engine.forget(samples={1: [25]}, progress=False)
+    with pytest.raises(ValueError, match="nothing to forget"):
+        engine.forget(progress=False)
+    with pytest.raises(config.ConfigError, match="unlearn.curvature"):
+        engine.forget(clients=[1], progress=False, curvature="hessian")
+    engine.forget(clients=[1], progress=False, reference=False)
+    with pytest.raises(ValueError, match="holds no data any more"):
+        engine.forget(clients=[1], progress=False, reference=False)
+
+
+def test_batch_and_sequence_reach_the_same_optimum(trained_state):
+    batch = _engine(trained_state)
+    r = batch.forget(clients=[2, 7], samples={4: [0, 1, 2, 3]}, progress=False, reference=False)
+    assert sorted(r.forgotten) == [2, 4, 7]
+    seq = _engine(trained_state)
+    seq.forget(clients=[2], progress=False, reference=False)
+    seq.forget(samples={4: [0, 1, 2, 3]}, progress=False, reference=False)
+    last = seq.forget(clients=[7], progress=False, reference=False)
+    keep = np.ones((10, 20), bool)
+    keep[[2, 7]] = False
+    keep[4, :4] = False
+    assert np.array_equal(batch.retained & batch.members[:, None], keep)
+    assert np.array_equal(seq.retained & seq.members[:, None], keep)
+    opt = _optimum(batch, keep)
+    nodes = np.flatnonzero(keep.any(axis=1))
+    for result in (r, last):
+        err = np.linalg.norm(result.params["unlearned_noiseless"][nodes] - opt, axis=1).max() / np.linalg.norm(opt)
+        assert err < 1e-8
+
+
+def test_retrain_method_and_reference(trained_state):
+    engine = _engine(trained_state, method="retrain")
+    result = engine.forget(clients=[5], progress=False)
+    assert np.array_equal(result.params["unlearned"], result.params["retrained"])
+    assert result.metrics["unlearned"]["distance_to_retrain"] == 0
+    assert result.cost["retrain"].comm_bytes == result.cost["unlearn"].comm_bytes > 0
+
+
+def test_run_file_and_cli_forget(tmp_path, capsys):
+    cfg = config.replace(_cfg(clients=[3], noise=True), run={"rounds": 120})
+    experiment.run(cfg, out=tmp_path, progress=False)
+    rf = history.read_h5(tmp_path / "history.h5")
+    for name in ["init", "trained", "unlearned", "unlearned_noiseless", "retrained"]:
+        assert rf.arrays[f"params/{name}"].shape == (10, 12)
+    u = rf.group_attrs["unlearn"]
+    assert u["method"] == "certified" and json.loads(u["forgotten"]) == {"3": list(range(20))}
+    assert u["residual_norm"] <= u["residual_bound"] and u["sigma"] > 0
+    assert u["sigma"] == pytest.approx(u["residual_bound"] * np.sqrt(2 * np.log(1.25 / u["delta"])) / u["epsilon"])
+    for key in ["epsilon", "delta", "seconds", "flops", "comm_bytes"]:
+        assert key in u
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert set(report["metrics"]) == {"trained", "unlearned", "retrained"}
+    assert report["cost"]["ratio_to_retrain"]["seconds"] > 0
+
+    # a second request on the finished run, from the command line, on top of the first
+    assert main(["forget", str(tmp_path), "--samples", "5:0,1,2", "--set", "unlearn.noise=false"]) == 0
+    out = capsys.readouterr().out
+    assert "Retrain" in out and "Certified" in out and "certificate:" in out
+    rf = history.read_h5(tmp_path / "history.h5")
+    retained = rf.arrays["unlearn/retained"]
+    assert not retained[5, :3].any() and retained[5, 3:].all() and not rf.arrays["unlearn/members"][3]
+    assert main(["forget", str(tmp_path), "--clients", "3"]) == 2
+    assert "holds no data any more" in capsys.readouterr().err
+    assert main(["forget", str(tmp_path), "--clients", "1", "--set", "train.lr=1"]) == 2
+    assert "only [unlearn] keys" in capsys.readouterr().err
+    assert main(["report", str(tmp_path)]) == 0
+    assert (tmp_path / "ledger.png").exists() and (tmp_path / "unlearning.png").exists()
