@@ -4,9 +4,10 @@
 >>> cfg = p2pforget.config.from_dict({"topology": {"kind": "ring", "n_clients": 4}})
 >>> engine = p2pforget.Engine(config=cfg)
 """
-from . import aggregate, config, data, models, partition, seeding, topology
+from . import aggregate, config, data, experiment, ledger, metrics, models, partition, seeding, topology, unlearn
 from .config import Config
 from .engine import Engine
 
 __version__ = "0.1.0"
-__all__ = ["Config", "Engine", "aggregate", "config", "data", "models", "partition", "seeding", "topology", "__version__"]
+__all__ = ["Config", "Engine", "aggregate", "config", "data", "experiment", "ledger", "metrics", "models", "partition",
+           "seeding", "topology", "unlearn", "__version__"]

@@ -7,7 +7,7 @@ Example
 -------
 >>> a = rng(0, client=3, purpose="batch", counters=(5,)).integers(100)
 >>> b = rng(0, client=3, purpose="batch", counters=(5,)).integers(100)
->>> a == b
+>>> bool(a == b)
 True
 """
 from __future__ import annotations
