@@ -139,6 +139,7 @@ class Engine:
         ext_ids = list(range(self.lo, self.hi)) + list(self.halo.ids)
         self._ext_pos = np.full(self.n_clients, -1, dtype=np.int64)
         self._ext_pos[ext_ids] = np.arange(len(ext_ids))
+        self._rows_of: tuple = (None, None, None)
         self._local_mask = torch.as_tensor(self.retained[self.lo:self.hi], dtype=self.dtype)
         self._local_active = torch.as_tensor(self.has_data[self.lo:self.hi], dtype=self.dtype)
 
@@ -211,8 +212,11 @@ class Engine:
 
     def _mix(self, rows: torch.Tensor, W: np.ndarray) -> torch.Tensor:
         ext = torch.cat([rows, self.halo.exchange(rows)])
-        mr = aggregate.MixingRows.from_matrix(W, lo=self.lo, hi=self.hi)
-        return aggregate.gossip_mix(ext, self._ext_pos[mr.idx], mr.weight)
+        if self._rows_of[0] is not W:  # a static graph mixes with the same matrix object every round
+            mr = aggregate.MixingRows.from_matrix(W, lo=self.lo, hi=self.hi)
+            self._rows_of = (W, torch.as_tensor(self._ext_pos[mr.idx]), torch.as_tensor(mr.weight))
+        _, idx, weight = self._rows_of
+        return aggregate.gossip_mix(ext, idx, weight)
 
     def _bytes(self, W: np.ndarray, vectors: int) -> float:
         itemsize = torch.finfo(self.dtype).bits // 8
