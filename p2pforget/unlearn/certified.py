@@ -33,13 +33,19 @@ remaining data. At a stationary point of ``Phi``, ``grad Phi'(theta) = -g`` with
 from __future__ import annotations
 
 import math
+import warnings
 from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-import torch._decomp.decompositions_for_jvp  # noqa: F401  (loaded by jvp on first use; import it up front)
 from torch.func import grad, jvp
+
+with warnings.catch_warnings():
+    # jvp loads these decompositions on first use (a third of a second); load them up front so
+    # they do not count as unlearning time. Torch's own module warns about its use of torch.jit.
+    warnings.simplefilter("ignore", FutureWarning)
+    import torch._decomp.decompositions_for_jvp  # noqa: F401
 
 from .. import ledger as ledger_mod, seeding
 from ..config import UnlearnConfig
@@ -210,6 +216,7 @@ class CertifiedNewton:
         G = full[torch.as_tensor(forgotten)] if engine.transport.is_root else None
         G = engine.transport.broadcast(G, like=torch.zeros(len(forgotten), engine.dim, dtype=engine.dtype))
         n_nodes = int(engine.members.sum())
+        member_rows = torch.as_tensor(engine.members[lo:hi])[:, None]
         comm = float(len(forgotten) * n_nodes * engine.dim * itemsize)
 
         # 2-4. Newton steps on the remaining objective.
@@ -225,7 +232,7 @@ class CertifiedNewton:
                 # The target is one point, the remaining optimum: nodes first agree on their mean
                 # model, so every node's gradient sum is evaluated at the point it steps from.
                 total, sent, _ = network_sum(engine, theta, tol=options.gossip_tol, averaging=options.averaging)
-                theta = total / n_nodes
+                theta = torch.where(member_rows, total / n_nodes, theta)  # nodes that left keep their model
                 local_grad = engine.gradients(theta, engine.full_batch())[0] * a_after
                 rhs, sent2, _ = network_sum(engine, local_grad, tol=options.gossip_tol, averaging=options.averaging)
                 comm += sent + sent2

@@ -15,6 +15,7 @@ All include the weight-decay term ``weight_decay * I`` of clients that still hol
 """
 from __future__ import annotations
 
+import warnings
 from typing import TYPE_CHECKING, Callable
 
 import torch
@@ -70,7 +71,9 @@ def _diag_fisher(engine: "Engine", params: torch.Tensor) -> torch.Tensor:
 
 
 def _kfac(engine: "Engine", params: torch.Tensor) -> torch.Tensor:
-    from curvlinops import KFACLinearOperator
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # its dependencies warn about torch.jit on import
+        from curvlinops import KFACLinearOperator
 
     wd = engine.config.train.weight_decay
     module = engine.model.module.to(engine.dtype)
