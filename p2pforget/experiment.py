@@ -83,14 +83,13 @@ class RunWriter:
         """Gather state and (at the root) write both run files; returns the report at the root."""
         e = self.engine
         state = e.state()
-        init = e.gather_params(e.init_params)
+        if self._static is None:  # written unchanged at every checkpoint: gather and build once
+            init = e.gather_params(e.init_params)
+            self._static = _static_arrays(e, rounds_total) | {"params/init": init} if e.transport.is_root else {}
         if not e.transport.is_root:
             return None
         seconds = self.seconds_before + time.perf_counter() - self.started
-        if self._static is None:
-            self._static = _static_arrays(e, rounds_total)
         arrays = dict(self._static)
-        arrays["params/init"] = init
         arrays["params/trained"] = state["params"]
         arrays["ledger/influence"] = state["ledger"]
         for k, v in state.items():
