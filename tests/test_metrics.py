@@ -1,0 +1,75 @@
+"""Metrics and mixing math against direct numpy computations."""
+import numpy as np
+import pytest
+import torch
+
+from p2pforget import aggregate, config, metrics, topology
+from p2pforget.engine import consensus_distance
+
+
+def test_gossip_mix_equals_matrix_product():
+    g = topology.build_graph("erdos_renyi", 12, seed=3, p=0.4)
+    W = topology.mixing_matrix(g)
+    X = np.random.default_rng(0).standard_normal((12, 7))
+    rows = aggregate.MixingRows.from_matrix(W, lo=0, hi=12)
+    out = aggregate.gossip_mix(torch.as_tensor(X), rows.idx, rows.weight).numpy()
+    np.testing.assert_allclose(out, W @ X, rtol=0, atol=1e-14)
+    part = aggregate.MixingRows.from_matrix(W, lo=4, hi=9)  # a block of rows, as one MPI rank sees it
+    np.testing.assert_allclose(aggregate.gossip_mix(torch.as_tensor(X), part.idx, part.weight).numpy(), (W @ X)[4:9],
+                               rtol=0, atol=1e-14)
+
+
+def test_fedavg_weights_by_sample_counts():
+    X = torch.tensor([[1.0, 0.0], [0.0, 1.0], [2.0, 2.0]], dtype=torch.float64)
+    w = np.array([1.0, 3.0, 0.0])
+    assert aggregate.FedAvg().aggregate(global_params=X[0], client_params=X, weights=w).tolist() == [0.25, 0.75]
+    np.testing.assert_allclose(aggregate.fedavg_matrix(w), np.tile([0.25, 0.75, 0.0], (3, 1)))
+
+
+def test_consensus_distance():
+    P = np.array([[0.0, 0.0], [2.0, 0.0], [1.0, 3.0]])
+    mean = P.mean(axis=0)
+    assert consensus_distance(P) == pytest.approx(np.mean([np.hypot(*(p - mean)) for p in P]))
+
+
+def test_attack_features_match_softmax_formulas():
+    rng = np.random.default_rng(1)
+    logits, labels = rng.standard_normal((20, 5)), rng.integers(0, 5, 20)
+    f = metrics.attack_features(logits, labels)
+    p = np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)
+    np.testing.assert_allclose(f[:, 0], -np.log(p[np.arange(20), labels]), rtol=1e-12)
+    np.testing.assert_allclose(f[:, 1], p[np.arange(20), labels], rtol=1e-12)
+    np.testing.assert_allclose(f[:, 2], -(p * np.log(p)).sum(axis=1), rtol=1e-12)
+
+
+def test_mia_auc_is_50_for_unseen_and_100_for_separable():
+    rng = np.random.default_rng(2)
+    member = rng.normal(0.0, 1.0, (400, 3))
+    nonmember = rng.normal(3.0, 1.0, (400, 3))
+    # forgotten samples that look like members are detected; ones that look unseen are not
+    assert metrics.mia_auc(member, nonmember, rng.normal(0.0, 1.0, (200, 3)), rng.normal(3.0, 1.0, (200, 3)), seed=0) > 97
+    unseen = metrics.mia_auc(member, nonmember, rng.normal(3.0, 1.0, (200, 3)), rng.normal(3.0, 1.0, (200, 3)), seed=0)
+    assert abs(unseen - 50) < 8
+
+
+def test_evaluate_counts_accuracy_per_node():
+    from p2pforget import Engine
+
+    cfg = config.from_dict({"topology": {"kind": "ring", "n_clients": 4}, "data": {"n_samples_per_client": 10, "n_test": 40},
+                            "train": {"dtype": "float64"}})
+    engine = Engine(config=cfg)
+    engine.train(5, progress=False)
+    forgotten = np.zeros((4, 10), bool)
+    forgotten[1, :4] = True
+    sets = metrics.EvalSets.from_masks(engine, forgotten, ~forgotten)
+    out = metrics.evaluate(engine, engine.params, sets, nodes=np.array([0, 2]))
+    acc = []
+    for i in (0, 2):
+        pred = engine.model.forward(engine.params[i], torch.as_tensor(sets.x_test)).argmax(-1).numpy()
+        acc.append(100 * np.mean(pred == sets.y_test))
+    assert out["TA"]["mean"] == pytest.approx(np.mean(acc)) and out["TA"]["min"] == pytest.approx(min(acc))
+    fa = [100 * np.mean(engine.model.forward(engine.params[i], torch.as_tensor(sets.x_forget)).argmax(-1).numpy()
+                        == sets.y_forget) for i in (0, 2)]
+    assert out["FA"]["max"] == pytest.approx(max(fa))
+    assert len(sets.y_forget) == 4 and len(sets.y_retain) == 36
+    assert 0 <= out["MIA"] <= 100
