@@ -39,6 +39,9 @@ CASES = {
     "erdos_renyi10_dropout": {"topology": {"kind": "erdos_renyi", "n_clients": 10, "p": 0.4, "dropout": 0.3}},
     "small_world8_tracking_f64": {"topology": {"kind": "small_world", "n_clients": 8},
                                   "train": {"algorithm": "gradient_tracking", "local_steps": 1, "dtype": "float64"}},
+    "complete6_uniform": {"topology": {"kind": "complete", "n_clients": 6, "mixing": "uniform_neighbors"}},
+    "file_barbell6": {"topology": {"kind": "file", "n_clients": 6,
+                                   "path": str(Path(__file__).resolve().parents[2] / "topologies" / "barbell6.edgelist")}},
     "random_regular8_cnn": {"topology": {"kind": "random_regular", "n_clients": 8}, "data": {"n_features": 16},
                             "model": {"kind": "cnn", "hidden": 6}},
 }
