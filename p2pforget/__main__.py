@@ -72,9 +72,13 @@ def forget_table(report: dict) -> str:
                      r.get("distance_to_retrain", float("nan")),
                      c["seconds"] if c else "", c["comm_bytes"] / 1e6 if c else ""])
     text = table(["method", "FA", "RA", "TA", "MIA", "dist. to Retrain", "seconds", "comm MB"], rows)
-    return text + (f"\ncertificate: epsilon={cert['epsilon']}, delta={cert['delta']}, sigma={cert['sigma']:.3g}, "
-                   f"residual bound={cert['residual_bound']:.3g}, residual norm={cert['residual_norm']:.3g}, "
-                   f"certified={cert['certified']}")
+    text += (f"\ncertificate: epsilon={cert['epsilon']}, delta={cert['delta']}, sigma={cert['sigma']:.3g}, "
+             f"residual bound={cert['residual_bound']:.3g}, residual norm={cert['residual_norm']:.3g}, "
+             f"certified={cert['certified']}")
+    if cert["sigma"] > 1e-2 and cert.get("newton_steps"):
+        text += ("\nhint: the noise is large because the last Newton step was long (the model was far from the "
+                 "remaining optimum); raise unlearn.newton_steps or train longer to shrink it")
+    return text
 
 
 def _parse_samples(items: list[str]) -> dict[int, list[int]]:
