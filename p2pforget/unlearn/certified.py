@@ -40,6 +40,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch.func import grad, jvp
+from tqdm import tqdm
 
 with warnings.catch_warnings():
     # jvp loads these decompositions on first use (a third of a second); load them up front so
@@ -101,7 +102,7 @@ def network_sum(engine: "Engine", rows: torch.Tensor, *, tol: float, averaging: 
     W = engine.base_mixing
     R = gossip_rounds(W, nodes, tol)
     x = flat
-    for _ in range(R):
+    for _ in tqdm(range(R), desc="gossip sum", leave=False, disable=not engine.transport.is_root or R < 200):
         x = engine._mix(x, W)
     messages = np.count_nonzero(W) - np.count_nonzero(np.diag(W))
     return (len(nodes) * x).reshape(rows.shape), float(R * messages * flat.shape[1] * itemsize), R
