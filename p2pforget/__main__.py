@@ -132,6 +132,19 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_compare(args: argparse.Namespace) -> int:
+    from .compare import compare
+    from .report import table
+
+    cfg = _load(args)
+    out = Path(args.out or f"{cfg.run.out}-compare")
+    headers, rows = compare(cfg, [k.strip() for k in args.topologies.split(",")], out=out)
+    if rows:
+        print(table(headers, rows))
+        print(f"runs: {out}/<topology>/; table: {out}/summary.json; plot: {out}/comparison.png")
+    return 0
+
+
 def cmd_topologies(args: argparse.Namespace) -> int:
     from . import topology
 
@@ -173,6 +186,14 @@ def parser() -> argparse.ArgumentParser:
     r.add_argument("--out", help="run directory (default: run.out)")
     r.add_argument("--resume", metavar="DIR", help="continue the interrupted run in DIR")
     r.set_defaults(fn=cmd_run)
+
+    c = sub.add_parser("compare", help="the same experiment on several topologies: table and plots")
+    c.add_argument("config", help="experiment .toml file")
+    c.add_argument("--topologies", default="ring,torus,star,erdos_renyi,small_world",
+                   help="comma-separated topology kinds (default: %(default)s)")
+    c.add_argument("--set", action="append", metavar="SECTION.KEY=VALUE", help="override a config key (repeatable)")
+    c.add_argument("--out", help="directory for the runs (default: run.out + '-compare')")
+    c.set_defaults(fn=cmd_compare)
 
     d = sub.add_parser("demo", help="a small complete experiment (under a minute on a laptop)")
     d.add_argument("--set", action="append", metavar="SECTION.KEY=VALUE", help="override a demo config key")

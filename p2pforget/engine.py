@@ -83,8 +83,8 @@ class Engine:
         t = cfg.topology
         self.graph = topology.build_graph(t.kind, n, seed=self.seed, p=t.p, k=t.k, beta=t.beta, degree=t.degree, path=t.path)
         self.is_star = t.kind == "star"
-        if self.is_star and cfg.train.algorithm != "dsgd":
-            raise ValueError("the star runs FedAvg rounds; set train.algorithm = 'dsgd' (gradient tracking is for gossip graphs)")
+        # A star always runs FedAvg rounds, whatever train.algorithm says: the hub averages exactly,
+        # so there is no consensus error for gradient tracking to correct.
 
         self.data = datasets.build(cfg.data, n_clients=n, seed=self.seed)
         self.x = torch.as_tensor(self.data.x[self.lo:self.hi], dtype=self.dtype)

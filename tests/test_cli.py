@@ -72,3 +72,25 @@ def test_demo_end_to_end(tmp_path):
     assert report["unlearn"]["certified"] and report["unlearn"]["residual_norm"] <= report["unlearn"]["residual_bound"]
     for png in ["metrics", "topology", "ledger", "influence_share", "unlearning"]:
         assert (tmp_path / "demo" / f"{png}.png").stat().st_size > 10_000
+
+
+def test_compare_topologies_with_unlearning(tmp_path, capsys):
+    cfg = config.from_dict({
+        "run": {"rounds": 40}, "topology": {"n_clients": 9, "p": 0.5},
+        "data": {"n_samples_per_client": 10, "n_test": 20},
+        "train": {"algorithm": "gradient_tracking", "lr": 0.07, "dtype": "float64", "weight_decay": 0.1},
+        "unlearn": {"clients": [4], "mode": "keep_relay", "newton_steps": 3, "averaging": "tree"},
+    })
+    path = tmp_path / "exp.toml"
+    path.write_text(config.dumps(cfg))
+    assert main(["compare", str(path), "--topologies", "ring,torus,star", "--out", str(tmp_path / "cmp")]) == 0
+    out = capsys.readouterr().out
+    assert "spectral gap" in out and "time / Retrain" in out
+    summary = json.loads((tmp_path / "cmp" / "summary.json").read_text())
+    assert [r["topology"] for r in summary] == ["ring", "torus", "star"]
+    assert summary[2]["spectral gap"] == pytest.approx(1.0)  # FedAvg averages exactly
+    assert summary[0]["spectral gap"] < summary[1]["spectral gap"]  # the ring mixes slowest
+    assert all(0 < r["time / Retrain"] for r in summary)
+    assert (tmp_path / "cmp" / "comparison.png").stat().st_size > 10_000
+    assert main(["compare", str(path), "--topologies", "ring,tree", "--out", str(tmp_path / "bad")]) == 2
+    assert "choose one of" in capsys.readouterr().err
