@@ -19,7 +19,6 @@ from pathlib import Path
 
 import networkx as nx
 import numpy as np
-import scipy.sparse as sp
 
 from . import seeding
 
@@ -232,10 +231,3 @@ def stats(g: nx.Graph, W: np.ndarray | None = None) -> Stats:
         diameter=nx.diameter(g),
         spectral_gap=spectral_gap(W),
     )
-
-
-def to_sparse(W: np.ndarray) -> sp.csr_array:
-    """``W`` as a CSR array with sorted column indices (the order in which mixing sums run)."""
-    S = sp.csr_array(W)
-    S.sort_indices()
-    return S

@@ -94,3 +94,13 @@ def test_transport_mpi_without_mpi4py_is_a_clear_error(tmp_path):
             "try:\n    transport.make('mpi', n_clients=4)\nexcept ValueError as e:\n    print(e)\n")
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert "run.transport = 'mpi' but the MPI transport needs mpi4py" in res.stdout
+
+
+def test_launcher_and_mpi_library_mismatch_is_clear(tmp_path):
+    """A launcher from another MPI installation starts N separate singletons; each would silently
+    run the whole experiment alone."""
+    _, path = _config(tmp_path)
+    res = subprocess.run([sys.executable, "-m", "p2pforget", "run", str(path), "--out", str(tmp_path / "o")],
+                         env=ENV | {"OMPI_COMM_WORLD_SIZE": "3"}, capture_output=True, text=True, timeout=120)
+    assert res.returncode == 2
+    assert "the launcher started 3 processes but MPI sees 1" in res.stderr

@@ -72,10 +72,6 @@ class Transport(ABC):
         """The root's Python object on every process (setup only, never in the round loop)."""
         return obj
 
-    def abort(self, code: int = 1) -> None:
-        """End every process of the job (after an error on one of them)."""
-        raise SystemExit(code)
-
 
 _LAUNCHER_SIZE_VARS = ("OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "PMIX_SIZE", "MPI_LOCALNRANKS")
 
@@ -101,5 +97,9 @@ def make(kind: str, *, n_clients: int) -> Transport:
             from .mpi import MPITransport
         except ImportError as e:
             raise ValueError(f"run.transport = 'mpi' but {e}") from None
-        return MPITransport(n_clients=n_clients)
+        transport = MPITransport(n_clients=n_clients)
+        if launched_size() > transport.size:
+            raise ValueError(f"the launcher started {launched_size()} processes but MPI sees {transport.size}: mpi4py's MPI "
+                             "library does not match the launcher; use the mpirun of the same installation (.venv/bin/mpirun)")
+        return transport
     raise ValueError(f"unknown run.transport {kind!r}; choose one of: auto, local, mpi")

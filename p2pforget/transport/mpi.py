@@ -80,8 +80,6 @@ class MPITransport(Transport):
     def bcast_object(self, obj):
         return self.comm.bcast(obj, root=0)
 
-    def abort(self, code: int = 1) -> None:
-        self.comm.Abort(code)
 
 
 def _displs(counts: list[int]) -> list[int]:
