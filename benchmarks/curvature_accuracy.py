@@ -21,7 +21,7 @@ from torch.func import grad, hessian
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from mpi_scaling import ROOT, _write_section  # noqa: E402
 
-from p2pforget import Engine, config  # noqa: E402
+from p2pforget import Engine, config, forget  # noqa: E402
 from p2pforget.unlearn.certified import remaining_objective  # noqa: E402
 
 GRAPHS = [("ring", 8, 0.15), ("torus", 16, 0.07), ("erdos_renyi", 16, 0.15)]
@@ -35,7 +35,7 @@ def main() -> int:
             "topology": {"kind": kind, "n_clients": n, "p": 0.3},
             "data": {"n_samples_per_client": 50, "n_features": 4, "n_classes": 3, "partition": "dirichlet", "alpha": 1.0},
             "train": {"algorithm": "gradient_tracking", "lr": lr, "dtype": "float64", "weight_decay": 0.1},
-            "unlearn": {"noise": False, "averaging": "tree"},
+            "unlearn": {"certified": {"noise": False, "averaging": "tree"}},
         })
         trained = Engine(config=cfg)
         trained.train(1200, progress=False)
@@ -44,7 +44,7 @@ def main() -> int:
             for steps in (1, 3):
                 engine = Engine(config=cfg)
                 engine.load_state(state)
-                r = engine.forget(clients=[3], reference=False, progress=False, curvature=curvature, newton_steps=steps)
+                r = forget(engine, clients=[3], reference=False, progress=False, curvature=curvature, newton_steps=steps)
                 phi = remaining_objective(engine)
                 opt = scipy.optimize.minimize(
                     lambda t: float(phi(torch.as_tensor(t))), r.params["trained"][0],

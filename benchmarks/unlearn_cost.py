@@ -20,7 +20,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from mpi_scaling import ROOT, _write_section  # noqa: E402
 
-from p2pforget import Engine, config  # noqa: E402
+from p2pforget import Engine, config, forget  # noqa: E402
 
 
 def experiment(kind: str, n: int, rounds: int) -> config.Config:
@@ -31,7 +31,7 @@ def experiment(kind: str, n: int, rounds: int) -> config.Config:
                  "partition": "dirichlet", "alpha": 0.5},
         "train": {"algorithm": "gradient_tracking", "lr": 0.07 if kind == "torus" else 0.15, "dtype": "float64",
                   "weight_decay": 0.05},
-        "unlearn": {"clients": [0], "mode": "keep_relay", "newton_steps": 5, "noise": True},
+        "unlearn": {"clients": [0], "mode": "keep_relay", "certified": {"newton_steps": 5, "noise": True}},
     })
 
 
@@ -51,7 +51,7 @@ def main() -> int:
                 engine = Engine(config=cfg)
                 engine.load_state(state)
                 start = time.perf_counter()
-                r = engine.forget(clients=[0], progress=False, averaging=averaging)
+                r = forget(engine, clients=[0], progress=False, averaging=averaging)
                 u, t = r.cost["unlearn"], r.cost["retrain"]
                 m = r.metrics
                 rows.append([kind, n, averaging, u.seconds / t.seconds, u.flops / t.flops, u.comm_bytes / t.comm_bytes,

@@ -57,27 +57,33 @@ def _print_final(report: dict, out: Path) -> None:
 
 
 def forget_table(report: dict) -> str:
-    """One row per model: method | FA | RA | TA | MIA | distance to Retrain | seconds | comm MB."""
+    """One row per model: method | FA | RA | TA | MIA | distance to Retrain | seconds | comm MB | GFLOPs | T2F;
+    the certificate below it when the method issued one."""
     from .report import table
 
-    m, cost, cert = report["metrics"], report["cost"], report["unlearn"]
+    m, cost, info = report["metrics"], report["cost"], report["unlearn"]
     rows = []
     for key, name, c in [("trained", "Trained (before)", None), ("retrained", "Retrain", cost.get("retrain")),
-                         ("unlearned", cert["method"].capitalize(), cost["unlearn"])]:
+                         ("unlearned", info["method"].capitalize(), cost["unlearn"])]:
         if key not in m:
             continue
         r = m[key]
         fa = r["FA"]["mean"] if r.get("FA") else float("nan")
+        t2f = r.get("T2F_rounds")
         rows.append([name, fa, r["RA"]["mean"], r["TA"]["mean"], r.get("MIA", float("nan")),
                      r.get("distance_to_retrain", float("nan")),
-                     c["seconds"] if c else "", c["comm_bytes"] / 1e6 if c else ""])
-    text = table(["method", "FA", "RA", "TA", "MIA", "dist. to Retrain", "seconds", "comm MB"], rows)
-    text += (f"\ncertificate: epsilon={cert['epsilon']}, delta={cert['delta']}, sigma={cert['sigma']:.3g}, "
-             f"residual bound={cert['residual_bound']:.3g}, residual norm={cert['residual_norm']:.3g}, "
-             f"certified={cert['certified']}")
-    if cert["sigma"] > 1e-2 and cert.get("newton_steps"):
-        text += ("\nhint: the noise is large because the last Newton step was long (the model was far from the "
-                 "remaining optimum); raise unlearn.newton_steps or train longer to shrink it")
+                     c["seconds"] if c else "", c["comm_bytes"] / 1e6 if c else "", c["flops"] / 1e9 if c else "",
+                     "" if c is None else ("-" if t2f is None else t2f)])
+    text = table(["method", "FA", "RA", "TA", "MIA", "dist. to Retrain", "seconds", "comm MB", "GFLOPs", "T2F rounds"], rows)
+    if "sigma" in info:
+        text += (f"\ncertificate: epsilon={info['epsilon']}, delta={info['delta']}, sigma={info['sigma']:.3g}, "
+                 f"residual bound={info['residual_bound']:.3g}, residual norm={info['residual_norm']:.3g}, "
+                 f"certified={info['certified']}")
+        if info["sigma"] > 1e-2 and info.get("newton_steps"):
+            text += ("\nhint: the noise is large because the last Newton step was long (the model was far from the "
+                     "remaining optimum); raise unlearn.certified.newton_steps or train longer to shrink it")
+    else:
+        text += f"\n{info['method']} issues no certificate"
     return text
 
 
@@ -97,9 +103,11 @@ def _parse_samples(items: list[str]) -> dict[int, list[int]]:
 def cmd_forget(args: argparse.Namespace) -> int:
     from . import experiment
 
+    from .unlearn import forget
+
     engine = experiment.load_run(args.run_dir, overrides=args.set or [])
-    result = engine.forget(clients=args.clients or (), samples=_parse_samples(args.samples or []),
-                           reference=not args.no_retrain)
+    result = forget(engine, clients=args.clients or (), samples=_parse_samples(args.samples or []),
+                    reference=not args.no_retrain)
     report = experiment.record_forget(engine, Path(args.run_dir), result)
     if report:
         print(forget_table(report))
@@ -114,9 +122,10 @@ def cmd_demo(args: argparse.Namespace) -> int:
     cfg = config_mod.with_overrides(cfg, args.set or [])
     out = Path(args.out or cfg.run.out)
     t, u = cfg.topology, cfg.unlearn
+    o = u.options()
     print(f"p2pforget demo: {t.n_clients} clients on a {t.kind}, {cfg.data.kind} data ({cfg.data.partition} split), "
           f"{cfg.model.kind} model, {cfg.train.algorithm}, {cfg.run.rounds} rounds; then forget client(s) "
-          f"{list(u.clients)} with {u.method} unlearning (epsilon={u.epsilon}, delta={u.delta}) next to Retrain")
+          f"{list(u.clients)} with {u.method} unlearning (epsilon={o.epsilon}, delta={o.delta}) next to Retrain")
     result = experiment.run(cfg, out=out)
     m = result.engine.metrics
     step = max(1, cfg.run.rounds // 6)

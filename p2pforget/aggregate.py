@@ -15,11 +15,13 @@ Example
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol
 
 import numpy as np
 import torch
+
+from .registry import AGGREGATORS
 
 
 @dataclass(frozen=True)
@@ -65,18 +67,48 @@ def weighted_average(X: torch.Tensor, weights: torch.Tensor | np.ndarray) -> tor
     return ((w / w.sum())[:, None] * X).sum(dim=0)
 
 
-class Aggregator(Protocol):
-    """The star hub's rule: turn the clients' models of one round into the next global model."""
+@dataclass
+class Uploads:
+    """What a hub (or a gossip node, for its neighbourhood) receives in one round.
 
-    def aggregate(self, *, global_params: torch.Tensor, client_params: torch.Tensor, weights: np.ndarray) -> torch.Tensor:
+    ``client_params[k]`` is the model uploaded by client ``clients[k]`` after its local steps;
+    ``weights[k]`` its sample count; ``forget[k]`` whether it is being forgotten (unlearning rounds).
+    """
+
+    global_params: torch.Tensor
+    client_params: torch.Tensor
+    weights: np.ndarray
+    round: int = 0
+    clients: np.ndarray | None = None
+    forget: np.ndarray | None = None
+    extra: dict = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        n = self.client_params.shape[0]
+        if self.clients is None:
+            self.clients = np.arange(n)
+        if self.forget is None:
+            self.forget = np.zeros(n, dtype=bool)
+
+    @property
+    def updates(self) -> torch.Tensor:
+        """``client_params - global_params``: each client's update (``[k, d]``)."""
+        return self.client_params - self.global_params
+
+
+class Aggregator(Protocol):
+    """The hub's rule: turn one round's :class:`Uploads` into the next global model."""
+
+    def aggregate(self, uploads: Uploads) -> torch.Tensor:
         ...
 
 
+@AGGREGATORS.register("fedavg", help="federated averaging weighted by sample counts")
 class FedAvg:
     """Federated averaging weighted by sample counts (McMahan et al., AISTATS 2017)."""
 
-    def aggregate(self, *, global_params: torch.Tensor, client_params: torch.Tensor, weights: np.ndarray) -> torch.Tensor:
-        return weighted_average(client_params, weights)
+    def aggregate(self, uploads: Uploads) -> torch.Tensor:
+        return weighted_average(uploads.client_params, uploads.weights)
 
 
 def fedavg_matrix(weights: np.ndarray) -> np.ndarray:

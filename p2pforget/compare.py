@@ -37,7 +37,8 @@ def compare(cfg: Config, topologies: Sequence[str], *, out: str | Path, progress
         if unlearning:
             u, ratio = r["metrics"]["unlearned"], r["cost"]["ratio_to_retrain"]
             row += [u["FA"]["mean"] if u["FA"] else float("nan"), u["RA"]["mean"], u["TA"]["mean"], u.get("MIA", float("nan")),
-                    u["relative_distance_to_retrain"], r["unlearn"]["sigma"], ratio["seconds"], ratio["comm_bytes"]]
+                    u["relative_distance_to_retrain"], r["unlearn"].get("sigma", float("nan")), ratio["seconds"],
+                    ratio["comm_bytes"]]
         rows.append(row)
         curves[kind] = result.engine.metrics
     headers = TRAIN_HEADERS + (UNLEARN_HEADERS if unlearning else [])

@@ -13,95 +13,124 @@ Example
 from __future__ import annotations
 
 import dataclasses
+import importlib
+import importlib.util
 import json
+import sys
 import tomllib
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from . import registry
+
 
 class ConfigError(ValueError):
     """A config file or override names an unknown key or holds a bad value."""
 
 
-def _choice(default: str, *choices: str) -> Any:
+def choice(default: str, *choices: str) -> Any:
     return field(default=default, metadata={"choices": choices})
 
 
-def _range(default: Any, lo: float | None = None, hi: float | None = None) -> Any:
+def bounded(default: Any, lo: float | None = None, hi: float | None = None) -> Any:
     return field(default=default, metadata={"range": (lo, hi)})
+
+
+def registered(default: str, which: str) -> Any:
+    """A name chosen from one of :mod:`p2pforget.registry`'s registries (built-ins and plug-ins)."""
+    return field(default=default, metadata={"registry": which})
 
 
 @dataclass(frozen=True)
 class RunConfig:
-    seed: int = _range(0, 0)
-    rounds: int = _range(20, 0)
+    seed: int = bounded(0, 0)
+    rounds: int = bounded(20, 0)
     out: str = "runs/default"
-    checkpoint_every: int = _range(1, 1)
-    transport: str = _choice("auto", "auto", "local", "mpi")
+    checkpoint_every: int = bounded(1, 1)
+    transport: str = choice("auto", "auto", "local", "mpi")
+    plugins: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
 class TopologyConfig:
-    kind: str = _choice("ring", "ring", "torus", "star", "complete", "erdos_renyi", "small_world", "random_regular", "file")
-    n_clients: int = _range(8, 2)
-    p: float = _range(0.3, 0.0, 1.0)
-    k: int = _range(4, 2)
-    beta: float = _range(0.2, 0.0, 1.0)
-    degree: int = _range(3, 1)
+    kind: str = choice("ring", "ring", "torus", "star", "complete", "erdos_renyi", "small_world", "random_regular", "file")
+    n_clients: int = bounded(8, 2)
+    p: float = bounded(0.3, 0.0, 1.0)
+    k: int = bounded(4, 2)
+    beta: float = bounded(0.2, 0.0, 1.0)
+    degree: int = bounded(3, 1)
     path: str = ""
-    mixing: str = _choice("metropolis", "metropolis", "uniform_neighbors", "file")
+    mixing: str = choice("metropolis", "metropolis", "uniform_neighbors", "file")
     mixing_path: str = ""
-    dropout: float = _range(0.0, 0.0, 0.99)
+    dropout: float = bounded(0.0, 0.0, 0.99)
+    lazy: bool = False
 
 
 @dataclass(frozen=True)
 class DataConfig:
-    kind: str = _choice("gaussian_logistic", "gaussian_logistic", "digits")
-    n_samples_per_client: int = _range(50, 1)
-    n_test: int = _range(200, 1)
-    n_features: int = _range(10, 1)
-    n_classes: int = _range(3, 2)
-    separation: float = _range(1.5, 0.0)
-    partition: str = _choice("iid", "iid", "dirichlet", "by_class")
-    alpha: float = _range(0.5, 1e-6)
+    kind: str = registered("gaussian_logistic", "data")
+    n_samples_per_client: int = bounded(50, 1)
+    n_test: int = bounded(200, 1)
+    n_features: int = bounded(10, 1)
+    n_classes: int = bounded(3, 2)
+    separation: float = bounded(1.5, 0.0)
+    partition: str = choice("iid", "iid", "dirichlet", "by_class", "by_domain")
+    alpha: float = bounded(0.5, 1e-6)
+    domain_skew: float = bounded(0.8, 0.0, 1.0)
+    quantity_skew: float = bounded(0.0, 0.0, 3.0)
+    image_size: int = bounded(32, 8)
+    path: str = ""
     save: bool = False
 
 
 @dataclass(frozen=True)
 class ModelConfig:
-    kind: str = _choice("logistic", "logistic", "mlp", "cnn")
-    hidden: int = _range(32, 1)
+    kind: str = registered("logistic", "model")
+    hidden: int = bounded(32, 1)
+    alpha_v: float = bounded(1.0, 0.0)
+    alpha_k: float = bounded(1.0, 0.0)
+    alpha_gtc: float = bounded(1.0, 0.0)
 
 
 @dataclass(frozen=True)
 class TrainConfig:
-    algorithm: str = _choice("dsgd", "dsgd", "gradient_tracking")
-    lr: float = _range(0.1, 0.0)
-    local_steps: int = _range(1, 1)
-    batch_size: int = _range(0, 0)
-    weight_decay: float = _range(1e-3, 0.0)
-    dtype: str = _choice("float32", "float32", "float64")
+    algorithm: str = registered("dsgd", "round")
+    aggregator: str = registered("fedavg", "aggregator")
+    lr: float = bounded(0.1, 0.0)
+    local_steps: int = bounded(1, 1)
+    batch_size: int = bounded(0, 0)
+    weight_decay: float = bounded(1e-3, 0.0)
+    dtype: str = choice("float32", "float32", "float64")
     same_init: bool = True
 
 
 @dataclass(frozen=True)
 class UnlearnConfig:
-    method: str = _choice("certified", "certified", "retrain")
+    """What to forget and with which method; each method's own keys live in ``[unlearn.<method>]``
+    (``tables`` maps every registered method that has options to its options dataclass)."""
+
+    method: str = registered("certified", "method")
     clients: tuple[int, ...] = ()
     samples: dict[str, tuple[int, ...]] = field(default_factory=dict)
-    epsilon: float = _range(1.0, 1e-12)
-    delta: float = _range(1e-5, 1e-300, 1.0)
-    curvature: str = _choice("exact", "exact", "ggn", "diag_fisher", "kfac")
-    newton_steps: int = _range(1, 1)
-    mode: str = _choice("remove", "remove", "keep_relay")
-    noise: bool = True
-    damping: float = _range(0.0, 0.0)
-    finetune_rounds: int = _range(0, 0)
-    averaging: str = _choice("gossip", "gossip", "tree")
-    gossip_tol: float = _range(1e-10, 1e-16, 1e-1)
-    curvature_tol: float = _range(1e-4, 1e-16, 1e-1)
+    mode: str = choice("remove", "remove", "keep_relay")
+    tables: dict[str, Any] = field(default_factory=dict, metadata={"sub_tables": True})
+
+    def __post_init__(self) -> None:
+        # Every registered method's table is present (defaults where none was given), so two
+        # configs that mean the same compare equal.
+        missing = {m: opts() for m, opts in method_options().items() if m not in self.tables}
+        if missing:
+            object.__setattr__(self, "tables", dict(self.tables) | missing)
+
+    def options(self, method: str | None = None) -> Any:
+        """The options of ``method`` (default: the chosen one); defaults where the config gave none."""
+        name = method or self.method
+        if name in self.tables:
+            return self.tables[name]
+        cls = registry.METHODS.entry(name).meta.get("options")
+        return cls() if cls is not None else None
 
 
 @dataclass(frozen=True)
@@ -120,10 +149,16 @@ def _int_list(where: str, value: Any) -> tuple[int, ...]:
     return tuple(value)
 
 
+def _str_list(where: str, value: Any) -> tuple[str, ...]:
+    if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) for v in value):
+        raise ConfigError(f"{where} must be a list of strings, e.g. [\"my_module\"], got {value!r}")
+    return tuple(value)
+
+
 def _check_value(where: str, f: dataclasses.Field, value: Any, ftype: Any) -> Any:
     origin = typing.get_origin(ftype)
     if origin is tuple:
-        return _int_list(where, value)
+        return _str_list(where, value) if typing.get_args(ftype)[0] is str else _int_list(where, value)
     if origin is dict:
         if not isinstance(value, dict) or not all(str(k).isdigit() for k in value):
             raise ConfigError(f"{where} must map client ids to sample indices, e.g. {{ 3 = [0, 5, 7] }}, got {value!r}")
@@ -133,8 +168,11 @@ def _check_value(where: str, f: dataclasses.Field, value: Any, ftype: Any) -> An
     if ftype is bool and not isinstance(value, bool) or ftype is not bool and (isinstance(value, bool) or not isinstance(value, ftype)):
         raise ConfigError(f"{where} must be of type {ftype.__name__}, got {value!r} ({type(value).__name__})")
     choices = f.metadata.get("choices")
+    if "registry" in f.metadata:
+        choices = registry.ALL[f.metadata["registry"]].names()
     if choices and value not in choices:
-        raise ConfigError(f"{where} = {value!r} is not valid; choose one of: {', '.join(choices)}")
+        raise ConfigError(f"{where} = {value!r} is not valid; choose one of: {', '.join(choices)}"
+                          + (" (or register your own in a run.plugins module)" if "registry" in f.metadata else ""))
     lo, hi = f.metadata.get("range", (None, None))
     if lo is not None and value < lo or hi is not None and value > hi:
         bounds = f"[{lo}, {'inf' if hi is None else hi}]"
@@ -142,28 +180,98 @@ def _check_value(where: str, f: dataclasses.Field, value: Any, ftype: Any) -> An
     return value
 
 
+def method_options() -> dict[str, type]:
+    """Every registered unlearning method that has options, and its options dataclass."""
+    found = {name: registry.METHODS.entry(name).meta.get("options") for name in registry.METHODS.names()}
+    return {name: opts for name, opts in found.items() if opts is not None and dataclasses.fields(opts)}
+
+
+def _plain_fields(cls: type) -> dict[str, dataclasses.Field]:
+    return {f.name: f for f in dataclasses.fields(cls) if not f.metadata.get("sub_tables")}
+
+
 def _build_section(name: str, cls: type, values: dict[str, Any]) -> Any:
     if not isinstance(values, dict):
         raise ConfigError(f"[{name}] must be a table of keys, got {values!r}")
     hints = typing.get_type_hints(cls)
-    fields = {f.name: f for f in dataclasses.fields(cls)}
-    unknown = sorted(set(values) - set(fields))
+    fields = _plain_fields(cls)
+    subs = method_options() if cls is UnlearnConfig else {}
+    unknown = sorted(set(values) - set(fields) - set(subs))
+    for key in unknown:
+        moved = [m for m, opts in subs.items() if key in {f.name for f in dataclasses.fields(opts)}]
+        if moved:
+            raise ConfigError(f"{name}.{key} has moved to the method's own table: write it under [{name}.{moved[0]}] "
+                              f"(e.g. --set {name}.{moved[0]}.{key}=...)")
     if unknown:
-        raise ConfigError(f"unknown key {name}.{unknown[0]}; valid keys in [{name}]: {', '.join(fields)}")
-    return cls(**{k: _check_value(f"{name}.{k}", fields[k], v, hints[k]) for k, v in values.items()})
+        tables = f"; method tables: {', '.join(f'[{name}.{m}]' for m in subs)}" if subs else ""
+        raise ConfigError(f"unknown key {name}.{unknown[0]}; valid keys in [{name}]: {', '.join(fields)}{tables}")
+    built = {k: _check_value(f"{name}.{k}", fields[k], v, hints[k]) for k, v in values.items() if k in fields}
+    if subs:
+        built["tables"] = {m: _build_section(f"{name}.{m}", opts, values.get(m, {})) for m, opts in subs.items()}
+    return cls(**built)
 
 
-def from_dict(data: dict[str, Any]) -> Config:
-    """Build a :class:`Config` from nested dicts (missing keys take defaults)."""
+def load_plugins(modules: tuple[str, ...] | list[str], *, base: Path | None = None) -> None:
+    """Import user modules that register datasets, models, rounds, aggregators or methods.
+
+    An entry is a module name (``"my_pkg.my_model"``, importable from the current directory) or a
+    path to a ``.py`` file (relative to the current directory or to ``base``, the config's folder).
+    """
+    for entry in modules:
+        if entry.endswith(".py"):
+            candidates = [Path(entry)] + ([base / entry] if base is not None else [])
+            path = next((c for c in candidates if c.is_file()), None)
+            if path is None:
+                raise ConfigError(f"run.plugins: file {entry!r} does not exist; give a path relative to the current "
+                                  "directory or to the config file, or a module name")
+            name = f"p2pforget_plugin_{path.stem}"
+            if name in sys.modules:
+                continue
+            spec = importlib.util.spec_from_file_location(name, path)
+            module = importlib.util.module_from_spec(spec)
+            sys.modules[name] = module
+            spec.loader.exec_module(module)
+        else:
+            if "" not in sys.path and "." not in sys.path:
+                sys.path.insert(0, "")
+            try:
+                importlib.import_module(entry)
+            except ModuleNotFoundError as e:
+                raise ConfigError(f"run.plugins: cannot import {entry!r} ({e}); put the module on PYTHONPATH "
+                                  "or give the path of its .py file") from None
+
+
+def from_dict(data: dict[str, Any], *, base: Path | None = None) -> Config:
+    """Build a :class:`Config` from nested dicts (missing keys take defaults). ``run.plugins`` are
+    imported first, so the kinds they register are valid choices."""
     sections = {f.name: typing.get_type_hints(Config)[f.name] for f in dataclasses.fields(Config)}
     unknown = sorted(set(data) - set(sections))
     if unknown:
         raise ConfigError(f"unknown section [{unknown[0]}]; valid sections: {', '.join(sections)}")
+    run = data.get("run", {})
+    if isinstance(run, dict) and "plugins" in run:
+        load_plugins(_str_list("run.plugins", run["plugins"]), base=base)
     return Config(**{name: _build_section(name, cls, data.get(name, {})) for name, cls in sections.items()})
 
 
 def to_dict(cfg: Config) -> dict[str, dict[str, Any]]:
-    return dataclasses.asdict(cfg)
+    """Nested plain dicts; each method's options appear as a sub-table ``unlearn.<method>``."""
+    out = {}
+    for f in dataclasses.fields(cfg):
+        section = getattr(cfg, f.name)
+        d = {k: _plain(getattr(section, k)) for k in _plain_fields(type(section))}
+        for name, opts in getattr(section, "tables", {}).items():
+            d[name] = dataclasses.asdict(opts)
+        out[f.name] = d
+    return out
+
+
+def _plain(v: Any) -> Any:
+    if isinstance(v, tuple):
+        return list(v)
+    if isinstance(v, dict):
+        return {k: _plain(x) for k, x in v.items()}
+    return v
 
 
 def load(path: str | Path) -> Config:
@@ -175,7 +283,7 @@ def load(path: str | Path) -> Config:
         data = tomllib.loads(path.read_text())
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(f"{path}: not valid TOML ({e})") from None
-    return from_dict(data)
+    return from_dict(data, base=path.parent)
 
 
 def loads(text: str) -> Config:
@@ -191,26 +299,49 @@ def _parse_override_value(raw: str) -> Any:
 
 
 def with_overrides(cfg: Config, overrides: list[str]) -> Config:
-    """Apply ``section.key=value`` overrides; values are parsed as TOML, then type-checked."""
+    """Apply ``section.key=value`` (or ``unlearn.<method>.key=value``) overrides; values are parsed as
+    TOML, then type-checked."""
     data = to_dict(cfg)
     for item in overrides:
         key, sep, raw = item.partition("=")
-        section, dot, name = key.strip().partition(".")
-        if not sep or not dot:
+        path = key.strip().split(".")
+        if not sep or len(path) < 2:
             raise ConfigError(f"override {item!r} must look like section.key=value, e.g. topology.kind=torus")
-        if section not in data:
-            raise ConfigError(f"unknown section [{section}] in override {item!r}; valid sections: {', '.join(data)}")
-        if name not in data[section]:
-            raise ConfigError(f"unknown key {section}.{name}; valid keys in [{section}]: {', '.join(data[section])}")
-        data[section][name] = _parse_override_value(raw.strip())
+        if path[0] not in data:
+            raise ConfigError(f"unknown section [{path[0]}] in override {item!r}; valid sections: {', '.join(data)}")
+        if path[0] == "run" and path[1] == "plugins":
+            load_plugins(_str_list("run.plugins", _parse_override_value(raw.strip())))
+            data = to_dict(from_dict(data))  # the new plug-ins may bring method tables
+        table = data[path[0]]
+        for depth, name in enumerate(path[1:-1], start=1):
+            if not isinstance(table.get(name), dict) or name == "samples":
+                where = ".".join(path[:depth])
+                raise ConfigError(f"unknown table {where}.{name} in override {item!r}; tables in [{where}]: "
+                                  f"{', '.join(k for k, v in table.items() if isinstance(v, dict) and k != 'samples') or 'none'}")
+            table = table[name]
+        if path[-1] not in table:
+            where = ".".join(path[:-1])
+            moved = [m for m in method_options() if path[0] == "unlearn" and len(path) == 2 and path[-1] in data["unlearn"].get(m, {})]
+            if moved:
+                raise ConfigError(f"{key.strip()} has moved to the method's own table: use {where}.{moved[0]}.{path[-1]}=...")
+            raise ConfigError(f"unknown key {key.strip()}; valid keys in [{where}]: {', '.join(table)}")
+        table[path[-1]] = _parse_override_value(raw.strip())
     return from_dict(data)
 
 
+def _deep_update(base: dict, new: dict) -> None:
+    for k, v in new.items():
+        if isinstance(v, dict) and isinstance(base.get(k), dict) and k != "samples":
+            _deep_update(base[k], v)
+        else:
+            base[k] = v
+
+
 def replace(cfg: Config, **sections: dict[str, Any]) -> Config:
-    """A copy of ``cfg`` with some keys changed, e.g. ``replace(cfg, run={"rounds": 3})``."""
+    """A copy of ``cfg`` with some keys changed, e.g. ``replace(cfg, run={"rounds": 3})`` or
+    ``replace(cfg, unlearn={"certified": {"epsilon": 0.5}})``."""
     data = to_dict(cfg)
-    for name, values in sections.items():
-        data.setdefault(name, {}).update(values)
+    _deep_update(data, sections)
     return from_dict(data)
 
 
@@ -218,10 +349,16 @@ def dumps(cfg: Config) -> str:
     """TOML text for ``cfg`` (round-trips through :func:`loads`)."""
     lines = []
     for section, values in to_dict(cfg).items():
+        tables = {k: v for k, v in values.items() if isinstance(v, dict) and k != "samples"}
         lines.append(f"[{section}]")
         for key, value in values.items():
-            lines.append(f"{key} = {_toml_value(value)}")
+            if key not in tables:
+                lines.append(f"{key} = {_toml_value(value)}")
         lines.append("")
+        for name, table in tables.items():
+            lines.append(f"[{section}.{name}]")
+            lines += [f"{key} = {_toml_value(value)}" for key, value in table.items()]
+            lines.append("")
     return "\n".join(lines)
 
 
@@ -239,24 +376,33 @@ def _toml_value(value: Any) -> str:
     return repr(value)
 
 
+def _accepts(f: dataclasses.Field, hint: Any) -> str:
+    if "choices" in f.metadata:
+        return " \\| ".join(f.metadata["choices"])
+    if "registry" in f.metadata:
+        return " \\| ".join(registry.ALL[f.metadata["registry"]].names()) + " (registry)"
+    if "range" in f.metadata:
+        lo, hi = f.metadata["range"]
+        return f"{hint.__name__} in [{lo}, {'inf' if hi is None else hi}]"
+    if typing.get_origin(hint) is tuple:
+        return "list of module names or .py paths" if typing.get_args(hint)[0] is str else "list of client ids"
+    if typing.get_origin(hint) is dict:
+        return "table client id -> list of sample indices"
+    return hint.__name__
+
+
 def reference() -> str:
     """A markdown table of every key, its default and what it accepts (used by the README)."""
     rows = ["| key | default | accepts |", "|---|---|---|"]
-    for section in dataclasses.fields(Config):
-        cls = typing.get_type_hints(Config)[section.name]
+
+    def add(prefix: str, cls: type) -> None:
         hints = typing.get_type_hints(cls)
-        for f in dataclasses.fields(cls):
-            if "choices" in f.metadata:
-                accepts = " \\| ".join(f.metadata["choices"])
-            elif "range" in f.metadata:
-                lo, hi = f.metadata["range"]
-                accepts = f"{hints[f.name].__name__} in [{lo}, {'inf' if hi is None else hi}]"
-            elif typing.get_origin(hints[f.name]) is tuple:
-                accepts = "list of client ids"
-            elif typing.get_origin(hints[f.name]) is dict:
-                accepts = "table client id -> list of sample indices"
-            else:
-                accepts = hints[f.name].__name__
+        for f in _plain_fields(cls).values():
             default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
-            rows.append(f"| `{section.name}.{f.name}` | `{_toml_value(default)}` | {accepts} |")
+            rows.append(f"| `{prefix}.{f.name}` | `{_toml_value(default)}` | {_accepts(f, hints[f.name])} |")
+
+    for section in dataclasses.fields(Config):
+        add(section.name, typing.get_type_hints(Config)[section.name])
+    for name, opts in method_options().items():
+        add(f"unlearn.{name}", opts)
     return "\n".join(rows)

@@ -16,17 +16,19 @@ Example
 """
 from __future__ import annotations
 
+import warnings
 from typing import Callable, Iterable
 
 import numpy as np
 import torch
-import torch.nn.functional as F
-from torch.func import grad_and_value, vmap
+from torch.func import grad_and_value
 from tqdm import tqdm
 
-from . import aggregate, data as datasets, models, seeding, topology
+from . import aggregate, data as datasets, models, rounds, seeding, topology  # noqa: F401  (rounds registers the built-in rounds)
 from .config import Config
 from . import transport as transport_mod
+from .registry import AGGREGATORS, ROUNDS
+from .tasks import Batch, Task, fixed_width_vmap
 from .transport import Transport
 
 VMAP_WIDTH = 8
@@ -37,24 +39,13 @@ clients its process hosts, which keeps results bit-identical at any number of ra
 METRICS = ("loss_mean", "test_acc_mean", "test_acc_min", "consensus_distance", "bytes_sent")
 
 
-def fixed_width_vmap(fn: Callable, width: int, *args: torch.Tensor):
-    """``vmap(fn)(*args)`` computed in batches of exactly ``width`` rows (the last one padded)."""
-    n = args[0].shape[0]
-    outs = []
-    for start in range(0, n, width):
-        chunk = [a[start:start + width] for a in args]
-        m = chunk[0].shape[0]
-        if m < width:
-            chunk = [torch.cat([a, a[-1:].expand(width - m, *a.shape[1:])]) for a in chunk]
-        out = vmap(fn)(*chunk)
-        outs.append(tuple(o[:m] for o in out) if isinstance(out, tuple) else out[:m])
-    if isinstance(outs[0], tuple):
-        return tuple(torch.cat(parts) for parts in zip(*outs))
-    return torch.cat(outs)
-
-
 class Engine:
     """Decentralized training of ``n_clients`` models on a gossip graph (or a star = FedAvg).
+
+    Methods (unlearning, baselines, user plug-ins) use only the public API below: the task and
+    its objective, :meth:`batch`/:meth:`full_batch`, :meth:`gradients`, :meth:`local_steps`,
+    :meth:`mix`, :meth:`network_sum`, :meth:`set_params`, :attr:`optimizer_state`,
+    :meth:`exclude`, :meth:`evaluate` and the transport.
 
     Parameters
     ----------
@@ -63,7 +54,7 @@ class Engine:
     transport : Transport, optional
         Where this process's clients sit; defaults to all clients in-process.
     aggregator : Aggregator, optional
-        The star hub's rule (default :class:`~p2pforget.aggregate.FedAvg`).
+        The star hub's rule (default: the one registered as ``train.aggregator``, FedAvg).
     """
 
     def __init__(self, *, config: Config, transport: Transport | None = None,
@@ -76,37 +67,42 @@ class Engine:
         self.lo, self.hi = self.transport.block
         self.dtype = getattr(torch, cfg.train.dtype)
         self.seed = cfg.run.seed
-        self.aggregator = aggregator or aggregate.FedAvg()
-        if cfg.train.algorithm == "gradient_tracking" and cfg.train.local_steps != 1:
-            raise ValueError("train.algorithm = 'gradient_tracking' communicates after every step; set train.local_steps = 1")
+        self.aggregator = aggregator or AGGREGATORS.get(cfg.train.aggregator)()
 
         t = cfg.topology
         self.graph = topology.build_graph(t.kind, n, seed=self.seed, p=t.p, k=t.k, beta=t.beta, degree=t.degree, path=t.path)
         self.is_star = t.kind == "star"
-        # A star always runs FedAvg rounds, whatever train.algorithm says: the hub averages exactly,
-        # so there is no consensus error for gradient tracking to correct.
+        # A star always runs the two-phase (FedAvg) round, whatever train.algorithm says: the hub
+        # averages exactly, so there is no consensus error for gradient tracking to correct.
+        self.round_name = "star" if self.is_star else cfg.train.algorithm
+        self._round_fn = ROUNDS.get(self.round_name)
+        if not self.is_star and ROUNDS.entry(self.round_name).meta.get("hub"):
+            raise ValueError(f"train.algorithm = {self.round_name!r} needs a hub: use topology.kind = \"star\"")
+        if cfg.train.algorithm == "gradient_tracking" and cfg.train.local_steps != 1:
+            raise ValueError("train.algorithm = 'gradient_tracking' communicates after every step; set train.local_steps = 1")
 
         self.data = datasets.build(cfg.data, n_clients=n, seed=self.seed)
         self.x = torch.as_tensor(self.data.x[self.lo:self.hi], dtype=self.dtype)
         self.y = torch.as_tensor(self.data.y[self.lo:self.hi])
         # Which samples each client still trains on, and which nodes are still in the graph;
         # forgetting (exclude) changes both.
-        self.retained = np.ones(self.data.y.shape, dtype=bool)
+        self.retained = self.data.valid.copy()
         self.members = np.ones(n, dtype=bool)
         self.x_test = torch.as_tensor(self.data.x_test, dtype=self.dtype)
         self.y_test = torch.as_tensor(self.data.y_test)
 
         self.model = models.FlatModel(models.build(cfg.model, input_shape=self.data.input_shape, n_classes=self.data.n_classes))
+        self.task = Task(model=self.model, weight_decay=cfg.train.weight_decay)
         self.dim = self.model.dim
         self.width = min(VMAP_WIDTH, n)
-        self._grad_fn = grad_and_value(self._objective)
+        self._grad_fn = grad_and_value(self.task.objective)
 
         self._update_topology()
+        self._warn_if_slow_mixing()
 
         self.init_params = self._init_params()
         self.params = self.init_params.clone()
-        self.tracker: torch.Tensor | None = None     # gradient tracking: y_i
-        self.last_grad: torch.Tensor | None = None   # gradient tracking: grad at the current x_i
+        self.optimizer_state: dict[str, torch.Tensor] = {}  # e.g. gradient tracking's tracker / last_grad
         self.ledger = torch.zeros(self.hi - self.lo, n, dtype=torch.float64)  # row i: C_i (see ledger.py)
         self.round = 0
         self.metrics: dict[str, list[float]] = {name: [] for name in METRICS}
@@ -120,17 +116,37 @@ class Engine:
     def has_data(self) -> np.ndarray:
         return self.sample_counts > 0
 
+    @property
+    def active(self) -> torch.Tensor:
+        """``[n_local]``: 1 for local clients that hold data (their objective has weight decay), 0 for relays."""
+        return self._local_active
+
+    @property
+    def local_ids(self) -> range:
+        return range(self.lo, self.hi)
+
     # ------------------------------------------------------------------ setup
     def _static_mixing(self) -> np.ndarray:
         if self.is_star:
             return aggregate.fedavg_matrix(self.sample_counts)
         t = self.config.topology
         if t.mixing == "file" and self.members.all():
-            return topology.load_mixing(t.mixing_path, self.graph)
-        # After a node leaves, a user matrix no longer fits the graph: Metropolis weights are recomputed.
-        W = topology.mixing_matrix(self.graph, "metropolis" if t.mixing == "file" else t.mixing)
-        topology.validate_mixing(W, self.graph)
-        return W
+            W = topology.load_mixing(t.mixing_path, self.graph)
+        else:
+            # After a node leaves, a user matrix no longer fits the graph: Metropolis weights are recomputed.
+            W = topology.mixing_matrix(self.graph, "metropolis" if t.mixing == "file" else t.mixing)
+            topology.validate_mixing(W, self.graph)
+        return topology.lazy(W) if t.lazy else W
+
+    def _warn_if_slow_mixing(self) -> None:
+        """Gradient tracking stalls when the mixing matrix has an eigenvalue near -1 (e.g. -0.6 on a
+        torus); lazy mixing moves the spectrum into [0, 1]."""
+        if self.is_star or self.config.topology.lazy or self.round_name != "gradient_tracking" or self.n_clients > 2000:
+            return
+        lowest = float(np.linalg.eigvalsh((self.base_mixing + self.base_mixing.T) / 2).min())
+        if lowest < -0.5:
+            warnings.warn(f"the mixing matrix has eigenvalue {lowest:.2f}: gradient tracking may stall or diverge; "
+                          "set topology.lazy = true (W <- (W + I)/2) or lower train.lr", stacklevel=3)
 
     def _update_topology(self) -> None:
         self.base_mixing = self._static_mixing()
@@ -169,25 +185,35 @@ class Engine:
         return torch.stack([self.model.init_vector(seeding.int_seed(self.seed, client=i, purpose="init"), self.dtype)
                             for i in range(self.lo, self.hi)])
 
+    # ------------------------------------------------------------------ parameters and state
+    def set_params(self, rows: torch.Tensor, *, keep_optimizer_state: bool = False) -> None:
+        """Replace this process's stacked parameters; the optimizer state (gradient tracking's
+        tracker) restarts from them unless ``keep_optimizer_state``."""
+        self.params = rows.detach().to(self.dtype).clone()
+        if not keep_optimizer_state:
+            self.optimizer_state = {}
+
     # ------------------------------------------------------------------ math
-    def _objective(self, flat: torch.Tensor, x: torch.Tensor, y: torch.Tensor, mask: torch.Tensor,
-                   active: torch.Tensor) -> torch.Tensor:
-        """Mean cross-entropy over the samples with ``mask`` 1, plus ``weight_decay/2 * ||flat||^2``;
-        zero for a client without data (``active`` 0), which only relays."""
-        wd = self.config.train.weight_decay
-        ce = F.cross_entropy(self.model.forward(flat, x), y, reduction="none")
-        return (mask * ce).sum() / mask.sum().clamp(min=1) + active * 0.5 * wd * (flat * flat).sum()
+    def objective(self, flat: torch.Tensor, batch: Batch, active: torch.Tensor) -> torch.Tensor:
+        """One client's objective (the task's loss plus weight decay); see :class:`~p2pforget.tasks.Task`."""
+        return self.task.objective(flat, batch, active)
 
-    def gradients(self, params: torch.Tensor, batch: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, torch.Tensor]:
+    def gradients(self, params: torch.Tensor, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
         """Per-client gradients and objective values of stacked ``params`` on a stacked ``batch``
-        ``(x, y, mask)`` (see :meth:`full_batch`)."""
-        return fixed_width_vmap(self._grad_fn, self.width, params, *batch, self._local_active)
+        (see :meth:`full_batch`)."""
+        return fixed_width_vmap(self._grad_fn, self.width, params, batch, self._local_active)
 
-    def full_batch(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def per_client(self, fn: Callable, *args) -> torch.Tensor:
+        """``fn(*row_args)`` for every local client, vmapped in the engine's fixed-width chunks."""
+        return fixed_width_vmap(fn, self.width, *args)
+
+    def full_batch(self) -> Batch:
         """Every sample of this process's clients, with the mask of those still trained on."""
-        return self.x, self.y, self._local_mask
+        return {"x": self.x, "y": self.y, "mask": self._local_mask}
 
-    def _batch(self, key: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def batch(self, key: tuple[int, int]) -> Batch:
+        """The minibatch of every local client for ``key = (round, step)`` (``train.batch_size``;
+        0 = full batch). Sampled from streams keyed by client id, so any rank count draws the same."""
         b, m = self.config.train.batch_size, self.x.shape[1]
         if b == 0 or b >= m:
             return self.full_batch()
@@ -200,17 +226,38 @@ class Engine:
             mask[r, :take] = 1.0
         idx = torch.as_tensor(idx)
         rows = torch.arange(self.hi - self.lo)[:, None]
-        return self.x[rows, idx], self.y[rows, idx], torch.as_tensor(mask, dtype=self.dtype)
+        return {"x": self.x[rows, idx], "y": self.y[rows, idx], "mask": torch.as_tensor(mask, dtype=self.dtype)}
+
+    def local_steps(self, params: torch.Tensor, *, steps: int | None = None, lr: float | None = None,
+                    grad_mask: torch.Tensor | None = None, sign: float = 1.0, key_round: int | None = None) -> torch.Tensor:
+        """``steps`` (default ``train.local_steps``) SGD steps of every local client from ``params``.
+
+        ``grad_mask`` (``[d]``, 0/1) freezes parameters; ``sign = -1`` ascends the objective;
+        batches are keyed by ``(key_round, step)`` (default: the current round).
+        """
+        lr = self.config.train.lr if lr is None else lr
+        steps = self.config.train.local_steps if steps is None else steps
+        key_round = self.round if key_round is None else key_round
+        for s in range(steps):
+            g, _ = self.gradients(params, self.batch((key_round, s)))
+            if grad_mask is not None:
+                g = g * grad_mask.to(g.dtype)
+            params = params - (sign * lr) * g
+        return params
 
     def mixing_at(self, round: int) -> np.ndarray:
         """The (n, n) mixing matrix used in ``round`` (edge dropout makes it time-varying)."""
-        q = self.config.topology.dropout
-        if q == 0 or self.is_star:
+        t = self.config.topology
+        if t.dropout == 0 or self.is_star:
             return self.base_mixing
-        g = topology.drop_edges(self.graph, q, seed=self.seed, round=round)
-        return topology.mixing_matrix(g, "metropolis" if self.config.topology.mixing == "file" else self.config.topology.mixing)
+        g = topology.drop_edges(self.graph, t.dropout, seed=self.seed, round=round)
+        W = topology.mixing_matrix(g, "metropolis" if t.mixing == "file" else t.mixing)
+        return topology.lazy(W) if t.lazy else W
 
-    def _mix(self, rows: torch.Tensor, W: np.ndarray) -> torch.Tensor:
+    def mix(self, rows: torch.Tensor, W: np.ndarray | None = None) -> torch.Tensor:
+        """One gossip step ``x_i <- sum_j W_ij x_j`` of stacked local ``rows`` (default ``W``: the
+        current static mixing matrix); neighbours' rows come through the transport."""
+        W = self.base_mixing if W is None else W
         ext = torch.cat([rows, self.halo.exchange(rows)])
         if self._rows_of[0] is not W:  # a static graph mixes with the same matrix object every round
             mr = aggregate.MixingRows.from_matrix(W, lo=self.lo, hi=self.hi)
@@ -218,27 +265,56 @@ class Engine:
         _, idx, weight = self._rows_of
         return aggregate.gossip_mix(ext, idx, weight)
 
-    def _bytes(self, W: np.ndarray, vectors: int) -> float:
+    def neighbour_rows(self, rows: torch.Tensor) -> tuple[torch.Tensor, np.ndarray]:
+        """This process's ``rows`` followed by the rows of its clients' graph neighbours hosted
+        elsewhere (through the transport), and ``pos``: client id -> row in that tensor (-1 if absent)."""
+        return torch.cat([rows, self.halo.exchange(rows)]), self._ext_pos
+
+    def neighbours(self, client: int) -> list[int]:
+        """The graph neighbours of ``client`` that are still members, in increasing id."""
+        return sorted(j for j in self.graph.neighbors(client) if j < self.n_clients and self.members[j])
+
+    def network_sum(self, rows: torch.Tensor, *, tol: float = 1e-10, averaging: str = "tree") -> tuple[torch.Tensor, float, int]:
+        """Every node's estimate of ``sum_k rows_k`` over the nodes in the graph; returns
+        ``(estimates, bytes sent, mixing rounds)``.
+
+        ``gossip``: mix with the remaining graph's matrix until the estimates agree to a relative
+        ``tol``, then scale the average by the node count. ``tree``: the exact sum up a spanning tree
+        of the graph and back down (``2 (M - 1)`` messages; on a star the hub sums, ``2 M`` messages).
+        """
+        nodes = np.flatnonzero(self.members)
+        flat = rows.reshape(rows.shape[0], -1)
+        itemsize = flat.element_size()
+        if self.is_star or averaging == "tree":
+            full = self.transport.gather(flat)
+            total = full[torch.as_tensor(nodes)].sum(dim=0) if self.transport.is_root else None
+            total = self.transport.broadcast(total, like=flat[0])
+            messages = 2 * len(nodes) if self.is_star else 2 * (len(nodes) - 1)
+            return total.expand_as(flat).reshape(rows.shape).clone(), float(messages * flat.shape[1] * itemsize), 1
+        W = self.base_mixing
+        R = topology.gossip_rounds(W, nodes, tol)
+        x = flat
+        for _ in tqdm(range(R), desc="gossip sum", leave=False, disable=not self.transport.is_root or R < 200):
+            x = self.mix(x, W)
+        messages = np.count_nonzero(W) - np.count_nonzero(np.diag(W))
+        return (len(nodes) * x).reshape(rows.shape), float(R * messages * flat.shape[1] * itemsize), R
+
+    def message_bytes(self, W: np.ndarray, vectors: int, *, entries: int | None = None) -> float:
+        """Bytes one exchange of ``vectors`` vectors of ``entries`` numbers (default: the model size)
+        moves over ``W``'s edges (on a star: up to the hub and back)."""
         itemsize = torch.finfo(self.dtype).bits // 8
         if self.is_star:
             messages = 2 * self.n_clients
         else:
             messages = int(np.count_nonzero(W) - np.count_nonzero(np.diag(W)))
-        return float(messages * vectors * self.dim * itemsize)
+        return float(messages * vectors * (self.dim if entries is None else entries) * itemsize)
 
     # ------------------------------------------------------------------ rounds
     def step(self) -> None:
-        """One round of the configured algorithm, then the round's metrics."""
+        """One round of the configured algorithm (see :mod:`p2pforget.rounds`), then the round's metrics."""
         W = self.mixing_at(self.round)
-        if self.is_star:
-            self._fedavg_round()
-            sent = self._bytes(W, 1)
-        elif self.config.train.algorithm == "gradient_tracking":
-            self._tracking_round(W)
-            sent = self._bytes(W, 2)
-        else:
-            self._dsgd_round(W)
-            sent = self._bytes(W, 1)
+        vectors = self._round_fn(self, W)
+        sent = self.message_bytes(W, vectors)
         self._update_ledger(W)
         self.round += 1
         self._record(sent)
@@ -251,40 +327,7 @@ class Engine:
             return
         eye = torch.zeros_like(self.ledger)
         eye[torch.arange(self.hi - self.lo), torch.arange(self.lo, self.hi)] = 1.0
-        self.ledger = self._mix(self.ledger + eye, W)
-
-    def _local_steps(self, params: torch.Tensor) -> torch.Tensor:
-        lr = self.config.train.lr
-        for s in range(self.config.train.local_steps):
-            g, _ = self.gradients(params, self._batch((self.round, s)))
-            params = params - lr * g
-        return params
-
-    def _dsgd_round(self, W: np.ndarray) -> None:
-        """Adapt-then-combine DSGD: ``x <- W (x - lr * g)`` (Lian et al., NeurIPS 2017)."""
-        self.params = self._mix(self._local_steps(self.params), W)
-
-    def _tracking_round(self, W: np.ndarray) -> None:
-        """DIGing gradient tracking (Nedic, Olshevsky & Shi, SIAM J. Optim. 2017):
-        ``x <- W x - lr y``; ``y <- W y + g(x_new) - g(x)``; converges to the exact optimum with a constant step."""
-        if self.tracker is None:
-            self.last_grad, _ = self.gradients(self.params, self._batch((0, 0)))
-            self.tracker = self.last_grad.clone()
-        d = self.dim
-        mixed = self._mix(torch.cat([self.params, self.tracker], dim=1), W)
-        self.params = mixed[:, :d] - self.config.train.lr * self.tracker
-        g, _ = self.gradients(self.params, self._batch((self.round + 1, 0)))
-        self.tracker = mixed[:, d:] + g - self.last_grad
-        self.last_grad = g
-
-    def _fedavg_round(self) -> None:
-        local = self._local_steps(self.params)
-        full = self.transport.gather(local)
-        new = None
-        if self.transport.is_root:
-            new = self.aggregator.aggregate(global_params=self.params[0], client_params=full, weights=self.sample_counts)
-        new = self.transport.broadcast(new, like=self.params[0])
-        self.params = new.expand(self.hi - self.lo, -1).clone()
+        self.ledger = self.mix(self.ledger + eye, W)
 
     def train(self, rounds: int, *, progress: bool = True, callback: Callable[["Engine"], None] | None = None,
               desc: str = "train") -> None:
@@ -307,8 +350,8 @@ class Engine:
         n_loc = params.shape[0]
         xt = self.x_test.expand(n_loc, *self.x_test.shape)
         with torch.no_grad():
-            loss = fixed_width_vmap(self._objective, self.width, params.detach(), *self.full_batch(), self._local_active)
-            logits = fixed_width_vmap(self.model.forward, self.width, params.detach(), xt)
+            loss = fixed_width_vmap(self.task.objective, self.width, params.detach(), self.full_batch(), self._local_active)
+            logits = fixed_width_vmap(self.task.logits, self.width, params.detach(), xt)
         acc = (logits.argmax(-1) == self.y_test).to(self.dtype).mean(dim=1)
         full = self.transport.gather(torch.stack([loss, acc], dim=1))
         if full is None:
@@ -336,9 +379,8 @@ class Engine:
     def state(self) -> dict[str, np.ndarray] | None:
         """Everything needed to continue training bit-identically (at the root; ``None`` elsewhere)."""
         out = {"round": np.array(self.round), "params": self.gather_params(), "ledger": self.gather_params(self.ledger)}
-        if self.tracker is not None:
-            out["tracker"] = self.gather_params(self.tracker)
-            out["last_grad"] = self.gather_params(self.last_grad)
+        for name in sorted(self.optimizer_state):
+            out[name] = self.gather_params(self.optimizer_state[name])
         if not self.transport.is_root:
             return None
         return out | {f"metrics/{k}": np.asarray(v, dtype=np.float64) for k, v in self.metrics.items()}
@@ -349,28 +391,15 @@ class Engine:
         self.round = int(state["round"])
         self.params = torch.as_tensor(state["params"][rows], dtype=self.dtype).clone()
         self.ledger = torch.as_tensor(state["ledger"][rows], dtype=torch.float64).clone()
-        if "tracker" in state:
-            self.tracker = torch.as_tensor(state["tracker"][rows], dtype=self.dtype).clone()
-            self.last_grad = torch.as_tensor(state["last_grad"][rows], dtype=self.dtype).clone()
+        self.optimizer_state = {k: torch.as_tensor(v[rows], dtype=self.dtype).clone() for k, v in state.items()
+                                if k not in ("round", "params", "ledger") and not k.startswith("metrics/")}
         self.metrics = {k: [float(v) for v in state.get(f"metrics/{k}", [])] for k in METRICS}
-
-    def forget(self, *, clients=(), samples: dict | None = None, reference: bool = True, progress: bool = True,
-               **options):
-        """Forget whole ``clients`` and/or ``samples`` (client id -> sample indices), with
-        ``config.unlearn`` updated by ``options`` (e.g. ``epsilon=0.5, curvature="ggn"``); with
-        ``reference`` also train Retrain. Returns a :class:`~p2pforget.unlearn.ForgetResult`
-        (see :func:`p2pforget.unlearn.forget`)."""
-        from . import unlearn
-        from .config import replace
-
-        opts = replace(self.config, unlearn=options).unlearn
-        return unlearn.forget(self, clients=clients, samples=samples, options=opts, reference=reference, progress=progress)
 
     def objective_weights(self) -> np.ndarray:
         """Weight ``a_k`` of each client's objective in what training minimizes: 1 on a gossip graph
         (``sum_k f_k``); on a star, FedAvg's sample-count weights scaled so equal clients weigh 1."""
         if self.is_star:
-            return self.sample_counts / self.data.y.shape[1]
+            return self.sample_counts / self.data.counts.mean()
         return self.has_data.astype(np.float64)
 
     def edges(self) -> np.ndarray:

@@ -24,7 +24,7 @@ from . import config as config_mod, history, topology
 from .config import Config
 from .engine import Engine
 from .transport import Transport
-from .unlearn import ForgetResult
+from .unlearn import ForgetResult, forget
 
 
 class ResumeError(ValueError):
@@ -171,7 +171,7 @@ def run(cfg: Config, *, out: str | Path | None = None, resume: bool = False, tra
     report = writer.snapshot(rounds_total=cfg.run.rounds, complete=True)
     clients, samples = forget_request(cfg)
     if clients or samples:
-        result = engine.forget(clients=clients, samples=samples, progress=progress)
+        result = forget(engine, clients=clients, samples=samples, progress=progress)
         report = record_forget(engine, out, result)
     return RunResult(engine=engine, out=out, report=report or {})
 
@@ -192,10 +192,13 @@ def record_forget(engine: Engine, out: Path, result: ForgetResult) -> dict[str, 
     arrays.update({f"params/{k}": v for k, v in result.params.items() if k != "trained"})
     arrays["unlearn/retained"] = engine.retained
     arrays["unlearn/members"] = engine.members
-    cert = result.certificate
+    for name, trace in result.traces.items():
+        arrays[f"unlearn/fa_trace/{name}"] = np.asarray(trace, dtype=np.float64)
+    cert = result.certificate or {}
     cost = {name: vars(c) for name, c in result.cost.items()}
     attrs = {k: v for k, v in cert.items() if isinstance(v, (int, float, str, bool))}
-    attrs |= {"forgotten": json.dumps(result.forgotten), "mode": result.mode, "method": result.method}
+    attrs |= {"forgotten": json.dumps(result.forgotten), "mode": result.mode, "method": result.method,
+              "has_certificate": bool(cert)}
     attrs |= {k: float(v) for k, v in cost["unlearn"].items()}
     group_attrs = dict(stored.group_attrs) | {"unlearn": attrs}
     history.write_h5(path, attrs=stored.attrs | {"unlearned": True}, arrays=arrays, group_attrs=group_attrs)
@@ -203,7 +206,8 @@ def record_forget(engine: Engine, out: Path, result: ForgetResult) -> dict[str, 
     if "retrain" in cost:
         cost["ratio_to_retrain"] = {k: (cost["unlearn"][k] / cost["retrain"][k] if cost["retrain"][k] else None)
                                     for k in cost["unlearn"]}
-    report |= {"unlearn": cert | {"forgotten": result.forgotten, "mode": result.mode}, "metrics": result.metrics, "cost": cost}
+    report |= {"unlearn": cert | {"method": result.method, "forgotten": result.forgotten, "mode": result.mode},
+               "metrics": result.metrics, "cost": cost, "traces": result.traces}
     history.write_json(out / "report.json", report)
     return report
 
@@ -238,6 +242,5 @@ def load_run(run_dir: str | Path, *, overrides: list[str] = (), transport: Trans
         engine.exclude(samples={j: np.flatnonzero(~arrays["unlearn/retained"][j]) for j in range(engine.n_clients)},
                        removed=np.flatnonzero(~arrays["unlearn/members"]).tolist())
         rows = arrays["params/unlearned_noiseless"][engine.lo:engine.hi]
-        engine.params = torch.as_tensor(rows, dtype=engine.dtype).clone()
-        engine.tracker = engine.last_grad = None
+        engine.set_params(torch.as_tensor(rows, dtype=engine.dtype))
     return engine

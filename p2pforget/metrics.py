@@ -89,7 +89,7 @@ def evaluate(engine: "Engine", params: torch.Tensor, sets: EvalSets, *, nodes: n
     y = np.concatenate([sets.y_forget, sets.y_retain, sets.y_test])
     x_t = torch.as_tensor(x, dtype=engine.dtype)
     with torch.no_grad():
-        logits = torch.stack([engine.model.forward(p, x_t) for p in params.detach()])
+        logits = torch.stack([engine.task.logits(p, x_t) for p in params.detach()])
     feats = torch.as_tensor(attack_features(logits.numpy().astype(np.float64), y))
     correct = (logits.argmax(-1).numpy() == y).astype(np.float64)
     full = engine.transport.gather(torch.cat([feats, torch.as_tensor(correct)[..., None]], dim=-1))
@@ -109,6 +109,35 @@ def evaluate(engine: "Engine", params: torch.Tensor, sets: EvalSets, *, nodes: n
                         seed=engine.seed) for node in full]
         out["MIA"] = float(np.mean(aucs))
     return out
+
+
+def forget_accuracy(engine: "Engine", params: torch.Tensor, sets: EvalSets, *, nodes: np.ndarray) -> float | None:
+    """FA (percent, mean over ``nodes``) of the stacked local ``params``; at the root, ``None``
+    elsewhere or when nothing was forgotten."""
+    if not len(sets.y_forget):
+        return None
+    x = torch.as_tensor(sets.x_forget, dtype=engine.dtype)
+    with torch.no_grad():
+        correct = torch.stack([(engine.task.logits(p, x).argmax(-1) == torch.as_tensor(sets.y_forget)).to(torch.float64)
+                               for p in params.detach()])
+    full = engine.transport.gather(correct.mean(dim=1, keepdim=True))
+    return None if full is None else float(100 * full[nodes, 0].mean())
+
+
+def time_to_forget(trace: list[float], *, target: float | None, start: float | None, tolerance: float = 1.0) -> dict:
+    """T2F from an FA trace (FA after each round): the first round whose FA is within ``tolerance``
+    points of ``target`` (Retrain's final FA), and the FA drop per round until then (from ``start``,
+    the FA before unlearning). ``None`` where the trace never gets there.
+
+    >>> time_to_forget([90.0, 80.0, 71.5, 70.2], target=70.0, start=95.0)
+    {'T2F_rounds': 4, 'FA_drop_per_round': 6.2}
+    """
+    if target is None or start is None:
+        return {"T2F_rounds": None, "FA_drop_per_round": None}
+    hit = next((k + 1 for k, fa in enumerate(trace) if abs(fa - target) <= tolerance), None)
+    if hit is None:
+        return {"T2F_rounds": None, "FA_drop_per_round": None}
+    return {"T2F_rounds": hit, "FA_drop_per_round": round((start - trace[hit - 1]) / hit, 6)}
 
 
 def distance(params: np.ndarray, reference: np.ndarray, nodes: np.ndarray) -> float:

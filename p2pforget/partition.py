@@ -1,78 +1,128 @@
-"""Split a labelled pool into equal-sized client shards: pure functions of (labels, n_clients, seed).
+"""Split a labelled pool into client shards: pure functions of (labels, sizes, seed).
+
+``sizes[i]`` is how many samples client i gets (:func:`client_sizes` draws unequal sizes when
+``data.quantity_skew > 0``).
 
 Example
 -------
 >>> import numpy as np
 >>> labels = np.repeat(np.arange(3), 20)
->>> parts = partition(labels, n_clients=4, n_per_client=15, kind="dirichlet", alpha=0.3, seed=0)
+>>> parts = partition(labels, sizes=[15, 15, 15, 15], kind="dirichlet", alpha=0.3, seed=0)
 >>> [len(p) for p in parts]
 [15, 15, 15, 15]
 """
 from __future__ import annotations
 
+from typing import Callable
+
 import numpy as np
 
 from . import seeding
 
-KINDS = ("iid", "dirichlet", "by_class")
+
+def client_sizes(n_clients: int, n_per_client: int, *, skew: float, seed: int) -> np.ndarray:
+    """Samples per client: ``n_per_client`` each when ``skew = 0``; otherwise log-normal(0, skew)
+    shares of the same total, each client keeping at least 2 samples.
+
+    >>> client_sizes(4, 10, skew=0.0, seed=0).tolist()
+    [10, 10, 10, 10]
+    >>> int(client_sizes(4, 10, skew=1.0, seed=0).sum())
+    40
+    """
+    total = n_clients * n_per_client
+    if skew == 0:
+        return np.full(n_clients, n_per_client, dtype=np.int64)
+    w = seeding.rng(seed, purpose="partition/sizes").lognormal(0.0, skew, n_clients)
+    floor = min(2, n_per_client)
+    sizes = floor + np.floor(w / w.sum() * (total - floor * n_clients)).astype(np.int64)
+    sizes[np.argsort(-w)[: total - sizes.sum()]] += 1
+    return sizes
 
 
-def _check(labels: np.ndarray, n_clients: int, n_per_client: int) -> None:
-    if n_clients * n_per_client > len(labels):
+def _check(labels: np.ndarray, sizes: np.ndarray) -> None:
+    if sizes.sum() > len(labels):
         raise ValueError(
-            f"{n_clients} clients x {n_per_client} samples = {n_clients * n_per_client} exceeds the "
-            f"{len(labels)} samples available; lower data.n_samples_per_client or topology.n_clients"
+            f"{len(sizes)} clients need {int(sizes.sum())} samples but only {len(labels)} are available; "
+            "lower data.n_samples_per_client or topology.n_clients"
         )
 
 
-def iid(labels: np.ndarray, n_clients: int, n_per_client: int, *, seed: int) -> list[np.ndarray]:
+def iid(labels: np.ndarray, sizes: np.ndarray, *, seed: int, **_) -> list[np.ndarray]:
     """Uniformly random disjoint shards."""
-    _check(labels, n_clients, n_per_client)
     perm = seeding.rng(seed, purpose="partition/iid").permutation(len(labels))
-    return [np.sort(perm[i * n_per_client:(i + 1) * n_per_client]) for i in range(n_clients)]
+    cuts = np.concatenate([[0], np.cumsum(sizes)])
+    return [np.sort(perm[cuts[i]:cuts[i + 1]]) for i in range(len(sizes))]
 
 
-def by_class(labels: np.ndarray, n_clients: int, n_per_client: int, *, seed: int) -> list[np.ndarray]:
+def by_class(labels: np.ndarray, sizes: np.ndarray, *, seed: int, **_) -> list[np.ndarray]:
     """Sort by label and cut into contiguous shards: each client sees one or two classes."""
-    _check(labels, n_clients, n_per_client)
     tie = seeding.rng(seed, purpose="partition/by_class").random(len(labels))
     order = np.lexsort((tie, labels))
-    return [np.sort(order[i * n_per_client:(i + 1) * n_per_client]) for i in range(n_clients)]
+    cuts = np.concatenate([[0], np.cumsum(sizes)])
+    return [np.sort(order[cuts[i]:cuts[i + 1]]) for i in range(len(sizes))]
 
 
-def dirichlet(labels: np.ndarray, n_clients: int, n_per_client: int, *, alpha: float, seed: int) -> list[np.ndarray]:
+def _take(pools: list[list[int]], want: np.ndarray) -> list[int]:
+    """Take ``want[c]`` items from pool c; pools that run out are replaced by the fullest ones."""
+    take = np.minimum(want, [len(p) for p in pools])
+    deficit = want.sum() - take.sum()
+    while deficit > 0:
+        left = np.array([len(p) for p in pools]) - take
+        c = int(np.argmax(left))
+        add = min(deficit, left[c])
+        take[c] += add
+        deficit -= add
+    chosen = []
+    for c, t in enumerate(take):
+        chosen.extend(pools[c][:t])
+        del pools[c][:t]
+    return chosen
+
+
+def dirichlet(labels: np.ndarray, sizes: np.ndarray, *, alpha: float, seed: int, **_) -> list[np.ndarray]:
     """Each client draws class proportions from Dirichlet(alpha); classes that run out are
-    replaced by the classes with most samples left, so every client still gets ``n_per_client``."""
-    _check(labels, n_clients, n_per_client)
+    replaced by the classes with most samples left, so every client still gets its size."""
     r = seeding.rng(seed, purpose="partition/dirichlet")
     classes = np.unique(labels)
     pools = [list(r.permutation(np.flatnonzero(labels == c))) for c in classes]
     parts = []
-    for _ in range(n_clients):
-        want = r.multinomial(n_per_client, r.dirichlet(np.full(len(classes), alpha)))
-        take = np.minimum(want, [len(p) for p in pools])
-        deficit = n_per_client - take.sum()
-        while deficit > 0:
-            left = np.array([len(p) for p in pools]) - take
-            c = int(np.argmax(left))
-            add = min(deficit, left[c])
-            take[c] += add
-            deficit -= add
-        chosen = []
-        for c, t in enumerate(take):
-            chosen.extend(pools[c][:t])
-            del pools[c][:t]
-        parts.append(np.sort(np.array(chosen, dtype=np.int64)))
+    for size in sizes:
+        want = r.multinomial(size, r.dirichlet(np.full(len(classes), alpha)))
+        parts.append(np.sort(np.array(_take(pools, want), dtype=np.int64)))
     return parts
 
 
-def partition(labels: np.ndarray, *, n_clients: int, n_per_client: int, kind: str, alpha: float = 0.5, seed: int) -> list[np.ndarray]:
-    """Dispatch to :func:`iid`, :func:`dirichlet` or :func:`by_class`."""
+def by_domain(labels: np.ndarray, sizes: np.ndarray, *, domains: np.ndarray | None, skew: float, seed: int, **_) -> list[np.ndarray]:
+    """Each client mostly holds one domain: client i's home domain is ``i * D // n`` (so clients come
+    in contiguous domain blocks), a fraction ``skew`` of its samples come from it and the rest
+    uniformly from the other domains."""
+    if domains is None:
+        raise ValueError("data.partition = 'by_domain' needs a dataset with domain labels (pacs_like, image_folder)")
+    r = seeding.rng(seed, purpose="partition/by_domain")
+    names = np.unique(domains)
+    pools = [list(r.permutation(np.flatnonzero(domains == d))) for d in names]
+    n, D = len(sizes), len(names)
+    parts = []
+    for i, size in enumerate(sizes):
+        home = i * D // n
+        share = np.full(D, (1.0 - skew) / max(D - 1, 1))
+        share[home] = skew if D > 1 else 1.0
+        want = np.floor(share * size).astype(np.int64)
+        want[home] += size - want.sum()
+        parts.append(np.sort(np.array(_take(pools, want), dtype=np.int64)))
+    return parts
+
+
+KINDS: dict[str, Callable[..., list[np.ndarray]]] = {"iid": iid, "dirichlet": dirichlet, "by_class": by_class,
+                                                      "by_domain": by_domain}
+
+
+def partition(labels: np.ndarray, *, sizes, kind: str, alpha: float = 0.5, domains: np.ndarray | None = None,
+              domain_skew: float = 0.8, seed: int) -> list[np.ndarray]:
+    """Indices of each client's samples in the pool, by ``kind`` (iid, dirichlet, by_class, by_domain)."""
     labels = np.asarray(labels)
-    if kind == "iid":
-        return iid(labels, n_clients, n_per_client, seed=seed)
-    if kind == "by_class":
-        return by_class(labels, n_clients, n_per_client, seed=seed)
-    if kind == "dirichlet":
-        return dirichlet(labels, n_clients, n_per_client, alpha=alpha, seed=seed)
-    raise ValueError(f"unknown partition {kind!r}; choose one of: {', '.join(KINDS)}")
+    sizes = np.asarray(sizes, dtype=np.int64)
+    if kind not in KINDS:
+        raise ValueError(f"unknown partition {kind!r}; choose one of: {', '.join(KINDS)}")
+    _check(labels, sizes)
+    return KINDS[kind](labels, sizes, alpha=alpha, domains=domains, skew=domain_skew, seed=seed)

@@ -177,6 +177,32 @@ def validate_mixing(W: np.ndarray, g: nx.Graph | None = None, *, tol: float = TO
             raise TopologyError(f"mixing matrix puts weight W[{i},{j}] = {W[i, j]:.3g} on a pair that is not an edge of the graph")
 
 
+def lazy(W: np.ndarray) -> np.ndarray:
+    """Lazy mixing ``(W + I) / 2``: same fixed point, eigenvalues moved into ``[0, 1]``.
+
+    >>> lazy(np.array([[0.0, 1.0], [1.0, 0.0]])).tolist()
+    [[0.5, 0.5], [0.5, 0.5]]
+    """
+    return (W + np.eye(W.shape[0])) / 2.0
+
+
+def gossip_rounds(W: np.ndarray, nodes: np.ndarray, tol: float) -> int:
+    """Mixing rounds after which gossip averages on ``W`` (restricted to ``nodes``) agree to a
+    relative ``tol``: ``ceil(log tol / log lambda_2)``.
+
+    >>> gossip_rounds(np.full((4, 4), 0.25), np.arange(4), 1e-6)
+    1
+    """
+    sub = W[np.ix_(nodes, nodes)]
+    ev = np.sort(np.abs(np.linalg.eigvals(sub)))[::-1]
+    lam = ev[1] if len(ev) > 1 else 0.0
+    if lam < 1e-15:
+        return 1
+    if lam >= 1 - 1e-15:
+        raise TopologyError("the remaining graph does not mix (second eigenvalue 1): it is disconnected")
+    return max(1, math.ceil(math.log(tol) / math.log(lam)))
+
+
 def load_mixing(path: str | Path, g: nx.Graph) -> np.ndarray:
     """Read a user mixing matrix (``.npy`` or whitespace/comma text) and validate it against ``g``."""
     path = Path(path)

@@ -79,7 +79,7 @@ def test_compare_topologies_with_unlearning(tmp_path, capsys):
         "run": {"rounds": 40}, "topology": {"n_clients": 9, "p": 0.5},
         "data": {"n_samples_per_client": 10, "n_test": 20},
         "train": {"algorithm": "gradient_tracking", "lr": 0.07, "dtype": "float64", "weight_decay": 0.1},
-        "unlearn": {"clients": [4], "mode": "keep_relay", "newton_steps": 3, "averaging": "tree"},
+        "unlearn": {"clients": [4], "mode": "keep_relay", "certified": {"newton_steps": 3, "averaging": "tree"}},
     })
     path = tmp_path / "exp.toml"
     path.write_text(config.dumps(cfg))

@@ -23,7 +23,7 @@ def test_unknown_key_lists_valid_keys():
         config.from_dict({"topology": {"kinds": "ring"}})
     with pytest.raises(ConfigError, match=r"unknown section \[trian\]; valid sections: run, topology, data, model, train"):
         config.from_dict({"trian": {}})
-    with pytest.raises(ConfigError, match=r"valid keys in \[train\]: algorithm, lr"):
+    with pytest.raises(ConfigError, match=r"valid keys in \[train\]: algorithm, aggregator, lr"):
         config.with_overrides(config.Config(), ["train.learning_rate=0.1"])
 
 

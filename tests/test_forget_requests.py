@@ -4,7 +4,7 @@ import json
 import numpy as np
 import pytest
 
-from p2pforget import Engine, config, experiment, history
+from p2pforget import Engine, config, experiment, forget, history
 from p2pforget.__main__ import main
 
 from reference import sum_objective_optimum
@@ -16,7 +16,7 @@ def _cfg(**unlearn):
         "topology": {"kind": "erdos_renyi", "n_clients": 10, "p": 0.5},
         "data": {"n_samples_per_client": 20, "n_features": 3, "n_classes": 3, "n_test": 60},
         "train": {"algorithm": "gradient_tracking", "lr": 0.15, "dtype": "float64", "weight_decay": 0.1},
-        "unlearn": {"noise": False, "newton_steps": 4, "averaging": "tree"} | unlearn,
+        "unlearn": {"certified": {"noise": False, "newton_steps": 4, "averaging": "tree"}} | unlearn,
     })
 
 
@@ -43,26 +43,26 @@ def _optimum(engine, keep):
 def test_bad_requests_are_clear(trained_state):
     engine = _engine(trained_state)
     with pytest.raises(ValueError, match="client 12 does not exist; client ids are 0..9"):
-        engine.forget(clients=[12], progress=False)
+        forget(engine, clients=[12], progress=False)
     with pytest.raises(ValueError, match="must lie in 0..19"):
-        engine.forget(samples={1: [25]}, progress=False)
+        forget(engine, samples={1: [25]}, progress=False)
     with pytest.raises(ValueError, match="nothing to forget"):
-        engine.forget(progress=False)
-    with pytest.raises(config.ConfigError, match="unlearn.curvature"):
-        engine.forget(clients=[1], progress=False, curvature="hessian")
-    engine.forget(clients=[1], progress=False, reference=False)
+        forget(engine, progress=False)
+    with pytest.raises(config.ConfigError, match="unlearn.certified.curvature"):
+        forget(engine, clients=[1], progress=False, curvature="hessian")
+    forget(engine, clients=[1], progress=False, reference=False)
     with pytest.raises(ValueError, match="holds no data any more"):
-        engine.forget(clients=[1], progress=False, reference=False)
+        forget(engine, clients=[1], progress=False, reference=False)
 
 
 def test_batch_and_sequence_reach_the_same_optimum(trained_state):
     batch = _engine(trained_state)
-    r = batch.forget(clients=[2, 7], samples={4: [0, 1, 2, 3]}, progress=False, reference=False)
+    r = forget(batch, clients=[2, 7], samples={4: [0, 1, 2, 3]}, progress=False, reference=False)
     assert sorted(r.forgotten) == [2, 4, 7]
     seq = _engine(trained_state)
-    seq.forget(clients=[2], progress=False, reference=False)
-    seq.forget(samples={4: [0, 1, 2, 3]}, progress=False, reference=False)
-    last = seq.forget(clients=[7], progress=False, reference=False)
+    forget(seq, clients=[2], progress=False, reference=False)
+    forget(seq, samples={4: [0, 1, 2, 3]}, progress=False, reference=False)
+    last = forget(seq, clients=[7], progress=False, reference=False)
     keep = np.ones((10, 20), bool)
     keep[[2, 7]] = False
     keep[4, :4] = False
@@ -77,14 +77,14 @@ def test_batch_and_sequence_reach_the_same_optimum(trained_state):
 
 def test_retrain_method_and_reference(trained_state):
     engine = _engine(trained_state, method="retrain")
-    result = engine.forget(clients=[5], progress=False)
+    result = forget(engine, clients=[5], progress=False)
     assert np.array_equal(result.params["unlearned"], result.params["retrained"])
     assert result.metrics["unlearned"]["distance_to_retrain"] == 0
     assert result.cost["retrain"].comm_bytes == result.cost["unlearn"].comm_bytes > 0
 
 
 def test_run_file_and_cli_forget(tmp_path, capsys):
-    cfg = config.replace(_cfg(clients=[3], noise=True), run={"rounds": 120})
+    cfg = config.replace(_cfg(clients=[3], certified={"noise": True, "newton_steps": 4, "averaging": "tree"}), run={"rounds": 120})
     experiment.run(cfg, out=tmp_path, progress=False)
     rf = history.read_h5(tmp_path / "history.h5")
     for name in ["init", "trained", "unlearned", "unlearned_noiseless", "retrained"]:
@@ -100,7 +100,7 @@ def test_run_file_and_cli_forget(tmp_path, capsys):
     assert report["cost"]["ratio_to_retrain"]["seconds"] > 0
 
     # a second request on the finished run, from the command line, on top of the first
-    assert main(["forget", str(tmp_path), "--samples", "5:0,1,2", "--set", "unlearn.noise=false"]) == 0
+    assert main(["forget", str(tmp_path), "--samples", "5:0,1,2", "--set", "unlearn.certified.noise=false"]) == 0
     out = capsys.readouterr().out
     assert "Retrain" in out and "Certified" in out and "certificate:" in out
     rf = history.read_h5(tmp_path / "history.h5")

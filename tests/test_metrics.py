@@ -22,7 +22,7 @@ def test_gossip_mix_equals_matrix_product():
 def test_fedavg_weights_by_sample_counts():
     X = torch.tensor([[1.0, 0.0], [0.0, 1.0], [2.0, 2.0]], dtype=torch.float64)
     w = np.array([1.0, 3.0, 0.0])
-    assert aggregate.FedAvg().aggregate(global_params=X[0], client_params=X, weights=w).tolist() == [0.25, 0.75]
+    assert aggregate.FedAvg().aggregate(aggregate.Uploads(global_params=X[0], client_params=X, weights=w)).tolist() == [0.25, 0.75]
     np.testing.assert_allclose(aggregate.fedavg_matrix(w), np.tile([0.25, 0.75, 0.0], (3, 1)))
 
 

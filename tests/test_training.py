@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 import torch
 
-from p2pforget import Engine, config
+from p2pforget import Engine, config, forget
 
 from reference import gradient, hessian, objective, split, sum_objective_optimum
 
@@ -77,9 +77,7 @@ def test_dsgd_single_round_is_mix_of_local_steps(small_cfg):
 def test_minibatches_are_seeded_per_client_and_round(small_cfg):
     cfg = config.replace(small_cfg, train={"batch_size": 5})
     a, b = Engine(config=cfg), Engine(config=cfg)
-    xa, _, _ = a._batch((3, 0))
-    xb, _, _ = b._batch((3, 0))
-    xc, _, _ = a._batch((4, 0))
+    xa, xb, xc = a.batch((3, 0))["x"], b.batch((3, 0))["x"], a.batch((4, 0))["x"]
     assert torch.equal(xa, xb) and not torch.equal(xa, xc)
     assert xa.shape == (6, 5, 4)
 

@@ -1,7 +1,7 @@
 """Certified unlearning of a non-convex MLP trained with DSGD, judged against Retrain."""
 import pytest
 
-from p2pforget import Engine, config
+from p2pforget import Engine, config, forget
 
 
 @pytest.mark.slow
@@ -14,11 +14,11 @@ def test_mlp_certified_matches_retrain_at_a_fraction_of_its_cost():
         "model": {"kind": "mlp", "hidden": 32},
         "train": {"algorithm": "dsgd", "lr": 0.5, "local_steps": 2, "weight_decay": 1e-3},
         # No noise: the certificate needs a convex loss (certified = False for an MLP).
-        "unlearn": {"curvature": "ggn", "damping": 0.03, "averaging": "tree", "noise": False},
+        "unlearn": {"certified": {"curvature": "ggn", "damping": 0.03, "averaging": "tree", "noise": False}},
     })
     engine = Engine(config=cfg)
     engine.train(500, progress=False)
-    result = engine.forget(clients=[3], progress=False)
+    result = forget(engine, clients=[3], progress=False)
     m, cost = result.metrics, result.cost
     trained, unlearned, retrained = m["trained"], m["unlearned"], m["retrained"]
     # the forgotten client's data was memorized: forgetting it must show

@@ -12,7 +12,7 @@ from ..config import DataConfig
 from . import FederatedData, register, shard
 
 
-@register("digits")
+@register("digits", help="scikit-learn's bundled 8x8 handwritten digits (real data, offline)")
 def digits(cfg: DataConfig, n_clients: int, seed: int) -> FederatedData:
     from sklearn.datasets import load_digits
 
@@ -23,5 +23,4 @@ def digits(cfg: DataConfig, n_clients: int, seed: int) -> FederatedData:
     if cfg.n_test >= len(y):
         raise ValueError(f"data.n_test = {cfg.n_test} leaves no training data out of {len(y)} digits; lower it")
     test, pool = perm[:cfg.n_test], perm[cfg.n_test:]
-    xs, ys = shard(x[pool], y[pool], cfg, n_clients, seed)
-    return FederatedData(x=xs, y=ys, x_test=x[test], y_test=y[test], n_classes=10)
+    return FederatedData(**shard(x[pool], y[pool], cfg, n_clients, seed), x_test=x[test], y_test=y[test], n_classes=10)

@@ -19,12 +19,11 @@ def gaussian_mixture(n: int, *, means: np.ndarray, rng: np.random.Generator) -> 
     return x, y.astype(np.int64)
 
 
-@register("gaussian_logistic")
+@register("gaussian_logistic", help="class-conditional Gaussians in data.n_features dimensions")
 def gaussian_logistic(cfg: DataConfig, n_clients: int, seed: int) -> FederatedData:
     r = seeding.rng(seed, purpose="data/means")
     means = r.standard_normal((cfg.n_classes, cfg.n_features))
     means *= cfg.separation / np.linalg.norm(means, axis=1, keepdims=True)
     x, y = gaussian_mixture(n_clients * cfg.n_samples_per_client, means=means, rng=seeding.rng(seed, purpose="data/pool"))
     xt, yt = gaussian_mixture(cfg.n_test, means=means, rng=seeding.rng(seed, purpose="data/test"))
-    xs, ys = shard(x, y, cfg, n_clients, seed)
-    return FederatedData(x=xs, y=ys, x_test=xt, y_test=yt, n_classes=cfg.n_classes)
+    return FederatedData(**shard(x, y, cfg, n_clients, seed), x_test=xt, y_test=yt, n_classes=cfg.n_classes)

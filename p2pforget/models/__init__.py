@@ -17,13 +17,12 @@ torch.Size([2, 3])
 from __future__ import annotations
 
 import math
-from typing import Callable
-
 import torch
 from torch import nn
 from torch.func import functional_call
 
 from ..config import ModelConfig
+from ..registry import MODELS
 
 
 class Logistic(nn.Module):
@@ -37,15 +36,18 @@ class Logistic(nn.Module):
         return self.linear(x.flatten(1))
 
 
+@MODELS.register("logistic", help="multinomial logistic regression (convex; certified unlearning applies)")
 def _logistic(cfg: ModelConfig, input_shape: tuple[int, ...], n_classes: int) -> nn.Module:
     return Logistic(n_features=math.prod(input_shape), n_classes=n_classes)
 
 
+@MODELS.register("mlp", help="one hidden layer of model.hidden ReLU units")
 def _mlp(cfg: ModelConfig, input_shape: tuple[int, ...], n_classes: int) -> nn.Module:
     return nn.Sequential(nn.Flatten(), nn.Linear(math.prod(input_shape), cfg.hidden), nn.ReLU(),
                          nn.Linear(cfg.hidden, n_classes))
 
 
+@MODELS.register("cnn", help="two conv layers and a model.hidden MLP head, for (C, H, W) images")
 def _cnn(cfg: ModelConfig, input_shape: tuple[int, ...], n_classes: int) -> nn.Module:
     if len(input_shape) != 3:
         side = math.isqrt(math.prod(input_shape))
@@ -61,18 +63,21 @@ def _cnn(cfg: ModelConfig, input_shape: tuple[int, ...], n_classes: int) -> nn.M
     )
 
 
-REGISTRY: dict[str, Callable[[ModelConfig, tuple[int, ...], int], nn.Module]] = {
-    "logistic": _logistic,
-    "mlp": _mlp,
-    "cnn": _cnn,
-}
-
-
 def build(cfg: ModelConfig, *, input_shape: tuple[int, ...], n_classes: int) -> nn.Module:
-    """Build the ``nn.Module`` named by ``cfg.kind``."""
-    if cfg.kind not in REGISTRY:
-        raise ValueError(f"unknown model.kind {cfg.kind!r}; choose one of: {', '.join(REGISTRY)}")
-    return REGISTRY[cfg.kind](cfg, tuple(input_shape), n_classes)
+    """Build the ``nn.Module`` registered as ``cfg.kind`` (builders take ``(cfg, input_shape, n_classes)``)."""
+    return MODELS.get(cfg.kind)(cfg, tuple(input_shape), n_classes)
+
+
+class _Method(nn.Module):
+    """Calls one method of a module, so ``functional_call`` can evaluate it at given parameters."""
+
+    def __init__(self, inner: nn.Module, method: str) -> None:
+        super().__init__()
+        self.inner = inner
+        self.method = method
+
+    def forward(self, *args, **kwargs):
+        return getattr(self.inner, self.method)(*args, **kwargs)
 
 
 class FlatModel:
@@ -89,8 +94,30 @@ class FlatModel:
     def unflatten(self, flat: torch.Tensor) -> dict[str, torch.Tensor]:
         return {n: t.view(s) for n, t, s in zip(self.names, torch.split(flat, self.sizes), self.shapes)}
 
-    def forward(self, flat: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-        return functional_call(self.module, self.unflatten(flat), (x,))
+    def forward(self, flat: torch.Tensor, *inputs, **kwargs) -> torch.Tensor:
+        """The module's ``forward(*inputs, **kwargs)`` at parameters ``flat``."""
+        return functional_call(self.module, self.unflatten(flat), inputs, kwargs)
+
+    def call(self, flat: torch.Tensor, method: str, *args, **kwargs):
+        """Any method of the module (e.g. ``loss_terms``) at parameters ``flat``."""
+        params = {f"inner.{k}": v for k, v in self.unflatten(flat).items()}
+        return functional_call(_Method(self.module, method), params, args, kwargs)
+
+    def subnetworks(self) -> dict[str, str]:
+        """Named sub-networks: the module's ``subnetworks`` dict (name -> parameter-name prefix), if any."""
+        return dict(getattr(self.module, "subnetworks", {}))
+
+    def mask(self, *names: str) -> torch.Tensor:
+        """Boolean ``[d]``: the entries of the flat vector that belong to the named sub-networks
+        (names from :meth:`subnetworks`, or parameter-name prefixes)."""
+        subs = self.subnetworks()
+        prefixes = [subs.get(n, n) for n in names]
+        unknown = [n for n, p in zip(names, prefixes) if not any(k == p or k.startswith(p + ".") for k in self.names)]
+        if unknown:
+            raise ValueError(f"the model has no sub-network {unknown[0]!r}; it has: {', '.join(subs) or 'none named'}")
+        parts = [torch.full((size,), any(name == p or name.startswith(p + ".") for p in prefixes))
+                 for name, size in zip(self.names, self.sizes)]
+        return torch.cat(parts)
 
     def init_vector(self, generator_seed: int, dtype: torch.dtype) -> torch.Tensor:
         """Flat parameters from the modules' own ``reset_parameters`` under a fixed seed."""
@@ -100,3 +127,6 @@ class FlatModel:
                 if hasattr(m, "reset_parameters"):
                     m.reset_parameters()
             return torch.cat([p.detach().reshape(-1) for p in self.module.parameters()]).to(dtype)
+
+
+from . import l2u  # noqa: E402,F401  (registers the FOUL model)

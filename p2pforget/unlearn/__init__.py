@@ -1,22 +1,26 @@
 """Unlearning: forget requests, the :class:`Unlearner` interface, and :func:`forget`, which runs a
 method next to the Retrain reference and measures both.
 
-One method per module: :mod:`.certified` (decentralized Newton/Fisher with calibrated noise) and
-:mod:`.retrain` (training from scratch without the forgotten data: the gold reference).
+One method per module, each registered in :data:`~p2pforget.registry.METHODS` with its options
+dataclass (the keys of ``[unlearn.<method>]``): :mod:`.certified` (decentralized Newton/Fisher with
+calibrated noise), :mod:`.retrain` (the gold reference), :mod:`.foul` (FOUL), and the baselines
+:mod:`.finetune`, :mod:`.gradient_ascent` and :mod:`.negation` (NoT).
 
 Example
 -------
 >>> from p2pforget import Engine, config
+>>> from p2pforget.unlearn import forget
 >>> cfg = config.from_dict({"topology": {"n_clients": 4}, "data": {"n_samples_per_client": 10},
-...                         "train": {"dtype": "float64"}, "unlearn": {"noise": False}})
+...                         "train": {"dtype": "float64"}, "unlearn": {"certified": {"noise": False}}})
 >>> engine = Engine(config=cfg)
 >>> engine.train(3, progress=False)
->>> result = engine.forget(clients=[2], progress=False)
->>> result.certificate["method"], result.forgotten
+>>> result = forget(engine, clients=[2], progress=False)
+>>> result.method, result.forgotten
 ('certified', {2: [0, 1, 2, 3, 4, 5, 6, 7, 8, 9]})
 """
 from __future__ import annotations
 
+import dataclasses
 import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable, Protocol
@@ -25,8 +29,8 @@ import numpy as np
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from .. import metrics
-from ..config import UnlearnConfig
+from .. import config as config_mod, metrics
+from ..registry import METHODS
 
 if TYPE_CHECKING:
     from ..engine import Engine
@@ -35,19 +39,29 @@ if TYPE_CHECKING:
 @dataclass(frozen=True)
 class ForgetRequest:
     """What to forget: whole clients and/or some samples of clients, and what happens to a forgotten
-    client's node (``remove``: it leaves the graph; ``keep_relay``: it stays, holding no data)."""
+    client's node (``remove``: it leaves the graph; ``keep_relay``: it stays, holding no data).
+
+    A method that works in rounds calls ``observe(params)`` after each of its rounds (when set), so
+    the caller can trace forgetting over time (time-to-forget); that work is not the method's cost.
+    """
 
     samples: dict[int, np.ndarray]   # client id -> indices of its samples to forget
     whole_clients: tuple[int, ...]
     mode: str
+    observe: Callable[[torch.Tensor], None] | None = field(default=None, compare=False)
+
+    @property
+    def clients(self) -> list[int]:
+        """Every client with forgotten samples, in increasing id."""
+        return sorted(self.samples)
 
     @property
     def removed(self) -> tuple[int, ...]:
         return self.whole_clients if self.mode == "remove" else ()
 
     @classmethod
-    def build(cls, engine: "Engine", *, clients=(), samples: dict | None = None, mode: str = "remove") -> "ForgetRequest":
-        n, m = engine.retained.shape
+    def build(cls, engine: "Engine", *, clients=(), samples: dict | None = None, mode: str = "remove",
+              observe: Callable[[torch.Tensor], None] | None = None) -> "ForgetRequest":
         out: dict[int, np.ndarray] = {}
         for j in clients:
             _check_client(engine, int(j))
@@ -56,6 +70,7 @@ class ForgetRequest:
             j = int(j)
             _check_client(engine, j)
             idx = np.unique(np.asarray(idx, dtype=np.int64))
+            m = int(engine.data.counts[j])
             if len(idx) and (idx.min() < 0 or idx.max() >= m):
                 raise ValueError(f"sample indices of client {j} must lie in 0..{m - 1}; got {idx.min()}..{idx.max()}")
             gone = idx[~engine.retained[j, idx]]
@@ -65,7 +80,7 @@ class ForgetRequest:
         if not out or not any(len(v) for v in out.values()):
             raise ValueError("nothing to forget: give clients (e.g. --clients 3) or samples (e.g. --samples 3:0,5)")
         whole = tuple(sorted(j for j in out if len(out[j]) == engine.retained[j].sum()))
-        return cls(samples=out, whole_clients=whole, mode=mode)
+        return cls(samples=out, whole_clients=whole, mode=mode, observe=observe)
 
 
 def _check_client(engine: "Engine", j: int) -> None:
@@ -79,31 +94,43 @@ def _check_client(engine: "Engine", j: int) -> None:
 class Outcome:
     """What an unlearning method produces (local rows of this process).
 
-    ``release()`` returns the models to publish and the certificate. It runs outside the cost
-    measurement: the simulator evaluates the certificate with global knowledge of the data.
+    ``release()`` returns the models to publish and the certificate (``None`` for a method that
+    issues none). It runs outside the cost measurement: the simulator evaluates a certificate with
+    global knowledge of the data. ``noiseless`` is each node's private state (the released models
+    for a method that adds no noise); ``rounds`` is how many communication rounds the method ran.
     """
 
     noiseless: torch.Tensor
-    release: Callable[[], tuple[torch.Tensor, dict[str, Any]]]
+    release: Callable[[], tuple[torch.Tensor, dict[str, Any] | None]]
     comm_bytes: float
     extra_flops: float = 0.0  # work the FLOP counter cannot see (dense solves)
+    rounds: int = 1
+
+    @classmethod
+    def plain(cls, params: torch.Tensor, *, comm_bytes: float, rounds: int = 1) -> "Outcome":
+        """The outcome of a method that publishes its models as they are, with no certificate."""
+        return cls(noiseless=params, release=lambda: (params, None), comm_bytes=comm_bytes, rounds=rounds)
 
 
 class Unlearner(Protocol):
-    """One unlearning method. ``unlearn`` must call ``engine.exclude`` for the request and return the
-    new local parameters; it may communicate only through ``engine``'s transport."""
+    """One unlearning method, registered with ``@METHODS.register(name, options=OptionsDataclass)``.
 
-    name: str
+    ``unlearn`` must call ``engine.exclude`` for the request and return the new local parameters; it
+    uses only the engine's public API and communicates only through it (every byte counted).
+    """
 
-    def unlearn(self, engine: "Engine", request: ForgetRequest, options: UnlearnConfig) -> Outcome:
+    def unlearn(self, engine: "Engine", request: ForgetRequest, options: Any) -> Outcome:
         ...
 
 
-def registry() -> dict[str, type]:
-    from .certified import CertifiedNewton
-    from .retrain import Retrain
-
-    return {"certified": CertifiedNewton, "retrain": Retrain}
+def continue_training(engine: "Engine", rounds: int, request: ForgetRequest) -> float:
+    """Train ``rounds`` more rounds with the engine's own algorithm (after the exclusion: the
+    forgotten data take no part), calling ``request.observe`` after each; returns the bytes sent."""
+    start = engine.round
+    callback = None if request.observe is None else (lambda e: request.observe(e.params))
+    engine.train(rounds, progress=False, desc="unlearn", callback=callback)
+    sent = float(sum(engine.metrics["bytes_sent"][start:])) if engine.transport.is_root else None
+    return engine.transport.bcast_object(sent)
 
 
 @dataclass
@@ -120,10 +147,11 @@ class ForgetResult:
     method: str
     forgotten: dict[int, list[int]]
     mode: str
-    certificate: dict[str, Any]
+    certificate: dict[str, Any] | None
     cost: dict[str, Cost]
     params: dict[str, np.ndarray] = field(default_factory=dict)
     metrics: dict[str, dict] = field(default_factory=dict)
+    traces: dict[str, list[float]] = field(default_factory=dict)  # FA after each unlearning / retraining round
 
 
 def measured(fn):
@@ -134,69 +162,111 @@ def measured(fn):
     return result, time.perf_counter() - start, float(counter.get_total_flops())
 
 
-def forget(engine: "Engine", *, clients=(), samples: dict | None = None, options: UnlearnConfig | None = None,
-           reference: bool = True, progress: bool = True) -> ForgetResult:
-    """Forget ``clients`` and/or ``samples`` (client id -> indices) with ``options.method``, and train
+def _observer(engine: "Engine", sets: metrics.EvalSets, nodes: np.ndarray, trace: list[float], spent: dict[str, float]):
+    """``observe(params)``: FA of ``params`` appended to ``trace``; its seconds and FLOPs are kept in
+    ``spent`` so that they can be taken out of the method's cost."""
+    def observe(params: torch.Tensor) -> None:
+        start = time.perf_counter()
+        with FlopCounterMode(display=False) as counter:
+            fa = metrics.forget_accuracy(engine, params, sets, nodes=nodes)
+        spent["seconds"] += time.perf_counter() - start
+        spent["flops"] += float(counter.get_total_flops())
+        if fa is not None:
+            trace.append(fa)
+    return observe
+
+
+def forget(engine: "Engine", *, clients=(), samples: dict | None = None, method: str | None = None,
+           mode: str | None = None, reference: bool = True, progress: bool = True, **options) -> ForgetResult:
+    """Forget ``clients`` and/or ``samples`` (client id -> indices) with ``method`` (default
+    ``unlearn.method``; ``options`` override keys of its ``[unlearn.<method>]`` table), and train
     the Retrain reference next to it (unless ``reference=False``).
 
     Afterwards ``engine`` trains without the forgotten data, from the noiseless unlearned models
-    (each node's private state; the released, noised models are in the result) or, with
-    ``finetune_rounds``, from the fine-tuned released models. Metrics are computed on the released
-    models of the nodes still in the graph.
+    (each node's private state; the released, noised models are in the result) or, with a
+    method's ``finetune_rounds``, from the fine-tuned released models. Metrics are computed on the
+    released models of the nodes still in the graph.
     """
     from .retrain import retrain
 
-    opts = options or engine.config.unlearn
-    methods = registry()
-    if opts.method not in methods:
-        raise ValueError(f"unknown unlearn.method {opts.method!r}; choose one of: {', '.join(methods)}")
-    request = ForgetRequest.build(engine, clients=clients, samples=samples, mode=opts.mode)
+    name = method or engine.config.unlearn.method
+    entry = METHODS.entry(name)
+    cfg = engine.config
+    if options:
+        cfg = config_mod.replace(cfg, unlearn={name: options})
+    opts = cfg.unlearn.options(name)
+    mode = mode or cfg.unlearn.mode
+    if mode not in ("remove", "keep_relay"):
+        raise config_mod.ConfigError(f"unlearn.mode = {mode!r} is not valid; choose one of: remove, keep_relay")
+
+    nodes_before = np.flatnonzero(engine.members)
     forgotten_mask = np.zeros_like(engine.retained)
+    request = ForgetRequest.build(engine, clients=clients, samples=samples, mode=mode)
     for j, idx in request.samples.items():
         forgotten_mask[j, idx] = True
+    retained_after = engine.retained & ~forgotten_mask
+    members_after = engine.members.copy()
+    members_after[list(request.removed)] = False
+    nodes = np.flatnonzero(members_after)
+    sets = metrics.EvalSets.from_masks(engine, forgotten_mask, retained_after & members_after[:, None])
+    trace: list[float] = []
+    spent = {"seconds": 0.0, "flops": 0.0}
+    request = dataclasses.replace(request, observe=_observer(engine, sets, nodes, trace, spent))
 
     trained = engine.params.clone()
     rounds = engine.round
-    outcome, seconds, flops = measured(lambda: methods[opts.method]().unlearn(engine, request, opts))
-    cost = Cost(seconds=seconds, flops=flops + outcome.extra_flops, comm_bytes=outcome.comm_bytes)
+    outcome, seconds, flops = measured(lambda: entry.obj().unlearn(engine, request, opts))
+    cost = Cost(seconds=seconds - spent["seconds"], flops=flops - spent["flops"] + outcome.extra_flops,
+                comm_bytes=outcome.comm_bytes)
     released, certificate = outcome.release()
     # Nodes continue from their noiseless models and publish noised ones, so that later requests
     # start from the exact correction (sequential deletion as in Sekhari et al. 2021) ...
-    engine.params = outcome.noiseless.clone()
-    engine.tracker = engine.last_grad = None  # gradient tracking restarts from the new models
-    if opts.finetune_rounds:
+    engine.set_params(outcome.noiseless)
+    finetune = getattr(opts, "finetune_rounds", 0)
+    if finetune:
         # ... unless they fine-tune: training the published models on the remaining data is
-        # post-processing that never touches the forgotten data, so the certificate still holds.
-        engine.params = released.clone()
-        _, seconds, flops = measured(lambda: engine.train(opts.finetune_rounds, progress=False, desc="fine-tune"))
+        # post-processing that never touches the forgotten data, so a certificate still holds.
+        engine.set_params(released)
+        _, seconds, flops = measured(lambda: engine.train(finetune, progress=False, desc="fine-tune"))
         cost.seconds += seconds
         cost.flops += flops
         cost.comm_bytes += float(sum(engine.metrics["bytes_sent"][rounds:])) if engine.transport.is_root else 0.0
         released = engine.params.clone()
     cost = {"unlearn": cost}
 
-    nodes = np.flatnonzero(engine.members)
-    sets = metrics.EvalSets.from_masks(engine, forgotten_mask, engine.retained & engine.members[:, None])
     evaluated = {"trained": metrics.evaluate(engine, trained, sets, nodes=nodes),
                  "unlearned": metrics.evaluate(engine, released, sets, nodes=nodes)}
+    if not trace or len(trace) < outcome.rounds:
+        trace = (trace + [metrics.forget_accuracy(engine, released, sets, nodes=nodes)])[:max(outcome.rounds, 1)]
     local = {"trained": trained, "unlearned_noiseless": outcome.noiseless, "unlearned": released}
+    retrain_trace: list[float] = []
     if reference:
-        retrained, r_cost = retrain(engine, rounds=rounds, progress=progress)
+        retrained, r_cost = retrain(engine, rounds=rounds, progress=progress,
+                                    observe=_observer(engine, sets, nodes, retrain_trace, {"seconds": 0.0, "flops": 0.0}))
         cost["retrain"] = r_cost
         local["retrained"] = retrained.params
         evaluated["retrained"] = metrics.evaluate(engine, retrained.params, sets, nodes=nodes)
 
     gathered = {k: engine.gather_params(v) for k, v in local.items()}
-    result = ForgetResult(method=opts.method, forgotten={j: v.tolist() for j, v in request.samples.items()},
-                          mode=opts.mode, certificate=certificate, cost=cost)
+    result = ForgetResult(method=name, forgotten={j: v.tolist() for j, v in request.samples.items()},
+                          mode=mode, certificate=certificate, cost=cost)
     if engine.transport.is_root:
         result.params = gathered
         result.metrics = evaluated
+        fa_trained = evaluated["trained"]["FA"]["mean"] if evaluated["trained"]["FA"] else None
+        result.traces = {"unlearned": [float(v) for v in trace if v is not None]}
         if reference:
+            result.traces["retrained"] = [float(v) for v in retrain_trace if v is not None]
             ref = gathered["retrained"]
             base = metrics.distance(gathered["trained"], ref, nodes)
-            for name in evaluated:
-                d = metrics.distance(gathered[name], ref, nodes)
-                evaluated[name]["distance_to_retrain"] = d
-                evaluated[name]["relative_distance_to_retrain"] = d / base if base > 0 else 0.0
+            target = evaluated["retrained"]["FA"]["mean"] if evaluated["retrained"]["FA"] else None
+            for name_, d_trace in (("unlearned", result.traces["unlearned"]), ("retrained", result.traces["retrained"])):
+                evaluated[name_].update(metrics.time_to_forget(d_trace, target=target, start=fa_trained))
+            for key in evaluated:
+                d = metrics.distance(gathered[key], ref, nodes)
+                evaluated[key]["distance_to_retrain"] = d
+                evaluated[key]["relative_distance_to_retrain"] = d / base if base > 0 else 0.0
     return result
+
+
+from . import certified, retrain, foul, finetune, gradient_ascent, negation  # noqa: E402,F401  (register methods)

@@ -34,13 +34,12 @@ from __future__ import annotations
 
 import math
 import warnings
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
-import torch.nn.functional as F
-from torch.func import grad, jvp
-from tqdm import tqdm
+from torch.func import grad, jvp, vmap
 
 with warnings.catch_warnings():
     # jvp loads these decompositions on first use (a third of a second); load them up front so
@@ -49,9 +48,10 @@ with warnings.catch_warnings():
     import torch._decomp.decompositions_for_jvp  # noqa: F401
 
 from .. import ledger as ledger_mod, seeding
-from ..config import UnlearnConfig
+from ..config import bounded, choice
+from ..registry import METHODS
 from . import ForgetRequest, Outcome
-from .curvature import is_diagonal, local_curvature
+from .curvature import KINDS, is_diagonal, local_curvature
 
 if TYPE_CHECKING:
     from ..engine import Engine
@@ -69,45 +69,6 @@ def noise_scale(residual_bound: float, epsilon: float, delta: float) -> float:
     return residual_bound * math.sqrt(2.0 * math.log(1.25 / delta)) / epsilon
 
 
-def gossip_rounds(W: np.ndarray, nodes: np.ndarray, tol: float) -> int:
-    """Mixing rounds after which gossip averages on ``W`` (restricted to ``nodes``) agree to a
-    relative ``tol``: ``ceil(log tol / log lambda_2)``."""
-    sub = W[np.ix_(nodes, nodes)]
-    ev = np.sort(np.abs(np.linalg.eigvals(sub)))[::-1]
-    lam = ev[1] if len(ev) > 1 else 0.0
-    if lam < 1e-15:
-        return 1
-    if lam >= 1 - 1e-15:
-        raise ValueError("the remaining graph does not mix (second eigenvalue 1): it is disconnected")
-    return max(1, math.ceil(math.log(tol) / math.log(lam)))
-
-
-def network_sum(engine: "Engine", rows: torch.Tensor, *, tol: float, averaging: str) -> tuple[torch.Tensor, float, int]:
-    """Every node's estimate of ``sum_k rows_k`` over the nodes in the graph; returns
-    ``(estimates, bytes sent, mixing rounds)``.
-
-    ``gossip``: mix with the remaining graph's matrix until the estimates agree to a relative ``tol``,
-    then scale the average by the node count. ``tree``: exact sum up a spanning tree of the graph and
-    back down (``2 (M - 1)`` messages; on a star the hub sums, ``2 M`` messages).
-    """
-    nodes = np.flatnonzero(engine.members)
-    flat = rows.reshape(rows.shape[0], -1)
-    itemsize = flat.element_size()
-    if engine.is_star or averaging == "tree":
-        full = engine.transport.gather(flat)
-        total = full[torch.as_tensor(nodes)].sum(dim=0) if engine.transport.is_root else None
-        total = engine.transport.broadcast(total, like=flat[0])
-        messages = 2 * len(nodes) if engine.is_star else 2 * (len(nodes) - 1)
-        return total.expand_as(flat).reshape(rows.shape).clone(), float(messages * flat.shape[1] * itemsize), 1
-    W = engine.base_mixing
-    R = gossip_rounds(W, nodes, tol)
-    x = flat
-    for _ in tqdm(range(R), desc="gossip sum", leave=False, disable=not engine.transport.is_root or R < 200):
-        x = engine._mix(x, W)
-    messages = np.count_nonzero(W) - np.count_nonzero(np.diag(W))
-    return (len(nodes) * x).reshape(rows.shape), float(R * messages * flat.shape[1] * itemsize), R
-
-
 def influence_weights(engine: "Engine", forgotten: list[int]) -> torch.Tensor:
     """``omega [n_local, len(forgotten)]``: how strongly each local node holds each forgotten client."""
     n_local = engine.hi - engine.lo
@@ -118,19 +79,17 @@ def influence_weights(engine: "Engine", forgotten: list[int]) -> torch.Tensor:
 
 
 def remaining_objective(engine: "Engine"):
-    """``Phi'(theta)`` over all remaining data (used to evaluate the certificate)."""
+    """``Phi'(theta) = sum_k a'_k f'_k(theta)`` over all remaining data, from the task's loss (used to
+    evaluate the certificate)."""
     d = engine.data
-    n, m = d.y.shape
-    x = torch.as_tensor(d.x.reshape(n * m, *d.input_shape), dtype=engine.dtype)
-    y = torch.as_tensor(d.y.reshape(-1))
-    mask = torch.as_tensor(engine.retained & engine.members[:, None], dtype=engine.dtype)
+    batch = {"x": torch.as_tensor(d.x, dtype=engine.dtype), "y": torch.as_tensor(d.y),
+             "mask": torch.as_tensor(engine.retained & engine.members[:, None], dtype=engine.dtype)}
     a = torch.as_tensor(engine.objective_weights(), dtype=engine.dtype)
     wd = engine.config.train.weight_decay
+    per_client = vmap(engine.task.data_loss, in_dims=(None, 0))
 
     def phi(theta: torch.Tensor) -> torch.Tensor:
-        ce = F.cross_entropy(engine.model.forward(theta, x), y, reduction="none").reshape(n, m)
-        per_client = (mask * ce).sum(dim=1) / mask.sum(dim=1).clamp(min=1)
-        return (a * per_client).sum() + a.sum() * 0.5 * wd * (theta * theta).sum()
+        return (a * per_client(theta, batch)).sum() + a.sum() * 0.5 * wd * (theta * theta).sum()
 
     return phi
 
@@ -148,7 +107,7 @@ def hessian_lipschitz(engine: "Engine") -> float | None:
     return HESSIAN_LIPSCHITZ_SOFTMAX * norm ** 3 * float(engine.objective_weights().sum())
 
 
-def certificate(engine: "Engine", before: np.ndarray, step: np.ndarray, after: np.ndarray, opts: UnlearnConfig) -> dict:
+def certificate(engine: "Engine", before: np.ndarray, step: np.ndarray, after: np.ndarray, opts: "CertifiedOptions") -> dict:
     """The (epsilon, delta) certificate of the last Newton step, evaluated at the root.
 
     With ``A = sum_k a'_k`` and ``lambda = weight_decay`` (the strong convexity of ``Phi'/A``):
@@ -195,12 +154,28 @@ def certificate(engine: "Engine", before: np.ndarray, step: np.ndarray, after: n
     }
 
 
+@dataclass(frozen=True)
+class CertifiedOptions:
+    """Keys of ``[unlearn.certified]``."""
+
+    epsilon: float = bounded(1.0, 1e-12)
+    delta: float = bounded(1e-5, 1e-300, 1.0)
+    curvature: str = choice("exact", *KINDS)
+    newton_steps: int = bounded(1, 1)
+    noise: bool = True
+    damping: float = bounded(0.0, 0.0)
+    finetune_rounds: int = bounded(0, 0)
+    averaging: str = choice("gossip", "gossip", "tree")
+    gossip_tol: float = bounded(1e-10, 1e-16, 1e-1)
+    curvature_tol: float = bounded(1e-4, 1e-16, 1e-1)
+
+
+@METHODS.register("certified", options=CertifiedOptions,
+                  help="influence-weighted Newton/Fisher corrections with calibrated Gaussian noise")
 class CertifiedNewton:
     """Decentralized certified unlearning (see the module docstring)."""
 
-    name = "certified"
-
-    def unlearn(self, engine: "Engine", request: ForgetRequest, options: UnlearnConfig) -> Outcome:
+    def unlearn(self, engine: "Engine", request: ForgetRequest, options: CertifiedOptions) -> Outcome:
         lo, hi = engine.lo, engine.hi
         itemsize = torch.finfo(engine.dtype).bits // 8
         theta = engine.params.clone()
@@ -232,14 +207,14 @@ class CertifiedNewton:
             if step > 0:
                 # The target is one point, the remaining optimum: nodes first agree on their mean
                 # model, so every node's gradient sum is evaluated at the point it steps from.
-                total, sent, _ = network_sum(engine, theta, tol=options.gossip_tol, averaging=options.averaging)
+                total, sent, _ = engine.network_sum(theta, tol=options.gossip_tol, averaging=options.averaging)
                 theta = torch.where(member_rows, total / n_nodes, theta)  # nodes that left keep their model
                 local_grad = engine.gradients(theta, engine.full_batch())[0] * a_after
-                rhs, sent2, _ = network_sum(engine, local_grad, tol=options.gossip_tol, averaging=options.averaging)
+                rhs, sent2, _ = engine.network_sum(local_grad, tol=options.gossip_tol, averaging=options.averaging)
                 comm += sent + sent2
             curv = local_curvature(engine, theta, options.curvature)
             curv = curv * (a_after if is_diagonal(options.curvature) else a_after[:, :, None])
-            H, sent, r = network_sum(engine, curv, tol=options.curvature_tol, averaging=options.averaging)
+            H, sent, r = engine.network_sum(curv, tol=options.curvature_tol, averaging=options.averaging)
             comm += sent
             rounds.append(r)
             before = theta

@@ -11,7 +11,8 @@ parameters ``[n_local, d]`` and returns one curvature per client:
 - ``kfac``: Kronecker-factored approximate curvature (Martens & Grosse, ICML 2015), built per client
   by ``curvlinops`` (KFACLinearOperator, type-2 Fisher) and materialized ``[n_local, d, d]``.
 
-All include the weight-decay term ``weight_decay * I`` of clients that still hold data.
+GGN, diagonal Fisher and K-FAC are those of the cross-entropy of the task's logits (classification
+tasks). All include the weight-decay term ``weight_decay * I`` of clients that still hold data.
 """
 from __future__ import annotations
 
@@ -21,7 +22,6 @@ from typing import TYPE_CHECKING, Callable
 import torch
 from torch.func import hessian, jacrev
 
-from ..engine import fixed_width_vmap
 
 if TYPE_CHECKING:
     from ..engine import Engine
@@ -34,15 +34,14 @@ def is_diagonal(kind: str) -> bool:
 
 
 def _exact(engine: "Engine", params: torch.Tensor) -> torch.Tensor:
-    return fixed_width_vmap(hessian(engine._objective), engine.width, params.detach(), *engine.full_batch(),
-                            engine._local_active)
+    return engine.per_client(hessian(engine.objective), params.detach(), engine.full_batch(), engine.active)
 
 
 def _output_curvature(engine: "Engine", flat: torch.Tensor, x: torch.Tensor, mask: torch.Tensor):
     """Per-sample Jacobians ``J [m, C, d]`` and softmax curvature ``diag p - p p^T [m, C, C]``, masked and
     scaled by ``1 / sum(mask)``."""
-    logits = engine.model.forward(flat, x)
-    J = jacrev(engine.model.forward)(flat, x)  # [m, C, d]
+    logits = engine.task.logits(flat, x)
+    J = jacrev(engine.task.logits)(flat, x)  # [m, C, d]
     p = torch.softmax(logits, dim=-1)
     A = torch.diag_embed(p) - p[:, :, None] * p[:, None, :]
     A = A * (mask / mask.sum().clamp(min=1))[:, None, None]
@@ -52,22 +51,22 @@ def _output_curvature(engine: "Engine", flat: torch.Tensor, x: torch.Tensor, mas
 def _ggn(engine: "Engine", params: torch.Tensor) -> torch.Tensor:
     wd = engine.config.train.weight_decay
 
-    def one(flat, x, y, mask, active):
-        J, A = _output_curvature(engine, flat, x, mask)
+    def one(flat, batch, active):
+        J, A = _output_curvature(engine, flat, batch["x"], batch["mask"])
         G = torch.einsum("scd,sce,sef->df", J, A, J)
         return G + active * wd * torch.eye(flat.shape[0], dtype=flat.dtype)
 
-    return fixed_width_vmap(one, engine.width, params.detach(), *engine.full_batch(), engine._local_active)
+    return engine.per_client(one, params.detach(), engine.full_batch(), engine.active)
 
 
 def _diag_fisher(engine: "Engine", params: torch.Tensor) -> torch.Tensor:
     wd = engine.config.train.weight_decay
 
-    def one(flat, x, y, mask, active):
-        J, A = _output_curvature(engine, flat, x, mask)
+    def one(flat, batch, active):
+        J, A = _output_curvature(engine, flat, batch["x"], batch["mask"])
         return torch.einsum("scd,sce,sed->d", J, A, J) + active * wd
 
-    return fixed_width_vmap(one, engine.width, params.detach(), *engine.full_batch(), engine._local_active)
+    return engine.per_client(one, params.detach(), engine.full_batch(), engine.active)
 
 
 def _kfac(engine: "Engine", params: torch.Tensor) -> torch.Tensor:
@@ -79,7 +78,8 @@ def _kfac(engine: "Engine", params: torch.Tensor) -> torch.Tensor:
     module = engine.model.module.to(engine.dtype)
     d = engine.dim
     out = torch.zeros(params.shape[0], d, d, dtype=engine.dtype)
-    x, y, mask = engine.full_batch()
+    batch = engine.full_batch()
+    x, y, mask = batch["x"], batch["y"], batch["mask"]
     for r in range(params.shape[0]):
         keep = mask[r] > 0
         if not keep.any():

@@ -4,21 +4,21 @@ forgotten data. The gold reference every unlearning method is compared with (exa
 from __future__ import annotations
 
 import time
-from typing import TYPE_CHECKING
+from dataclasses import dataclass
+from typing import Callable
 
 import numpy as np
+import torch
 
-from ..config import UnlearnConfig
+from ..engine import Engine
+from ..registry import METHODS
 from . import Cost, ForgetRequest, Outcome, measured
 
-if TYPE_CHECKING:
-    from ..engine import Engine
 
-
-def retrain(engine: "Engine", *, rounds: int, progress: bool = True) -> tuple["Engine", Cost]:
-    """A fresh engine with ``engine``'s config, transport and exclusions, trained ``rounds`` rounds."""
-    from ..engine import Engine
-
+def retrain(engine: Engine, *, rounds: int, progress: bool = True,
+            observe: Callable[[torch.Tensor], None] | None = None) -> tuple[Engine, Cost]:
+    """A fresh engine with ``engine``'s config, transport and exclusions, trained ``rounds`` rounds;
+    ``observe(params)`` is called after every round (outside the measured cost)."""
     fresh = Engine(config=engine.config, transport=engine.transport, aggregator=engine.aggregator)
     fresh.exclude(samples={j: np.flatnonzero(~engine.retained[j]) for j in range(engine.n_clients)},
                   removed=np.flatnonzero(~engine.members).tolist())
@@ -26,19 +26,34 @@ def retrain(engine: "Engine", *, rounds: int, progress: bool = True) -> tuple["E
     # slows small operations down several times and would distort the measured seconds.
     start = time.perf_counter()
     _, _, per_round = measured(lambda: fresh.train(min(rounds, 1), progress=False))
-    fresh.train(rounds - min(rounds, 1), progress=progress, desc="retrain")
     seconds = time.perf_counter() - start
+    if observe is not None and rounds:
+        observe(fresh.params)
+    start = time.perf_counter()
+    fresh.train(rounds - min(rounds, 1), progress=progress, desc="retrain",
+                callback=None if observe is None else _timed(observe, spent := [0.0]))
+    seconds += time.perf_counter() - start - (spent[0] if observe is not None else 0.0)
     return fresh, Cost(seconds=seconds, flops=per_round * rounds, comm_bytes=float(sum(fresh.metrics["bytes_sent"])))
 
 
+def _timed(observe: Callable[[torch.Tensor], None], spent: list[float]) -> Callable[[Engine], None]:
+    def callback(e: Engine) -> None:
+        start = time.perf_counter()
+        observe(e.params)
+        spent[0] += time.perf_counter() - start
+    return callback
+
+
+@dataclass(frozen=True)
+class RetrainOptions:
+    """Retrain has no options of its own (it repeats training as configured)."""
+
+
+@METHODS.register("retrain", options=RetrainOptions, help="exact unlearning: train from scratch without the forgotten data")
 class Retrain:
     """Exact unlearning by retraining from scratch (the reference, usable as a method)."""
 
-    name = "retrain"
-
-    def unlearn(self, engine: "Engine", request: ForgetRequest, options: UnlearnConfig) -> Outcome:
+    def unlearn(self, engine: Engine, request: ForgetRequest, options: RetrainOptions) -> Outcome:
         engine.exclude(samples=request.samples, removed=request.removed)
         fresh, cost = retrain(engine, rounds=engine.round, progress=False)
-        certificate = {"method": self.name, "epsilon": 0.0, "delta": 0.0, "sigma": 0.0,
-                       "residual_bound": 0.0, "residual_norm": 0.0, "certified": True}
-        return Outcome(noiseless=fresh.params, release=lambda: (fresh.params, certificate), comm_bytes=cost.comm_bytes)
+        return Outcome.plain(fresh.params, comm_bytes=cost.comm_bytes, rounds=engine.round)

@@ -24,13 +24,13 @@ BASE = {
 UNLEARN_CASES = {
     "ring7_certified_gossip": {"topology": {"kind": "ring", "n_clients": 7}, "model": {"kind": "logistic"},
                                "train": {"algorithm": "gradient_tracking", "local_steps": 1, "dtype": "float64", "weight_decay": 0.1},
-                               "unlearn": {"clients": [2], "newton_steps": 2}},
+                               "unlearn": {"clients": [2], "certified": {"newton_steps": 2}}},
     "star5_samples_keep_relay": {"topology": {"kind": "star", "n_clients": 5}, "model": {"kind": "logistic"},
                                  "train": {"dtype": "float64", "weight_decay": 0.05},
                                  "unlearn": {"samples": {"1": [0, 3, 4]}, "clients": [4], "mode": "keep_relay"}},
     "erdos_renyi10_mlp_ggn_tree": {"topology": {"kind": "erdos_renyi", "n_clients": 10, "p": 0.5, "dropout": 0.2},
-                                   "unlearn": {"clients": [6], "curvature": "ggn", "averaging": "tree", "damping": 0.1,
-                                               "finetune_rounds": 2}},
+                                   "unlearn": {"clients": [6], "certified": {"curvature": "ggn", "averaging": "tree", "damping": 0.1,
+                                               "finetune_rounds": 2}}},
 }
 CASES = {
     "ring7": {"topology": {"kind": "ring", "n_clients": 7}},

@@ -1,0 +1,65 @@
+"""Round algorithms: what one training round does, registered in :data:`~p2pforget.registry.ROUNDS`.
+
+A round algorithm is a function ``(engine, W) -> vectors`` that updates ``engine.params`` (through
+:meth:`~p2pforget.Engine.set_params`) using the engine's public API, and returns how many
+``d``-vectors every message carried (for the byte count). ``W`` is the round's mixing matrix.
+Register your own with ``@ROUNDS.register("name")`` in a ``run.plugins`` module and choose it with
+``train.algorithm``; an entry registered with ``hub=True`` runs on the star topology.
+
+Example
+-------
+>>> sorted(ROUNDS.names())[:3]
+['dsgd', 'gradient_tracking', 'star']
+"""
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import numpy as np
+import torch
+
+from .aggregate import Uploads
+from .registry import ROUNDS
+
+if TYPE_CHECKING:
+    from .engine import Engine
+
+
+@ROUNDS.register("dsgd", help="adapt-then-combine decentralized SGD: x <- W (x - lr g)")
+def dsgd(engine: "Engine", W: np.ndarray) -> int:
+    """Adapt-then-combine DSGD: ``x <- W (x - lr * g)`` (Lian et al., NeurIPS 2017)."""
+    engine.set_params(engine.mix(engine.local_steps(engine.params), W))
+    return 1
+
+
+@ROUNDS.register("gradient_tracking", help="DIGing gradient tracking: exact convergence with a constant step")
+def gradient_tracking(engine: "Engine", W: np.ndarray) -> int:
+    """DIGing gradient tracking (Nedic, Olshevsky & Shi, SIAM J. Optim. 2017):
+    ``x <- W x - lr y``; ``y <- W y + g(x_new) - g(x)``; converges to the exact optimum with a constant step."""
+    state = engine.optimizer_state
+    if "tracker" not in state:
+        state["last_grad"], _ = engine.gradients(engine.params, engine.batch((0, 0)))
+        state["tracker"] = state["last_grad"].clone()
+    d = engine.dim
+    mixed = engine.mix(torch.cat([engine.params, state["tracker"]], dim=1), W)
+    engine.set_params(mixed[:, :d] - engine.config.train.lr * state["tracker"], keep_optimizer_state=True)
+    g, _ = engine.gradients(engine.params, engine.batch((engine.round + 1, 0)))
+    state["tracker"] = mixed[:, d:] + g - state["last_grad"]
+    state["last_grad"] = g
+    return 2
+
+
+@ROUNDS.register("star", hub=True, help="centralized FL: clients upload, the hub's aggregator (FedAvg) answers")
+def star(engine: "Engine", W: np.ndarray) -> int:
+    """The star's two-phase round: local steps, upload to the hub, the hub's aggregator computes the
+    global model, the hub broadcasts it back."""
+    local = engine.local_steps(engine.params)
+    full = engine.transport.gather(local)
+    new = None
+    if engine.transport.is_root:
+        new = engine.aggregator.aggregate(Uploads(global_params=engine.params[0], client_params=full,
+                                                  weights=engine.sample_counts, round=engine.round))
+    new = engine.transport.broadcast(new, like=engine.params[0])
+    engine.set_params(new.expand(engine.hi - engine.lo, -1))
+    return 1
+

@@ -1,0 +1,110 @@
+"""Tasks: a model, its loss, the layout of its batches, and how it is evaluated.
+
+A :class:`Task` is the one place a loss is defined. Training, curvature, certificates and metrics
+all call it. A batch is a dict of tensors: ``x`` (inputs), ``y`` (labels), ``mask`` (1 for the
+samples that count; batches are padded to fixed shapes) and anything else a model needs.
+
+A model whose module defines ``loss_terms(batch) -> dict[str, Tensor]`` and ``loss_weights``
+(a dict with the same keys) is trained on the weighted sum of its terms; any other model is a
+classifier trained with the masked mean cross-entropy of its logits.
+
+Example
+-------
+>>> import torch
+>>> from p2pforget.config import ModelConfig
+>>> from p2pforget.models import FlatModel, build
+>>> task = Task(model=FlatModel(build(ModelConfig(kind="logistic"), input_shape=(4,), n_classes=3)), weight_decay=0.0)
+>>> batch = {"x": torch.zeros(5, 4), "y": torch.zeros(5, dtype=torch.long), "mask": torch.ones(5)}
+>>> round(float(task.data_loss(torch.zeros(task.model.dim), batch)), 4)  # log 3
+1.0986
+"""
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import torch
+import torch.nn.functional as F
+from torch.func import vmap
+
+Batch = dict[str, torch.Tensor]
+
+
+def masked_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """``sum(mask * values) / max(sum(mask), 1)``."""
+    return (mask * values).sum() / mask.sum().clamp(min=1)
+
+
+class Task:
+    """Loss and evaluation of one model (see the module docstring).
+
+    Parameters
+    ----------
+    model : FlatModel
+        The model, evaluated at flat parameter vectors.
+    weight_decay : float
+        ``weight_decay / 2 * ||theta||^2`` is added to the objective of every client holding data.
+    """
+
+    def __init__(self, *, model, weight_decay: float) -> None:
+        self.model = model
+        self.weight_decay = weight_decay
+        self.has_terms = hasattr(model.module, "loss_terms")
+
+    def logits(self, flat: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """Class scores ``[m, C]`` of inputs ``x`` at parameters ``flat``."""
+        return self.model.forward(flat, x)
+
+    def loss_terms(self, flat: torch.Tensor, batch: Batch) -> dict[str, torch.Tensor]:
+        """The named losses of ``batch`` (unweighted)."""
+        if self.has_terms:
+            return self.model.call(flat, "loss_terms", batch)
+        ce = F.cross_entropy(self.logits(flat, batch["x"]), batch["y"], reduction="none")
+        return {"ce": masked_mean(ce, batch["mask"])}
+
+    def loss_weights(self) -> dict[str, float]:
+        return dict(self.model.module.loss_weights) if self.has_terms else {"ce": 1.0}
+
+    def data_loss(self, flat: torch.Tensor, batch: Batch) -> torch.Tensor:
+        """The weighted sum of :meth:`loss_terms` (no weight decay)."""
+        terms = self.loss_terms(flat, batch)
+        weights = self.loss_weights()
+        total = 0.0
+        for name in sorted(terms):
+            total = total + weights[name] * terms[name]
+        return total
+
+    def objective(self, flat: torch.Tensor, batch: Batch, active: torch.Tensor) -> torch.Tensor:
+        """What a client minimizes: :meth:`data_loss` plus ``active * weight_decay/2 ||flat||^2``
+        (``active`` is 0 for a client without data, which only relays)."""
+        return self.data_loss(flat, batch) + active * 0.5 * self.weight_decay * (flat * flat).sum()
+
+
+def _rows(arg: Any, sl: slice) -> Any:
+    return {k: v[sl] for k, v in arg.items()} if isinstance(arg, dict) else arg[sl]
+
+
+def _pad(arg: Any, width: int) -> Any:
+    def one(a: torch.Tensor) -> torch.Tensor:
+        m = a.shape[0]
+        return a if m == width else torch.cat([a, a[-1:].expand(width - m, *a.shape[1:])])
+    return {k: one(v) for k, v in arg.items()} if isinstance(arg, dict) else one(arg)
+
+
+def fixed_width_vmap(fn: Callable, width: int, *args: Any):
+    """``vmap(fn)(*args)`` computed in batches of exactly ``width`` rows (the last one padded).
+
+    ``args`` are tensors or dicts of tensors (batches) sharing the leading dimension. Fixed batch
+    shapes keep each row's arithmetic independent of how many rows a process holds, which keeps
+    results bit-identical at any number of ranks.
+    """
+    first = args[0]
+    n = (next(iter(first.values())) if isinstance(first, dict) else first).shape[0]
+    outs = []
+    for start in range(0, n, width):
+        chunk = [_pad(_rows(a, slice(start, start + width)), width) for a in args]
+        m = min(width, n - start)
+        out = vmap(fn)(*chunk)
+        outs.append(tuple(o[:m] for o in out) if isinstance(out, tuple) else out[:m])
+    if isinstance(outs[0], tuple):
+        return tuple(torch.cat(parts) for parts in zip(*outs))
+    return torch.cat(outs)
