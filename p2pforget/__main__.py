@@ -185,18 +185,27 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def registry_help() -> str:
+    """What each registry holds (built-ins and loaded plug-ins), for the CLI's help text."""
+    from .registry import ALL
+
+    return "\n".join(f"{reg.key} choices:\n{reg.help()}" for reg in ALL.values()) + \
+        "\n\nregister more from a module listed in run.plugins (see the README)"
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="p2pforget", description="Decentralized federated learning and unlearning simulator")
     sub = p.add_subparsers(dest="command", required=True)
+    listing = {"epilog": registry_help(), "formatter_class": argparse.RawDescriptionHelpFormatter}
 
-    r = sub.add_parser("run", help="run one experiment from a TOML config")
+    r = sub.add_parser("run", help="run one experiment from a TOML config", **listing)
     r.add_argument("config", help="experiment .toml file")
     r.add_argument("--set", action="append", metavar="SECTION.KEY=VALUE", help="override a config key (repeatable)")
     r.add_argument("--out", help="run directory (default: run.out)")
     r.add_argument("--resume", metavar="DIR", help="continue the interrupted run in DIR")
     r.set_defaults(fn=cmd_run)
 
-    c = sub.add_parser("compare", help="the same experiment on several topologies: table and plots")
+    c = sub.add_parser("compare", help="the same experiment on several topologies: table and plots", **listing)
     c.add_argument("config", help="experiment .toml file")
     c.add_argument("--topologies", default="ring,torus,star,erdos_renyi,small_world",
                    help="comma-separated topology kinds (default: %(default)s)")
@@ -222,11 +231,12 @@ def parser() -> argparse.ArgumentParser:
     t.add_argument("--png", help="where to write the drawing")
     t.set_defaults(fn=cmd_topologies)
 
-    f = sub.add_parser("forget", help="forget clients or samples in a finished run, next to Retrain")
+    f = sub.add_parser("forget", help="forget clients or samples in a finished run, next to Retrain", **listing)
     f.add_argument("run_dir")
     f.add_argument("--clients", type=int, nargs="+", metavar="ID", help="clients to forget entirely")
     f.add_argument("--samples", nargs="+", metavar="CLIENT:I,J", help="samples to forget, e.g. 3:0,5,7")
-    f.add_argument("--set", action="append", metavar="unlearn.KEY=VALUE", help="override an [unlearn] key")
+    f.add_argument("--set", action="append", metavar="unlearn.KEY=VALUE",
+                   help="override an [unlearn] key, e.g. unlearn.method=foul or unlearn.certified.epsilon=0.5")
     f.add_argument("--no-retrain", action="store_true", help="skip the Retrain reference")
     f.set_defaults(fn=cmd_forget)
 

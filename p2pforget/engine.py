@@ -198,10 +198,23 @@ class Engine:
         """One client's objective (the task's loss plus weight decay); see :class:`~p2pforget.tasks.Task`."""
         return self.task.objective(flat, batch, active)
 
-    def gradients(self, params: torch.Tensor, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
+    def gradients(self, params: torch.Tensor, batch: Batch, *, mask: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Per-client gradients and objective values of stacked ``params`` on a stacked ``batch``
-        (see :meth:`full_batch`)."""
-        return fixed_width_vmap(self._grad_fn, self.width, params, batch, self._local_active)
+        (see :meth:`full_batch`). With a boolean ``mask`` (``[d]``, whole parameter tensors, e.g.
+        ``model.mask("V")``) only those entries are differentiated (the rest of the gradient is 0),
+        and back-propagation stops at the layers that do not need it."""
+        if mask is None:
+            return fixed_width_vmap(self._grad_fn, self.width, params, batch, self._local_active)
+        idx = torch.nonzero(mask).squeeze(1)
+
+        def partial(sub, frozen, b, active):
+            return self.task.objective(self.model.compose(frozen, sub, mask), b, active)
+
+        g_sub, value = fixed_width_vmap(grad_and_value(partial), self.width, params[:, idx], params.detach(), batch,
+                                        self._local_active)
+        g = torch.zeros_like(params)
+        g[:, idx] = g_sub
+        return g, value
 
     def per_client(self, fn: Callable, *args) -> torch.Tensor:
         """``fn(*row_args)`` for every local client, vmapped in the engine's fixed-width chunks."""
@@ -232,16 +245,15 @@ class Engine:
                     grad_mask: torch.Tensor | None = None, sign: float = 1.0, key_round: int | None = None) -> torch.Tensor:
         """``steps`` (default ``train.local_steps``) SGD steps of every local client from ``params``.
 
-        ``grad_mask`` (``[d]``, 0/1) freezes parameters; ``sign = -1`` ascends the objective;
+        ``grad_mask`` (boolean ``[d]``) trains only those parameters (the others are frozen and not
+        differentiated); ``sign = -1`` ascends the objective;
         batches are keyed by ``(key_round, step)`` (default: the current round).
         """
         lr = self.config.train.lr if lr is None else lr
         steps = self.config.train.local_steps if steps is None else steps
         key_round = self.round if key_round is None else key_round
         for s in range(steps):
-            g, _ = self.gradients(params, self.batch((key_round, s)))
-            if grad_mask is not None:
-                g = g * grad_mask.to(g.dtype)
+            g, _ = self.gradients(params, self.batch((key_round, s)), mask=grad_mask)
             params = params - (sign * lr) * g
         return params
 

@@ -75,8 +75,13 @@ class Task:
 
     def objective(self, flat: torch.Tensor, batch: Batch, active: torch.Tensor) -> torch.Tensor:
         """What a client minimizes: :meth:`data_loss` plus ``active * weight_decay/2 ||flat||^2``
-        (``active`` is 0 for a client without data, which only relays)."""
-        return self.data_loss(flat, batch) + active * 0.5 * self.weight_decay * (flat * flat).sum()
+        (``active`` is 0 for a client without data, which only relays). ``flat`` may also be a dict
+        of named parameters (see :meth:`~p2pforget.models.FlatModel.compose`)."""
+        if isinstance(flat, dict):
+            square = sum((p * p).sum() for p in flat.values())
+        else:
+            square = (flat * flat).sum()
+        return self.data_loss(flat, batch) + active * 0.5 * self.weight_decay * square
 
 
 def _rows(arg: Any, sl: slice) -> Any:

@@ -55,3 +55,31 @@ def test_reference_table_lists_every_key():
     ref = config.reference()
     for key in ["run.seed", "topology.dropout", "data.alpha", "model.hidden", "train.same_init"]:
         assert f"`{key}`" in ref
+
+
+def test_method_options_live_in_sub_tables():
+    cfg = config.loads('[unlearn]\nmethod = "foul"\nclients = [1]\n[unlearn.foul]\nkappa = 1.5\n[unlearn.certified]\nepsilon = 0.5\n')
+    assert cfg.unlearn.options().kappa == 1.5 and cfg.unlearn.options("certified").epsilon == 0.5
+    assert cfg.unlearn.options("foul").beta == 2.0  # defaults fill the rest
+    again = config.with_overrides(cfg, ["unlearn.foul.rounds=7", "unlearn.method=certified"])
+    assert again.unlearn.options("foul").rounds == 7 and again.unlearn.options().epsilon == 0.5
+    assert config.loads(config.dumps(again)) == again
+    assert "[unlearn.foul]" in config.dumps(again)
+
+
+@pytest.mark.parametrize("bad,message", [
+    ({"unlearn": {"epsilon": 0.5}}, r"unlearn.epsilon has moved to the method's own table: write it under \[unlearn.certified\]"),
+    ({"unlearn": {"foul": {"kapa": 1}}}, r"unknown key unlearn.foul.kapa; valid keys in \[unlearn.foul\]: kappa, beta"),
+    ({"unlearn": {"method": "magic"}}, r"unlearn.method = 'magic' is not valid; choose one of: certified, retrain, foul"),
+    ({"unlearn": {"foul": {"params": "k"}}}, r"unlearn.foul.params = 'k' is not valid; choose one of: v, all"),
+])
+def test_method_option_errors_name_the_new_place(bad, message):
+    with pytest.raises(ConfigError, match=message):
+        config.from_dict(bad)
+
+
+def test_flat_override_of_a_moved_key_says_where_it_went():
+    with pytest.raises(ConfigError, match=r"use unlearn.certified.noise=\.\.\."):
+        config.with_overrides(config.Config(), ["unlearn.noise=false"])
+    with pytest.raises(ConfigError, match=r"unknown key unlearn.foul.nope; valid keys in \[unlearn.foul\]"):
+        config.with_overrides(config.Config(), ["unlearn.foul.nope=1"])

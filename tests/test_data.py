@@ -85,3 +85,62 @@ def test_init_vector_is_seeded():
     fm = models.FlatModel(models.build(ModelConfig(kind="mlp"), input_shape=(4,), n_classes=3))
     a, b, c = fm.init_vector(1, torch.float32), fm.init_vector(1, torch.float32), fm.init_vector(2, torch.float32)
     assert torch.equal(a, b) and not torch.equal(a, c)
+
+
+def test_pacs_like_is_seeded_with_4_domains_of_7_classes():
+    cfg = DataConfig(kind="pacs_like", n_samples_per_client=28, n_test=56, partition="by_domain", domain_skew=1.0)
+    a, b = data.build(cfg, n_clients=4, seed=3), data.build(cfg, n_clients=4, seed=3)
+    assert a.x.shape == (4, 28, 3, 32, 32) and a.n_classes == 7 and len(a.domain_names) == 4
+    assert np.array_equal(a.x, b.x) and not np.array_equal(a.x, data.build(cfg, n_clients=4, seed=4).x)
+    assert [set(np.unique(a.domain[i])) for i in range(4)] == [{0}, {1}, {2}, {3}]  # skew 1: one domain each
+    assert set(np.unique(a.domain_test)) == {0, 1, 2, 3} and set(np.unique(a.y_test)) == set(range(7))
+    # domains differ in style: mean pixel statistics of the sketch domain (white paper) stand apart
+    means = [a.x[i].mean() for i in range(4)]
+    assert means[3] > max(means[:3]) + 0.5
+
+
+def _write_folder(root, sizes):
+    from PIL import Image
+
+    r = np.random.default_rng(0)
+    for domain, classes in sizes.items():
+        for cls, n in classes.items():
+            folder = root / domain / cls
+            folder.mkdir(parents=True)
+            for k in range(n):
+                Image.fromarray(r.integers(0, 255, (20, 24, 3), dtype=np.uint8)).save(folder / f"{k}.png")
+
+
+def test_image_folder_reads_pacs_style_folders(tmp_path):
+    _write_folder(tmp_path, {"photo": {"dog": 5, "cat": 4}, "sketch": {"dog": 3, "cat": 6, "horse": 2}})
+    x, y, dom, domains, classes = data.images.read_image_folder(tmp_path, size=16)
+    assert x.shape == (20, 3, 16, 16) and 0 <= x.min() and x.max() <= 1
+    assert domains == ("photo", "sketch") and classes == ("cat", "dog", "horse")
+    assert np.bincount(dom).tolist() == [9, 11] and np.bincount(y).tolist() == [10, 8, 2]
+    fd = data.build(DataConfig(kind="image_folder", path=str(tmp_path), image_size=16, n_test=4, n_samples_per_client=4,
+                               partition="by_domain"), n_clients=4, seed=0)
+    assert fd.x.shape[2:] == (3, 16, 16) and fd.n_classes == 3 and fd.counts.tolist() == [4, 4, 4, 4]
+    assert fd.domain.shape == fd.y.shape and fd.domain_names == ("photo", "sketch")
+
+
+def test_image_folder_errors_name_the_fix(tmp_path):
+    with pytest.raises(ValueError, match="needs data.path"):
+        data.build(DataConfig(kind="image_folder"), n_clients=2, seed=0)
+    with pytest.raises(FileNotFoundError, match="is not a directory"):
+        data.build(DataConfig(kind="image_folder", path=str(tmp_path / "missing")), n_clients=2, seed=0)
+    (tmp_path / "photo" / "dog").mkdir(parents=True)
+    with pytest.raises(FileNotFoundError, match="no images"):
+        data.build(DataConfig(kind="image_folder", path=str(tmp_path)), n_clients=2, seed=0)
+
+
+def test_digits_and_pacs_like_train_the_l2u_model():
+    from p2pforget import Engine, config
+
+    for kind, shape in [("digits", (1, 8, 8)), ("pacs_like", (3, 16, 16))]:
+        cfg = config.from_dict({"topology": {"kind": "star", "n_clients": 4},
+                                "data": {"kind": kind, "n_samples_per_client": 28, "n_test": 56, "image_size": 16},
+                                "model": {"kind": "l2u", "hidden": 8}, "train": {"lr": 0.1, "local_steps": 3}})
+        e = Engine(config=cfg)
+        assert e.data.input_shape == shape
+        e.train(3, progress=False)
+        assert e.metrics["loss_mean"][-1] < e.metrics["loss_mean"][0]

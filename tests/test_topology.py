@@ -113,3 +113,28 @@ def test_edge_dropout_is_seeded_and_recomputes_mixing():
     for W in (W0, W1):
         topology.validate_mixing(W)
         assert np.count_nonzero(W - np.diag(np.diag(W))) < 8 * 7  # some edges dropped
+
+
+def test_lazy_mixing_rescues_gradient_tracking_on_a_torus():
+    import warnings
+
+    from p2pforget import Engine, config
+
+    def run(lazy):
+        cfg = config.from_dict({"topology": {"kind": "torus", "n_clients": 32, "lazy": lazy},
+                                "data": {"kind": "digits", "n_samples_per_client": 40},
+                                "train": {"algorithm": "gradient_tracking", "lr": 0.1, "dtype": "float64"}})
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            engine = Engine(config=cfg)
+        W = engine.base_mixing
+        engine.train(150, progress=False)
+        return engine, W, [str(w.message) for w in caught]
+
+    plain, W, warned = run(False)
+    lazy, W_lazy, quiet = run(True)
+    np.testing.assert_allclose(W_lazy, (W + np.eye(32)) / 2, rtol=0, atol=0)
+    assert np.linalg.eigvalsh(W).min() == pytest.approx(-0.6) and np.linalg.eigvalsh(W_lazy).min() == pytest.approx(0.2)
+    assert any("eigenvalue -0.60" in m and "topology.lazy = true" in m for m in warned) and not quiet
+    assert lazy.metrics["consensus_distance"][-1] < 0.05 < plain.metrics["consensus_distance"][-1]
+    assert lazy.metrics["test_acc_mean"][-1] > plain.metrics["test_acc_mean"][-1] + 0.05

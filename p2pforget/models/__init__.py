@@ -91,8 +91,28 @@ class FlatModel:
         self.sizes = [p.numel() for _, p in named]
         self.dim = sum(self.sizes)
 
-    def unflatten(self, flat: torch.Tensor) -> dict[str, torch.Tensor]:
+    def unflatten(self, flat: torch.Tensor | dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Named parameter tensors (views) of a flat vector; a dict is returned as it is."""
+        if isinstance(flat, dict):
+            return flat
         return {n: t.view(s) for n, t, s in zip(self.names, torch.split(flat, self.sizes), self.shapes)}
+
+    def compose(self, frozen: torch.Tensor, trainable: torch.Tensor, mask: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Named parameters taking the entries where ``mask`` is set from ``trainable`` (``[mask.sum()]``) and
+        the rest from ``frozen`` (``[d]``). Differentiating through the result w.r.t. ``trainable`` then
+        back-propagates only into the layers that use trainable parameters. ``mask`` must cover whole
+        parameter tensors (as :meth:`mask` gives)."""
+        out, start = {}, 0
+        flags = torch.split(mask, self.sizes)
+        for name, f, t, shape in zip(self.names, flags, torch.split(frozen, self.sizes), self.shapes):
+            if bool(f.all()):
+                out[name] = trainable[start:start + t.numel()].view(shape)
+                start += t.numel()
+            elif not bool(f.any()):
+                out[name] = t.view(shape)
+            else:
+                raise ValueError(f"a trainable mask must cover whole parameter tensors; {name} is split")
+        return out
 
     def forward(self, flat: torch.Tensor, *inputs, **kwargs) -> torch.Tensor:
         """The module's ``forward(*inputs, **kwargs)`` at parameters ``flat``."""

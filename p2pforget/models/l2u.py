@@ -5,7 +5,7 @@ encoder V, a decoder D and a classifier C, trained with the losses of
     Gradient Conflict Mitigation and Expression" (FOUL), CVPR 2026, arXiv 2603.13795.
 
 ``L_L2U = alpha_V L_V + alpha_K L_K + alpha_gtc L_gtc + L_rec`` with, on a batch (masked samples
-only; ``z_K``, ``z_V`` the spatially pooled encoder outputs):
+only; ``z_K``, ``z_V`` the encoder outputs average-pooled to 2 x 2 and flattened):
 
 - ``L_V = 1/|C| sum_c max(0, 1 - sqrt(Var(z_V^c) + eps))``: hinge on the within-class variance of the
   non-causal features (``Var`` = per-dimension variance over the class's samples, averaged over
@@ -44,6 +44,7 @@ from ..config import ModelConfig
 from ..registry import MODELS
 
 VARIANCE_EPS = 1e-4
+POOL = 2  # codes keep a POOL x POOL spatial layout: a global average would discard where a shape's parts are
 MASKED_LOGIT = -1e4  # stands in for -inf on classes absent from a batch (keeps vmap gradients finite)
 
 
@@ -57,8 +58,10 @@ def _image_shape(input_shape: tuple[int, ...]) -> tuple[int, int, int]:
 
 
 def _encoder(width: int) -> nn.Sequential:
-    return nn.Sequential(nn.Conv2d(width, 2 * width, 3, stride=2, padding=1), nn.ReLU(),
-                         nn.Conv2d(2 * width, 2 * width, 3, padding=1), nn.ReLU())
+    # GroupNorm, not BatchNorm: no running statistics, so the model stays a pure function of its
+    # parameters (vmap over clients, bit-identical rank invariance) and trains with plain SGD.
+    return nn.Sequential(nn.Conv2d(width, 2 * width, 3, stride=2, padding=1), nn.GroupNorm(2, 2 * width), nn.ReLU(),
+                         nn.Conv2d(2 * width, 2 * width, 3, padding=1), nn.GroupNorm(2, 2 * width), nn.ReLU())
 
 
 class L2U(nn.Module):
@@ -72,11 +75,11 @@ class L2U(nn.Module):
         c, h, w = self.image_shape
         self.n_classes = n_classes
         stride = 2 if min(h, w) >= 16 else 1
-        self.extractor = nn.Sequential(nn.Conv2d(c, width, 3, stride=stride, padding=1), nn.ReLU())
+        self.extractor = nn.Sequential(nn.Conv2d(c, width, 3, stride=stride, padding=1), nn.GroupNorm(2, width), nn.ReLU())
         self.causal = _encoder(width)
         self.noncausal = _encoder(width)
         self.decoder = nn.ModuleDict({"mix": nn.Conv2d(4 * width, width, 3, padding=1), "out": nn.Conv2d(width, c, 3, padding=1)})
-        self.classifier = nn.Linear(4 * width, n_classes)
+        self.classifier = nn.Linear(4 * width * POOL * POOL, n_classes)
         alpha_v, alpha_k, alpha_gtc = alphas
         self.loss_weights = {"V": alpha_v, "K": alpha_k, "gtc": alpha_gtc, "rec": 1.0}
 
@@ -85,18 +88,24 @@ class L2U(nn.Module):
         e = self.extractor(x.reshape(x.shape[0], *self.image_shape))
         return self.causal(e), self.noncausal(e)
 
+    @staticmethod
+    def code(feature_map: torch.Tensor) -> torch.Tensor:
+        """The pooled code ``[m, k]`` of a feature map."""
+        return F.adaptive_avg_pool2d(feature_map, POOL).flatten(1)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         zk, zv = self.encode(x)
-        return self.classifier(torch.cat([zk.mean(dim=(2, 3)), zv.mean(dim=(2, 3))], dim=1))
+        return self.classifier(torch.cat([self.code(zk), self.code(zv)], dim=1))
 
     def loss_terms(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         x, y, mask = batch["x"], batch["y"], batch["mask"]
         x = x.reshape(x.shape[0], *self.image_shape)
         zk_map, zv_map = self.encode(x)
-        zk, zv = zk_map.mean(dim=(2, 3)), zv_map.mean(dim=(2, 3))
+        zk, zv = self.code(zk_map), self.code(zv_map)
         logits = self.classifier(torch.cat([zk, zv], dim=1))
         weight = mask / mask.sum().clamp(min=1)
-        onehot = F.one_hot(y, self.n_classes).to(x.dtype) * mask[:, None]   # [m, C]
+        classes = torch.arange(self.n_classes, device=y.device)
+        onehot = (y[:, None] == classes).to(x.dtype) * mask[:, None]        # [m, C] (one_hot is not vmappable)
         count = onehot.sum(dim=0)                                          # [C]
 
         # L_V: within-class variance hinge of the non-causal features.

@@ -100,8 +100,8 @@ def solve_gamma(retain: torch.Tensor, forget: torch.Tensor, *, kappa: float, bet
     for _ in range(steps + 1):
         opt.zero_grad()
         value = gamma_objective(z, retain, forget, kappa=kappa, beta=beta)
-        if float(value) < best:
-            best, best_z = float(value), z.detach().clone()
+        if float(value.detach()) < best:
+            best, best_z = float(value.detach()), z.detach().clone()
         value.backward()
         opt.step()
     w = torch.softmax(best_z, dim=0)
