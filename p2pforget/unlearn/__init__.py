@@ -171,6 +171,7 @@ def _observer(engine: "Engine", sets: metrics.EvalSets, nodes: np.ndarray, trace
             fa = metrics.forget_accuracy(engine, params, sets, nodes=nodes)
         spent["seconds"] += time.perf_counter() - start
         spent["flops"] += float(counter.get_total_flops())
+        spent["calls"] += 1
         if fa is not None:
             trace.append(fa)
     return observe
@@ -210,7 +211,7 @@ def forget(engine: "Engine", *, clients=(), samples: dict | None = None, method:
     nodes = np.flatnonzero(members_after)
     sets = metrics.EvalSets.from_masks(engine, forgotten_mask, retained_after & members_after[:, None])
     trace: list[float] = []
-    spent = {"seconds": 0.0, "flops": 0.0}
+    spent = {"seconds": 0.0, "flops": 0.0, "calls": 0}
     request = dataclasses.replace(request, observe=_observer(engine, sets, nodes, trace, spent))
 
     trained = engine.params.clone()
@@ -236,13 +237,14 @@ def forget(engine: "Engine", *, clients=(), samples: dict | None = None, method:
 
     evaluated = {"trained": metrics.evaluate(engine, trained, sets, nodes=nodes),
                  "unlearned": metrics.evaluate(engine, released, sets, nodes=nodes)}
-    if not trace or len(trace) < outcome.rounds:
-        trace = (trace + [metrics.forget_accuracy(engine, released, sets, nodes=nodes)])[:max(outcome.rounds, 1)]
+    if spent["calls"] == 0:  # a one-shot method: its trace is the released models' FA (every rank takes part)
+        fa = metrics.forget_accuracy(engine, released, sets, nodes=nodes)
+        trace = [fa] if fa is not None else []
     local = {"trained": trained, "unlearned_noiseless": outcome.noiseless, "unlearned": released}
     retrain_trace: list[float] = []
     if reference:
         retrained, r_cost = retrain(engine, rounds=rounds, progress=progress,
-                                    observe=_observer(engine, sets, nodes, retrain_trace, {"seconds": 0.0, "flops": 0.0}))
+                                    observe=_observer(engine, sets, nodes, retrain_trace, {"seconds": 0.0, "flops": 0.0, "calls": 0}))
         cost["retrain"] = r_cost
         local["retrained"] = retrained.params
         evaluated["retrained"] = metrics.evaluate(engine, retrained.params, sets, nodes=nodes)

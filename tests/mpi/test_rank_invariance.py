@@ -31,6 +31,17 @@ UNLEARN_CASES = {
     "erdos_renyi10_mlp_ggn_tree": {"topology": {"kind": "erdos_renyi", "n_clients": 10, "p": 0.5, "dropout": 0.2},
                                    "unlearn": {"clients": [6], "certified": {"curvature": "ggn", "averaging": "tree", "damping": 0.1,
                                                "finetune_rounds": 2}}},
+    "star6_foul_pacs_like": {"topology": {"kind": "star", "n_clients": 6},
+                             "data": {"kind": "pacs_like", "image_size": 16, "n_samples_per_client": 14, "n_test": 28,
+                                      "partition": "by_domain"},
+                             "model": {"kind": "l2u", "hidden": 8}, "train": {"batch_size": 7, "lr": 0.1},
+                             "unlearn": {"method": "foul", "clients": [4, 5], "foul": {"rounds": 2}}},
+    "ring7_foul_digits": {"topology": {"kind": "ring", "n_clients": 7}, "data": {"kind": "digits", "n_test": 40},
+                          "model": {"kind": "l2u", "hidden": 8}, "train": {"lr": 0.1},
+                          "unlearn": {"method": "foul", "clients": [3], "mode": "keep_relay", "foul": {"rounds": 2}}},
+    "torus9_not_digits": {"topology": {"kind": "torus", "n_clients": 9}, "data": {"kind": "digits", "n_test": 40},
+                          "model": {"kind": "l2u", "hidden": 8}, "train": {"lr": 0.1},
+                          "unlearn": {"method": "not", "clients": [2], "not": {"rounds": 2}}},
 }
 CASES = {
     "ring7": {"topology": {"kind": "ring", "n_clients": 7}},
