@@ -151,6 +151,20 @@ def plot_unlearning(metrics: dict, path: str | Path) -> Path:
     return path
 
 
+def plot_fa_traces(traces: dict[str, list[float]], path: str | Path) -> Path:
+    """FA after each round of unlearning (and of Retrain's training), the time-to-forget picture."""
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for name, trace in traces.items():
+        ax.plot(np.arange(1, len(trace) + 1), trace, marker="o" if len(trace) < 5 else None, label=name)
+    ax.set(xlabel="round (unlearning; Retrain: training)", ylabel="FA (%)", title="accuracy on the forgotten data")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    path = Path(path)
+    fig.savefig(path, dpi=110, bbox_inches="tight")
+    plt.close(fig)
+    return path
+
+
 def report_run(run_dir: str | Path) -> list[Path]:
     """PNG plots for a finished (or interrupted) run directory; returns the files written."""
     run_dir = Path(run_dir)
@@ -171,4 +185,6 @@ def report_run(run_dir: str | Path) -> list[Path]:
         report = json.loads(report_file.read_text())
         if "metrics" in report:
             pngs.append(plot_unlearning(report["metrics"], run_dir / "unlearning.png"))
+        if report.get("traces"):
+            pngs.append(plot_fa_traces(report["traces"], run_dir / "fa_trace.png"))
     return pngs

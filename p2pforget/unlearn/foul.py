@@ -119,6 +119,7 @@ class FOULOptions:
     solver_lr: float = bounded(25.0, 0.0)
     meta_lr: float = bounded(0.5, 0.0)
     params: str = choice("v", "v", "all")
+    fl_clients: str = choice("all", "all", "retain")
 
 
 @AGGREGATORS.register("foul", help="FOUL's server rule: FedAvg plus the retain-minus-forget conflict term")
@@ -134,11 +135,15 @@ class FOULAggregator:
     solver_lr: float = 25.0
     meta_lr: float = 0.5
     mask: torch.Tensor | None = None
+    fl_clients: str = "all"
 
     def direction(self, updates: torch.Tensor, weights: np.ndarray, forget: np.ndarray) -> torch.Tensor:
         keep = torch.as_tensor(~forget)
         retain, forgot = updates[keep], updates[~keep]
-        g_fl = weighted_average(retain, np.asarray(weights)[~forget])
+        if self.fl_clients == "all":
+            g_fl = weighted_average(updates, weights)
+        else:
+            g_fl = weighted_average(retain, np.asarray(weights)[~forget])
         gamma_r, gamma_f = solve_gamma(retain, forgot, kappa=self.kappa, beta=self.beta, steps=self.solver_steps,
                                        lr=self.solver_lr)
         return foul_direction(g_fl, retain, forgot, gamma_r.to(updates.dtype), gamma_f.to(updates.dtype),
@@ -161,7 +166,8 @@ class FOUL:
         else:
             mask = torch.ones(engine.dim, dtype=torch.bool)
         rule = FOULAggregator(kappa=options.kappa, beta=options.beta, solver_steps=options.solver_steps,
-                              solver_lr=options.solver_lr, meta_lr=options.meta_lr, mask=mask)
+                              solver_lr=options.solver_lr, meta_lr=options.meta_lr, mask=mask,
+                              fl_clients=options.fl_clients)
         forget = np.zeros(engine.n_clients, dtype=bool)
         forget[request.clients] = True
         weights = engine.sample_counts.copy()  # before the exclusion: forget clients still train
@@ -206,11 +212,13 @@ class FOUL:
         mixed = engine.mix(engine.params, W)
         out = torch.where(mask, mixed, engine.params)  # only theta_V is exchanged and mixed
         for r, i in enumerate(engine.local_ids):
-            near = [j for j in [i, *engine.neighbours(i)] if not forget[j]]
+            hood = [i, *engine.neighbours(i)]
+            near = [j for j in hood if not forget[j]]
             if not near:
                 continue
             retain = ext[torch.as_tensor(pos[near])]
-            g_fl = weighted_average(retain, W[i, near])
+            fl = hood if rule.fl_clients == "all" else near
+            g_fl = weighted_average(ext[torch.as_tensor(pos[fl])], W[i, fl])
             gamma_r, gamma_f = solve_gamma(retain, flood, kappa=rule.kappa, beta=rule.beta, steps=rule.solver_steps,
                                            lr=rule.solver_lr)
             g = foul_direction(g_fl, retain, flood, gamma_r.to(retain.dtype), gamma_f.to(retain.dtype),

@@ -1,0 +1,178 @@
+"""FOUL vs Retrain and the baselines on the PACS-like set: the paper-style table.
+
+    .venv/bin/python benchmarks/foul_table.py [--seeds 0,1,2] [--topologies star,ring] [--jobs 2]
+
+For every topology and seed it trains the experiment of ``p2pforget/configs/foul_pacs.toml``
+(20 clients, L2U model, 40 rounds), forgets the five "sketch" clients with every method from the
+same trained state, and trains Retrain next to them. Every method is judged on the same nodes and
+data: FA / RA / TA / MIA (percent), Comm MB (bytes moved by the method), GFLOPs (torch's FLOP
+counter over the method's work; FA evaluations for the time-to-forget trace are left out of every
+method alike), T2F (rounds until FA is within 1 point of Retrain's final FA) and FA drop per round.
+Writes docs/results/foul.md (mean +- std over seeds) and docs/results/foul_fa_trace.png.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing as mp
+import os
+import sys
+import time
+from importlib import resources
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+METHODS = ("foul", "finetune", "not", "gradient_ascent")
+LABELS = {"retrain": "Retrain", "foul": "FOUL", "finetune": "Fine-tune", "not": "NoT", "gradient_ascent": "Gradient ascent",
+          "trained": "Trained (before)"}
+
+
+def one_cell(args: tuple[str, int]) -> dict:
+    """Train once, then every method from the same state; returns the rows of one (topology, seed)."""
+    kind, seed = args
+    os.environ["OMP_NUM_THREADS"] = "1"
+    import torch
+
+    torch.set_num_threads(1)
+    from p2pforget import Engine, config, forget
+    from p2pforget.metrics import time_to_forget
+
+    cfg = config.loads(resources.files("p2pforget").joinpath("configs/foul_pacs.toml").read_text())
+    cfg = config.replace(cfg, run={"seed": seed}, topology={"kind": kind})
+    start = time.perf_counter()
+    engine = Engine(config=cfg)
+    engine.train(cfg.run.rounds, progress=False)
+    state = engine.state()
+    clients = list(cfg.unlearn.clients)
+    rows, traces = {}, {}
+    for method in METHODS:
+        e = Engine(config=cfg)
+        e.load_state(state)
+        result = forget(e, clients=clients, method=method, reference=(method == "foul"), progress=False)
+        names = [("unlearned", method)] + ([("retrained", "retrain"), ("trained", "trained")] if method == "foul" else [])
+        for key, name in names:
+            m = result.metrics[key]
+            c = result.cost.get({"unlearned": "unlearn", "retrained": "retrain"}.get(key, ""), None)
+            rows[name] = {"FA": m["FA"]["mean"], "RA": m["RA"]["mean"], "TA": m["TA"]["mean"], "MIA": m["MIA"],
+                          "comm_MB": c.comm_bytes / 1e6 if c else None, "GFLOPs": c.flops / 1e9 if c else None,
+                          "seconds": c.seconds if c else None}
+        traces[method] = result.traces["unlearned"]
+        if method == "foul":
+            traces["retrain"] = result.traces["retrained"]
+    target, before = rows["retrain"]["FA"], rows["trained"]["FA"]
+    for name, row in rows.items():
+        if name != "trained":
+            row.update(time_to_forget(traces[name], target=target, start=before))
+    return {"topology": kind, "seed": seed, "rows": rows, "traces": traces, "seconds": time.perf_counter() - start}
+
+
+def _fmt(values: list, digits: int = 1) -> str:
+    vals = [v for v in values if v is not None]
+    if not vals:
+        return "-"
+    if len(vals) < len(values):
+        return f"{np.mean(vals):.{digits}f} ({len(vals)}/{len(values)} seeds)"
+    return f"{np.mean(vals):.{digits}f} ± {np.std(vals):.{digits}f}" if len(vals) > 1 else f"{vals[0]:.{digits}f}"
+
+
+def table(cells: list[dict], kind: str) -> str:
+    mine = [c for c in cells if c["topology"] == kind]
+    head = "| method | FA | RA | TA | MIA | Comm MB | GFLOPs | T2F rounds | FA drop / round |\n|---|---|---|---|---|---|---|---|---|"
+    lines = [head]
+    for name in ("trained", "retrain", *METHODS):
+        col = lambda k: [c["rows"][name].get(k) for c in mine]  # noqa: E731
+        lines.append(f"| {LABELS[name]} | " + " | ".join(_fmt(col(k), 2 if k in ("GFLOPs",) else 1) for k in
+                     ("FA", "RA", "TA", "MIA", "comm_MB", "GFLOPs")) + f" | {_fmt(col('T2F_rounds'), 0)} | {_fmt(col('FA_drop_per_round'), 2)} |")
+    return "\n".join(lines)
+
+
+def checks(cells: list[dict]) -> list[str]:
+    """The acceptance criteria for FOUL on the star, evaluated on the seed means."""
+    star = [c for c in cells if c["topology"] == "star"]
+    if not star:
+        return []
+    mean = lambda name, k: float(np.mean([c["rows"][name][k] for c in star]))  # noqa: E731
+    f, r = (lambda k: mean("foul", k)), (lambda k: mean("retrain", k))
+    out = [
+        (f"|FA - FA_Retrain| = {abs(f('FA') - r('FA')):.2f} <= 3", abs(f("FA") - r("FA")) <= 3),
+        (f"RA - RA_Retrain = {f('RA') - r('RA'):+.2f} >= -2", f("RA") >= r("RA") - 2),
+        (f"TA - TA_Retrain = {f('TA') - r('TA'):+.2f} >= -3", f("TA") >= r("TA") - 3),
+        (f"|MIA - MIA_Retrain| = {abs(f('MIA') - r('MIA')):.2f} <= 5", abs(f("MIA") - r("MIA")) <= 5),
+        (f"Comm / Comm_Retrain = {f('comm_MB') / r('comm_MB'):.3f} < 0.5", f("comm_MB") < 0.5 * r("comm_MB")),
+        (f"FLOPs / FLOPs_Retrain = {f('GFLOPs') / r('GFLOPs'):.3f} < 1", f("GFLOPs") < r("GFLOPs")),
+    ]
+    return [f"- {'holds' if ok else 'FAILS'}: {text}" for text, ok in out]
+
+
+def plot(cells: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    kinds = sorted({c["topology"] for c in cells}, key=["star", "ring"].index)
+    fig, axes = plt.subplots(1, len(kinds), figsize=(5.5 * len(kinds), 4), squeeze=False)
+    for ax, kind in zip(axes[0], kinds):
+        for name in ("retrain", *METHODS):
+            runs = [c["traces"][name] for c in cells if c["topology"] == kind]
+            n = min(len(t) for t in runs)
+            curve = np.array([t[:n] for t in runs])
+            x = np.arange(1, n + 1)
+            ax.plot(x, curve.mean(0), marker="." if n < 5 else None, label=LABELS[name])
+            ax.fill_between(x, curve.min(0), curve.max(0), alpha=0.15)
+        ax.set_title(f"{kind}: FA on the forgotten clients' data")
+        ax.set_xlabel("round of unlearning (Retrain: of training)")
+        ax.set_ylabel("FA (%)")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--seeds", default="0,1,2")
+    p.add_argument("--topologies", default="star,ring")
+    p.add_argument("--jobs", type=int, default=2, help="processes (one thread each)")
+    p.add_argument("--out", default=str(ROOT / "docs" / "results" / "foul.md"))
+    args = p.parse_args()
+    jobs = [(k, int(s)) for k in args.topologies.split(",") for s in args.seeds.split(",")]
+    start = time.perf_counter()
+    with mp.get_context("spawn").Pool(args.jobs) as pool:
+        cells = pool.map(one_cell, jobs, chunksize=1)
+    wall = time.perf_counter() - start
+    out = Path(args.out)
+    plot(cells, out.with_name("foul_fa_trace.png"))
+    (out.with_name("foul_cells.json")).write_text(json.dumps(cells, indent=1))
+    seeds = args.seeds.replace(",", ", ")
+    text = [
+        "# FOUL on the PACS-like set: paper-style table",
+        "",
+        f"Produced by `python benchmarks/foul_table.py --seeds {args.seeds} --topologies {args.topologies} --jobs {args.jobs}` "
+        f"in {wall / 60:.1f} min on 2 CPU cores ({args.jobs} processes, one thread each).",
+        "",
+        "Setup (`p2pforget/configs/foul_pacs.toml`): `pacs_like`, 20 clients in 4 domain blocks (`by_domain`, skew 0.9), "
+        "L2U model (d = 10,778, theta_V = 3,552), 40 training rounds of 5 local SGD steps; then the five clients of the "
+        "sketch domain (15-19) are forgotten. Every method starts from the same trained models; Retrain trains 40 rounds "
+        f"from scratch without them. Mean ± std over seeds {seeds}. FA/RA/TA in percent, mean over the nodes that remain; "
+        "MIA = AUC x 100 of a logistic-regression attack on loss/confidence/entropy, trained on retained vs. test data "
+        "and scored on forgotten vs. held-out test data. Comm MB = bytes the method moved; GFLOPs = the method's work "
+        "counted by torch (Retrain: its whole training). T2F = first round whose FA is within 1 point of Retrain's "
+        "final FA ('-' = never); FA drop / round = (FA before - FA at T2F) / T2F.",
+        "",
+    ]
+    for kind in args.topologies.split(","):
+        text += [f"## {kind}", "", table(cells, kind), ""]
+    text += ["## Acceptance checks (star, seed means)", "", *checks(cells), "",
+             "![FA during unlearning](foul_fa_trace.png)", ""]
+    out.write_text("\n".join(text))
+    print("\n".join(text))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
