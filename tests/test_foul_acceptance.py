@@ -1,0 +1,32 @@
+"""FOUL against Retrain on the PACS-like set (20 clients, star, seed 0).
+
+The experiment is ``p2pforget/configs/foul_pacs.toml`` (FOUL as the official code: all parameters,
+15 rounds). What holds on every seed of benchmarks/foul_table.py is asserted here: FOUL forgets
+(FA falls far below the trained model's), keeps RA and TA at Retrain's level or above, and costs
+less than half of Retrain's traffic and less than its FLOPs. How close FA and MIA come to Retrain's
+varies from seed to seed (docs/results/foul.md: within 2.5 points on seed 0, 23 and 31 on seeds 1
+and 2), so no seed-0 closeness is asserted as if it were general.
+"""
+from importlib import resources
+
+import pytest
+
+from p2pforget import Engine, config, forget
+
+
+@pytest.mark.slow
+def test_foul_on_pacs_like_star_forgets_at_lower_cost_than_retrain():
+    cfg = config.loads(resources.files("p2pforget").joinpath("configs/foul_pacs.toml").read_text())
+    engine = Engine(config=cfg)
+    engine.train(cfg.run.rounds, progress=False)
+    result = forget(engine, clients=list(cfg.unlearn.clients), progress=False)
+    m, cost = result.metrics, result.cost
+    foul, retrain, trained = m["unlearned"], m["retrained"], m["trained"]
+    assert trained["FA"]["mean"] - retrain["FA"]["mean"] > 15  # the forgotten domain was learned
+    assert trained["FA"]["mean"] - foul["FA"]["mean"] > 10, m  # and FOUL forgets a large part of it
+    assert foul["MIA"] < trained["MIA"] - 5
+    assert foul["RA"]["mean"] >= retrain["RA"]["mean"] - 2
+    assert foul["TA"]["mean"] >= retrain["TA"]["mean"] - 3
+    assert cost["unlearn"].comm_bytes < 0.5 * cost["retrain"].comm_bytes
+    assert cost["unlearn"].flops < cost["retrain"].flops
+    assert len(result.traces["unlearned"]) == 15 and len(result.traces["retrained"]) == cfg.run.rounds
