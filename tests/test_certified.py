@@ -7,6 +7,9 @@ from p2pforget.unlearn import certified
 
 from reference import sum_objective_optimum
 
+# These runs converge at their learning rates although the torus matrix has eigenvalue -0.6 (checked below).
+pytestmark = pytest.mark.filterwarnings("ignore:the mixing matrix has eigenvalue")
+
 ROUNDS = {0.1: 1200, 0.01: 1500}
 LR = {"torus": 0.07}  # the torus's mixing matrix has eigenvalue -0.6: gradient tracking needs a smaller step
 
