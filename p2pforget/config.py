@@ -380,7 +380,7 @@ def _accepts(f: dataclasses.Field, hint: Any) -> str:
     if "choices" in f.metadata:
         return " \\| ".join(f.metadata["choices"])
     if "registry" in f.metadata:
-        return " \\| ".join(registry.ALL[f.metadata["registry"]].names()) + " (registry)"
+        return " \\| ".join(registry.ALL[f.metadata["registry"]].builtin_names()) + " (registry; plug-ins add more)"
     if "range" in f.metadata:
         lo, hi = f.metadata["range"]
         return f"{hint.__name__} in [{lo}, {'inf' if hi is None else hi}]"
@@ -403,6 +403,8 @@ def reference() -> str:
 
     for section in dataclasses.fields(Config):
         add(section.name, typing.get_type_hints(Config)[section.name])
+    builtin = registry.METHODS.builtin_names()
     for name, opts in method_options().items():
-        add(f"unlearn.{name}", opts)
+        if name in builtin:
+            add(f"unlearn.{name}", opts)
     return "\n".join(rows)

@@ -58,6 +58,10 @@ class Registry:
     def names(self) -> tuple[str, ...]:
         return tuple(self._entries)
 
+    def builtin_names(self) -> tuple[str, ...]:
+        """The entries p2pforget itself registers (no plug-ins)."""
+        return tuple(n for n, e in self._entries.items() if getattr(e.obj, "__module__", "").startswith("p2pforget."))
+
     def entry(self, name: str) -> Entry:
         if name not in self._entries:
             raise RegistryError(f"unknown {self.key} {name!r}; choose one of: {', '.join(self._entries)} "
