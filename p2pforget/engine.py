@@ -16,6 +16,7 @@ Example
 """
 from __future__ import annotations
 
+import time
 import warnings
 from typing import Callable, Iterable
 
@@ -24,7 +25,7 @@ import torch
 from torch.func import grad_and_value
 from tqdm import tqdm
 
-from . import aggregate, data as datasets, models, rounds, seeding, topology  # noqa: F401  (rounds registers the built-in rounds)
+from . import aggregate, data as datasets, models, seeding, topology
 from .config import Config
 from . import transport as transport_mod
 from .registry import AGGREGATORS, ROUNDS
@@ -106,6 +107,7 @@ class Engine:
         self.ledger = torch.zeros(self.hi - self.lo, n, dtype=torch.float64)  # row i: C_i (see ledger.py)
         self.round = 0
         self.metrics: dict[str, list[float]] = {name: [] for name in METRICS}
+        self.eval_seconds = 0.0  # spent on the per-round metrics: simulator bookkeeping, not training
 
     @property
     def sample_counts(self) -> np.ndarray:
@@ -241,20 +243,18 @@ class Engine:
         rows = torch.arange(self.hi - self.lo)[:, None]
         return {"x": self.x[rows, idx], "y": self.y[rows, idx], "mask": torch.as_tensor(mask, dtype=self.dtype)}
 
-    def local_steps(self, params: torch.Tensor, *, steps: int | None = None, lr: float | None = None,
-                    grad_mask: torch.Tensor | None = None, sign: float = 1.0, key_round: int | None = None) -> torch.Tensor:
-        """``steps`` (default ``train.local_steps``) SGD steps of every local client from ``params``.
+    def local_steps(self, params: torch.Tensor, *, grad_mask: torch.Tensor | None = None,
+                    key_round: int | None = None) -> torch.Tensor:
+        """``train.local_steps`` SGD steps (``train.lr``) of every local client from ``params``.
 
         ``grad_mask`` (boolean ``[d]``) trains only those parameters (the others are frozen and not
-        differentiated); ``sign = -1`` ascends the objective;
-        batches are keyed by ``(key_round, step)`` (default: the current round).
+        differentiated); batches are keyed by ``(key_round, step)`` (default: the current round).
         """
-        lr = self.config.train.lr if lr is None else lr
-        steps = self.config.train.local_steps if steps is None else steps
+        lr = self.config.train.lr
         key_round = self.round if key_round is None else key_round
-        for s in range(steps):
+        for s in range(self.config.train.local_steps):
             g, _ = self.gradients(params, self.batch((key_round, s)), mask=grad_mask)
-            params = params - (sign * lr) * g
+            params = params - lr * g
         return params
 
     def mixing_at(self, round: int) -> np.ndarray:
@@ -376,8 +376,10 @@ class Engine:
         return None if full is None else full.detach().numpy().copy()
 
     def _record(self, sent: float) -> None:
+        start = time.perf_counter()
         per_client = self.evaluate()
         full = self.gather_params()
+        self.eval_seconds += time.perf_counter() - start
         if per_client is None:
             return
         m = self.members

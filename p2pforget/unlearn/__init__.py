@@ -42,13 +42,16 @@ class ForgetRequest:
     client's node (``remove``: it leaves the graph; ``keep_relay``: it stays, holding no data).
 
     A method that works in rounds calls ``observe(params)`` after each of its rounds (when set), so
-    the caller can trace forgetting over time (time-to-forget); that work is not the method's cost.
+    the caller can trace forgetting over time (time-to-forget). ``excluded`` collects the seconds and
+    FLOPs of such measurement work (the trace, the engine's per-round metrics), which the caller
+    takes out of the method's cost, as it does for Retrain.
     """
 
     samples: dict[int, np.ndarray]   # client id -> indices of its samples to forget
     whole_clients: tuple[int, ...]
     mode: str
     observe: Callable[[torch.Tensor], None] | None = field(default=None, compare=False)
+    excluded: dict[str, float] = field(default_factory=lambda: {"seconds": 0.0, "flops": 0.0}, compare=False)
 
     @property
     def clients(self) -> list[int]:
@@ -60,8 +63,7 @@ class ForgetRequest:
         return self.whole_clients if self.mode == "remove" else ()
 
     @classmethod
-    def build(cls, engine: "Engine", *, clients=(), samples: dict | None = None, mode: str = "remove",
-              observe: Callable[[torch.Tensor], None] | None = None) -> "ForgetRequest":
+    def build(cls, engine: "Engine", *, clients=(), samples: dict | None = None, mode: str = "remove") -> "ForgetRequest":
         out: dict[int, np.ndarray] = {}
         for j in clients:
             _check_client(engine, int(j))
@@ -80,7 +82,7 @@ class ForgetRequest:
         if not out or not any(len(v) for v in out.values()):
             raise ValueError("nothing to forget: give clients (e.g. --clients 3) or samples (e.g. --samples 3:0,5)")
         whole = tuple(sorted(j for j in out if len(out[j]) == engine.retained[j].sum()))
-        return cls(samples=out, whole_clients=whole, mode=mode, observe=observe)
+        return cls(samples=out, whole_clients=whole, mode=mode)
 
 
 def _check_client(engine: "Engine", j: int) -> None:
@@ -123,12 +125,20 @@ class Unlearner(Protocol):
         ...
 
 
+def evaluation_flops(engine: "Engine") -> float:
+    """FLOPs of the engine's per-round metric evaluation (the same every round)."""
+    return measured(lambda: engine.evaluate())[2]
+
+
 def continue_training(engine: "Engine", rounds: int, request: ForgetRequest) -> float:
     """Train ``rounds`` more rounds with the engine's own algorithm (after the exclusion: the
-    forgotten data take no part), calling ``request.observe`` after each; returns the bytes sent."""
-    start = engine.round
+    forgotten data take no part), calling ``request.observe`` after each; returns the bytes sent.
+    The per-round metric evaluation goes to ``request.excluded``."""
+    start, eval_seconds = engine.round, engine.eval_seconds
     callback = None if request.observe is None else (lambda e: request.observe(e.params))
     engine.train(rounds, progress=False, desc="unlearn", callback=callback)
+    request.excluded["seconds"] += engine.eval_seconds - eval_seconds
+    request.excluded["flops"] += rounds * evaluation_flops(engine)
     sent = float(sum(engine.metrics["bytes_sent"][start:])) if engine.transport.is_root else None
     return engine.transport.bcast_object(sent)
 
@@ -163,15 +173,15 @@ def measured(fn):
 
 
 def _observer(engine: "Engine", sets: metrics.EvalSets, nodes: np.ndarray, trace: list[float], spent: dict[str, float]):
-    """``observe(params)``: FA of ``params`` appended to ``trace``; its seconds and FLOPs are kept in
-    ``spent`` so that they can be taken out of the method's cost."""
+    """``observe(params)``: FA of ``params`` appended to ``trace``; its seconds and FLOPs are added to
+    ``spent`` so that they can be taken out of the cost."""
     def observe(params: torch.Tensor) -> None:
         start = time.perf_counter()
         with FlopCounterMode(display=False) as counter:
             fa = metrics.forget_accuracy(engine, params, sets, nodes=nodes)
         spent["seconds"] += time.perf_counter() - start
         spent["flops"] += float(counter.get_total_flops())
-        spent["calls"] += 1
+        spent["calls"] = spent.get("calls", 0) + 1
         if fa is not None:
             trace.append(fa)
     return observe
@@ -200,7 +210,6 @@ def forget(engine: "Engine", *, clients=(), samples: dict | None = None, method:
     if mode not in ("remove", "keep_relay"):
         raise config_mod.ConfigError(f"unlearn.mode = {mode!r} is not valid; choose one of: remove, keep_relay")
 
-    nodes_before = np.flatnonzero(engine.members)
     forgotten_mask = np.zeros_like(engine.retained)
     request = ForgetRequest.build(engine, clients=clients, samples=samples, mode=mode)
     for j, idx in request.samples.items():
@@ -211,7 +220,7 @@ def forget(engine: "Engine", *, clients=(), samples: dict | None = None, method:
     nodes = np.flatnonzero(members_after)
     sets = metrics.EvalSets.from_masks(engine, forgotten_mask, retained_after & members_after[:, None])
     trace: list[float] = []
-    spent = {"seconds": 0.0, "flops": 0.0, "calls": 0}
+    spent = request.excluded
     request = dataclasses.replace(request, observe=_observer(engine, sets, nodes, trace, spent))
 
     trained = engine.params.clone()
@@ -228,23 +237,26 @@ def forget(engine: "Engine", *, clients=(), samples: dict | None = None, method:
         # ... unless they fine-tune: training the published models on the remaining data is
         # post-processing that never touches the forgotten data, so a certificate still holds.
         engine.set_params(released)
+        eval_seconds = engine.eval_seconds
         _, seconds, flops = measured(lambda: engine.train(finetune, progress=False, desc="fine-tune"))
-        cost.seconds += seconds
-        cost.flops += flops
+        cost.seconds += seconds - (engine.eval_seconds - eval_seconds)
+        cost.flops += flops - finetune * evaluation_flops(engine)
         cost.comm_bytes += float(sum(engine.metrics["bytes_sent"][rounds:])) if engine.transport.is_root else 0.0
         released = engine.params.clone()
     cost = {"unlearn": cost}
 
     evaluated = {"trained": metrics.evaluate(engine, trained, sets, nodes=nodes),
                  "unlearned": metrics.evaluate(engine, released, sets, nodes=nodes)}
-    if spent["calls"] == 0:  # a one-shot method: its trace is the released models' FA (every rank takes part)
+    if not spent.get("calls"):  # a one-shot method: its trace is the released models' FA (every rank takes part)
         fa = metrics.forget_accuracy(engine, released, sets, nodes=nodes)
         trace = [fa] if fa is not None else []
     local = {"trained": trained, "unlearned_noiseless": outcome.noiseless, "unlearned": released}
     retrain_trace: list[float] = []
     if reference:
+        r_spent = {"seconds": 0.0, "flops": 0.0}
         retrained, r_cost = retrain(engine, rounds=rounds, progress=progress,
-                                    observe=_observer(engine, sets, nodes, retrain_trace, {"seconds": 0.0, "flops": 0.0, "calls": 0}))
+                                    observe=_observer(engine, sets, nodes, retrain_trace, r_spent))
+        r_cost.seconds -= r_spent["seconds"]  # the FA trace is left out of both sides' cost alike
         cost["retrain"] = r_cost
         local["retrained"] = retrained.params
         evaluated["retrained"] = metrics.evaluate(engine, retrained.params, sets, nodes=nodes)
@@ -262,8 +274,8 @@ def forget(engine: "Engine", *, clients=(), samples: dict | None = None, method:
             ref = gathered["retrained"]
             base = metrics.distance(gathered["trained"], ref, nodes)
             target = evaluated["retrained"]["FA"]["mean"] if evaluated["retrained"]["FA"] else None
-            for name_, d_trace in (("unlearned", result.traces["unlearned"]), ("retrained", result.traces["retrained"])):
-                evaluated[name_].update(metrics.time_to_forget(d_trace, target=target, start=fa_trained))
+            for key in ("unlearned", "retrained"):
+                evaluated[key].update(metrics.time_to_forget(result.traces[key], target=target, start=fa_trained))
             for key in evaluated:
                 d = metrics.distance(gathered[key], ref, nodes)
                 evaluated[key]["distance_to_retrain"] = d
