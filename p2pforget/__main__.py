@@ -30,15 +30,22 @@ def _load(args: argparse.Namespace) -> config_mod.Config:
     cfg = config_mod.with_overrides(cfg, args.set or [])
     if getattr(args, "out", None):
         cfg = config_mod.replace(cfg, run={"out": args.out})
-    return cfg
+    return config_mod.resolve_paths(cfg, base=Path(args.config).parent)
 
 
 def cmd_run(args: argparse.Namespace) -> int:
     from . import experiment
 
+    if args.resume and args.out and Path(args.out).resolve() != Path(args.resume).resolve():
+        raise ValueError(f"--resume {args.resume} continues the run in that directory; drop --out {args.out} "
+                         "(a resumed run cannot move)")
+    if args.resume and args.overwrite:
+        raise ValueError("--resume continues a run and --overwrite replaces it; give one of them")
     cfg = _load(args)
     out = args.resume or cfg.run.out
-    result = experiment.run(cfg, out=out, resume=bool(args.resume))
+    if args.resume:
+        cfg = config_mod.replace(cfg, run={"out": str(out)})
+    result = experiment.run(cfg, out=out, resume=bool(args.resume), overwrite=args.overwrite)
     if result.report:
         _print_final(result.report, result.out)
         if "unlearn" in result.report:
@@ -103,12 +110,8 @@ def _parse_samples(items: list[str]) -> dict[int, list[int]]:
 def cmd_forget(args: argparse.Namespace) -> int:
     from . import experiment
 
-    from .unlearn import forget
-
-    engine = experiment.load_run(args.run_dir, overrides=args.set or [])
-    result = forget(engine, clients=args.clients or (), samples=_parse_samples(args.samples or []),
-                    reference=not args.no_retrain)
-    report = experiment.record_forget(engine, Path(args.run_dir), result)
+    report = experiment.forget_run(args.run_dir, clients=args.clients or (), samples=_parse_samples(args.samples or []),
+                                   overrides=args.set or [], reference=not args.no_retrain)
     if report:
         print(forget_table(report))
         print(f"updated: {args.run_dir}/history.h5, {args.run_dir}/report.json")
@@ -126,7 +129,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     print(f"p2pforget demo: {t.n_clients} clients on a {t.kind}, {cfg.data.kind} data ({cfg.data.partition} split), "
           f"{cfg.model.kind} model, {cfg.train.algorithm}, {cfg.run.rounds} rounds; then forget client(s) "
           f"{list(u.clients)} with {u.method} unlearning (epsilon={o.epsilon}, delta={o.delta}) next to Retrain")
-    result = experiment.run(cfg, out=out)
+    result = experiment.run(cfg, out=out, overwrite=args.overwrite)
     m = result.engine.metrics
     step = max(1, cfg.run.rounds // 6)
     rows = [[r, m["loss_mean"][r - 1], m["test_acc_mean"][r - 1], m["test_acc_min"][r - 1], m["consensus_distance"][r - 1],
@@ -147,7 +150,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
     cfg = _load(args)
     out = Path(args.out or f"{cfg.run.out}-compare")
-    headers, rows = compare(cfg, [k.strip() for k in args.topologies.split(",")], out=out)
+    headers, rows = compare(cfg, [k.strip() for k in args.topologies.split(",")], out=out, overwrite=args.overwrite)
     if rows:
         print(table(headers, rows))
         print(f"runs: {out}/<topology>/; table: {out}/summary.json; plot: {out}/comparison.png")
@@ -202,7 +205,8 @@ def parser() -> argparse.ArgumentParser:
     r.add_argument("config", help="experiment .toml file")
     r.add_argument("--set", action="append", metavar="SECTION.KEY=VALUE", help="override a config key (repeatable)")
     r.add_argument("--out", help="run directory (default: run.out)")
-    r.add_argument("--resume", metavar="DIR", help="continue the interrupted run in DIR")
+    r.add_argument("--resume", metavar="DIR", help="continue the run in DIR (interrupted, or to train more rounds)")
+    r.add_argument("--overwrite", action="store_true", help="replace a run already in the output directory")
     r.set_defaults(fn=cmd_run)
 
     c = sub.add_parser("compare", help="the same experiment on several topologies: table and plots", **listing)
@@ -211,11 +215,13 @@ def parser() -> argparse.ArgumentParser:
                    help="comma-separated topology kinds (default: %(default)s)")
     c.add_argument("--set", action="append", metavar="SECTION.KEY=VALUE", help="override a config key (repeatable)")
     c.add_argument("--out", help="directory for the runs (default: run.out + '-compare')")
+    c.add_argument("--overwrite", action="store_true", help="replace runs already in the output directory")
     c.set_defaults(fn=cmd_compare)
 
     d = sub.add_parser("demo", help="a small complete experiment (under a minute on a laptop)")
     d.add_argument("--set", action="append", metavar="SECTION.KEY=VALUE", help="override a demo config key")
     d.add_argument("--out", help="run directory (default: runs/demo)")
+    d.add_argument("--overwrite", action="store_true", help="replace a run already in the output directory")
     d.set_defaults(fn=cmd_demo)
 
     t = sub.add_parser("topologies", help="list topologies, or show one's statistics and drawing")
@@ -236,7 +242,8 @@ def parser() -> argparse.ArgumentParser:
     f.add_argument("--clients", type=int, nargs="+", metavar="ID", help="clients to forget entirely")
     f.add_argument("--samples", nargs="+", metavar="CLIENT:I,J", help="samples to forget, e.g. 3:0,5,7")
     f.add_argument("--set", action="append", metavar="unlearn.KEY=VALUE",
-                   help="override an [unlearn] key, e.g. unlearn.method=foul or unlearn.certified.epsilon=0.5")
+                   help="override an [unlearn] key, e.g. unlearn.method=foul or unlearn.certified.epsilon=0.5, "
+                        "or a moved file: data.path, topology.path, topology.mixing_path")
     f.add_argument("--no-retrain", action="store_true", help="skip the Retrain reference")
     f.set_defaults(fn=cmd_forget)
 
@@ -260,8 +267,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     try:
         return args.fn(args)
-    except (ValueError, FileNotFoundError) as e:
-        print(f"p2pforget: error: {e}", file=sys.stderr)
+    except (ValueError, OSError) as e:
+        message = str(e) if not isinstance(e, OSError) or not e.strerror else f"{e.strerror}: {e.filename or ''}".rstrip(": ")
+        print(f"p2pforget: error: {'; '.join(line.strip() for line in message.splitlines() if line.strip())}", file=sys.stderr)
         _abort_other_ranks(2)
         return 2
     except KeyboardInterrupt:

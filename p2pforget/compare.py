@@ -14,21 +14,30 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Sequence
 
-from . import config as config_mod, experiment, history, report
+from . import config as config_mod, experiment, history, report, topology
 from .config import Config
 
 TRAIN_HEADERS = ["topology", "spectral gap", "loss", "test acc (mean)", "test acc (min)", "consensus", "comm MB"]
 UNLEARN_HEADERS = ["FA", "RA", "TA", "MIA", "dist. to Retrain (rel.)", "sigma", "time / Retrain", "bytes / Retrain"]
 
 
-def compare(cfg: Config, topologies: Sequence[str], *, out: str | Path, progress: bool = True) -> tuple[list[str], list[list]]:
+def compare(cfg: Config, topologies: Sequence[str], *, out: str | Path, progress: bool = True,
+            overwrite: bool = False) -> tuple[list[str], list[list]]:
     """Run ``cfg`` once per topology kind (same seed) into ``out/<kind>``; at the root, write
-    ``out/summary.json`` and ``out/comparison.png`` and return the table's headers and rows."""
+    ``out/summary.json`` and ``out/comparison.png`` and return the table's headers and rows.
+
+    Every topology's config and graph are checked before the first run starts."""
     out = Path(out)
     rows, curves = [], {}
     unlearning = bool(cfg.unlearn.clients or cfg.unlearn.samples)
-    for kind in topologies:
-        result = experiment.run(config_mod.replace(cfg, topology={"kind": kind}), out=out / kind, progress=progress)
+    if not topologies:
+        raise config_mod.ConfigError("no topologies to compare; give a comma-separated list, e.g. --topologies ring,torus")
+    configs = {kind: config_mod.replace(cfg, topology={"kind": kind}) for kind in topologies}
+    for c in configs.values():
+        t = c.topology
+        topology.build_graph(t.kind, t.n_clients, seed=c.run.seed, p=t.p, k=t.k, beta=t.beta, degree=t.degree, path=t.path)
+    for kind, kind_cfg in configs.items():
+        result = experiment.run(kind_cfg, out=out / kind, progress=progress, overwrite=overwrite)
         if not result.report:
             continue
         r, f = result.report, result.report["final"]

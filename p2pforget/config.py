@@ -286,6 +286,27 @@ def load(path: str | Path) -> Config:
     return from_dict(data, base=path.parent)
 
 
+PATH_KEYS = (("data", "path"), ("topology", "path"), ("topology", "mixing_path"))
+
+
+def resolve_paths(cfg: Config, *, base: str | Path | None = None) -> Config:
+    """``cfg`` with its file paths (``data.path``, ``topology.path``, ``topology.mixing_path``)
+    made absolute, so that a stored run finds its files from any directory. A relative path is
+    taken from the current directory, or else from ``base`` (the config file's folder) when the
+    file is there.
+    """
+    changes: dict[str, dict[str, str]] = {}
+    for section, key in PATH_KEYS:
+        value = getattr(getattr(cfg, section), key)
+        if not value or Path(value).is_absolute():
+            continue
+        found = Path(value)
+        if not found.exists() and base is not None and (Path(base) / value).exists():
+            found = Path(base) / value
+        changes.setdefault(section, {})[key] = str(found.resolve())
+    return replace(cfg, **changes) if changes else cfg
+
+
 def loads(text: str) -> Config:
     """Parse TOML text into a :class:`Config`."""
     return from_dict(tomllib.loads(text))

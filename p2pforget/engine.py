@@ -40,6 +40,10 @@ clients its process hosts, which keeps results bit-identical at any number of ra
 METRICS = ("loss_mean", "test_acc_mean", "test_acc_min", "consensus_distance", "bytes_sent")
 
 
+class DivergenceError(ValueError):
+    """Training produced non-finite parameters or losses."""
+
+
 class Engine:
     """Decentralized training of ``n_clients`` models on a gossip graph (or a star = FedAvg).
 
@@ -286,7 +290,8 @@ class Engine:
         """The graph neighbours of ``client`` that are still members, in increasing id."""
         return sorted(j for j in self.graph.neighbors(client) if j < self.n_clients and self.members[j])
 
-    def network_sum(self, rows: torch.Tensor, *, tol: float = 1e-10, averaging: str = "tree") -> tuple[torch.Tensor, float, int]:
+    def network_sum(self, rows: torch.Tensor, *, tol: float = 1e-10, averaging: str = "tree",
+                    progress: bool = True) -> tuple[torch.Tensor, float, int]:
         """Every node's estimate of ``sum_k rows_k`` over the nodes in the graph; returns
         ``(estimates, bytes sent, mixing rounds)``.
 
@@ -306,7 +311,7 @@ class Engine:
         W = self.base_mixing
         R = topology.gossip_rounds(W, nodes, tol)
         x = flat
-        for _ in tqdm(range(R), desc="gossip sum", leave=False, disable=not self.transport.is_root or R < 200):
+        for _ in tqdm(range(R), desc="gossip sum", leave=False, disable=not (progress and self.transport.is_root) or R < 200):
             x = self.mix(x, W)
         messages = np.count_nonzero(W) - np.count_nonzero(np.diag(W))
         return (len(nodes) * x).reshape(rows.shape), float(R * messages * flat.shape[1] * itemsize), R
@@ -380,14 +385,20 @@ class Engine:
         per_client = self.evaluate()
         full = self.gather_params()
         self.eval_seconds += time.perf_counter() - start
-        if per_client is None:
-            return
-        m = self.members
-        self.metrics["loss_mean"].append(float(per_client["loss"][self.has_data].mean()))
-        self.metrics["test_acc_mean"].append(float(per_client["test_acc"][m].mean()))
-        self.metrics["test_acc_min"].append(float(per_client["test_acc"][m].min()))
-        self.metrics["consensus_distance"].append(consensus_distance(full[m]))
-        self.metrics["bytes_sent"].append(sent)
+        problem = None
+        if per_client is not None:
+            m = self.members
+            self.metrics["loss_mean"].append(float(per_client["loss"][self.has_data].mean()))
+            self.metrics["test_acc_mean"].append(float(per_client["test_acc"][m].mean()))
+            self.metrics["test_acc_min"].append(float(per_client["test_acc"][m].min()))
+            self.metrics["consensus_distance"].append(consensus_distance(full[m]))
+            self.metrics["bytes_sent"].append(sent)
+            problem = _divergence(full[m], per_client["loss"][self.has_data], np.flatnonzero(m))
+        problem = self.transport.bcast_object(problem)  # every process stops in the same round
+        if problem:
+            lr = self.config.train.lr
+            raise DivergenceError(f"training diverged in round {self.round}: {problem}; lower train.lr "
+                                  f"(now {lr:g}, e.g. to {lr / 10:g}) and start the run again")
 
     # ------------------------------------------------------------------ state
     def state(self) -> dict[str, np.ndarray] | None:
@@ -424,3 +435,13 @@ class Engine:
 def consensus_distance(params: np.ndarray) -> float:
     """``mean_i ||x_i - mean_j x_j||`` over the rows of ``params``."""
     return float(np.linalg.norm(params - params.mean(axis=0), axis=1).mean())
+
+
+def _divergence(params: np.ndarray, losses: np.ndarray, ids: np.ndarray) -> str | None:
+    """What is non-finite among the nodes' ``params`` and their clients' ``losses`` (``None``: all finite)."""
+    bad = ~np.isfinite(params).all(axis=1)
+    if bad.any():
+        return f"{int(bad.sum())} node(s) have non-finite parameters (first: client {int(ids[bad][0])})"
+    if not np.isfinite(losses).all():
+        return f"the training loss is {float(losses[~np.isfinite(losses)][0])}"
+    return None

@@ -13,22 +13,30 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import dataclass
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import numpy as np
 import torch
 
 from . import config as config_mod, history, topology
 from .config import Config
-from .engine import Engine
+from .engine import DivergenceError, Engine
+from . import transport as transport_mod
 from .transport import Transport
-from .unlearn import ForgetResult, forget
+from .unlearn import ForgetResult, check_request, forget
 
 
 class ResumeError(ValueError):
     """The run directory cannot be resumed with this config."""
+
+
+# What forget requests add to a run file; carried unchanged through every later checkpoint.
+RECORD_ARRAYS = ("unlearn/", "params/unlearned", "params/retrained")
+RECORD_ATTRS = ("unlearned", "unlearn_round", "requests_json")
+RECORD_REPORT = ("unlearn", "metrics", "cost", "traces", "requests")
 
 
 @dataclass
@@ -36,6 +44,32 @@ class RunResult:
     engine: Engine
     out: Path
     report: dict[str, Any]
+
+
+@dataclass
+class Records:
+    """The forget requests recorded in a run: arrays, attributes and report entries that every
+    later snapshot keeps."""
+
+    arrays: dict[str, np.ndarray] = field(default_factory=dict)
+    group_attrs: dict[str, dict[str, Any]] = field(default_factory=dict)
+    attrs: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def of(cls, stored: history.RunFile) -> "Records":
+        return cls(arrays={k: v for k, v in stored.arrays.items() if k.startswith(RECORD_ARRAYS)},
+                   group_attrs={k: v for k, v in stored.group_attrs.items() if k == "unlearn"},
+                   attrs={k: stored.attrs[k] for k in RECORD_ATTRS if k in stored.attrs})
+
+    @property
+    def requests(self) -> list[dict[str, Any]]:
+        return json.loads(self.attrs.get("requests_json", "[]"))
+
+    def report(self) -> dict[str, Any]:
+        """The latest request's entries at the top level (as ``p2pforget forget`` prints them) and
+        every request in order under ``requests``."""
+        requests = self.requests
+        return (requests[-1] | {"requests": requests}) if requests else {}
 
 
 def _static_arrays(engine: Engine, rounds: int) -> dict[str, np.ndarray]:
@@ -70,22 +104,27 @@ def _check_resumable(cfg: Config, stored_toml: str) -> None:
 
 
 class RunWriter:
-    """Writes ``history.h5`` (with a resumable checkpoint) and ``report.json`` for one engine."""
+    """Writes ``history.h5`` (with a resumable checkpoint) and ``report.json`` for one engine,
+    keeping the run's forget :class:`Records`."""
 
     def __init__(self, engine: Engine, out: Path) -> None:
         self.engine = engine
         self.out = out
         self.started = time.perf_counter()
         self.seconds_before = 0.0
+        self.records = Records()
+        self.checkpoint_round: int | None = None
         self._static: dict[str, np.ndarray] | None = None
 
-    def snapshot(self, *, rounds_total: int, complete: bool) -> dict[str, Any] | None:
-        """Gather state and (at the root) write both run files; returns the report at the root."""
+    def snapshot(self, *, rounds_total: int, complete: bool, state: dict[str, np.ndarray] | None = None) -> dict[str, Any] | None:
+        """Gather state (or write the given full ``state``) and, at the root, write both run files;
+        returns the report at the root."""
         e = self.engine
-        state = e.state()
+        state = e.state() if state is None else state
         if self._static is None:  # written unchanged at every checkpoint: gather and build once
             init = e.gather_params(e.init_params)
             self._static = _static_arrays(e, rounds_total) | {"params/init": init} if e.transport.is_root else {}
+        self.checkpoint_round = int(e.round)
         if not e.transport.is_root:
             return None
         seconds = self.seconds_before + time.perf_counter() - self.started
@@ -97,6 +136,7 @@ class RunWriter:
                 arrays[k] = v
             else:
                 arrays[f"checkpoint/{k}"] = v
+        arrays |= self.records.arrays
         attrs = {
             "config_toml": config_mod.dumps(e.config),
             "version": history.FORMAT_VERSION,
@@ -105,15 +145,18 @@ class RunWriter:
             "rounds_done": e.round,
             "complete": complete,
             "seconds": seconds,
-        }
-        history.write_h5(self.out / "history.h5", attrs=attrs, arrays=arrays)
-        report = build_report(e, seconds=seconds, complete=complete)
+        } | self.records.attrs
+        report = build_report(e, seconds=seconds, complete=complete) | self.records.report()
+        history.write_h5(self.out / "history.h5", attrs=attrs, arrays=arrays, group_attrs=self.records.group_attrs)
         history.write_json(self.out / "report.json", report)
         return report
 
 
 def build_report(engine: Engine, *, seconds: float, complete: bool) -> dict[str, Any]:
-    s = topology.stats(engine.graph, engine.base_mixing)
+    # The graph of the nodes still in it (a forget request may have removed some).
+    kept = [v for v in engine.graph.nodes if v >= engine.n_clients or engine.members[v]]
+    ids = np.flatnonzero(engine.members)
+    s = topology.stats(engine.graph.subgraph(kept), engine.base_mixing[np.ix_(ids, ids)])
     return {
         "config": config_mod.to_dict(engine.config),
         "n_clients": engine.n_clients,
@@ -127,52 +170,113 @@ def build_report(engine: Engine, *, seconds: float, complete: bool) -> dict[str,
     }
 
 
-def _read_checkpoint(engine: Engine, cfg: Config, out: Path, writer: RunWriter) -> dict[str, np.ndarray]:
-    """The root reads and checks the checkpoint; every process gets it (or the root's error)."""
-    payload: dict[str, np.ndarray] | Exception | None = None
-    if engine.transport.is_root:
+def _at_root(transport: Transport, fn: Callable[[], Any]) -> Any:
+    """``fn()`` at the root; every process gets its result, or raises the root's error (so no
+    rank is left waiting in a collective call)."""
+    payload: Any = None
+    if transport.is_root:
         try:
-            stored = history.read_h5(out / "history.h5")
-            _check_resumable(cfg, stored.attrs["config_toml"])
-            payload = {k.removeprefix("checkpoint/"): v for k, v in stored.arrays.items() if k.startswith("checkpoint/")}
-            payload |= {k: v for k, v in stored.arrays.items() if k.startswith("metrics/")}
-            writer.seconds_before = float(stored.attrs.get("seconds", 0.0))
-        except (ValueError, FileNotFoundError) as e:
+            payload = fn()
+        except ValueError as e:
             payload = e
-    payload = engine.transport.bcast_object(payload)
-    if isinstance(payload, Exception):
+    payload = transport.bcast_object(payload)
+    if isinstance(payload, ValueError):
         raise payload
     return payload
 
 
-def run(cfg: Config, *, out: str | Path | None = None, resume: bool = False, transport: Transport | None = None,
-        progress: bool = True, callback: Callable[[Engine], None] | None = None) -> RunResult:
-    """Train ``cfg.run.rounds`` rounds, checkpointing every ``run.checkpoint_every`` rounds.
+@contextmanager
+def writing(transport: Transport, out: Path, *, resume: bool = False, overwrite: bool = False,
+            command: str = "") -> Iterator[None]:
+    """Hold ``out``'s lock (at the root) for as long as the block writes the run directory.
+
+    A new run refuses a directory that already holds a run unless ``overwrite``; ``resume`` and
+    forget requests need one.
+    """
+    stack = ExitStack()
+
+    def acquire() -> None:
+        stack.enter_context(history.run_lock(out, command=command))
+        exists = (out / "history.h5").exists()
+        if not resume and exists and not overwrite:
+            raise ResumeError(f"{out} already holds a run; continue it with --resume {out}, give another --out, "
+                              "or pass --overwrite to replace it")
+        if resume and not exists:
+            raise history.RunFileError(f"no run file at {str(out / 'history.h5')!r}; pass the directory of a run "
+                                       "(it holds history.h5)")
+    try:
+        _at_root(transport, acquire)
+        yield
+    finally:
+        stack.close()
+
+
+def _read_checkpoint(engine: Engine, cfg: Config, out: Path, writer: RunWriter) -> tuple[dict[str, np.ndarray], Records]:
+    """The root reads and checks the checkpoint; every process gets it (or the root's error)."""
+    def read():
+        stored = history.read_run(out / "history.h5")
+        _check_resumable(cfg, stored.attrs["config_toml"])
+        payload = {k.removeprefix("checkpoint/"): v for k, v in stored.arrays.items() if k.startswith("checkpoint/")}
+        payload |= {k: v for k, v in stored.arrays.items() if k.startswith("metrics/")}
+        return payload, Records.of(stored), float(stored.attrs.get("seconds", 0.0))
+    state, records, writer.seconds_before = _at_root(engine.transport, read)
+    return state, records
+
+
+def _apply_exclusions(engine: Engine, records: Records) -> None:
+    """Take the data and nodes that earlier forget requests removed out of ``engine``."""
+    arrays = records.arrays
+    if "unlearn/retained" in arrays:
+        engine.exclude(samples={j: np.flatnonzero(~arrays["unlearn/retained"][j]) for j in range(engine.n_clients)},
+                       removed=np.flatnonzero(~arrays["unlearn/members"]).tolist())
+
+
+def run(cfg: Config, *, out: str | Path | None = None, resume: bool = False, overwrite: bool = False,
+        transport: Transport | None = None, progress: bool = True,
+        callback: Callable[[Engine], None] | None = None) -> RunResult:
+    """Train ``cfg.run.rounds`` rounds, checkpointing every ``run.checkpoint_every`` rounds, then
+    carry out the config's forget request (if any).
 
     With ``resume=True`` the run continues from the checkpoint in ``out/history.h5`` and ends
-    with the same numbers as an uninterrupted run.
+    with the same numbers as an uninterrupted run. A run whose clients or samples were forgotten
+    continues from the released unlearned models, without the forgotten data, and keeps every
+    forget record. A directory that already holds a run is refused unless ``overwrite``.
+    Training that diverges stops with :class:`~p2pforget.engine.DivergenceError`; the run files
+    keep the last good checkpoint.
     """
+    cfg = config_mod.resolve_paths(cfg)
     out = Path(out if out is not None else cfg.run.out)
     engine = Engine(config=cfg, transport=transport)
-    writer = RunWriter(engine, out)
-    if resume:
-        engine.load_state(_read_checkpoint(engine, cfg, out, writer))
-        if engine.round > cfg.run.rounds:
-            raise ResumeError(f"the stored run already has {engine.round} rounds, more than run.rounds = {cfg.run.rounds}")
-    every = cfg.run.checkpoint_every
-
-    def after_round(e: Engine) -> None:
-        if e.round % every == 0 and e.round < cfg.run.rounds:
-            writer.snapshot(rounds_total=cfg.run.rounds, complete=False)
-        if callback is not None:
-            callback(e)
-
-    engine.train(cfg.run.rounds - engine.round, progress=progress, callback=after_round)
-    report = writer.snapshot(rounds_total=cfg.run.rounds, complete=True)
     clients, samples = forget_request(cfg)
     if clients or samples:
-        result = forget(engine, clients=clients, samples=samples, progress=progress)
-        report = record_forget(engine, out, result)
+        check_request(engine, clients=clients, samples=samples)  # before any training
+    writer = RunWriter(engine, out)
+    with writing(engine.transport, out, resume=resume, overwrite=overwrite, command=f"p2pforget run --out {out}"):
+        if resume:
+            state, writer.records = _read_checkpoint(engine, cfg, out, writer)
+            engine.load_state(state)
+            _apply_exclusions(engine, writer.records)
+            if engine.round > cfg.run.rounds:
+                raise ResumeError(f"the stored run already has {engine.round} rounds (training and unlearning), more than "
+                                  f"run.rounds = {cfg.run.rounds}; raise run.rounds to train more")
+        every = cfg.run.checkpoint_every
+
+        def after_round(e: Engine) -> None:
+            if e.round % every == 0 and e.round < cfg.run.rounds:
+                writer.snapshot(rounds_total=cfg.run.rounds, complete=False)
+            if callback is not None:
+                callback(e)
+
+        try:
+            engine.train(cfg.run.rounds - engine.round, progress=progress, callback=after_round)
+        except DivergenceError as e:
+            kept = (f"{out}/history.h5 keeps the last good checkpoint (round {writer.checkpoint_round})"
+                    if writer.checkpoint_round is not None else "no checkpoint was written before it")
+            raise DivergenceError(f"{e}; {kept}") from None
+        report = writer.snapshot(rounds_total=cfg.run.rounds, complete=True)
+        if (clients or samples) and not writer.records.requests:
+            result = forget(engine, clients=clients, samples=samples, progress=progress)
+            report = record_forget(engine, writer, result)
     return RunResult(engine=engine, out=out, report=report or {})
 
 
@@ -181,66 +285,85 @@ def forget_request(cfg: Config) -> tuple[tuple[int, ...], dict[int, tuple[int, .
     return cfg.unlearn.clients, {int(k): v for k, v in cfg.unlearn.samples.items()}
 
 
-def record_forget(engine: Engine, out: Path, result: ForgetResult) -> dict[str, Any] | None:
-    """Add a forget request's models, certificate, metrics and cost to the run files (root only);
-    returns the updated report."""
-    if not engine.transport.is_root:
-        return None
-    path = out / "history.h5"
-    stored = history.read_h5(path)
-    arrays = dict(stored.arrays)
-    arrays.update({f"params/{k}": v for k, v in result.params.items() if k != "trained"})
-    arrays["unlearn/retained"] = engine.retained
-    arrays["unlearn/members"] = engine.members
-    for name, trace in result.traces.items():
-        arrays[f"unlearn/fa_trace/{name}"] = np.asarray(trace, dtype=np.float64)
-    cert = result.certificate or {}
-    cost = {name: vars(c) for name, c in result.cost.items()}
-    attrs = {k: v for k, v in cert.items() if isinstance(v, (int, float, str, bool))}
-    attrs |= {"forgotten": json.dumps(result.forgotten), "mode": result.mode, "method": result.method,
-              "has_certificate": bool(cert)}
-    attrs |= {k: float(v) for k, v in cost["unlearn"].items()}
-    group_attrs = dict(stored.group_attrs) | {"unlearn": attrs}
-    history.write_h5(path, attrs=stored.attrs | {"unlearned": True}, arrays=arrays, group_attrs=group_attrs)
-    report = json.loads((out / "report.json").read_text())
-    if "retrain" in cost:
-        cost["ratio_to_retrain"] = {k: (cost["unlearn"][k] / cost["retrain"][k] if cost["retrain"][k] else None)
-                                    for k in cost["unlearn"]}
-    report |= {"unlearn": cert | {"method": result.method, "forgotten": result.forgotten, "mode": result.mode},
-               "metrics": result.metrics, "cost": cost, "traces": result.traces}
-    history.write_json(out / "report.json", report)
-    return report
+def record_forget(engine: Engine, writer: RunWriter, result: ForgetResult) -> dict[str, Any] | None:
+    """Write a forget request into the run files in one atomic step: its models, certificate,
+    metrics and cost, and a new checkpoint from which training continues (the released unlearned
+    models, without the forgotten data). Returns the updated report at the root."""
+    state = engine.state()
+    records = writer.records
+    if engine.transport.is_root:
+        state = {k: v for k, v in state.items() if k in ("round", "ledger") or k.startswith("metrics/")}
+        state["params"] = result.params["unlearned"]  # the optimizer state restarts from the released models
+        arrays = dict(records.arrays)
+        arrays.update({f"params/{k}": v for k, v in result.params.items() if k != "trained"})
+        arrays["unlearn/retained"] = engine.retained
+        arrays["unlearn/members"] = engine.members
+        arrays = {k: v for k, v in arrays.items() if not k.startswith("unlearn/fa_trace/")}
+        for name, trace in result.traces.items():
+            arrays[f"unlearn/fa_trace/{name}"] = np.asarray(trace, dtype=np.float64)
+        cert = result.certificate or {}
+        cost = {name: vars(c) for name, c in result.cost.items()}
+        attrs = {k: v for k, v in cert.items() if isinstance(v, (int, float, str, bool))}
+        attrs |= {"forgotten": json.dumps(result.forgotten), "mode": result.mode, "method": result.method,
+                  "has_certificate": bool(cert)}
+        attrs |= {k: float(v) for k, v in cost["unlearn"].items()}
+        if "retrain" in cost:
+            cost["ratio_to_retrain"] = {k: (cost["unlearn"][k] / cost["retrain"][k] if cost["retrain"][k] else None)
+                                        for k in cost["unlearn"]}
+        entry = {"unlearn": cert | {"method": result.method, "forgotten": result.forgotten, "mode": result.mode,
+                                    "round": int(engine.round)},
+                 "metrics": result.metrics, "cost": cost, "traces": result.traces}
+        writer.records = Records(arrays=arrays, group_attrs={"unlearn": attrs},
+                                 attrs={"unlearned": True, "unlearn_round": int(engine.round),
+                                        "requests_json": history.json_text(records.requests + [entry])})
+    return writer.snapshot(rounds_total=engine.round, complete=True, state=state)
 
 
-def load_run(run_dir: str | Path, *, overrides: list[str] = (), transport: Transport | None = None) -> Engine:
-    """Rebuild the engine of a finished run (its last checkpoint, and any forgetting already done).
+def load_run(run_dir: str | Path, *, overrides: list[str] = (), transport: Transport | None = None) -> tuple[Engine, RunWriter]:
+    """Rebuild the engine of a finished run (its last checkpoint, and any forgetting already done),
+    and a writer that adds to the run's files.
 
-    Only ``unlearn.*`` keys may be overridden: the rest describes how the models were trained.
+    Only ``unlearn.*`` keys, and the paths ``data.path``, ``topology.path`` and
+    ``topology.mixing_path`` (for a run moved to another directory), may be overridden: the rest
+    describes how the models were trained.
     """
     run_dir = Path(run_dir)
-    bad = [o for o in overrides if not o.strip().startswith("unlearn.")]
+    paths = ("data.path=", "topology.path=", "topology.mixing_path=")
+    bad = [o for o in overrides if not o.strip().startswith(("unlearn.",) + paths)]
     if bad:
-        raise ValueError(f"only [unlearn] keys can change on a finished run; got {bad[0]!r}")
-    payload: Any = None
-    if transport is None or transport.is_root:
-        try:
-            stored = history.read_h5(run_dir / "history.h5")
-            keep = ("checkpoint/", "metrics/", "unlearn/", "params/unlearned_noiseless")
-            payload = (stored.attrs["config_toml"], {k: v for k, v in stored.arrays.items() if k.startswith(keep)})
-        except (ValueError, FileNotFoundError) as e:
-            payload = e
-    if transport is not None:
-        payload = transport.bcast_object(payload)
-    if isinstance(payload, Exception):
-        raise payload
-    toml, arrays = payload
+        raise ValueError(f"only [unlearn] keys and the paths data.path, topology.path, topology.mixing_path can change "
+                         f"on a finished run; got {bad[0]!r}")
+
+    def read():
+        stored = history.read_run(run_dir / "history.h5")
+        keep = ("checkpoint/", "metrics/")
+        state = {k: v for k, v in stored.arrays.items() if k.startswith(keep)}
+        return stored.attrs["config_toml"], state, Records.of(stored), float(stored.attrs.get("seconds", 0.0))
+    toml, arrays, records, seconds = read() if transport is None else _at_root(transport, read)
     cfg = config_mod.with_overrides(config_mod.loads(toml), list(overrides))
     engine = Engine(config=cfg, transport=transport)
     state = {k.removeprefix("checkpoint/"): v for k, v in arrays.items() if k.startswith("checkpoint/")}
     engine.load_state(state | {k: v for k, v in arrays.items() if k.startswith("metrics/")})
-    if "unlearn/retained" in arrays:
-        engine.exclude(samples={j: np.flatnonzero(~arrays["unlearn/retained"][j]) for j in range(engine.n_clients)},
-                       removed=np.flatnonzero(~arrays["unlearn/members"]).tolist())
-        rows = arrays["params/unlearned_noiseless"][engine.lo:engine.hi]
-        engine.set_params(torch.as_tensor(rows, dtype=engine.dtype))
-    return engine
+    _apply_exclusions(engine, records)
+    if records.attrs.get("unlearn_round") == engine.round and "params/unlearned_noiseless" in records.arrays:
+        # No training since the last request: the nodes continue from their private noiseless
+        # models, so that the next request starts from the exact correction (sequential deletion).
+        engine.set_params(torch.as_tensor(records.arrays["params/unlearned_noiseless"][engine.lo:engine.hi], dtype=engine.dtype))
+    writer = RunWriter(engine, run_dir)
+    writer.records, writer.seconds_before = records, seconds
+    return engine, writer
+
+
+def forget_run(run_dir: str | Path, *, clients=(), samples: dict | None = None, overrides: list[str] = (),
+               reference: bool = True, progress: bool = True, transport: Transport | None = None) -> dict[str, Any] | None:
+    """Forget ``clients``/``samples`` in the finished run at ``run_dir`` (holding its lock) and add
+    the request to its files, all or nothing; returns the updated report at the root."""
+    run_dir = Path(run_dir)
+    if transport is None:
+        stored = config_mod.loads(history.read_run(run_dir / "history.h5").attrs["config_toml"])
+        transport = transport_mod.make(stored.run.transport, n_clients=stored.topology.n_clients)
+    # The lock is taken before the run is read, so that two requests cannot both start from the same state.
+    with writing(transport, run_dir, resume=True, command=f"p2pforget forget {run_dir}"):
+        engine, writer = load_run(run_dir, overrides=overrides, transport=transport)
+        result = forget(engine, clients=clients, samples=samples or {}, reference=reference, progress=progress)
+        return record_forget(engine, writer, result)

@@ -1,7 +1,9 @@
-"""Run files: ``OUT/history.h5`` and ``OUT/report.json``, written atomically by the root process.
+"""Run files: ``OUT/history.h5`` and ``OUT/report.json``, written atomically by the root process,
+and the lock that keeps a run directory to one writer.
 
-Every write goes to a temporary file in the same directory, is flushed to disk, and then
-renamed over the old file, so a killed run always leaves the last complete snapshot.
+Every write goes to a temporary file in the same directory, is flushed to disk, renamed over the
+old file, and the directory entry is flushed too, so a killed run always leaves the last complete
+snapshot. Temporary files that a killed writer left behind are removed by the next write.
 
 Example
 -------
@@ -13,17 +15,32 @@ Example
 """
 from __future__ import annotations
 
+import fcntl
 import json
+import math
 import os
+import socket
+import sys
 import tempfile
+import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import h5py
 import numpy as np
 
 FORMAT_VERSION = 1
+LOCK_NAME = ".lock"
+
+
+class RunFileError(ValueError):
+    """A run file is missing, damaged, or not one p2pforget wrote."""
+
+
+class RunLockedError(ValueError):
+    """Another process is writing the run directory."""
 
 
 @dataclass
@@ -33,15 +50,33 @@ class RunFile:
     group_attrs: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def _fsync_dir(folder: Path) -> None:
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 def _atomic(path: Path, write) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
+    for stale in path.parent.glob(f".{path.name}.*.tmp"):  # left by a killed writer (one writer: the lock)
+        stale.unlink(missing_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)
     try:
         write(Path(tmp))
         with open(tmp, "rb") as f:
             os.fsync(f.fileno())
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; run files are ordinary files
         os.replace(tmp, path)
+        _fsync_dir(path.parent)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
@@ -64,22 +99,60 @@ def write_h5(path: str | Path, *, attrs: dict[str, Any], arrays: dict[str, np.nd
 
 
 def read_h5(path: str | Path) -> RunFile:
-    """Read a whole run file into memory."""
+    """Read a whole run file into memory.
+
+    Raises :class:`RunFileError` (one line naming the file and the problem) for a missing, empty,
+    truncated or damaged file, and for a file whose data live outside it (external links, external
+    storage or virtual datasets: reading those would copy other files into the run).
+    """
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"no run file at {str(path)!r}; pass the directory of a run (it holds history.h5)")
+        raise RunFileError(f"no run file at {str(path)!r}; pass the directory of a run (it holds history.h5)")
+    if path.stat().st_size == 0:
+        raise RunFileError(f"{path} is empty (a write was cut off before p2pforget wrote atomically?); "
+                           "delete the run directory and rerun, or restore the file from a copy")
     arrays: dict[str, np.ndarray] = {}
     group_attrs: dict[str, dict[str, Any]] = {}
-    with h5py.File(path, "r") as f:
-        attrs = {k: _plain(v) for k, v in f.attrs.items()}
+    try:
+        with h5py.File(path, "r") as f:
+            outside = []
+            f.visititems_links(lambda name, link: outside.append(name)
+                               if isinstance(link, (h5py.ExternalLink, h5py.SoftLink)) else None)
+            if outside:
+                raise RunFileError(f"{path} links to data outside its own datasets ({outside[0]!r}); "
+                                   "p2pforget run files hold only their own data: refusing to read it")
+            attrs = {k: _plain(v) for k, v in f.attrs.items()}
 
-        def visit(name: str, obj) -> None:
-            if isinstance(obj, h5py.Dataset):
-                arrays[name] = obj[()]
-            elif len(obj.attrs):
-                group_attrs[name] = {k: _plain(v) for k, v in obj.attrs.items()}
-        f.visititems(visit)
+            def visit(name: str, obj) -> None:
+                if isinstance(obj, h5py.Dataset):
+                    if obj.external or obj.is_virtual:
+                        raise RunFileError(f"{path}: dataset {name!r} stores its data in another file; "
+                                           "p2pforget run files hold only their own data: refusing to read it")
+                    arrays[name] = obj[()]
+                elif len(obj.attrs):
+                    group_attrs[name] = {k: _plain(v) for k, v in obj.attrs.items()}
+            f.visititems(visit)
+    except RunFileError:
+        raise
+    except (OSError, KeyError, ValueError, RuntimeError, UnicodeDecodeError) as e:
+        detail = " ".join(str(e).split())
+        raise RunFileError(f"{path} is not a readable HDF5 run file (truncated or damaged: {detail}); "
+                           "restore it from a copy, or delete the run directory and rerun") from None
     return RunFile(attrs=attrs, arrays=arrays, group_attrs=group_attrs)
+
+
+def read_run(path: str | Path) -> RunFile:
+    """:func:`read_h5` for a run's ``history.h5``, checked to hold what resuming and forgetting need
+    (the config and a checkpoint)."""
+    rf = read_h5(path)
+    if not isinstance(rf.attrs.get("config_toml"), str):
+        raise RunFileError(f"{path} has no 'config_toml' attribute: it was not written by `p2pforget run` "
+                           "(or is damaged); rerun the experiment")
+    missing = [k for k in ("checkpoint/round", "checkpoint/params") if k not in rf.arrays]
+    if missing:
+        raise RunFileError(f"{path} has no checkpoint ({missing[0]!r} is missing): it was not written by "
+                           "`p2pforget run` (or is damaged); rerun the experiment")
+    return rf
 
 
 def _plain(v: Any) -> Any:
@@ -90,15 +163,67 @@ def _plain(v: Any) -> Any:
     return v
 
 
+def strict(obj: Any) -> Any:
+    """``obj`` with every non-finite float (NaN, inf) replaced by ``None``, so it is strict JSON.
+
+    >>> strict({"a": [1.0, float("nan")], "b": float("inf")})
+    {'a': [1.0, None], 'b': None}
+    """
+    if isinstance(obj, dict):
+        return {k: strict(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [strict(v) for v in obj]
+    if isinstance(obj, np.ndarray):
+        return strict(obj.tolist())
+    if isinstance(obj, np.generic):
+        obj = obj.item()
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    return obj
+
+
 def write_json(path: str | Path, obj: Any) -> None:
-    """Atomically write ``obj`` as indented JSON."""
-    text = json.dumps(obj, indent=2, default=_json_default)
+    """Atomically write ``obj`` as indented, strict JSON (NaN and inf become ``null``)."""
+    text = json_text(obj)
     _atomic(Path(path), lambda tmp: tmp.write_text(text + "\n"))
 
 
+def json_text(obj: Any) -> str:
+    return json.dumps(strict(obj), indent=2, allow_nan=False, default=_json_default)
+
+
 def _json_default(v: Any) -> Any:
-    if isinstance(v, np.ndarray):
-        return v.tolist()
-    if isinstance(v, np.generic):
-        return v.item()
     raise TypeError(f"cannot store {type(v).__name__} in report.json")
+
+
+@contextmanager
+def run_lock(run_dir: str | Path, *, command: str = "") -> Iterator[None]:
+    """Hold the run directory's lock file (``RUN/.lock``, an exclusive ``flock``) while writing it.
+
+    A second writer gets :class:`RunLockedError` naming the holder (pid, host, command, start
+    time). The lock goes with the process: a killed writer leaves no stale lock behind.
+    """
+    run_dir = Path(run_dir)
+    if run_dir.exists() and not run_dir.is_dir():
+        raise RunFileError(f"{str(run_dir)!r} is a file, not a run directory; pass a directory path for the run")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    fd = os.open(run_dir / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o666)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 4096, 0).decode(errors="replace")
+            try:
+                h = json.loads(holder)
+                who = f"pid {h['pid']} on {h['host']} ({h['command']}, since {h['since']})"
+            except (ValueError, KeyError, TypeError):
+                who = "another process"
+            raise RunLockedError(f"run directory {str(run_dir)!r} is being written by {who}; wait for it to finish, "
+                                 "or give this run another --out") from None
+        info = {"pid": os.getpid(), "host": socket.gethostname(), "command": command or " ".join(sys.argv[:3]),
+                "since": time.strftime("%Y-%m-%d %H:%M:%S")}
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, json.dumps(info).encode(), 0)
+        yield
+    finally:
+        os.close(fd)  # releases the flock

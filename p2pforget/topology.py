@@ -48,20 +48,49 @@ def _star(n: int) -> nx.Graph:
 
 
 def read_graph_file(path: str | Path) -> nx.Graph:
-    """Read a GraphML file (``.graphml``) or an edge list (one ``u v`` pair per line, ``#`` comments)."""
+    """Read a GraphML file (``.graphml``) or an edge list (one ``u v`` pair per line, ``#`` comments).
+
+    Nodes become clients ``0..n-1`` in the order of their ids: numerically when every id is a
+    number (``1``, ``2.0``, ``10``), as text otherwise. Self-loops and ids that name the same number
+    twice are refused.
+    """
     path = Path(path)
     if not path.is_file():
         raise TopologyError(f"graph file {str(path)!r} does not exist; set topology.path to an edge list or .graphml file")
-    if path.suffix.lower() == ".graphml":
-        g = nx.read_graphml(path)
-    else:
-        g = nx.read_edgelist(path, comments="#", data=False)
-    g = nx.Graph(g)
     try:
-        order = sorted(g.nodes, key=int)
-    except ValueError:
+        if path.suffix.lower() == ".graphml":
+            g = nx.read_graphml(path)
+        else:
+            g = nx.read_edgelist(path, comments="#", data=False)
+    except Exception as e:  # networkx and the XML parser raise many kinds of errors for a bad file
+        detail = " ".join(str(e).split()) or type(e).__name__
+        raise TopologyError(f"graph file {path} cannot be read ({detail}); write GraphML (.graphml) or an edge list "
+                            "with one 'u v' pair per line") from None
+    if isinstance(g, (nx.MultiGraph, nx.DiGraph)):
+        g = nx.Graph(g)
+    loops = list(nx.selfloop_edges(g))
+    if loops:
+        raise TopologyError(f"graph file {path} has a self-loop on node {loops[0][0]!r}; remove it (every node keeps "
+                            "its own model without one)")
+    ids = {node: _number(node) for node in g.nodes}
+    if all(v is not None for v in ids.values()):
+        if len(set(ids.values())) < len(ids):
+            raise TopologyError(f"graph file {path} names the same node number twice (e.g. '1' and '1.0'); "
+                                "give every node one id")
+        order = sorted(g.nodes, key=ids.get)
+    elif any(v is not None for v in ids.values()):
+        raise TopologyError(f"graph file {path} mixes numeric and text node ids; use numbers 0..n-1 for every node")
+    else:
         order = sorted(g.nodes, key=str)
     return nx.relabel_nodes(g, {node: i for i, node in enumerate(order)})
+
+
+def _number(node) -> float | None:
+    try:
+        value = float(node)
+    except (TypeError, ValueError):
+        return None
+    return value if math.isfinite(value) else None
 
 
 def build_graph(
@@ -86,6 +115,13 @@ def build_graph(
     >>> build_graph("star", 4).graph["hub"]
     4
     """
+    if n_clients < 2:
+        raise TopologyError(f"a gossip graph needs at least 2 clients; got n_clients = {n_clients}")
+    if kind == "erdos_renyi" and not 0 < p <= 1:
+        raise TopologyError(f"erdos_renyi needs an edge probability p in (0, 1]; got p = {p}")
+    if kind == "small_world" and not (2 <= k < n_clients and 0 <= beta <= 1):
+        raise TopologyError(f"small_world needs 2 <= k < n_clients and beta in [0, 1]; got k = {k}, beta = {beta}, "
+                            f"n_clients = {n_clients}")
     s = seeding.int_seed(seed, purpose=f"topology/{kind}")
     builders = {
         "ring": lambda: nx.cycle_graph(n_clients),
@@ -156,6 +192,9 @@ def validate_mixing(W: np.ndarray, g: nx.Graph | None = None, *, tol: float = TO
     W = np.asarray(W, dtype=np.float64)
     if W.ndim != 2 or W.shape[0] != W.shape[1]:
         raise TopologyError(f"mixing matrix must be square, got shape {W.shape}")
+    if not np.isfinite(W).all():
+        i, j = np.argwhere(~np.isfinite(W))[0]
+        raise TopologyError(f"mixing matrix has a non-finite entry W[{i},{j}] = {W[i, j]}; every weight must be a number >= 0")
     if g is not None and W.shape[0] != g.number_of_nodes():
         raise TopologyError(f"mixing matrix is {W.shape[0]}x{W.shape[0]} but the graph has {g.number_of_nodes()} nodes")
     if (W < -tol).any():
@@ -208,7 +247,14 @@ def load_mixing(path: str | Path, g: nx.Graph) -> np.ndarray:
     path = Path(path)
     if not path.is_file():
         raise TopologyError(f"mixing file {str(path)!r} does not exist; set topology.mixing_path to a .npy or text matrix")
-    W = np.load(path) if path.suffix == ".npy" else np.loadtxt(path, delimiter="," if path.suffix == ".csv" else None)
+    try:
+        W = np.load(path, allow_pickle=False) if path.suffix == ".npy" else \
+            np.loadtxt(path, delimiter="," if path.suffix == ".csv" else None, ndmin=2)
+        W = np.asarray(W, dtype=np.float64)
+    except (ValueError, OSError, TypeError) as e:
+        detail = " ".join(str(e).split())
+        raise TopologyError(f"mixing file {path} cannot be read as a matrix of numbers ({detail}); write a .npy array "
+                            "or one row of numbers per line") from None
     validate_mixing(W, g)
     return np.asarray(W, dtype=np.float64)
 

@@ -52,6 +52,7 @@ class ForgetRequest:
     mode: str
     observe: Callable[[torch.Tensor], None] | None = field(default=None, compare=False)
     excluded: dict[str, float] = field(default_factory=lambda: {"seconds": 0.0, "flops": 0.0}, compare=False)
+    progress: bool = field(default=True, compare=False)  # whether the method may show progress bars
 
     @property
     def clients(self) -> list[int]:
@@ -124,6 +125,9 @@ class Unlearner(Protocol):
     def unlearn(self, engine: "Engine", request: ForgetRequest, options: Any) -> Outcome:
         ...
 
+    # Optional: ``check(engine, request, options)`` raises ``ValueError`` for options the data
+    # rule out; :func:`forget` calls it before any work.
+
 
 def evaluation_flops(engine: "Engine") -> float:
     """FLOPs of the engine's per-round metric evaluation (the same every round)."""
@@ -187,6 +191,31 @@ def _observer(engine: "Engine", sets: metrics.EvalSets, nodes: np.ndarray, trace
     return observe
 
 
+def _prepare(engine: "Engine", *, clients, samples, method, mode, options):
+    name = method or engine.config.unlearn.method
+    entry = METHODS.entry(name)
+    cfg = engine.config
+    if options:
+        cfg = config_mod.replace(cfg, unlearn={name: options})
+    opts = cfg.unlearn.options(name)
+    mode = mode or cfg.unlearn.mode
+    if mode not in ("remove", "keep_relay"):
+        raise config_mod.ConfigError(f"unlearn.mode = {mode!r} is not valid; choose one of: remove, keep_relay")
+    request = ForgetRequest.build(engine, clients=clients, samples=samples, mode=mode)
+    method_obj = entry.obj()
+    if hasattr(method_obj, "check"):
+        method_obj.check(engine, request, opts)
+    return name, entry, opts, mode, request
+
+
+def check_request(engine: "Engine", *, clients=(), samples: dict | None = None, method: str | None = None,
+                  mode: str | None = None, **options) -> None:
+    """Raise ``ValueError`` naming the problem if :func:`forget` with these arguments would fail on
+    the request or the method's options (clients that do not exist, sample indices out of range,
+    options the data rule out), before any work is done. Changes nothing."""
+    _prepare(engine, clients=clients, samples=samples, method=method, mode=mode, options=options)
+
+
 def forget(engine: "Engine", *, clients=(), samples: dict | None = None, method: str | None = None,
            mode: str | None = None, reference: bool = True, progress: bool = True, **options) -> ForgetResult:
     """Forget ``clients`` and/or ``samples`` (client id -> indices) with ``method`` (default
@@ -200,18 +229,9 @@ def forget(engine: "Engine", *, clients=(), samples: dict | None = None, method:
     """
     from .retrain import retrain
 
-    name = method or engine.config.unlearn.method
-    entry = METHODS.entry(name)
-    cfg = engine.config
-    if options:
-        cfg = config_mod.replace(cfg, unlearn={name: options})
-    opts = cfg.unlearn.options(name)
-    mode = mode or cfg.unlearn.mode
-    if mode not in ("remove", "keep_relay"):
-        raise config_mod.ConfigError(f"unlearn.mode = {mode!r} is not valid; choose one of: remove, keep_relay")
-
+    name, entry, opts, mode, request = _prepare(engine, clients=clients, samples=samples, method=method, mode=mode,
+                                                options=options)
     forgotten_mask = np.zeros_like(engine.retained)
-    request = ForgetRequest.build(engine, clients=clients, samples=samples, mode=mode)
     for j, idx in request.samples.items():
         forgotten_mask[j, idx] = True
     retained_after = engine.retained & ~forgotten_mask
@@ -221,7 +241,7 @@ def forget(engine: "Engine", *, clients=(), samples: dict | None = None, method:
     sets = metrics.EvalSets.from_masks(engine, forgotten_mask, retained_after & members_after[:, None])
     trace: list[float] = []
     spent = request.excluded
-    request = dataclasses.replace(request, observe=_observer(engine, sets, nodes, trace, spent))
+    request = dataclasses.replace(request, observe=_observer(engine, sets, nodes, trace, spent), progress=progress)
 
     trained = engine.params.clone()
     rounds = engine.round

@@ -48,7 +48,7 @@ with warnings.catch_warnings():
     import torch._decomp.decompositions_for_jvp  # noqa: F401
 
 from .. import ledger as ledger_mod, seeding
-from ..config import bounded, choice
+from ..config import ConfigError, bounded, choice
 from ..registry import METHODS
 from . import ForgetRequest, Outcome
 from .curvature import KINDS, is_diagonal, local_curvature
@@ -175,6 +175,12 @@ class CertifiedOptions:
 class CertifiedNewton:
     """Decentralized certified unlearning (see the module docstring)."""
 
+    def check(self, engine: "Engine", request: ForgetRequest, options: CertifiedOptions) -> None:
+        n = int(engine.retained[engine.members].sum())
+        if not options.delta < 1.0 / n:
+            raise ConfigError(f"unlearn.certified.delta = {options.delta:g} must lie in (0, 1/n) with n = {n} training "
+                              f"samples (a larger delta allows releasing a sample outright); e.g. set it to {0.1 / n:.1g}")
+
     def unlearn(self, engine: "Engine", request: ForgetRequest, options: CertifiedOptions) -> Outcome:
         lo, hi = engine.lo, engine.hi
         itemsize = torch.finfo(engine.dtype).bits // 8
@@ -207,14 +213,17 @@ class CertifiedNewton:
             if step > 0:
                 # The target is one point, the remaining optimum: nodes first agree on their mean
                 # model, so every node's gradient sum is evaluated at the point it steps from.
-                total, sent, _ = engine.network_sum(theta, tol=options.gossip_tol, averaging=options.averaging)
+                total, sent, _ = engine.network_sum(theta, tol=options.gossip_tol, averaging=options.averaging,
+                                                   progress=request.progress)
                 theta = torch.where(member_rows, total / n_nodes, theta)  # nodes that left keep their model
                 local_grad = engine.gradients(theta, engine.full_batch())[0] * a_after
-                rhs, sent2, _ = engine.network_sum(local_grad, tol=options.gossip_tol, averaging=options.averaging)
+                rhs, sent2, _ = engine.network_sum(local_grad, tol=options.gossip_tol, averaging=options.averaging,
+                                                   progress=request.progress)
                 comm += sent + sent2
             curv = local_curvature(engine, theta, options.curvature)
             curv = curv * (a_after if is_diagonal(options.curvature) else a_after[:, :, None])
-            H, sent, r = engine.network_sum(curv, tol=options.curvature_tol, averaging=options.averaging)
+            H, sent, r = engine.network_sum(curv, tol=options.curvature_tol, averaging=options.averaging,
+                                            progress=request.progress)
             comm += sent
             rounds.append(r)
             before = theta

@@ -1,0 +1,314 @@
+"""Faults: processes killed mid-write, two writers on one run directory, forget-then-resume,
+divergence, disk errors. Nothing may be lost, half-applied or re-learned."""
+import errno
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from p2pforget import config, experiment, history
+from p2pforget.__main__ import main
+from p2pforget.engine import Engine
+from p2pforget.unlearn.retrain import retrain
+
+ENV = os.environ | {"OMP_NUM_THREADS": "1"}
+CLI = [sys.executable, "-m", "p2pforget"]
+
+
+def _small(rounds=150, **unlearn):
+    return config.from_dict({
+        "run": {"seed": 11, "rounds": rounds},
+        "topology": {"kind": "erdos_renyi", "n_clients": 7, "p": 0.5, "dropout": 0.3},
+        "data": {"n_samples_per_client": 30, "n_test": 50, "n_features": 4},
+        "model": {"kind": "mlp", "hidden": 8},
+        "train": {"batch_size": 8, "local_steps": 2},
+        "unlearn": {"certified": {"noise": False}} | unlearn,
+    })
+
+
+def _holder_pid(run_dir: Path) -> int | None:
+    try:
+        return json.loads((run_dir / ".lock").read_text())["pid"]
+    except (OSError, ValueError, KeyError):
+        return None
+
+
+def _wait_for(predicate, timeout=60.0):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.02)
+    return False
+
+
+def _rounds_done(h5: Path) -> int:
+    try:
+        return int(history.read_h5(h5).attrs["rounds_done"])
+    except ValueError:
+        return 0
+
+
+def _files(run_dir: Path) -> dict[str, bytes]:
+    """The run's files, without the lock and without temporaries a killed writer left."""
+    return {p.name: p.read_bytes() for p in run_dir.iterdir()
+            if p.is_file() and p.name != ".lock" and not p.name.endswith(".tmp")}
+
+
+@pytest.mark.slow
+def test_kill_at_a_random_round_then_resume_is_bit_identical(tmp_path):
+    cfg_path = tmp_path / "exp.toml"
+    cfg_path.write_text(config.dumps(_small()))
+    subprocess.run(CLI + ["run", str(cfg_path), "--out", str(tmp_path / "full")], check=True, env=ENV, capture_output=True)
+    kill_at = random.randint(5, 120)
+    proc = subprocess.Popen(CLI + ["run", str(cfg_path), "--out", str(tmp_path / "cut")], env=ENV,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    h5 = tmp_path / "cut" / "history.h5"
+    assert _wait_for(lambda: h5.exists() and _rounds_done(h5) >= kill_at)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    done = _rounds_done(h5)
+    assert kill_at <= done < 150, f"killed at round {done}"
+    res = subprocess.run(CLI + ["run", str(cfg_path), "--resume", str(tmp_path / "cut")], env=ENV, capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr
+    a, b = (history.read_h5(tmp_path / d / "history.h5").arrays for d in ("full", "cut"))
+    assert np.array_equal(a["params/trained"], b["params/trained"])
+    assert np.array_equal(a["metrics/consensus_distance"], b["metrics/consensus_distance"])
+    assert not list((tmp_path / "cut").glob("*.tmp")) and not list((tmp_path / "cut").glob(".*.tmp"))
+
+
+@pytest.mark.slow
+def test_kill_during_a_forget_request_is_all_or_nothing(tmp_path):
+    """SIGKILL at a random moment of `p2pforget forget`: the run is either untouched or holds the
+    whole request; a retry then gives exactly the uninterrupted result."""
+    experiment.run(_small(rounds=120), out=tmp_path / "base", progress=False)
+    import shutil
+    for d in ("full", "cut"):
+        shutil.copytree(tmp_path / "base", tmp_path / d)
+    forget = ["forget", "--clients", "2", "--set", "unlearn.method=finetune"]
+    start = time.perf_counter()
+    subprocess.run(CLI + [forget[0], str(tmp_path / "full")] + forget[1:], check=True, env=ENV, capture_output=True)
+    duration = time.perf_counter() - start
+    before = _files(tmp_path / "cut")
+    proc = subprocess.Popen(CLI + [forget[0], str(tmp_path / "cut")] + forget[1:], env=ENV,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    assert _wait_for(lambda: _holder_pid(tmp_path / "cut") == proc.pid)
+    time.sleep(random.uniform(0.0, 0.5 * duration))
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    after = history.read_h5(tmp_path / "cut" / "history.h5")
+    if after.attrs.get("unlearned"):
+        retry = None
+    else:
+        assert _files(tmp_path / "cut") == before
+        retry = subprocess.run(CLI + [forget[0], str(tmp_path / "cut")] + forget[1:], env=ENV, capture_output=True, text=True)
+        assert retry.returncode == 0, retry.stderr
+    a, b = (history.read_h5(tmp_path / d / "history.h5").arrays for d in ("full", "cut"))
+    for key in ("params/unlearned", "params/retrained", "unlearn/retained", "checkpoint/params"):
+        assert np.array_equal(a[key], b[key]), key
+    assert not list((tmp_path / "cut").glob(".*.tmp"))
+
+
+@pytest.mark.slow
+def test_second_writer_is_refused_while_a_run_writes(tmp_path):
+    cfg_path = tmp_path / "exp.toml"
+    cfg_path.write_text(config.dumps(_small(rounds=400)))
+    out = tmp_path / "out"
+    first = subprocess.Popen(CLI + ["run", str(cfg_path), "--out", str(out)], env=ENV,
+                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    assert _wait_for(lambda: _holder_pid(out) == first.pid)
+    second = subprocess.run(CLI + ["run", str(cfg_path), "--out", str(out), "--overwrite", "--set", "train.lr=0.2"],
+                            env=ENV, capture_output=True, text=True)
+    assert second.returncode == 2
+    assert f"is being written by pid {first.pid}" in second.stderr and "p2pforget run" in second.stderr
+    assert first.wait(timeout=300) == 0, first.stderr.read()
+    stored = history.read_h5(out / "history.h5")
+    assert stored.attrs["complete"] and stored.attrs["rounds_done"] == 400
+    assert config.loads(stored.attrs["config_toml"]).train.lr == 0.1  # the first writer's run, whole
+
+
+@pytest.mark.slow
+def test_two_forget_requests_at_once_lose_nothing(tmp_path):
+    experiment.run(_small(rounds=150), out=tmp_path / "run", progress=False)
+    run = tmp_path / "run"
+    first = subprocess.Popen(CLI + ["forget", str(run), "--clients", "1"], env=ENV,
+                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    assert _wait_for(lambda: _holder_pid(run) == first.pid)
+    second = subprocess.run(CLI + ["forget", str(run), "--clients", "4"], env=ENV, capture_output=True, text=True)
+    assert second.returncode == 2 and f"pid {first.pid}" in second.stderr and "p2pforget forget" in second.stderr
+    assert first.wait(timeout=300) == 0, first.stderr.read()
+    again = subprocess.run(CLI + ["forget", str(run), "--clients", "4"], env=ENV, capture_output=True, text=True)
+    assert again.returncode == 0, again.stderr
+    report = json.loads((run / "report.json").read_text())
+    assert [r["unlearn"]["forgotten"] for r in report["requests"]] == [{"1": list(range(30))}, {"4": list(range(30))}]
+    members = history.read_h5(run / "history.h5").arrays["unlearn/members"]
+    assert members.tolist() == [True, False, True, True, False, True, True]
+
+
+def _digits(rounds):
+    """Client 3 holds most of class 3: forgetting it drops the models' accuracy on its samples."""
+    return config.from_dict({
+        "run": {"rounds": rounds, "seed": 1}, "topology": {"kind": "star", "n_clients": 10},
+        "data": {"kind": "digits", "partition": "by_class", "n_samples_per_client": 160, "n_test": 50},
+        "model": {"kind": "logistic"}, "train": {"lr": 0.5, "local_steps": 5, "batch_size": 32},
+        "unlearn": {"method": "retrain"}})
+
+
+def _accuracy_on_client(engine, params, client):
+    logits = engine.task.logits(params[0], torch.as_tensor(engine.data.x[client], dtype=engine.dtype))
+    return float((logits.argmax(-1).numpy() == engine.data.y[client]).mean())
+
+
+def test_forget_then_resume_never_relearns(tmp_path, capsys):
+    cfg_path = tmp_path / "digits.toml"
+    cfg_path.write_text(config.dumps(_digits(8)))
+    run = tmp_path / "run"
+    assert main(["run", str(cfg_path), "--out", str(run)]) == 0
+    assert main(["forget", str(run), "--clients", "3"]) == 0
+    record = json.loads((run / "report.json").read_text())["metrics"]
+    assert record["trained"]["FA"]["mean"] > 80 and record["unlearned"]["FA"]["mean"] < 30
+
+    assert main(["run", str(cfg_path), "--resume", str(run), "--set", "run.rounds=16"]) == 0
+    capsys.readouterr()
+    stored = history.read_h5(run / "history.h5")
+    report = json.loads((run / "report.json").read_text())
+    assert stored.attrs["rounds_done"] == 16 and stored.attrs["unlearned"]
+    assert report["unlearn"]["forgotten"] == {"3": list(range(160))} and len(report["requests"]) == 1
+    assert "params/unlearned" in stored.arrays and not stored.arrays["unlearn/members"][3]
+    engine, _ = experiment.load_run(run)
+    resumed = engine.params
+
+    # Training 16 rounds from scratch without client 3 gives the very same models: nothing re-learned.
+    reference, _ = retrain(engine, rounds=16, progress=False)
+    assert torch.equal(resumed, reference.params)
+    # What re-learning would have given: the same 8 more rounds with client 3's data.
+    relearn = Engine(config=_digits(16))
+    relearn.load_state({"round": np.array(8), "params": stored.arrays["params/unlearned"], "ledger": np.zeros((10, 10))})
+    relearn.train(8, progress=False)
+    fa_resumed, fa_relearned = _accuracy_on_client(engine, resumed, 3), _accuracy_on_client(relearn, relearn.params, 3)
+    assert fa_resumed < 0.7 and fa_relearned > 0.85, (fa_resumed, fa_relearned)
+
+
+def test_disk_error_while_recording_a_forget_leaves_the_run_untouched(tmp_path, monkeypatch, capsys):
+    experiment.run(_small(rounds=4), out=tmp_path / "run", progress=False)
+    run = tmp_path / "run"
+    before = _files(run)
+    real = history.write_h5
+
+    def full_disk(path, **kwargs):
+        real(Path(path).with_name("scratch.h5"), **kwargs)  # the bytes are built, then the disk is full
+        raise OSError(errno.ENOSPC, "No space left on device", str(path))
+    monkeypatch.setattr(history, "write_h5", full_disk)
+    assert main(["forget", str(run), "--clients", "2"]) == 2
+    assert "No space left on device" in capsys.readouterr().err
+    (run / "scratch.h5").unlink()
+    assert _files(run) == before
+    monkeypatch.setattr(history, "write_h5", real)
+    (run / "report.json").unlink()  # a lost report.json is rebuilt, not an error
+    assert main(["forget", str(run), "--clients", "2"]) == 0
+    assert json.loads((run / "report.json").read_text())["unlearn"]["forgotten"] == {"2": list(range(30))}
+
+
+def test_run_refuses_to_overwrite_a_finished_run(tmp_path, capsys):
+    cfg_path = tmp_path / "exp.toml"
+    cfg_path.write_text(config.dumps(_small(rounds=3)))
+    out = tmp_path / "out"
+    assert main(["run", str(cfg_path), "--out", str(out)]) == 0
+    before = _files(out)
+    assert main(["run", str(cfg_path), "--out", str(out), "--set", "train.lr=0.3"]) == 2
+    assert "already holds a run" in capsys.readouterr().err
+    assert _files(out) == before
+    assert main(["run", str(cfg_path), "--out", str(out), "--set", "train.lr=0.3", "--overwrite"]) == 0
+    assert config.loads(history.read_h5(out / "history.h5").attrs["config_toml"]).train.lr == 0.3
+
+
+def test_divergence_stops_with_the_round_and_keeps_the_last_good_checkpoint(tmp_path, capsys):
+    cfg_path = tmp_path / "exp.toml"
+    cfg_path.write_text(config.dumps(config.replace(_small(rounds=40), train={"lr": 1e6})))
+    out = tmp_path / "out"
+    assert main(["run", str(cfg_path), "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    bad_round = int(err.split("diverged in round ")[1].split(":")[0])
+    assert "lower train.lr (now 1e+06, e.g. to 100000)" in err and f"last good checkpoint (round {bad_round - 1})" in err
+    stored = history.read_h5(out / "history.h5")
+    assert stored.attrs["rounds_done"] == bad_round - 1 and not stored.attrs["complete"]
+    assert np.isfinite(stored.arrays["checkpoint/params"]).all()
+
+    def refuse(token):
+        raise ValueError(f"not strict JSON: {token}")
+    json.loads((out / "report.json").read_text(), parse_constant=refuse)
+
+
+def test_report_json_is_strict():
+    assert history.json_text({"a": float("nan"), "b": [float("inf"), 1.5], "c": np.float32(-np.inf)}) == \
+        json.dumps({"a": None, "b": [None, 1.5], "c": None}, indent=2)
+
+
+def test_writes_clean_stale_temporaries_respect_umask_and_sync_the_folder(tmp_path, monkeypatch):
+    stale = tmp_path / ".history.h5.abc123.tmp"
+    stale.write_bytes(b"left by a killed writer")
+    synced = []
+    real = history._fsync_dir
+    monkeypatch.setattr(history, "_fsync_dir", lambda folder: (synced.append(Path(folder)), real(folder)))
+    old = os.umask(0o027)
+    try:
+        history.write_h5(tmp_path / "history.h5", attrs={}, arrays={"a": np.zeros(2)})
+        history.write_json(tmp_path / "report.json", {"a": 1})
+    finally:
+        os.umask(old)
+    assert not stale.exists()
+    assert (tmp_path / "history.h5").stat().st_mode & 0o777 == 0o640
+    assert (tmp_path / "report.json").stat().st_mode & 0o777 == 0o640
+    assert synced == [tmp_path, tmp_path]
+
+
+def test_graph_file_ids_are_relabelled_numerically(tmp_path):
+    from p2pforget import topology
+    path = tmp_path / "g.edgelist"
+    path.write_text("1.0 2.0\n2.0 10.0\n10.0 3.0\n3.0 1.0\n")
+    g = topology.read_graph_file(path)
+    # node ids 1, 2, 3, 10 become clients 0, 1, 2, 3 in numeric order (a text sort would put 10 second)
+    assert sorted(tuple(sorted(e)) for e in g.edges) == [(0, 1), (0, 2), (1, 3), (2, 3)]
+
+
+def test_relative_paths_are_stored_resolved_and_can_be_moved(tmp_path, monkeypatch, capsys):
+    work = tmp_path / "work"
+    work.mkdir()
+    (work / "ring5.edgelist").write_text("0 1\n1 2\n2 3\n3 4\n4 0\n")
+    data = {"run": {"rounds": 3}, "topology": {"kind": "file", "n_clients": 5, "path": "ring5.edgelist"},
+            "data": {"n_samples_per_client": 8, "n_test": 10}}
+    (work / "exp.toml").write_text(config.dumps(config.from_dict(data)))
+    monkeypatch.chdir(tmp_path)  # the path is relative to the config file, not to here
+    assert main(["run", "work/exp.toml", "--out", "work/run"]) == 0
+    stored = config.loads(history.read_h5(work / "run" / "history.h5").attrs["config_toml"])
+    assert stored.topology.path == str((work / "ring5.edgelist").resolve())
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    assert main(["forget", str(work / "run"), "--clients", "1", "--no-retrain"]) == 0
+    (work / "ring5.edgelist").rename(elsewhere / "moved.edgelist")
+    assert main(["forget", str(work / "run"), "--clients", "2", "--no-retrain"]) == 2
+    assert "does not exist; set topology.path" in capsys.readouterr().err
+    assert main(["forget", str(work / "run"), "--clients", "2", "--no-retrain", "--set",
+                 f"topology.path={str(elsewhere / 'moved.edgelist')!r}"]) == 0
+
+
+def test_progress_false_prints_nothing(capfd):
+    from p2pforget.unlearn import forget
+    cfg = config.from_dict({"topology": {"kind": "ring", "n_clients": 16}, "data": {"n_samples_per_client": 6},
+                            "train": {"dtype": "float64"}, "unlearn": {"certified": {"averaging": "gossip", "curvature_tol": 1e-10}}})
+    engine = Engine(config=cfg)
+    engine.train(2, progress=False)
+    capfd.readouterr()
+    result = forget(engine, clients=[3], progress=False)
+    assert result.cost["unlearn"].comm_bytes > 0
+    out, err = capfd.readouterr()
+    assert out == "" and err == ""
