@@ -1,7 +1,7 @@
 """One run per topology with the same config and seed, then a comparison table and plot.
 
-    .venv/bin/python launch/sweep_topologies.py experiment.toml --topologies ring,torus,star,erdos_renyi,small_world
-    mpirun -n 4 .venv/bin/python -m mpi4py launch/sweep_topologies.py experiment.toml   # each run over 4 ranks
+    .venv/bin/python launch/sweep_topologies.py examples/experiment.toml --topologies ring,torus,star,erdos_renyi,small_world
+    mpirun -n 4 .venv/bin/python -m mpi4py launch/sweep_topologies.py examples/experiment.toml   # each run over 4 ranks
 
 The same as `p2pforget compare`; runs go to OUT/<topology>/ (OUT defaults to runs/sweep), the
 table to OUT/summary.json and the plot to OUT/comparison.png. With an [unlearn] section every

@@ -269,7 +269,8 @@ def main(argv: list[str] | None = None) -> int:
         return args.fn(args)
     except (ValueError, OSError) as e:
         message = str(e) if not isinstance(e, OSError) or not e.strerror else f"{e.strerror}: {e.filename or ''}".rstrip(": ")
-        print(f"p2pforget: error: {'; '.join(line.strip() for line in message.splitlines() if line.strip())}", file=sys.stderr)
+        if not getattr(e, "reported_by_root", False):
+            print(f"p2pforget: error: {'; '.join(line.strip() for line in message.splitlines() if line.strip())}", file=sys.stderr)
         _abort_other_ranks(2)
         return 2
     except KeyboardInterrupt:

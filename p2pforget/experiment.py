@@ -181,6 +181,8 @@ def _at_root(transport: Transport, fn: Callable[[], Any]) -> Any:
             payload = e
     payload = transport.bcast_object(payload)
     if isinstance(payload, ValueError):
+        if not transport.is_root:
+            payload.reported_by_root = True  # the command line prints it once, at the root
         raise payload
     return payload
 
@@ -360,7 +362,7 @@ def forget_run(run_dir: str | Path, *, clients=(), samples: dict | None = None, 
     the request to its files, all or nothing; returns the updated report at the root."""
     run_dir = Path(run_dir)
     if transport is None:
-        stored = config_mod.loads(history.read_run(run_dir / "history.h5").attrs["config_toml"])
+        stored = config_mod.loads(transport_mod.at_launch_root(lambda: history.read_run(run_dir / "history.h5").attrs["config_toml"]))
         transport = transport_mod.make(stored.run.transport, n_clients=stored.topology.n_clients)
     # The lock is taken before the run is read, so that two requests cannot both start from the same state.
     with writing(transport, run_dir, resume=True, command=f"p2pforget forget {run_dir}"):

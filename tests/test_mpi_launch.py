@@ -104,3 +104,21 @@ def test_launcher_and_mpi_library_mismatch_is_clear(tmp_path):
                          env=ENV | {"OMPI_COMM_WORLD_SIZE": "3"}, capture_output=True, text=True, timeout=120)
     assert res.returncode == 2
     assert "the launcher started 3 processes but MPI sees 1" in res.stderr
+
+
+@pytest.mark.parametrize("command", ["forget", "resume"])
+def test_damaged_run_file_under_mpirun_is_one_clear_line(tmp_path, command):
+    """A truncated history.h5 read by `forget` or `run --resume` at 2 ranks: exit status 2, the
+    error printed once, no traceback, no rank left waiting."""
+    cfg, path = _config(tmp_path)
+    experiment.run(cfg, out=tmp_path / "run", progress=False)
+    h5 = tmp_path / "run" / "history.h5"
+    h5.write_bytes(h5.read_bytes()[:2000])
+    argv = (["forget", str(tmp_path / "run"), "--clients", "1"] if command == "forget"
+            else ["run", str(path), "--resume", str(tmp_path / "run")])
+    res = subprocess.run([str(MPIRUN), "-n", "2", "--oversubscribe", sys.executable, "-m", "p2pforget"] + argv,
+                         env=ENV, capture_output=True, text=True, timeout=120)
+    assert res.returncode == 2, res.stderr
+    assert "Traceback" not in res.stderr
+    errors = [line for line in res.stderr.splitlines() if line.startswith("p2pforget: error:")]
+    assert len(errors) == 1 and "history.h5 is not a readable HDF5 run file" in errors[0], res.stderr

@@ -84,6 +84,28 @@ def launched_size() -> int:
     return 1
 
 
+def at_launch_root(fn):
+    """``fn()`` at rank 0 of the launched job, before any :class:`Transport` exists; every rank
+    gets its result, or raises its ``ValueError`` (marked ``reported_by_root`` off the root)."""
+    if launched_size() == 1:
+        return fn()
+    from mpi4py import MPI
+
+    comm = MPI.COMM_WORLD
+    payload = None
+    if comm.Get_rank() == 0:
+        try:
+            payload = fn()
+        except ValueError as e:
+            payload = e
+    payload = comm.bcast(payload, root=0)
+    if isinstance(payload, ValueError):
+        if comm.Get_rank() != 0:
+            payload.reported_by_root = True
+        raise payload
+    return payload
+
+
 def make(kind: str, *, n_clients: int) -> Transport:
     """The transport for ``run.transport``: ``"local"``, ``"mpi"``, or ``"auto"`` (MPI when
     launched with more than one rank, in-process otherwise)."""
