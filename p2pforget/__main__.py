@@ -131,10 +131,11 @@ def cmd_demo(args: argparse.Namespace) -> int:
           f"{list(u.clients)} with {u.method} unlearning (epsilon={o.epsilon}, delta={o.delta}) next to Retrain")
     result = experiment.run(cfg, out=out, overwrite=args.overwrite)
     m = result.engine.metrics
+    at = {r: k for k, r in enumerate(m["round"])}
     step = max(1, cfg.run.rounds // 6)
-    rows = [[r, m["loss_mean"][r - 1], m["test_acc_mean"][r - 1], m["test_acc_min"][r - 1], m["consensus_distance"][r - 1],
+    rows = [[r, m["loss_mean"][at[r]], m["test_acc_mean"][at[r]], m["test_acc_min"][at[r]], m["consensus_distance"][at[r]],
              sum(m["bytes_sent"][:r]) / 1e6]
-            for r in sorted({1, *range(step, cfg.run.rounds + 1, step), cfg.run.rounds}) if r <= len(m["loss_mean"])]
+            for r in sorted({1, *range(step, cfg.run.rounds + 1, step), cfg.run.rounds}) if r in at]
     print(report.table(["round", "loss", "test acc (mean)", "test acc (min)", "consensus", "comm MB"], rows))
     if "unlearn" in result.report:
         print()

@@ -36,15 +36,21 @@ class MixingRows:
     weight: np.ndarray  # (n_rows, slots) float64
 
     @classmethod
-    def from_matrix(cls, W: np.ndarray, *, lo: int, hi: int) -> "MixingRows":
-        rows = [np.flatnonzero(W[i]) for i in range(lo, hi)]
-        slots = max((len(r) for r in rows), default=1)
-        idx = np.empty((hi - lo, slots), dtype=np.int64)
+    def from_matrix(cls, W, *, lo: int, hi: int) -> "MixingRows":
+        """Rows ``lo..hi-1`` of ``W`` (dense, or a sparse matrix / array), vectorized over the rows."""
+        import scipy.sparse as sp
+
+        block = sp.csr_array(W[lo:hi] if sp.issparse(W) else np.asarray(W)[lo:hi], dtype=np.float64)
+        block.eliminate_zeros()
+        block.sort_indices()
+        counts = np.diff(block.indptr)
+        slots = max(int(counts.max(initial=0)), 1)
+        row = np.repeat(np.arange(hi - lo), counts)
+        slot = np.arange(block.nnz) - np.repeat(block.indptr[:-1], counts)
+        idx = np.repeat(np.arange(lo, hi, dtype=np.int64)[:, None], slots, axis=1)
         weight = np.zeros((hi - lo, slots), dtype=np.float64)
-        for r, (i, cols) in enumerate(zip(range(lo, hi), rows)):
-            idx[r] = i
-            idx[r, :len(cols)] = cols
-            weight[r, :len(cols)] = W[i, cols]
+        idx[row, slot] = block.indices
+        weight[row, slot] = block.data
         return cls(idx=idx, weight=weight)
 
 
@@ -53,11 +59,11 @@ def gossip_mix(X: torch.Tensor, idx: torch.Tensor | np.ndarray, weight: torch.Te
 
     ``idx`` indexes rows of ``X`` (which holds every row the output needs).
     """
-    idx = torch.as_tensor(idx)
-    weight = torch.as_tensor(weight, dtype=X.dtype)
-    out = weight[:, 0:1] * X[idx[:, 0]]
+    idx = torch.as_tensor(idx, device=X.device)
+    weight = torch.as_tensor(weight, dtype=X.dtype, device=X.device)
+    out = torch.index_select(X, 0, idx[:, 0]).mul_(weight[:, 0:1])
     for s in range(1, idx.shape[1]):
-        out = out + weight[:, s:s + 1] * X[idx[:, s]]
+        out.add_(torch.index_select(X, 0, idx[:, s]).mul_(weight[:, s:s + 1]))  # no fused multiply-add: same bits everywhere
     return out
 
 
@@ -111,7 +117,15 @@ class FedAvg:
         return weighted_average(uploads.client_params, uploads.weights)
 
 
-def fedavg_matrix(weights: np.ndarray) -> np.ndarray:
-    """The (n, n) matrix one FedAvg round applies to the clients' models: every row is ``w / sum(w)``."""
+def fedavg_weights(weights: np.ndarray) -> np.ndarray:
+    """``w / sum(w)``: every row of the (rank-one, dense) matrix one FedAvg round applies to the
+    clients' models, ``1 (w / sum w)^T``."""
     w = np.asarray(weights, dtype=np.float64)
-    return np.tile(w / w.sum(), (len(w), 1))
+    return w / w.sum()
+
+
+def fedavg_matrix(weights: np.ndarray) -> np.ndarray:
+    """The (n, n) matrix one FedAvg round applies to the clients' models: every row is ``w / sum(w)``
+    (for small ``n``: checks and plots)."""
+    w = fedavg_weights(weights)
+    return np.tile(w, (len(w), 1))

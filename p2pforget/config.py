@@ -48,7 +48,10 @@ class RunConfig:
     seed: int = bounded(0, 0)
     rounds: int = bounded(20, 0)
     out: str = "runs/default"
-    checkpoint_every: int = bounded(1, 1)
+    checkpoint_every: int = bounded(0, 0)
+    eval_every: int = bounded(1, 0)
+    vmap_width: int = bounded(256, 1)
+    device: str = choice("cpu", "cpu", "cuda", "auto")
     transport: str = choice("auto", "auto", "local", "mpi")
     plugins: tuple[str, ...] = ()
 
@@ -107,6 +110,16 @@ class TrainConfig:
 
 
 @dataclass(frozen=True)
+class LedgerConfig:
+    """The influence ledger (see :mod:`p2pforget.ledger`): ``full`` keeps every node's whole row,
+    ``sparse`` each row's ``keep`` largest entries (the rest is counted as dropped mass), ``off``
+    none (pure training studies)."""
+
+    kind: str = choice("full", "full", "sparse", "off")
+    keep: int = bounded(32, 1)
+
+
+@dataclass(frozen=True)
 class UnlearnConfig:
     """What to forget and with which method; each method's own keys live in ``[unlearn.<method>]``
     (``tables`` maps every registered method that has options to its options dataclass)."""
@@ -140,6 +153,7 @@ class Config:
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    ledger: LedgerConfig = field(default_factory=LedgerConfig)
     unlearn: UnlearnConfig = field(default_factory=UnlearnConfig)
 
 

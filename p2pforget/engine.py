@@ -11,33 +11,33 @@ Example
 >>> cfg = config.from_dict({"topology": {"kind": "ring", "n_clients": 4}, "data": {"n_samples_per_client": 10}})
 >>> engine = Engine(config=cfg)
 >>> engine.train(2, progress=False)
->>> len(engine.metrics["test_acc_mean"])
-2
+>>> engine.metrics["round"], len(engine.metrics["test_acc_mean"])
+([1, 2], 2)
 """
 from __future__ import annotations
 
+import math
 import time
 import warnings
 from typing import Callable, Iterable
 
 import numpy as np
+import scipy.sparse as sp
 import torch
 from torch.func import grad_and_value
 from tqdm import tqdm
 
-from . import aggregate, data as datasets, models, seeding, topology
+from . import aggregate, data as datasets, devices, ledger as ledger_mod, models, seeding, topology
 from .config import Config
 from . import transport as transport_mod
 from .registry import AGGREGATORS, ROUNDS
-from .tasks import Batch, Task, fixed_width_vmap
+from .tasks import Batch, Task, fixed_width_vmap, row_by_row
 from .transport import Transport
 
-VMAP_WIDTH = 8
-"""Clients are evaluated in vmap batches of exactly ``min(VMAP_WIDTH, n_clients)`` rows (the last
-batch padded). Fixed batch shapes keep each client's arithmetic independent of how many
-clients its process hosts, which keeps results bit-identical at any number of ranks."""
-
-METRICS = ("loss_mean", "test_acc_mean", "test_acc_min", "consensus_distance", "bytes_sent")
+EVAL_METRICS = ("loss_mean", "test_acc_mean", "test_acc_min", "consensus_distance")
+"""Recorded at evaluation rounds (``run.eval_every``), listed in ``metrics["round"]``."""
+METRICS = ("round", *EVAL_METRICS, "bytes_sent")
+"""``bytes_sent`` has one entry per round."""
 
 
 class DivergenceError(ValueError):
@@ -71,6 +71,7 @@ class Engine:
         self.transport = transport or transport_mod.make(cfg.run.transport, n_clients=n)
         self.lo, self.hi = self.transport.block
         self.dtype = getattr(torch, cfg.train.dtype)
+        self.device = devices.select(cfg.run.device)
         self.seed = cfg.run.seed
         self.aggregator = aggregator or AGGREGATORS.get(cfg.train.aggregator)()
 
@@ -87,19 +88,24 @@ class Engine:
             raise ValueError("train.algorithm = 'gradient_tracking' communicates after every step; set train.local_steps = 1")
 
         self.data = datasets.build(cfg.data, n_clients=n, seed=self.seed)
-        self.x = torch.as_tensor(self.data.x[self.lo:self.hi], dtype=self.dtype)
-        self.y = torch.as_tensor(self.data.y[self.lo:self.hi])
+        self.x = torch.as_tensor(self.data.x[self.lo:self.hi], dtype=self.dtype, device=self.device)
+        self.y = torch.as_tensor(self.data.y[self.lo:self.hi], device=self.device)
         # Which samples each client still trains on, and which nodes are still in the graph;
         # forgetting (exclude) changes both.
         self.retained = self.data.valid.copy()
         self.members = np.ones(n, dtype=bool)
-        self.x_test = torch.as_tensor(self.data.x_test, dtype=self.dtype)
-        self.y_test = torch.as_tensor(self.data.y_test)
+        self.x_test = torch.as_tensor(self.data.x_test, dtype=self.dtype, device=self.device)
+        self.y_test = torch.as_tensor(self.data.y_test, device=self.device)
 
         self.model = models.FlatModel(models.build(cfg.model, input_shape=self.data.input_shape, n_classes=self.data.n_classes))
+        self.model.module.to(self.device)
         self.task = Task(model=self.model, weight_decay=cfg.train.weight_decay)
         self.dim = self.model.dim
-        self.width = min(VMAP_WIDTH, n)
+        # Clients are computed in vmap batches of exactly `width` rows (the last one padded): fixed
+        # batch shapes keep each client's arithmetic independent of how many clients a process
+        # hosts, which keeps results bit-identical at any number of ranks.
+        self.width = min(cfg.run.vmap_width, n)
+        self.vectorized = True  # False after vmap failed once for this model: row-by-row fallback
         self._grad_fn = grad_and_value(self.task.objective)
 
         self._update_topology()
@@ -108,7 +114,7 @@ class Engine:
         self.init_params = self._init_params()
         self.params = self.init_params.clone()
         self.optimizer_state: dict[str, torch.Tensor] = {}  # e.g. gradient tracking's tracker / last_grad
-        self.ledger = torch.zeros(self.hi - self.lo, n, dtype=torch.float64)  # row i: C_i (see ledger.py)
+        self.ledger = self._empty_ledger()  # row i: C_i (see ledger.py)
         self.round = 0
         self.metrics: dict[str, list[float]] = {name: [] for name in METRICS}
         self.eval_seconds = 0.0  # spent on the per-round metrics: simulator bookkeeping, not training
@@ -132,9 +138,11 @@ class Engine:
         return range(self.lo, self.hi)
 
     # ------------------------------------------------------------------ setup
-    def _static_mixing(self) -> np.ndarray:
+    def _static_mixing(self) -> sp.csr_array | None:
+        """The gossip graph's sparse mixing matrix (``None`` on a star: its round is FedAvg, whose
+        rank-one matrix ``1 w^T`` is kept as :attr:`fedavg_weights`)."""
         if self.is_star:
-            return aggregate.fedavg_matrix(self.sample_counts)
+            return None
         t = self.config.topology
         if t.mixing == "file" and self.members.all():
             W = topology.load_mixing(t.mixing_path, self.graph)
@@ -149,21 +157,24 @@ class Engine:
         torus); lazy mixing moves the spectrum into [0, 1]."""
         if self.is_star or self.config.topology.lazy or self.round_name != "gradient_tracking" or self.n_clients > 2000:
             return
-        lowest = float(np.linalg.eigvalsh((self.base_mixing + self.base_mixing.T) / 2).min())
+        dense = self.base_mixing.toarray()
+        lowest = float(np.linalg.eigvalsh((dense + dense.T) / 2).min())
         if lowest < -0.5:
             warnings.warn(f"the mixing matrix has eigenvalue {lowest:.2f}: gradient tracking may stall or diverge; "
                           "set topology.lazy = true (W <- (W + I)/2) or lower train.lr", stacklevel=3)
 
     def _update_topology(self) -> None:
         self.base_mixing = self._static_mixing()
+        self.fedavg_weights = aggregate.fedavg_weights(self.sample_counts) if self.is_star else None
+        self._stats: topology.Stats | None = None
         neighbours = {i: [] if self.is_star else sorted(self.graph.neighbors(i)) for i in range(self.n_clients)}
         self.halo = self.transport.neighbourhood(neighbours)
         ext_ids = list(range(self.lo, self.hi)) + list(self.halo.ids)
         self._ext_pos = np.full(self.n_clients, -1, dtype=np.int64)
         self._ext_pos[ext_ids] = np.arange(len(ext_ids))
         self._rows_of: tuple = (None, None, None)
-        self._local_mask = torch.as_tensor(self.retained[self.lo:self.hi], dtype=self.dtype)
-        self._local_active = torch.as_tensor(self.has_data[self.lo:self.hi], dtype=self.dtype)
+        self._local_mask = torch.as_tensor(self.retained[self.lo:self.hi], dtype=self.dtype, device=self.device)
+        self._local_active = torch.as_tensor(self.has_data[self.lo:self.hi], dtype=self.dtype, device=self.device)
 
     def exclude(self, *, samples: dict[int, np.ndarray] | None = None, removed: Iterable[int] = ()) -> None:
         """Take data out of training, and nodes out of the graph, for every later round.
@@ -187,15 +198,15 @@ class Engine:
     def _init_params(self) -> torch.Tensor:
         if self.config.train.same_init or self.is_star:
             v = self.model.init_vector(seeding.int_seed(self.seed, purpose="init"), self.dtype)
-            return v.expand(self.hi - self.lo, -1).clone()
+            return v.to(self.device).expand(self.hi - self.lo, -1).clone()
         return torch.stack([self.model.init_vector(seeding.int_seed(self.seed, client=i, purpose="init"), self.dtype)
-                            for i in range(self.lo, self.hi)])
+                            for i in range(self.lo, self.hi)]).to(self.device)
 
     # ------------------------------------------------------------------ parameters and state
     def set_params(self, rows: torch.Tensor, *, keep_optimizer_state: bool = False) -> None:
         """Replace this process's stacked parameters; the optimizer state (gradient tracking's
         tracker) restarts from them unless ``keep_optimizer_state``."""
-        self.params = rows.detach().to(self.dtype).clone()
+        self.params = rows.detach().to(device=self.device, dtype=self.dtype).clone()
         if not keep_optimizer_state:
             self.optimizer_state = {}
 
@@ -210,21 +221,30 @@ class Engine:
         ``model.mask("V")``) only those entries are differentiated (the rest of the gradient is 0),
         and back-propagation stops at the layers that do not need it."""
         if mask is None:
-            return fixed_width_vmap(self._grad_fn, self.width, params, batch, self._local_active)
+            return self.per_client(self._grad_fn, params, batch, self._local_active)
         idx = torch.nonzero(mask).squeeze(1)
 
         def partial(sub, frozen, b, active):
             return self.task.objective(self.model.compose(frozen, sub, mask), b, active)
 
-        g_sub, value = fixed_width_vmap(grad_and_value(partial), self.width, params[:, idx], params.detach(), batch,
-                                        self._local_active)
+        g_sub, value = self.per_client(grad_and_value(partial), params[:, idx], params.detach(), batch, self._local_active)
         g = torch.zeros_like(params)
         g[:, idx] = g_sub
         return g, value
 
     def per_client(self, fn: Callable, *args) -> torch.Tensor:
-        """``fn(*row_args)`` for every local client, vmapped in the engine's fixed-width chunks."""
-        return fixed_width_vmap(fn, self.width, *args)
+        """``fn(*row_args)`` for every local client, vmapped in the engine's fixed-width chunks
+        (``run.vmap_width``); row by row for a model that ``vmap`` cannot batch, reported once."""
+        if self.vectorized:
+            try:
+                return fixed_width_vmap(fn, self.width, *args)
+            except (RuntimeError, NotImplementedError) as e:
+                if "vmap" not in str(e).lower() and "batching rule" not in str(e).lower():
+                    raise
+                self.vectorized = False
+                warnings.warn(f"model.kind = {self.config.model.kind!r} cannot be vectorized by torch.func.vmap "
+                              f"({' '.join(str(e).split())[:160]}); computing clients one by one (slower)", stacklevel=2)
+        return row_by_row(fn, *args)
 
     def full_batch(self) -> Batch:
         """Every sample of this process's clients, with the mask of those still trained on."""
@@ -236,16 +256,11 @@ class Engine:
         b, m = self.config.train.batch_size, self.x.shape[1]
         if b == 0 or b >= m:
             return self.full_batch()
-        idx = np.zeros((self.hi - self.lo, b), dtype=np.int64)
-        mask = np.zeros((self.hi - self.lo, b))
-        for r, i in enumerate(range(self.lo, self.hi)):
-            pool = np.flatnonzero(self.retained[i])
-            take = min(b, len(pool))
-            idx[r, :take] = seeding.rng(self.seed, client=i, purpose="batch", counters=key).choice(pool, take, replace=False)
-            mask[r, :take] = 1.0
-        idx = torch.as_tensor(idx)
-        rows = torch.arange(self.hi - self.lo)[:, None]
-        return {"x": self.x[rows, idx], "y": self.y[rows, idx], "mask": torch.as_tensor(mask, dtype=self.dtype)}
+        keys = seeding.uniform_keys(self.seed, np.arange(self.lo, self.hi), purpose="batch", counters=key, width=m)
+        idx, mask = seeding.sample_without_replacement(keys, self.retained[self.lo:self.hi], b)
+        idx = torch.as_tensor(idx, device=self.device)
+        rows = torch.arange(self.hi - self.lo, device=self.device)[:, None]
+        return {"x": self.x[rows, idx], "y": self.y[rows, idx], "mask": torch.as_tensor(mask, dtype=self.dtype, device=self.device)}
 
     def local_steps(self, params: torch.Tensor, *, grad_mask: torch.Tensor | None = None,
                     key_round: int | None = None) -> torch.Tensor:
@@ -258,11 +273,12 @@ class Engine:
         key_round = self.round if key_round is None else key_round
         for s in range(self.config.train.local_steps):
             g, _ = self.gradients(params, self.batch((key_round, s)), mask=grad_mask)
-            params = params - lr * g
+            params = params - g.mul_(lr)
         return params
 
-    def mixing_at(self, round: int) -> np.ndarray:
-        """The (n, n) mixing matrix used in ``round`` (edge dropout makes it time-varying)."""
+    def mixing_at(self, round: int) -> sp.csr_array | None:
+        """The sparse (n, n) mixing matrix used in ``round`` (edge dropout makes it time-varying;
+        ``None`` on a star)."""
         t = self.config.topology
         if t.dropout == 0 or self.is_star:
             return self.base_mixing
@@ -274,12 +290,18 @@ class Engine:
         """One gossip step ``x_i <- sum_j W_ij x_j`` of stacked local ``rows`` (default ``W``: the
         current static mixing matrix); neighbours' rows come through the transport."""
         W = self.base_mixing if W is None else W
-        ext = torch.cat([rows, self.halo.exchange(rows)])
-        if self._rows_of[0] is not W:  # a static graph mixes with the same matrix object every round
-            mr = aggregate.MixingRows.from_matrix(W, lo=self.lo, hi=self.hi)
-            self._rows_of = (W, torch.as_tensor(self._ext_pos[mr.idx]), torch.as_tensor(mr.weight))
-        _, idx, weight = self._rows_of
+        ext = torch.cat([rows, self.halo.exchange(rows)]) if len(self.halo.ids) else rows
+        idx, weight = self._mixing_rows(W)
         return aggregate.gossip_mix(ext, idx, weight)
+
+    def _mixing_rows(self, W: sp.csr_array) -> tuple[torch.Tensor, torch.Tensor]:
+        """This process's rows of ``W`` as padded neighbour lists: positions in ``[local rows,
+        halo rows]`` and weights (cached: a static graph mixes with the same matrix every round)."""
+        if self._rows_of[0] is not W:
+            mr = aggregate.MixingRows.from_matrix(W, lo=self.lo, hi=self.hi)
+            self._rows_of = (W, torch.as_tensor(self._ext_pos[mr.idx], device=self.device),
+                             torch.as_tensor(mr.weight, device=self.device))
+        return self._rows_of[1], self._rows_of[2]
 
     def neighbour_rows(self, rows: torch.Tensor) -> tuple[torch.Tensor, np.ndarray]:
         """This process's ``rows`` followed by the rows of its clients' graph neighbours hosted
@@ -304,7 +326,7 @@ class Engine:
         itemsize = flat.element_size()
         if self.is_star or averaging == "tree":
             full = self.transport.gather(flat)
-            total = full[torch.as_tensor(nodes)].sum(dim=0) if self.transport.is_root else None
+            total = full[torch.as_tensor(nodes, device=full.device)].sum(dim=0) if self.transport.is_root else None
             total = self.transport.broadcast(total, like=flat[0])
             messages = 2 * len(nodes) if self.is_star else 2 * (len(nodes) - 1)
             return total.expand_as(flat).reshape(rows.shape).clone(), float(messages * flat.shape[1] * itemsize), 1
@@ -313,34 +335,83 @@ class Engine:
         x = flat
         for _ in tqdm(range(R), desc="gossip sum", leave=False, disable=not (progress and self.transport.is_root) or R < 200):
             x = self.mix(x, W)
-        messages = np.count_nonzero(W) - np.count_nonzero(np.diag(W))
+        messages = np.count_nonzero(W.data) - np.count_nonzero(W.diagonal())
         return (len(nodes) * x).reshape(rows.shape), float(R * messages * flat.shape[1] * itemsize), R
 
-    def message_bytes(self, W: np.ndarray, vectors: int, *, entries: int | None = None) -> float:
+    def message_bytes(self, W: sp.csr_array | None, vectors: int, *, entries: int | None = None) -> float:
         """Bytes one exchange of ``vectors`` vectors of ``entries`` numbers (default: the model size)
         moves over ``W``'s edges (on a star: up to the hub and back)."""
         itemsize = torch.finfo(self.dtype).bits // 8
         if self.is_star:
             messages = 2 * self.n_clients
         else:
-            messages = int(np.count_nonzero(W) - np.count_nonzero(np.diag(W)))
+            W = sp.csr_array(W)
+            messages = int(np.count_nonzero(W.data) - np.count_nonzero(W.diagonal()))
         return float(messages * vectors * (self.dim if entries is None else entries) * itemsize)
 
     # ------------------------------------------------------------------ rounds
     def step(self) -> None:
-        """One round of the configured algorithm (see :mod:`p2pforget.rounds`), then the round's metrics."""
+        """One round of the configured algorithm (see :mod:`p2pforget.rounds`), then, at an
+        evaluation round (``run.eval_every``), the round's metrics."""
         W = self.mixing_at(self.round)
         vectors = self._round_fn(self, W)
         sent = self.message_bytes(W, vectors)
-        self._update_ledger(W)
+        if self.ledger is not None:
+            self._update_ledger(W)
         self.round += 1
-        self._record(sent)
+        if self.transport.is_root:
+            self.metrics["bytes_sent"].append(sent)
+        if self.evaluates(self.round):
+            self._record()
 
-    def _update_ledger(self, W: np.ndarray) -> None:
+    def evaluates(self, round: int) -> bool:
+        """Whether the metrics are computed after ``round``: every ``run.eval_every`` rounds and
+        at the last round of the run (``eval_every = 0``: only there)."""
+        k = self.config.run.eval_every
+        return round == self.config.run.rounds or (k > 0 and round % k == 0)
+
+    def _empty_ledger(self):
+        """A zero ledger of ``[ledger] kind``: dense ``[n_local, n]`` (full), :class:`~p2pforget.ledger.SparseRows`
+        (sparse) or ``None`` (off)."""
+        kind, rows = self.config.ledger.kind, self.hi - self.lo
+        if kind == "off":
+            return None
+        if kind == "sparse":
+            return ledger_mod.SparseRows.empty(rows, self.config.ledger.keep, device=self.device)
+        return torch.zeros(rows, self.n_clients, dtype=torch.float64, device=self.device)
+
+    def ledger_shares(self, clients: list[int]) -> torch.Tensor:
+        """``[n_local, len(clients)]``: the share of each client's updates in each local node's
+        model, from the influence ledger (see :mod:`p2pforget.ledger`)."""
+        if self.ledger is None:
+            raise ValueError("the influence ledger is off ([ledger] kind = \"off\"); set it to \"full\" or \"sparse\"")
+        if isinstance(self.ledger, ledger_mod.SparseRows):
+            return self.ledger.shares(clients)
+        return torch.as_tensor(ledger_mod.shares(self.ledger.cpu().numpy())[:, clients], device=self.device)
+
+    def _update_ledger(self, W: sp.csr_array | None) -> None:
         """``C <- W (C + I)`` with this round's mixing matrix (on a star, FedAvg's)."""
+        if isinstance(self.ledger, ledger_mod.SparseRows):
+            L, keep = self.ledger, self.config.ledger.keep
+            if self.is_star:
+                # Every row is the same c, and W (C + I) = C + 1 w^T: merge w into one row, copy it.
+                w = torch.as_tensor(self.fedavg_weights, device=self.device)
+                ids = torch.arange(self.n_clients, device=self.device)
+                row = ledger_mod.merge(torch.cat([L.index[0], ids])[None], torch.cat([L.value[0], w])[None],
+                                       L.dropped[:1], keep=keep, n=self.n_clients)
+                rows = self.hi - self.lo
+                self.ledger = ledger_mod.SparseRows(index=row.index.expand(rows, -1).clone(),
+                                                    value=row.value.expand(rows, -1).clone(),
+                                                    dropped=row.dropped.expand(rows).clone())
+                return
+            packed = L.pack(torch.arange(self.lo, self.hi, device=self.device))
+            pos, weight = self._mixing_rows(W)
+            self.ledger = ledger_mod.sparse_mix(torch.cat([packed, self.halo.exchange(packed)]), pos, weight,
+                                                keep=keep, n=self.n_clients)
+            return
         if self.is_star:
             # FedAvg's matrix is 1 w^T and every ledger row equals, so W (C + I) = C + 1 w^T.
-            self.ledger = self.ledger + torch.as_tensor(W[self.lo:self.hi])
+            self.ledger = self.ledger + torch.as_tensor(self.fedavg_weights, device=self.device)
             return
         eye = torch.zeros_like(self.ledger)
         eye[torch.arange(self.hi - self.lo), torch.arange(self.lo, self.hi)] = 1.0
@@ -353,7 +424,7 @@ class Engine:
         for _ in range(rounds):
             self.step()
             bar.update()
-            if self.transport.is_root:
+            if self.transport.is_root and self.metrics["round"] and self.metrics["round"][-1] == self.round:
                 bar.set_postfix(loss=f"{self.metrics['loss_mean'][-1]:.4f}", acc=f"{self.metrics['test_acc_mean'][-1]:.3f}")
             if callback is not None:
                 callback(self)
@@ -361,64 +432,111 @@ class Engine:
 
     # ------------------------------------------------------------------ metrics
     def evaluate(self, params: torch.Tensor | None = None) -> dict[str, np.ndarray] | None:
-        """Per-client train objective and test accuracy of stacked ``params`` (default: current),
-        as full (n_clients,) arrays at the root (``None`` elsewhere)."""
+        """Per-client train objective, test accuracy and distance to the members' mean model of
+        stacked ``params`` (default: current), as full (n_clients,) arrays at the root (``None``
+        elsewhere). Only per-client numbers travel: the mean model comes from an allreduce."""
         params = self.params if params is None else params
         n_loc = params.shape[0]
         xt = self.x_test.expand(n_loc, *self.x_test.shape)
         with torch.no_grad():
-            loss = fixed_width_vmap(self.task.objective, self.width, params.detach(), self.full_batch(), self._local_active)
-            logits = fixed_width_vmap(self.task.logits, self.width, params.detach(), xt)
-        acc = (logits.argmax(-1) == self.y_test).to(self.dtype).mean(dim=1)
-        full = self.transport.gather(torch.stack([loss, acc], dim=1))
+            loss = self.per_client(self.task.objective, params.detach(), self.full_batch(), self._local_active)
+            logits = self.per_client(self.task.logits, params.detach(), xt)
+            acc = (logits.argmax(-1) == self.y_test).to(self.dtype).mean(dim=1)
+            dist = torch.linalg.vector_norm(params.detach().double() - self.member_mean(params), dim=1)
+            finite = torch.isfinite(params).all(dim=1)
+        full = self.transport.gather(torch.stack([loss.double(), acc.double(), dist, finite.double()], dim=1))
         if full is None:
             return None
-        return {"loss": full[:, 0].numpy(), "test_acc": full[:, 1].numpy()}
+        full = full.cpu().numpy()
+        return {"loss": full[:, 0], "test_acc": full[:, 1], "distance_to_mean": full[:, 2], "finite": full[:, 3] > 0}
+
+    def member_mean(self, params: torch.Tensor) -> torch.Tensor:
+        """The mean of the member nodes' rows of ``params`` (float64, on every process), summed
+        exactly in 64-bit fixed point: the result does not depend on how clients are spread over
+        processes, at a resolution of about ``2^-60 * max|x| * n``."""
+        rows = params.detach().double()[torch.as_tensor(self.members[self.lo:self.hi], device=params.device)]
+        finite = torch.where(torch.isfinite(rows), rows, torch.zeros_like(rows))
+        top = finite.abs().max() if finite.numel() else torch.zeros((), dtype=torch.float64, device=params.device)
+        top = float(self.transport.allreduce(top.reshape(1), "max")[0])
+        n = int(self.members.sum())
+        shift = 61 - math.ceil(math.log2(max(top, 1e-300) * n + 1e-300))
+        q = torch.round(torch.ldexp(finite, torch.tensor(shift, device=params.device))).to(torch.int64).sum(dim=0)
+        total = self.transport.allreduce(q, "sum")
+        return torch.ldexp(total.double(), torch.tensor(-shift, device=params.device)) / n
 
     def gather_params(self, params: torch.Tensor | None = None) -> np.ndarray | None:
         """All clients' parameters (n_clients, d) at the root, ``None`` elsewhere."""
         full = self.transport.gather(self.params if params is None else params)
-        return None if full is None else full.detach().numpy().copy()
+        return None if full is None else full.detach().cpu().numpy().copy()
 
-    def _record(self, sent: float) -> None:
+    def _record(self) -> None:
         start = time.perf_counter()
         per_client = self.evaluate()
-        full = self.gather_params()
         self.eval_seconds += time.perf_counter() - start
         problem = None
         if per_client is not None:
             m = self.members
+            self.metrics["round"].append(self.round)
             self.metrics["loss_mean"].append(float(per_client["loss"][self.has_data].mean()))
             self.metrics["test_acc_mean"].append(float(per_client["test_acc"][m].mean()))
             self.metrics["test_acc_min"].append(float(per_client["test_acc"][m].min()))
-            self.metrics["consensus_distance"].append(consensus_distance(full[m]))
-            self.metrics["bytes_sent"].append(sent)
-            problem = _divergence(full[m], per_client["loss"][self.has_data], np.flatnonzero(m))
+            self.metrics["consensus_distance"].append(float(per_client["distance_to_mean"][m].mean()))
+            problem = _divergence(per_client["finite"][m], per_client["loss"][self.has_data], np.flatnonzero(m))
         problem = self.transport.bcast_object(problem)  # every process stops in the same round
         if problem:
             lr = self.config.train.lr
-            raise DivergenceError(f"training diverged in round {self.round}: {problem}; lower train.lr "
+            raise DivergenceError(f"training diverged by round {self.round}: {problem}; lower train.lr "
                                   f"(now {lr:g}, e.g. to {lr / 10:g}) and start the run again")
 
     # ------------------------------------------------------------------ state
     def state(self) -> dict[str, np.ndarray] | None:
         """Everything needed to continue training bit-identically (at the root; ``None`` elsewhere)."""
-        out = {"round": np.array(self.round), "params": self.gather_params(), "ledger": self.gather_params(self.ledger)}
+        out = {"round": np.array(self.round), "params": self.gather_params()}
+        if isinstance(self.ledger, ledger_mod.SparseRows):
+            out["ledger_index"] = self.gather_params(self.ledger.index)
+            out["ledger_value"] = self.gather_params(self.ledger.value)
+            out["ledger_dropped"] = self.gather_params(self.ledger.dropped)
+        elif self.ledger is not None:
+            out["ledger"] = self.gather_params(self.ledger)
         for name in sorted(self.optimizer_state):
             out[name] = self.gather_params(self.optimizer_state[name])
         if not self.transport.is_root:
             return None
-        return out | {f"metrics/{k}": np.asarray(v, dtype=np.float64) for k, v in self.metrics.items()}
+        return out | {f"metrics/{k}": np.asarray(v, dtype=np.int64 if k == "round" else np.float64)
+                      for k, v in self.metrics.items()}
 
     def load_state(self, state: dict[str, np.ndarray]) -> None:
         """Restore a :meth:`state` (every process passes the same full dict)."""
         rows = slice(self.lo, self.hi)
         self.round = int(state["round"])
-        self.params = torch.as_tensor(state["params"][rows], dtype=self.dtype).clone()
-        self.ledger = torch.as_tensor(state["ledger"][rows], dtype=torch.float64).clone()
-        self.optimizer_state = {k: torch.as_tensor(v[rows], dtype=self.dtype).clone() for k, v in state.items()
-                                if k not in ("round", "params", "ledger") and not k.startswith("metrics/")}
-        self.metrics = {k: [float(v) for v in state.get(f"metrics/{k}", [])] for k in METRICS}
+        self.params = torch.as_tensor(state["params"][rows], dtype=self.dtype).to(self.device).clone()
+        self.ledger = self._empty_ledger()
+        if isinstance(self.ledger, ledger_mod.SparseRows) and "ledger_index" in state:
+            self.ledger = ledger_mod.SparseRows(
+                index=torch.as_tensor(state["ledger_index"][rows], device=self.device).clone(),
+                value=torch.as_tensor(state["ledger_value"][rows], dtype=torch.float64, device=self.device).clone(),
+                dropped=torch.as_tensor(state["ledger_dropped"][rows], dtype=torch.float64, device=self.device).clone())
+        elif self.ledger is not None and "ledger" in state:
+            self.ledger = torch.as_tensor(state["ledger"][rows], dtype=torch.float64).to(self.device).clone()
+        self.optimizer_state = {k: torch.as_tensor(v[rows], dtype=self.dtype).to(self.device).clone()
+                                for k, v in state.items()
+                                if k not in ("round", "params") and not k.startswith(("ledger", "metrics/"))}
+        self.metrics = {k: [(int(v) if k == "round" else float(v)) for v in state.get(f"metrics/{k}", [])] for k in METRICS}
+        if not self.metrics["round"] and self.metrics["loss_mean"]:  # run files written before eval_every
+            self.metrics["round"] = list(range(1, len(self.metrics["loss_mean"]) + 1))
+
+    def topology_stats(self) -> topology.Stats:
+        """Degrees, diameter and spectral gap of the graph of the nodes still in it, computed once
+        per graph (a star's FedAvg round averages exactly: gap 1)."""
+        if self._stats is None:
+            kept = [v for v in self.graph.nodes if v >= self.n_clients or self.members[v]]
+            g = self.graph.subgraph(kept)
+            if self.is_star:
+                self._stats = topology.stats(g, gap=1.0)
+            else:
+                ids = np.flatnonzero(self.members)
+                self._stats = topology.stats(g, self.base_mixing[ids][:, ids])
+        return self._stats
 
     def objective_weights(self) -> np.ndarray:
         """Weight ``a_k`` of each client's objective in what training minimizes: 1 on a gossip graph
@@ -437,11 +555,11 @@ def consensus_distance(params: np.ndarray) -> float:
     return float(np.linalg.norm(params - params.mean(axis=0), axis=1).mean())
 
 
-def _divergence(params: np.ndarray, losses: np.ndarray, ids: np.ndarray) -> str | None:
-    """What is non-finite among the nodes' ``params`` and their clients' ``losses`` (``None``: all finite)."""
-    bad = ~np.isfinite(params).all(axis=1)
-    if bad.any():
-        return f"{int(bad.sum())} node(s) have non-finite parameters (first: client {int(ids[bad][0])})"
+def _divergence(finite: np.ndarray, losses: np.ndarray, ids: np.ndarray) -> str | None:
+    """What is non-finite among the nodes' parameters (``finite`` flags) and their clients'
+    ``losses`` (``None``: all finite)."""
+    if not finite.all():
+        return f"{int((~finite).sum())} node(s) have non-finite parameters (first: client {int(ids[~finite][0])})"
     if not np.isfinite(losses).all():
         return f"the training loss is {float(losses[~np.isfinite(losses)][0])}"
     return None

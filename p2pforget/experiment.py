@@ -19,9 +19,10 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 import numpy as np
+import scipy.sparse as sp
 import torch
 
-from . import config as config_mod, history, topology
+from . import config as config_mod, history
 from .config import Config
 from .engine import DivergenceError, Engine
 from . import transport as transport_mod
@@ -72,12 +73,21 @@ class Records:
         return (requests[-1] | {"requests": requests}) if requests else {}
 
 
+MIXING_ENTRIES_STORED = 5_000_000
+"""Time-varying mixing matrices (edge dropout) are stored per round up to this many entries in
+all; above it only the base matrix is (each round's is ``Engine.mixing_at(t)``, a pure function
+of the seed and the round)."""
+
+
 def _static_arrays(engine: Engine, rounds: int) -> dict[str, np.ndarray]:
     arrays = {"topology/edges": engine.edges()}
-    if engine.config.topology.dropout > 0 and not engine.is_star:
-        arrays["topology/mixing"] = np.stack([engine.mixing_at(t) for t in range(rounds)])
+    if engine.is_star:
+        arrays["topology/fedavg_weights"] = engine.fedavg_weights
     else:
-        arrays["topology/mixing"] = engine.base_mixing
+        mixings = [engine.base_mixing]
+        if engine.config.topology.dropout > 0 and rounds * engine.base_mixing.nnz <= MIXING_ENTRIES_STORED:
+            mixings = [engine.mixing_at(t) for t in range(rounds)]
+        arrays |= _sparse_stack(mixings)
     if engine.config.data.save:
         d = engine.data
         for i in range(engine.n_clients):
@@ -86,6 +96,15 @@ def _static_arrays(engine: Engine, rounds: int) -> dict[str, np.ndarray]:
         arrays["data/test/x"] = d.x_test
         arrays["data/test/y"] = d.y_test
     return arrays
+
+
+def _sparse_stack(mixings: list) -> dict[str, np.ndarray]:
+    """Mixing matrices as one COO list: ``topology/mixing/{round,row,col,weight}``."""
+    parts = [sp.coo_array(W) for W in mixings]
+    return {"topology/mixing/round": np.concatenate([np.full(c.nnz, t, dtype=np.int32) for t, c in enumerate(parts)]),
+            "topology/mixing/row": np.concatenate([c.row for c in parts]).astype(np.int64),
+            "topology/mixing/col": np.concatenate([c.col for c in parts]).astype(np.int64),
+            "topology/mixing/weight": np.concatenate([c.data for c in parts]).astype(np.float64)}
 
 
 def _comparable(cfg: Config) -> dict[str, Any]:
@@ -116,11 +135,14 @@ class RunWriter:
         self.checkpoint_round: int | None = None
         self._static: dict[str, np.ndarray] | None = None
 
-    def snapshot(self, *, rounds_total: int, complete: bool, state: dict[str, np.ndarray] | None = None) -> dict[str, Any] | None:
-        """Gather state (or write the given full ``state``) and, at the root, write both run files;
-        returns the report at the root."""
+    def snapshot(self, *, rounds_total: int, complete: bool,
+                 adjust: Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]] | None = None) -> dict[str, Any] | None:
+        """Gather the engine's state (every process takes part) and, at the root, write both run
+        files, the state passed through ``adjust`` first if given; returns the report at the root."""
         e = self.engine
-        state = e.state() if state is None else state
+        state = e.state()
+        if adjust is not None and state is not None:
+            state = adjust(state)
         if self._static is None:  # written unchanged at every checkpoint: gather and build once
             init = e.gather_params(e.init_params)
             self._static = _static_arrays(e, rounds_total) | {"params/init": init} if e.transport.is_root else {}
@@ -130,7 +152,11 @@ class RunWriter:
         seconds = self.seconds_before + time.perf_counter() - self.started
         arrays = dict(self._static)
         arrays["params/trained"] = state["params"]
-        arrays["ledger/influence"] = state["ledger"]
+        if "ledger" in state:
+            arrays["ledger/influence"] = state["ledger"]
+        for part in ("index", "value", "dropped"):
+            if f"ledger_{part}" in state:
+                arrays[f"ledger/{part}"] = state[f"ledger_{part}"]
         for k, v in state.items():
             if k.startswith("metrics/"):
                 arrays[k] = v
@@ -153,10 +179,7 @@ class RunWriter:
 
 
 def build_report(engine: Engine, *, seconds: float, complete: bool) -> dict[str, Any]:
-    # The graph of the nodes still in it (a forget request may have removed some).
-    kept = [v for v in engine.graph.nodes if v >= engine.n_clients or engine.members[v]]
-    ids = np.flatnonzero(engine.members)
-    s = topology.stats(engine.graph.subgraph(kept), engine.base_mixing[np.ix_(ids, ids)])
+    s = engine.topology_stats()  # of the nodes still in the graph (forget requests may remove some)
     return {
         "config": config_mod.to_dict(engine.config),
         "n_clients": engine.n_clients,
@@ -261,7 +284,7 @@ def run(cfg: Config, *, out: str | Path | None = None, resume: bool = False, ove
             if engine.round > cfg.run.rounds:
                 raise ResumeError(f"the stored run already has {engine.round} rounds (training and unlearning), more than "
                                   f"run.rounds = {cfg.run.rounds}; raise run.rounds to train more")
-        every = cfg.run.checkpoint_every
+        every = checkpoint_interval(cfg)
 
         def after_round(e: Engine) -> None:
             if e.round % every == 0 and e.round < cfg.run.rounds:
@@ -282,6 +305,12 @@ def run(cfg: Config, *, out: str | Path | None = None, resume: bool = False, ove
     return RunResult(engine=engine, out=out, report=report or {})
 
 
+def checkpoint_interval(cfg: Config) -> int:
+    """Rounds between checkpoints: ``run.checkpoint_every``, or with 0 (the default) about 20
+    checkpoints per run; every checkpoint rewrites the run file atomically."""
+    return cfg.run.checkpoint_every or max(1, cfg.run.rounds // 20)
+
+
 def forget_request(cfg: Config) -> tuple[tuple[int, ...], dict[int, tuple[int, ...]]]:
     """The clients and samples ``[unlearn]`` asks to forget."""
     return cfg.unlearn.clients, {int(k): v for k, v in cfg.unlearn.samples.items()}
@@ -291,11 +320,13 @@ def record_forget(engine: Engine, writer: RunWriter, result: ForgetResult) -> di
     """Write a forget request into the run files in one atomic step: its models, certificate,
     metrics and cost, and a new checkpoint from which training continues (the released unlearned
     models, without the forgotten data). Returns the updated report at the root."""
-    state = engine.state()
     records = writer.records
+
+    def released(state: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        kept = {k: v for k, v in state.items() if k == "round" or k.startswith(("ledger", "metrics/"))}
+        return kept | {"params": result.params["unlearned"]}  # the optimizer state restarts from the released models
+
     if engine.transport.is_root:
-        state = {k: v for k, v in state.items() if k in ("round", "ledger") or k.startswith("metrics/")}
-        state["params"] = result.params["unlearned"]  # the optimizer state restarts from the released models
         arrays = dict(records.arrays)
         arrays.update({f"params/{k}": v for k, v in result.params.items() if k != "trained"})
         arrays["unlearn/retained"] = engine.retained
@@ -318,7 +349,7 @@ def record_forget(engine: Engine, writer: RunWriter, result: ForgetResult) -> di
         writer.records = Records(arrays=arrays, group_attrs={"unlearn": attrs},
                                  attrs={"unlearned": True, "unlearn_round": int(engine.round),
                                         "requests_json": history.json_text(records.requests + [entry])})
-    return writer.snapshot(rounds_total=engine.round, complete=True, state=state)
+    return writer.snapshot(rounds_total=engine.round, complete=True, adjust=released)
 
 
 def load_run(run_dir: str | Path, *, overrides: list[str] = (), transport: Transport | None = None) -> tuple[Engine, RunWriter]:

@@ -30,6 +30,7 @@ from typing import Any, Iterator
 
 import h5py
 import numpy as np
+import scipy.sparse as sparse
 
 FORMAT_VERSION = 1
 LOCK_NAME = ".lock"
@@ -153,6 +154,24 @@ def read_run(path: str | Path) -> RunFile:
         raise RunFileError(f"{path} has no checkpoint ({missing[0]!r} is missing): it was not written by "
                            "`p2pforget run` (or is damaged); rerun the experiment")
     return rf
+
+
+def stored_mixings(stored: RunFile, rounds: int) -> list[np.ndarray]:
+    """The dense (n, n) mixing matrix of each of ``rounds`` rounds, read from a run file (a star's
+    is FedAvg's ``1 w^T``; a static graph's repeats). For checks and plots of small graphs."""
+    n = int(stored.attrs["n_clients"])
+    a = stored.arrays
+    if "topology/fedavg_weights" in a:
+        w = a["topology/fedavg_weights"]
+        return [np.tile(w, (len(w), 1))] * rounds
+    by_round = a["topology/mixing/round"]
+    count = int(by_round.max(initial=0)) + 1
+    mats = []
+    for t in range(count):
+        k = by_round == t
+        mats.append(sparse.coo_array((a["topology/mixing/weight"][k], (a["topology/mixing/row"][k], a["topology/mixing/col"][k])),
+                                 shape=(n, n)).toarray())
+    return mats[:rounds] if count > 1 else mats * rounds
 
 
 def _plain(v: Any) -> Any:

@@ -21,6 +21,12 @@ What it means per algorithm:
 - **Star (FedAvg)**: ``W = 1 w^T`` with ``w`` the sample-count weights, so every row is
   ``sum_t w_t``: the global model weighs client j by its share of the samples.
 
+``[ledger] kind = "sparse"`` keeps each node's ``keep`` largest entries (:class:`SparseRows`,
+:func:`sparse_mix`) and adds the mass of every entry it cuts to the row's ``dropped``. Mixing
+conserves mass, so each kept entry is a lower bound of the full ledger's and the errors of a row
+sum to its ``dropped``: any share read from a row is low by at most ``dropped / total`` (an
+entry that is not kept reads as 0). With ``keep >= n`` the sparse ledger equals the full one.
+
 Example
 -------
 >>> import numpy as np
@@ -31,9 +37,11 @@ array([[1.5, 1.5],
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Sequence
 
 import numpy as np
+import torch
 
 
 def influence(mixings: Sequence[np.ndarray]) -> np.ndarray:
@@ -62,3 +70,79 @@ def share_history(mixings: Sequence[np.ndarray], client: int) -> np.ndarray:
         C = W @ (C + np.eye(n))
         out.append(shares(C)[:, client])
     return np.array(out)
+
+
+@dataclass
+class SparseRows:
+    """Ledger rows that keep only their ``keep`` largest entries: ``index`` (-1 on empty slots),
+    ``value`` (0 there) and ``dropped``, the mass of every entry cut so far (each row's
+    ``value.sum() + dropped`` equals its full total)."""
+
+    index: torch.Tensor    # [rows, keep] int64
+    value: torch.Tensor    # [rows, keep] float64
+    dropped: torch.Tensor  # [rows] float64
+
+    @classmethod
+    def empty(cls, rows: int, keep: int, device=None) -> "SparseRows":
+        return cls(index=torch.full((rows, keep), -1, dtype=torch.int64, device=device),
+                   value=torch.zeros(rows, keep, dtype=torch.float64, device=device),
+                   dropped=torch.zeros(rows, dtype=torch.float64, device=device))
+
+    def pack(self, own: torch.Tensor) -> torch.Tensor:
+        """``C + I`` as one float64 tensor ``[rows, 2 (keep + 1) + 1]`` (index, value, dropped) to
+        send to neighbours; ``own`` holds each row's client id (indices are exact in float64)."""
+        index = torch.cat([self.index, own[:, None]], dim=1).double()
+        value = torch.cat([self.value, torch.ones_like(self.value[:, :1])], dim=1)
+        return torch.cat([index, value, self.dropped[:, None]], dim=1)
+
+    def shares(self, clients: list[int]) -> torch.Tensor:
+        """``[rows, len(clients)]``: each client's share of the row's total (0 where it was cut,
+        so a share is low by at most ``dropped / total``)."""
+        total = self.value.sum(dim=1) + self.dropped
+        cols = torch.stack([(self.value * (self.index == j)).sum(dim=1) for j in clients], dim=1)
+        return torch.where(total[:, None] > 0, cols / total.clamp_min(1e-300)[:, None], torch.zeros_like(cols))
+
+    def dense(self, n: int) -> torch.Tensor:
+        """The kept entries as a dense ``[rows, n]`` tensor (for checks on small graphs)."""
+        out = torch.zeros(self.index.shape[0], n + 1, dtype=torch.float64, device=self.index.device)
+        out.scatter_add_(1, torch.where(self.index < 0, n, self.index), self.value)
+        return out[:, :n]
+
+
+def sparse_mix(packed: torch.Tensor, slot_rows: torch.Tensor, slot_weight: torch.Tensor, *, keep: int, n: int) -> SparseRows:
+    """One ledger step ``C_i <- sum_s w_is (C_{j_s} + e_{j_s})`` for sparse rows, keeping the
+    ``keep`` largest entries of each new row and adding everything cut to ``dropped``.
+
+    ``packed`` holds the :meth:`SparseRows.pack` rows of every node the output needs;
+    ``slot_rows[r, s]`` is the packed row of row r's s-th neighbour and ``slot_weight[r, s]`` its
+    weight (0 on padding slots). Each output row depends only on its own neighbours, in slot order.
+    """
+    k1 = (packed.shape[1] - 1) // 2
+    g = packed[slot_rows]                                     # [rows, slots, 2 k1 + 1]
+    w = slot_weight.to(torch.float64)
+    index = g[..., :k1].long().reshape(len(slot_rows), -1)
+    value = (g[..., k1:2 * k1] * w[..., None]).reshape(len(slot_rows), -1)
+    return merge(index, value, (g[..., -1] * w).sum(dim=1), keep=keep, n=n)
+
+
+def merge(index: torch.Tensor, value: torch.Tensor, dropped: torch.Tensor, *, keep: int, n: int) -> SparseRows:
+    """Sum the entries of each row that share a client id (``index`` in ``0..n-1``; -1 or a 0
+    value = empty), keep the ``keep`` largest and add the rest to ``dropped``."""
+    index = torch.where((index < 0) | (value == 0), n, index)  # empty slots sort last, as one group
+    order = torch.argsort(index, dim=1, stable=True)
+    index, value = index.gather(1, order), value.gather(1, order)
+    start = torch.ones_like(index, dtype=torch.bool)
+    start[:, 1:] = index[:, 1:] != index[:, :-1]
+    group = start.long().cumsum(dim=1) - 1
+    summed = torch.zeros_like(value).scatter_add_(1, group, value)
+    ids = torch.full_like(index, n).scatter_(1, group, index)
+    summed = torch.where(ids >= n, torch.zeros_like(summed), summed)
+    k = min(keep, summed.shape[1])
+    top = summed.topk(k, dim=1)
+    chosen = torch.zeros_like(summed, dtype=torch.bool).scatter_(1, top.indices, True)
+    cut = summed.masked_fill(chosen, 0.0).sum(dim=1)
+    out = SparseRows.empty(index.shape[0], keep, device=index.device)
+    out.index[:, :k] = torch.where(top.values > 0, ids.gather(1, top.indices), torch.full_like(top.indices, -1))
+    out.value[:, :k] = top.values
+    out.dropped = dropped + cut
+    return out

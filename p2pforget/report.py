@@ -39,8 +39,9 @@ def table(headers: Sequence[str], rows: Sequence[Sequence]) -> str:
 
 
 def plot_metrics(metrics: dict[str, np.ndarray], path: str | Path, *, title: str = "") -> Path:
-    """One PNG with the per-round loss, test accuracy, consensus distance and bytes sent."""
-    rounds = np.arange(1, len(metrics["loss_mean"]) + 1)
+    """One PNG with the loss, test accuracy and consensus distance at the evaluated rounds, and the
+    bytes sent per round."""
+    rounds = np.asarray(metrics.get("round", np.arange(1, len(metrics["loss_mean"]) + 1)))
     fig, axes = plt.subplots(2, 2, figsize=(10, 7))
     ax = axes[0, 0]
     ax.plot(rounds, metrics["loss_mean"])
@@ -54,7 +55,7 @@ def plot_metrics(metrics: dict[str, np.ndarray], path: str | Path, *, title: str
     ax.plot(rounds, np.maximum(metrics["consensus_distance"], 1e-16))
     ax.set(title="consensus distance  mean_i ||x_i - x̄||", xlabel="round", yscale="log")
     ax = axes[1, 1]
-    ax.plot(rounds, np.cumsum(metrics["bytes_sent"]) / 1e6)
+    ax.plot(np.arange(1, len(metrics["bytes_sent"]) + 1), np.cumsum(metrics["bytes_sent"]) / 1e6)
     ax.set(title="communication (cumulative MB)", xlabel="round")
     fig.suptitle(title)
     fig.tight_layout()
@@ -68,10 +69,10 @@ def plot_comparison(curves: dict[str, dict[str, list[float]]], path: str | Path)
     """Per-round test accuracy, consensus distance and communication of several runs (one line each)."""
     fig, axes = plt.subplots(1, 3, figsize=(14, 4))
     for name, m in curves.items():
-        rounds = np.arange(1, len(m["test_acc_mean"]) + 1)
+        rounds = m.get("round") or np.arange(1, len(m["test_acc_mean"]) + 1)
         axes[0].plot(rounds, m["test_acc_mean"], label=name)
         axes[1].plot(rounds, np.maximum(m["consensus_distance"], 1e-16), label=name)
-        axes[2].plot(rounds, np.cumsum(m["bytes_sent"]) / 1e6, label=name)
+        axes[2].plot(np.arange(1, len(m["bytes_sent"]) + 1), np.cumsum(m["bytes_sent"]) / 1e6, label=name)
     axes[0].set(title="test accuracy (mean over nodes)", xlabel="round")
     axes[1].set(title="consensus distance", xlabel="round", yscale="log")
     axes[2].set(title="communication (cumulative MB)", xlabel="round")
@@ -165,21 +166,29 @@ def plot_fa_traces(traces: dict[str, list[float]], path: str | Path) -> Path:
     return path
 
 
+PLOT_LIMIT = 1000
+"""Ledger and influence-share plots (n x n pictures) are drawn up to this many clients."""
+
+
 def report_run(run_dir: str | Path) -> list[Path]:
-    """PNG plots for a finished (or interrupted) run directory; returns the files written."""
+    """PNG plots for a finished (or interrupted) run directory; returns the files written. The
+    ledger and influence-share plots need ``[ledger] kind = "full"`` and at most
+    :data:`PLOT_LIMIT` clients."""
+
     run_dir = Path(run_dir)
     rf = history.read_h5(run_dir / "history.h5")
     metrics = {k.removeprefix("metrics/"): v for k, v in rf.arrays.items() if k.startswith("metrics/")}
     if not len(metrics.get("loss_mean", [])):
         raise ValueError(f"{run_dir} has no completed rounds to plot")
     pngs = [plot_metrics(metrics, run_dir / "metrics.png", title=run_dir.name)]
-    C = rf.arrays["ledger/influence"]
-    pngs.append(plot_ledger(C, run_dir / "ledger.png"))
-    W = rf.arrays["topology/mixing"]
-    rounds = int(rf.attrs["rounds_done"])
-    mixings = list(W[:rounds]) if W.ndim == 3 else [W] * rounds
-    forgotten = [int(j) for j in json.loads(rf.group_attrs.get("unlearn", {}).get("forgotten", "{}"))]
-    pngs.append(plot_influence_share(mixings, forgotten[0] if forgotten else 0, run_dir / "influence_share.png"))
+    n = int(rf.attrs.get("n_clients", 0))
+    if "ledger/influence" in rf.arrays and n <= PLOT_LIMIT:
+        pngs.append(plot_ledger(rf.arrays["ledger/influence"], run_dir / "ledger.png"))
+        rounds = int(rf.attrs["rounds_done"])
+        mixings = history.stored_mixings(rf, rounds)
+        if len(mixings) == rounds:
+            forgotten = [int(j) for j in json.loads(rf.group_attrs.get("unlearn", {}).get("forgotten", "{}"))]
+            pngs.append(plot_influence_share(mixings, forgotten[0] if forgotten else 0, run_dir / "influence_share.png"))
     report_file = run_dir / "report.json"
     if report_file.exists():
         report = json.loads(report_file.read_text())

@@ -113,3 +113,15 @@ def fixed_width_vmap(fn: Callable, width: int, *args: Any):
     if isinstance(outs[0], tuple):
         return tuple(torch.cat(parts) for parts in zip(*outs))
     return torch.cat(outs)
+
+
+def row_by_row(fn: Callable, *args: Any):
+    """``fn`` applied to each row of ``args`` in a Python loop, outputs stacked: the fallback for
+    models whose operations ``torch.func.vmap`` cannot batch (same results as
+    :func:`fixed_width_vmap`, up to floating-point rounding)."""
+    first = args[0]
+    n = (next(iter(first.values())) if isinstance(first, dict) else first).shape[0]
+    outs = [fn(*[{k: v[i] for k, v in a.items()} if isinstance(a, dict) else a[i] for a in args]) for i in range(n)]
+    if isinstance(outs[0], tuple):
+        return tuple(torch.stack(parts) for parts in zip(*outs))
+    return torch.stack(outs)

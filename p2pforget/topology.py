@@ -2,14 +2,15 @@
 
 A topology is an undirected networkx graph on nodes ``0..n-1`` (clients). The star is the
 exception that makes centralized FL a topology: ``n`` data-holding clients ``0..n-1`` plus a
-server hub with id ``n`` and no data.
+server hub with id ``n`` and no data. Mixing matrices are sparse (``scipy.sparse.csr_array``),
+so graphs of 100,000 nodes cost memory in proportion to their edges.
 
 Example
 -------
 >>> g = build_graph("ring", 6)
 >>> W = mixing_matrix(g)
->>> bool(abs(W.sum(axis=1) - 1).max() < 1e-12)
-True
+>>> bool(abs(W.sum(axis=1) - 1).max() < 1e-12), W.nnz
+(True, 18)
 """
 from __future__ import annotations
 
@@ -19,11 +20,17 @@ from pathlib import Path
 
 import networkx as nx
 import numpy as np
+import scipy.sparse as sp
+import scipy.sparse.linalg as spla
 
 from . import seeding
 
 KINDS = ("ring", "torus", "star", "complete", "erdos_renyi", "small_world", "random_regular", "file")
 TOLERANCE = 1e-12
+DENSE_LIMIT = 1000
+"""Up to this many nodes spectra are computed densely (exact); above it, by a sparse eigensolver."""
+EXACT_DIAMETER_LIMIT = 2000
+"""Up to this many nodes the diameter is exact; above it, a lower bound from repeated BFS sweeps."""
 
 
 class TopologyError(ValueError):
@@ -164,77 +171,112 @@ def check_connected(g: nx.Graph, hint: str = "") -> None:
         )
 
 
-def mixing_matrix(g: nx.Graph, kind: str = "metropolis") -> np.ndarray:
-    """Symmetric doubly-stochastic mixing matrix of ``g`` (dense, nodes in sorted order).
+def mixing_matrix(g: nx.Graph, kind: str = "metropolis") -> sp.csr_array:
+    """Symmetric doubly-stochastic mixing matrix of ``g`` (sparse CSR, nodes in sorted order).
 
     ``metropolis``: ``W_ij = 1/(1+max(d_i, d_j))`` on edges (Metropolis-Hastings);
     ``uniform_neighbors``: every neighbour gets ``1/(1+max degree)``. The diagonal takes the rest.
     """
     n = g.number_of_nodes()
     edges = np.array(list(g.edges), dtype=np.int64).reshape(-1, 2)
-    deg = np.array([g.degree(i) for i in range(n)], dtype=np.float64)
+    deg = np.zeros(n)
+    np.add.at(deg, edges.ravel(), 1.0)
     if kind == "metropolis":
         w = 1.0 / (1.0 + np.maximum(deg[edges[:, 0]], deg[edges[:, 1]]))
     elif kind == "uniform_neighbors":
         w = np.full(len(edges), 1.0 / (1.0 + deg.max(initial=0.0)))
     else:
         raise TopologyError(f"unknown mixing {kind!r}; choose one of: metropolis, uniform_neighbors, file")
-    W = np.zeros((n, n))
-    W[edges[:, 0], edges[:, 1]] = w
-    W[edges[:, 1], edges[:, 0]] = w
-    W[np.diag_indices(n)] = 1.0 - W.sum(axis=1)
+    off = sp.coo_array((np.concatenate([w, w]), (np.concatenate([edges[:, 0], edges[:, 1]]),
+                                                 np.concatenate([edges[:, 1], edges[:, 0]]))), shape=(n, n)).tocsr()
+    diag = 1.0 - np.asarray(off.sum(axis=1)).ravel()
+    W = (off + sp.diags_array(diag, format="csr")).tocsr()
+    W.eliminate_zeros()
+    W.sort_indices()
     return W
 
 
-def validate_mixing(W: np.ndarray, g: nx.Graph | None = None, *, tol: float = TOLERANCE) -> None:
-    """Raise :class:`TopologyError` unless ``W`` is square, non-negative, doubly stochastic to ``tol``,
-    and (given ``g``) zero off the graph's edges."""
-    W = np.asarray(W, dtype=np.float64)
-    if W.ndim != 2 or W.shape[0] != W.shape[1]:
-        raise TopologyError(f"mixing matrix must be square, got shape {W.shape}")
-    if not np.isfinite(W).all():
-        i, j = np.argwhere(~np.isfinite(W))[0]
-        raise TopologyError(f"mixing matrix has a non-finite entry W[{i},{j}] = {W[i, j]}; every weight must be a number >= 0")
-    if g is not None and W.shape[0] != g.number_of_nodes():
-        raise TopologyError(f"mixing matrix is {W.shape[0]}x{W.shape[0]} but the graph has {g.number_of_nodes()} nodes")
-    if (W < -tol).any():
-        i, j = np.argwhere(W < -tol)[0]
-        raise TopologyError(f"mixing matrix has a negative entry W[{i},{j}] = {W[i, j]:.3g}; weights must be >= 0")
-    rows, cols = np.abs(W.sum(axis=1) - 1), np.abs(W.sum(axis=0) - 1)
-    if rows.max() > tol or cols.max() > tol:
-        bad = "row" if rows.max() > tol else "column"
-        idx = int(np.argmax(rows if bad == "row" else cols))
+def as_sparse(W) -> sp.csr_array:
+    """``W`` (dense or sparse) as a canonical CSR array: no stored zeros, sorted column indices."""
+    out = sp.csr_array(W, dtype=np.float64, copy=True)
+    out.eliminate_zeros()
+    out.sort_indices()
+    return out
+
+
+def validate_mixing(W, g: nx.Graph | None = None, *, tol: float = TOLERANCE) -> None:
+    """Raise :class:`TopologyError` unless ``W`` (dense or sparse) is square, finite,
+    non-negative, doubly stochastic to ``tol``, and (given ``g``) zero off the graph's edges."""
+    shape = W.shape
+    if len(shape) != 2 or shape[0] != shape[1]:
+        raise TopologyError(f"mixing matrix must be square, got shape {shape}")
+    C = sp.coo_array(np.asarray(W, dtype=np.float64) if not sp.issparse(W) else W)
+    rows, cols, vals = C.row, C.col, C.data.astype(np.float64)
+    bad = ~np.isfinite(vals)
+    if bad.any():
+        k = int(np.argmax(bad))
+        raise TopologyError(f"mixing matrix has a non-finite entry W[{rows[k]},{cols[k]}] = {vals[k]}; "
+                            "every weight must be a number >= 0")
+    if g is not None and shape[0] != g.number_of_nodes():
+        raise TopologyError(f"mixing matrix is {shape[0]}x{shape[0]} but the graph has {g.number_of_nodes()} nodes")
+    if (vals < -tol).any():
+        k = int(np.argmax(vals < -tol))
+        raise TopologyError(f"mixing matrix has a negative entry W[{rows[k]},{cols[k]}] = {vals[k]:.3g}; weights must be >= 0")
+    n = shape[0]
+    row_sums, col_sums = np.bincount(rows, vals, minlength=n), np.bincount(cols, vals, minlength=n)
+    r_err, c_err = np.abs(row_sums - 1), np.abs(col_sums - 1)
+    if r_err.max(initial=0) > tol or c_err.max(initial=0) > tol:
+        bad = "row" if r_err.max(initial=0) > tol else "column"
+        idx = int(np.argmax(r_err if bad == "row" else c_err))
         raise TopologyError(
-            f"mixing matrix is not doubly stochastic: {bad} {idx} sums to {W.sum(axis=1 if bad == 'row' else 0)[idx]!r} "
+            f"mixing matrix is not doubly stochastic: {bad} {idx} sums to {(row_sums if bad == 'row' else col_sums)[idx]!r} "
             f"(tolerance {tol}); use topology.mixing = \"metropolis\" or fix the matrix"
         )
     if g is not None:
-        allowed = nx.to_numpy_array(g, nodelist=range(g.number_of_nodes())) + np.eye(W.shape[0])
-        off = np.argwhere((allowed == 0) & (np.abs(W) > tol))
-        if len(off):
-            i, j = off[0]
-            raise TopologyError(f"mixing matrix puts weight W[{i},{j}] = {W[i, j]:.3g} on a pair that is not an edge of the graph")
+        heavy = (np.abs(vals) > tol) & (rows != cols)
+        for i, j, v in zip(rows[heavy], cols[heavy], vals[heavy]):
+            if not g.has_edge(int(i), int(j)):
+                raise TopologyError(f"mixing matrix puts weight W[{i},{j}] = {v:.3g} on a pair that is not an edge of the graph")
 
 
-def lazy(W: np.ndarray) -> np.ndarray:
+def lazy(W):
     """Lazy mixing ``(W + I) / 2``: same fixed point, eigenvalues moved into ``[0, 1]``.
 
     >>> lazy(np.array([[0.0, 1.0], [1.0, 0.0]])).tolist()
     [[0.5, 0.5], [0.5, 0.5]]
     """
+    if sp.issparse(W):
+        return as_sparse((W + sp.eye_array(W.shape[0], format="csr")) / 2.0)
     return (W + np.eye(W.shape[0])) / 2.0
 
 
-def gossip_rounds(W: np.ndarray, nodes: np.ndarray, tol: float) -> int:
+def second_eigenvalue(W) -> float:
+    """``|lambda_2|``, the second largest eigenvalue modulus of ``W`` (dense or sparse): exact up to
+    :data:`DENSE_LIMIT` nodes, by ARPACK (``scipy.sparse.linalg.eigs``/``eigsh``) above."""
+    n = W.shape[0]
+    if n < 2:
+        return 0.0
+    if n <= DENSE_LIMIT or not sp.issparse(W):
+        dense = W.toarray() if sp.issparse(W) else np.asarray(W, dtype=np.float64)
+        ev = np.sort(np.abs(np.linalg.eigvals(dense)))[::-1]
+        return float(ev[1])
+    symmetric = abs(W - W.T).max() < 1e-12
+    solver = spla.eigsh if symmetric else spla.eigs
+    vals = solver(sp.csr_array(W, dtype=np.float64), k=3, which="LM", return_eigenvectors=False, tol=1e-10,
+                  maxiter=max(1000, 20 * n))
+    ev = np.sort(np.abs(vals))[::-1]
+    return float(ev[1])
+
+
+def gossip_rounds(W, nodes: np.ndarray, tol: float) -> int:
     """Mixing rounds after which gossip averages on ``W`` (restricted to ``nodes``) agree to a
     relative ``tol``: ``ceil(log tol / log lambda_2)``.
 
     >>> gossip_rounds(np.full((4, 4), 0.25), np.arange(4), 1e-6)
     1
     """
-    sub = W[np.ix_(nodes, nodes)]
-    ev = np.sort(np.abs(np.linalg.eigvals(sub)))[::-1]
-    lam = ev[1] if len(ev) > 1 else 0.0
+    sub = W[np.ix_(nodes, nodes)] if not sp.issparse(W) else sp.csr_array(W)[nodes][:, nodes]
+    lam = second_eigenvalue(sub)
     if lam < 1e-15:
         return 1
     if lam >= 1 - 1e-15:
@@ -242,21 +284,25 @@ def gossip_rounds(W: np.ndarray, nodes: np.ndarray, tol: float) -> int:
     return max(1, math.ceil(math.log(tol) / math.log(lam)))
 
 
-def load_mixing(path: str | Path, g: nx.Graph) -> np.ndarray:
-    """Read a user mixing matrix (``.npy`` or whitespace/comma text) and validate it against ``g``."""
+def load_mixing(path: str | Path, g: nx.Graph) -> sp.csr_array:
+    """Read a user mixing matrix (``.npy``, ``.npz`` from ``scipy.sparse.save_npz``, or
+    whitespace/comma text) and validate it against ``g``."""
     path = Path(path)
     if not path.is_file():
         raise TopologyError(f"mixing file {str(path)!r} does not exist; set topology.mixing_path to a .npy or text matrix")
     try:
-        W = np.load(path, allow_pickle=False) if path.suffix == ".npy" else \
-            np.loadtxt(path, delimiter="," if path.suffix == ".csv" else None, ndmin=2)
-        W = np.asarray(W, dtype=np.float64)
+        if path.suffix == ".npz":
+            W = sp.load_npz(path)
+        elif path.suffix == ".npy":
+            W = np.asarray(np.load(path, allow_pickle=False), dtype=np.float64)
+        else:
+            W = np.asarray(np.loadtxt(path, delimiter="," if path.suffix == ".csv" else None, ndmin=2), dtype=np.float64)
     except (ValueError, OSError, TypeError) as e:
         detail = " ".join(str(e).split())
         raise TopologyError(f"mixing file {path} cannot be read as a matrix of numbers ({detail}); write a .npy array "
                             "or one row of numbers per line") from None
     validate_mixing(W, g)
-    return np.asarray(W, dtype=np.float64)
+    return as_sparse(W)
 
 
 def drop_edges(g: nx.Graph, q: float, *, seed: int, round: int) -> nx.Graph:
@@ -273,10 +319,9 @@ def drop_edges(g: nx.Graph, q: float, *, seed: int, round: int) -> nx.Graph:
     return h
 
 
-def spectral_gap(W: np.ndarray) -> float:
+def spectral_gap(W) -> float:
     """``1 - |lambda_2|``: one minus the second largest eigenvalue modulus of ``W``."""
-    ev = np.sort(np.abs(np.linalg.eigvals(np.asarray(W, dtype=np.float64))))[::-1]
-    return float(1.0 - ev[1]) if len(ev) > 1 else 1.0
+    return 1.0 - second_eigenvalue(W) if W.shape[0] > 1 else 1.0
 
 
 @dataclass(frozen=True)
@@ -288,18 +333,27 @@ class Stats:
     degree_max: int
     diameter: int
     spectral_gap: float
+    diameter_exact: bool = True
 
 
-def stats(g: nx.Graph, W: np.ndarray | None = None) -> Stats:
-    """Degree, diameter and spectral gap (of ``W``, or of its Metropolis matrix) of a connected graph."""
+def stats(g: nx.Graph, W=None, *, gap: float | None = None) -> Stats:
+    """Degree, diameter and spectral gap (of ``W``, or of its Metropolis matrix) of a connected graph.
+
+    Above :data:`EXACT_DIAMETER_LIMIT` nodes the diameter is networkx's 2-sweep lower bound
+    (``diameter_exact = False``); above :data:`DENSE_LIMIT`, the spectral gap comes from ARPACK.
+    """
     deg = [d for _, d in g.degree]
-    W = mixing_matrix(g) if W is None else W
+    if gap is None and W is None:
+        W = mixing_matrix(g)
+    exact = g.number_of_nodes() <= EXACT_DIAMETER_LIMIT
+    diameter = nx.diameter(g) if exact else nx.approximation.diameter(g, seed=0)
     return Stats(
         n_nodes=g.number_of_nodes(),
         n_edges=g.number_of_edges(),
         degree_min=min(deg),
         degree_mean=float(np.mean(deg)),
         degree_max=max(deg),
-        diameter=nx.diameter(g),
-        spectral_gap=spectral_gap(W),
+        diameter=int(diameter),
+        spectral_gap=spectral_gap(W) if gap is None else gap,
+        diameter_exact=exact,
     )

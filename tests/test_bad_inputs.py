@@ -127,7 +127,7 @@ CASES = [
     (RUN + [S, "run.plugins=['missing_plugin.py']"], "file 'missing_plugin.py' does not exist"),
     (RUN + [S, "data.kind=image_folder"], "needs data.path"),
     (RUN + [S, "data.kind=image_folder", S, "data.path='{tmp}/no_images'"], "is not a directory"),
-    (RUN + [S, "train.lr=1e6", S, "model.kind=mlp", S, "run.rounds=30"], "training diverged in round"),
+    (RUN + [S, "train.lr=1e6", S, "model.kind=mlp", S, "run.rounds=30"], "training diverged by round"),
     (["run", "{tmp}/missing.toml"], "config file"),
     (["run", "{tmp}/notoml.toml"], "not valid TOML"),
     (["run", "{tmp}/section.toml"], "unknown section [trian]"),

@@ -117,7 +117,7 @@ def test_approximate_curvatures(curvature):
 def test_gossip_rounds_formula():
     from p2pforget import topology
 
-    W = topology.mixing_matrix(topology.build_graph("ring", 10))
+    W = topology.mixing_matrix(topology.build_graph("ring", 10)).toarray()
     lam = 1 / 3 + 2 / 3 * np.cos(2 * np.pi / 10)
     assert topology.gossip_rounds(W, np.arange(10), 1e-8) == int(np.ceil(np.log(1e-8) / np.log(lam)))
 

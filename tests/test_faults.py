@@ -232,11 +232,11 @@ def test_run_refuses_to_overwrite_a_finished_run(tmp_path, capsys):
 
 def test_divergence_stops_with_the_round_and_keeps_the_last_good_checkpoint(tmp_path, capsys):
     cfg_path = tmp_path / "exp.toml"
-    cfg_path.write_text(config.dumps(config.replace(_small(rounds=40), train={"lr": 1e6})))
+    cfg_path.write_text(config.dumps(config.replace(_small(rounds=40), train={"lr": 1e6}, run={"checkpoint_every": 1})))
     out = tmp_path / "out"
     assert main(["run", str(cfg_path), "--out", str(out)]) == 2
     err = capsys.readouterr().err
-    bad_round = int(err.split("diverged in round ")[1].split(":")[0])
+    bad_round = int(err.split("diverged by round ")[1].split(":")[0])
     assert "lower train.lr (now 1e+06, e.g. to 100000)" in err and f"last good checkpoint (round {bad_round - 1})" in err
     stored = history.read_h5(out / "history.h5")
     assert stored.attrs["rounds_done"] == bad_round - 1 and not stored.attrs["complete"]

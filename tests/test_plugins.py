@@ -108,7 +108,7 @@ def _top(name: str) -> str:
 
 
 LAYERS = [  # a module may import only from its own layer or the layers before it
-    {"registry", "seeding", "config", "aggregate", "transport", "history", "tasks", "ledger"},
+    {"registry", "seeding", "config", "aggregate", "transport", "history", "tasks", "ledger", "devices"},
     {"topology", "partition", "data", "models", "rounds", "metrics"},
     {"engine"},
     {"unlearn"},

@@ -29,7 +29,9 @@ def test_layout(tmp_path):
     assert config.loads(rf.attrs["config_toml"]) == cfg
     d = 4 * 8 + 8 + 8 * 3 + 3
     assert rf.arrays["params/init"].shape == (7, d) and rf.arrays["params/trained"].dtype == np.float32
-    assert rf.arrays["topology/mixing"].shape == (8, 7, 7)  # time-varying: one matrix per round
+    mixings = history.stored_mixings(rf, 8)  # time-varying: one matrix per round, stored sparse
+    assert len(mixings) == 8 and mixings[0].shape == (7, 7) and not np.array_equal(mixings[0], mixings[1])
+    assert rf.arrays["topology/mixing/round"].max() == 7
     assert rf.arrays["topology/edges"].shape[1] == 2
     assert rf.arrays["data/client_0003/x"].shape == (30, 4) and rf.arrays["data/test/y"].shape == (50,)
     for name in ["loss_mean", "test_acc_mean", "test_acc_min", "consensus_distance", "bytes_sent"]:
@@ -43,7 +45,7 @@ def test_layout(tmp_path):
 def test_bytes_count_messages_on_active_edges(tmp_path):
     cfg = _cfg()
     result = experiment.run(cfg, out=tmp_path, progress=False)
-    W = history.read_h5(tmp_path / "history.h5").arrays["topology/mixing"]
+    W = history.stored_mixings(history.read_h5(tmp_path / "history.h5"), 8)
     d = result.engine.dim
     expected = [np.count_nonzero(Wt - np.diag(np.diag(Wt))) * d * 4 for Wt in W]
     assert result.engine.metrics["bytes_sent"] == expected

@@ -12,7 +12,7 @@ TOPOLOGIES = ["ring", "torus", "star", "complete", "erdos_renyi", "small_world",
 @pytest.mark.parametrize("mixing", ["metropolis", "uniform_neighbors"])
 def test_mixing_is_symmetric_doubly_stochastic_on_edges(kind, mixing):
     g = topology.build_graph(kind, 12, seed=4, p=0.4)
-    W = topology.mixing_matrix(g, mixing)
+    W = topology.mixing_matrix(g, mixing).toarray()
     assert np.abs(W - W.T).max() == 0
     assert np.abs(W.sum(axis=0) - 1).max() < 1e-12 and np.abs(W.sum(axis=1) - 1).max() < 1e-12
     assert W.min() >= 0
@@ -24,7 +24,7 @@ def test_mixing_is_symmetric_doubly_stochastic_on_edges(kind, mixing):
 
 def test_metropolis_weights_formula():
     g = topology.build_graph("star", 5)
-    W = topology.mixing_matrix(g)
+    W = topology.mixing_matrix(g).toarray()
     # hub (degree 5) - leaf (degree 1): 1/(1+max(5,1)) = 1/6
     assert W[0, 5] == pytest.approx(1 / 6) and W[0, 0] == pytest.approx(5 / 6) and W[5, 5] == pytest.approx(1 / 6)
 
@@ -74,7 +74,7 @@ def test_graph_files(tmp_path):
 
 def test_bad_mixing_matrix_is_a_clear_error(tmp_path):
     g = topology.build_graph("ring", 4)
-    W = topology.mixing_matrix(g)
+    W = topology.mixing_matrix(g).toarray()
     W_bad = W.copy()
     W_bad[0, 0] += 1e-9
     with pytest.raises(TopologyError, match="not doubly stochastic: row 0"):
@@ -101,14 +101,14 @@ def test_user_mixing_matrix_is_used(tmp_path):
     W = 0.5 * np.eye(4) + 0.25 * nx.to_numpy_array(g, nodelist=range(4))
     np.save(tmp_path / "W.npy", W)
     cfg = config.from_dict({"topology": {"kind": "ring", "n_clients": 4, "mixing": "file", "mixing_path": str(tmp_path / "W.npy")}})
-    assert np.array_equal(Engine(config=cfg).base_mixing, W)
+    assert np.array_equal(Engine(config=cfg).base_mixing.toarray(), W)
 
 
 def test_edge_dropout_is_seeded_and_recomputes_mixing():
     cfg = config.from_dict({"topology": {"kind": "complete", "n_clients": 8, "dropout": 0.5}})
     e = Engine(config=cfg)
-    W0, W1 = e.mixing_at(0), e.mixing_at(1)
-    assert np.array_equal(W0, Engine(config=cfg).mixing_at(0))
+    W0, W1 = e.mixing_at(0).toarray(), e.mixing_at(1).toarray()
+    assert np.array_equal(W0, Engine(config=cfg).mixing_at(0).toarray())
     assert not np.array_equal(W0, W1)
     for W in (W0, W1):
         topology.validate_mixing(W)
@@ -127,7 +127,7 @@ def test_lazy_mixing_rescues_gradient_tracking_on_a_torus():
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             engine = Engine(config=cfg)
-        W = engine.base_mixing
+        W = engine.base_mixing.toarray()
         engine.train(150, progress=False)
         return engine, W, [str(w.message) for w in caught]
 

@@ -68,6 +68,12 @@ class Transport(ABC):
     def broadcast(self, value: torch.Tensor | None, *, like: torch.Tensor) -> torch.Tensor:
         """The root's ``value`` on every process (``like`` gives the shape and dtype elsewhere)."""
 
+    def allreduce(self, value: torch.Tensor, op: str = "sum") -> torch.Tensor:
+        """``value`` combined over every process (``op`` = ``"sum"`` or ``"max"``); the result is
+        on every process. Used only for order-independent reductions (integer sums, maxima), so
+        results never depend on how clients are placed."""
+        return value
+
     def bcast_object(self, obj):
         """The root's Python object on every process (setup only, never in the round loop)."""
         return obj

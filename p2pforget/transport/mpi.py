@@ -58,7 +58,7 @@ class MPITransport(Transport):
                         recv_ids=[sorted(need[r]) for r in peers])
 
     def gather(self, rows: torch.Tensor) -> torch.Tensor | None:
-        local = np.ascontiguousarray(rows.detach().numpy())
+        local = np.ascontiguousarray(rows.detach().cpu().numpy())  # device tensors go through host buffers
         tail = local.shape[1:]
         per_row = int(np.prod(tail, dtype=np.int64))
         counts = [int(s) * per_row for s in self._sizes]
@@ -67,18 +67,27 @@ class MPITransport(Transport):
         self.comm.Gatherv(local, [full, (counts, _displs(counts))] if self.rank == 0 else None, root=0)
         self.comm_seconds += time.perf_counter() - start
         self.comm_bytes += local.nbytes if self.rank else 0
-        return None if full is None else torch.from_numpy(full)
+        return None if full is None else torch.from_numpy(full).to(rows.device)
 
     def broadcast(self, value: torch.Tensor | None, *, like: torch.Tensor) -> torch.Tensor:
-        buf = np.ascontiguousarray(value.detach().numpy()) if self.rank == 0 else np.empty(like.shape, like.numpy().dtype)
+        buf = np.ascontiguousarray(value.detach().cpu().numpy()) if self.rank == 0 else \
+            np.empty(like.shape, torch.empty(0, dtype=like.dtype).numpy().dtype)
         start = time.perf_counter()
         self.comm.Bcast(buf, root=0)
         self.comm_seconds += time.perf_counter() - start
         self.comm_bytes += buf.nbytes * (self.size - 1) if self.rank == 0 else 0
-        return torch.from_numpy(buf)
+        return torch.from_numpy(buf).to(like.device)
 
     def bcast_object(self, obj):
         return self.comm.bcast(obj, root=0)
+
+    def allreduce(self, value: torch.Tensor, op: str = "sum") -> torch.Tensor:
+        local = np.ascontiguousarray(value.detach().cpu().numpy())
+        out = np.empty_like(local)
+        start = time.perf_counter()
+        self.comm.Allreduce(local, out, op={"sum": MPI.SUM, "max": MPI.MAX}[op])
+        self.comm_seconds += time.perf_counter() - start
+        return torch.from_numpy(out).to(value.device)
 
 
 
@@ -100,7 +109,7 @@ class _MPIHalo(Halo):
 
     def exchange(self, rows: torch.Tensor) -> torch.Tensor:
         d = rows.shape[1]
-        local = rows.detach().numpy()
+        local = rows.detach().cpu().numpy()
         send = np.ascontiguousarray(np.concatenate([local[idx] for idx in self.send_rows])) if self.send_rows \
             else np.empty((0, d), dtype=local.dtype)
         recv = np.empty((sum(self.recv_counts), d), dtype=local.dtype)
@@ -110,4 +119,4 @@ class _MPIHalo(Halo):
         self.graph_comm.Neighbor_alltoallv([send, (scounts, _displs(scounts))], [recv, (rcounts, _displs(rcounts))])
         self.transport.comm_seconds += time.perf_counter() - start
         self.transport.comm_bytes += send.nbytes
-        return torch.from_numpy(recv)
+        return torch.from_numpy(recv).to(rows.device)

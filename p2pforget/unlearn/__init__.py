@@ -134,6 +134,11 @@ def evaluation_flops(engine: "Engine") -> float:
     return measured(lambda: engine.evaluate())[2]
 
 
+def evaluated_rounds(engine: "Engine", start: int, rounds: int) -> int:
+    """How many of the rounds ``start+1 .. start+rounds`` evaluate the engine's metrics."""
+    return sum(engine.evaluates(r) for r in range(start + 1, start + rounds + 1))
+
+
 def continue_training(engine: "Engine", rounds: int, request: ForgetRequest) -> float:
     """Train ``rounds`` more rounds with the engine's own algorithm (after the exclusion: the
     forgotten data take no part), calling ``request.observe`` after each; returns the bytes sent.
@@ -142,7 +147,7 @@ def continue_training(engine: "Engine", rounds: int, request: ForgetRequest) -> 
     callback = None if request.observe is None else (lambda e: request.observe(e.params))
     engine.train(rounds, progress=False, desc="unlearn", callback=callback)
     request.excluded["seconds"] += engine.eval_seconds - eval_seconds
-    request.excluded["flops"] += rounds * evaluation_flops(engine)
+    request.excluded["flops"] += evaluated_rounds(engine, start, rounds) * evaluation_flops(engine)
     sent = float(sum(engine.metrics["bytes_sent"][start:])) if engine.transport.is_root else None
     return engine.transport.bcast_object(sent)
 
@@ -257,10 +262,10 @@ def forget(engine: "Engine", *, clients=(), samples: dict | None = None, method:
         # ... unless they fine-tune: training the published models on the remaining data is
         # post-processing that never touches the forgotten data, so a certificate still holds.
         engine.set_params(released)
-        eval_seconds = engine.eval_seconds
+        eval_seconds, start = engine.eval_seconds, engine.round
         _, seconds, flops = measured(lambda: engine.train(finetune, progress=False, desc="fine-tune"))
         cost.seconds += seconds - (engine.eval_seconds - eval_seconds)
-        cost.flops += flops - finetune * evaluation_flops(engine)
+        cost.flops += flops - evaluated_rounds(engine, start, finetune) * evaluation_flops(engine)
         cost.comm_bytes += float(sum(engine.metrics["bytes_sent"][rounds:])) if engine.transport.is_root else 0.0
         released = engine.params.clone()
     cost = {"unlearn": cost}

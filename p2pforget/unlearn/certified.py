@@ -47,7 +47,7 @@ with warnings.catch_warnings():
     warnings.simplefilter("ignore", FutureWarning)
     import torch._decomp.decompositions_for_jvp  # noqa: F401
 
-from .. import ledger as ledger_mod, seeding
+from .. import seeding
 from ..config import ConfigError, bounded, choice
 from ..registry import METHODS
 from . import ForgetRequest, Outcome
@@ -74,8 +74,7 @@ def influence_weights(engine: "Engine", forgotten: list[int]) -> torch.Tensor:
     n_local = engine.hi - engine.lo
     if engine.is_star or engine.config.train.algorithm == "gradient_tracking" or engine.round == 0:
         return torch.ones(n_local, len(forgotten), dtype=torch.float64)
-    shares = ledger_mod.shares(engine.ledger.numpy())
-    return torch.as_tensor(int(engine.members.sum()) * shares[:, forgotten])
+    return int(engine.members.sum()) * engine.ledger_shares(forgotten).cpu()
 
 
 def remaining_objective(engine: "Engine"):
@@ -176,6 +175,9 @@ class CertifiedNewton:
     """Decentralized certified unlearning (see the module docstring)."""
 
     def check(self, engine: "Engine", request: ForgetRequest, options: CertifiedOptions) -> None:
+        if engine.ledger is None and not engine.is_star and engine.config.train.algorithm != "gradient_tracking":
+            raise ConfigError("certified unlearning after DSGD weighs every node's correction by the influence ledger, "
+                              "which is off: set [ledger] kind = \"full\" (or \"sparse\") and rerun the training")
         n = int(engine.retained[engine.members].sum())
         if not options.delta < 1.0 / n:
             raise ConfigError(f"unlearn.certified.delta = {options.delta:g} must lie in (0, 1/n) with n = {n} training "

@@ -218,13 +218,13 @@ class FOUL:
                 continue
             retain = ext[torch.as_tensor(pos[near])]
             fl = hood if rule.fl_clients == "all" else near
-            g_fl = weighted_average(ext[torch.as_tensor(pos[fl])], W[i, fl])
+            g_fl = weighted_average(ext[torch.as_tensor(pos[fl])], np.array([W[i, j] for j in fl]))
             gamma_r, gamma_f = solve_gamma(retain, flood, kappa=rule.kappa, beta=rule.beta, steps=rule.solver_steps,
                                            lr=rule.solver_lr)
             g = foul_direction(g_fl, retain, flood, gamma_r.to(retain.dtype), gamma_f.to(retain.dtype),
                                kappa=rule.kappa, beta=rule.beta)
             out[r] = out[r] + rule.meta_lr * g * mask.to(g.dtype)
-        edges = int(np.count_nonzero(W) - np.count_nonzero(np.diag(W)))
+        edges = int(np.count_nonzero(W.data) - np.count_nonzero(W.diagonal()))
         tree = engine.n_clients - 1
         # one exchange of updates and one of models with the neighbours, plus the flood of forget updates
         return out, 2 * edges + len(ids) * tree

@@ -33,7 +33,7 @@ def retrain(engine: Engine, *, rounds: int, progress: bool = True,
         callback(fresh)
     fresh.train(rounds - min(rounds, 1), progress=progress, desc="retrain", callback=callback)
     seconds = time.perf_counter() - start - fresh.eval_seconds
-    per_round -= evaluation_flops(fresh)
+    per_round -= evaluation_flops(fresh) if rounds and fresh.evaluates(1) else 0.0
     return fresh, Cost(seconds=seconds, flops=per_round * rounds, comm_bytes=float(sum(fresh.metrics["bytes_sent"])))
 
 
