@@ -61,9 +61,15 @@ def gossip_mix(X: torch.Tensor, idx: torch.Tensor | np.ndarray, weight: torch.Te
     """
     idx = torch.as_tensor(idx, device=X.device)
     weight = torch.as_tensor(weight, dtype=X.dtype, device=X.device)
-    out = torch.index_select(X, 0, idx[:, 0]).mul_(weight[:, 0:1])
+    rows = torch.arange(len(idx), device=X.device)
+
+    def term(s: int) -> torch.Tensor:
+        same = len(idx) <= len(X) and bool((idx[:, s] == rows).all())  # a slot of the rows themselves: no copy
+        return torch.mul(X[:len(idx)], weight[:, s:s + 1]) if same else torch.index_select(X, 0, idx[:, s]).mul_(weight[:, s:s + 1])
+
+    out = term(0)
     for s in range(1, idx.shape[1]):
-        out.add_(torch.index_select(X, 0, idx[:, s]).mul_(weight[:, s:s + 1]))  # no fused multiply-add: same bits everywhere
+        out.add_(term(s))  # multiply, then add (no fused multiply-add): the same bits on every process
     return out
 
 

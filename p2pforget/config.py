@@ -50,7 +50,7 @@ class RunConfig:
     out: str = "runs/default"
     checkpoint_every: int = bounded(0, 0)
     eval_every: int = bounded(1, 0)
-    vmap_width: int = bounded(256, 1)
+    vmap_width: int = bounded(1024, 1)
     device: str = choice("cpu", "cpu", "cuda", "auto")
     transport: str = choice("auto", "auto", "local", "mpi")
     plugins: tuple[str, ...] = ()

@@ -28,7 +28,7 @@ if TYPE_CHECKING:
 @ROUNDS.register("dsgd", help="adapt-then-combine decentralized SGD: x <- W (x - lr g)")
 def dsgd(engine: "Engine", W: np.ndarray) -> int:
     """Adapt-then-combine DSGD: ``x <- W (x - lr * g)`` (Lian et al., NeurIPS 2017)."""
-    engine.set_params(engine.mix(engine.local_steps(engine.params), W))
+    engine.set_params(engine.mix(engine.local_steps(engine.params), W), copy=False)
     return 1
 
 
