@@ -215,7 +215,7 @@ def plot(results: list[dict], path: Path) -> None:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--clients", default="16,256,1024,4096,10000")
-    p.add_argument("--rounds", type=int, default=5)
+    p.add_argument("--rounds", type=int, default=8)
     p.add_argument("--loop-max", type=int, default=4096)
     p.add_argument("--memory-clients", type=int, default=100_000)
     p.add_argument("--write", help="markdown file whose clients-per-core section is replaced with the results")
@@ -261,7 +261,7 @@ def write_section(path: Path, text: str, memory: dict | None, png: Path) -> None
                   f"{memory['seconds_per_round']:.2f} s with a peak resident size of {memory['peak_mb']:.0f} MB "
                   f"({memory['peak_kb_per_client']:.2f} KB per client over the baseline process); a dense n x n "
                   f"float64 matrix alone would need {memory['n'] ** 2 * 8 / 1e9:.0f} GB.", ""]
-    lines += [f"![client-steps per second]({png.relative_to(path.parent)})", "", end]
+    lines += [f"![client-steps per second]({os.path.relpath(png, path.resolve().parent)})", "", end]
     old = path.read_text() if path.exists() else ""
     if start in old:
         new = old[:old.index(start)] + "\n".join(lines) + old[old.index(end) + len(end):]

@@ -60,6 +60,6 @@ def star(engine: "Engine", W: np.ndarray) -> int:
         new = engine.aggregator.aggregate(Uploads(global_params=engine.params[0], client_params=full,
                                                   weights=engine.sample_counts, round=engine.round))
     new = engine.transport.broadcast(new, like=engine.params[0])
-    engine.set_params(new.expand(engine.hi - engine.lo, -1))
+    engine.set_params(new.expand(engine.hi - engine.lo, -1), copy=False)  # every client holds the one global model
     return 1
 
