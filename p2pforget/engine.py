@@ -165,6 +165,7 @@ class Engine:
         self.base_mixing = self._static_mixing()
         self.fedavg_weights = aggregate.fedavg_weights(self.sample_counts) if self.is_star else None
         self._stats: topology.Stats | None = None
+        self._edges: np.ndarray | None = None  # sorted edge array, for edge dropout
         neighbours = {i: [] if self.is_star else sorted(self.graph.neighbors(i)) for i in range(self.n_clients)}
         self.halo = self.transport.neighbourhood(neighbours)
         ext_ids = list(range(self.lo, self.hi)) + list(self.halo.ids)
@@ -321,8 +322,10 @@ class Engine:
         t = self.config.topology
         if t.dropout == 0 or self.is_star:
             return self.base_mixing
-        g = topology.drop_edges(self.graph, t.dropout, seed=self.seed, round=round)
-        W = topology.mixing_matrix(g, "metropolis" if t.mixing == "file" else t.mixing)
+        if self._edges is None:
+            self._edges = topology.edge_array(self.graph)
+        kept = topology.kept_edges(self._edges, t.dropout, seed=self.seed, round=round)
+        W = topology.mixing_from_edges(self.n_clients, kept, "metropolis" if t.mixing == "file" else t.mixing)
         return topology.lazy(W) if t.lazy else W
 
     def mix(self, rows: torch.Tensor, W: np.ndarray | None = None) -> torch.Tensor:
@@ -586,7 +589,7 @@ class Engine:
 
     def edges(self) -> np.ndarray:
         """The graph's edges as an (E, 2) array with ``u < v``."""
-        return np.array(sorted(tuple(sorted(e)) for e in self.graph.edges), dtype=np.int64).reshape(-1, 2)
+        return topology.edge_array(self.graph)
 
 
 def consensus_distance(params: np.ndarray) -> float:

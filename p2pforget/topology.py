@@ -177,10 +177,20 @@ def mixing_matrix(g: nx.Graph, kind: str = "metropolis") -> sp.csr_array:
     ``metropolis``: ``W_ij = 1/(1+max(d_i, d_j))`` on edges (Metropolis-Hastings);
     ``uniform_neighbors``: every neighbour gets ``1/(1+max degree)``. The diagonal takes the rest.
     """
-    n = g.number_of_nodes()
+    return mixing_from_edges(g.number_of_nodes(), edge_array(g), kind)
+
+
+def edge_array(g: nx.Graph) -> np.ndarray:
+    """The edges of ``g`` as a sorted ``(E, 2)`` int array with ``u < v``."""
     edges = np.array(list(g.edges), dtype=np.int64).reshape(-1, 2)
-    deg = np.zeros(n)
-    np.add.at(deg, edges.ravel(), 1.0)
+    edges = np.sort(edges, axis=1)
+    return edges[np.lexsort((edges[:, 1], edges[:, 0]))]
+
+
+def mixing_from_edges(n: int, edges: np.ndarray, kind: str = "metropolis") -> sp.csr_array:
+    """:func:`mixing_matrix` of the graph on ``n`` nodes with these ``(E, 2)`` edges (no networkx
+    graph needed: what edge dropout uses every round)."""
+    deg = np.bincount(edges.ravel(), minlength=n).astype(np.float64)
     if kind == "metropolis":
         w = 1.0 / (1.0 + np.maximum(deg[edges[:, 0]], deg[edges[:, 1]]))
     elif kind == "uniform_neighbors":
@@ -189,6 +199,7 @@ def mixing_matrix(g: nx.Graph, kind: str = "metropolis") -> sp.csr_array:
         raise TopologyError(f"unknown mixing {kind!r}; choose one of: metropolis, uniform_neighbors, file")
     off = sp.coo_array((np.concatenate([w, w]), (np.concatenate([edges[:, 0], edges[:, 1]]),
                                                  np.concatenate([edges[:, 1], edges[:, 0]]))), shape=(n, n)).tocsr()
+    off.sort_indices()
     diag = 1.0 - np.asarray(off.sum(axis=1)).ravel()
     W = (off + sp.diags_array(diag, format="csr")).tocsr()
     W.eliminate_zeros()
@@ -311,12 +322,17 @@ def drop_edges(g: nx.Graph, q: float, *, seed: int, round: int) -> nx.Graph:
     A pure function of ``(seed, round)``; the result may be disconnected (gossip still converges
     if the union over rounds is connected).
     """
-    edges = sorted(tuple(sorted(e)) for e in g.edges)
-    keep = seeding.rng(seed, purpose="topology/dropout", counters=(round,)).random(len(edges)) >= q
     h = nx.Graph()
     h.add_nodes_from(range(g.number_of_nodes()))
-    h.add_edges_from(e for e, k in zip(edges, keep) if k)
+    h.add_edges_from(map(tuple, kept_edges(edge_array(g), q, seed=seed, round=round)))
     return h
+
+
+def kept_edges(edges: np.ndarray, q: float, *, seed: int, round: int) -> np.ndarray:
+    """The rows of a sorted :func:`edge_array` that survive one round of dropout with probability
+    ``q`` (the same draw as :func:`drop_edges`)."""
+    keep = seeding.rng(seed, purpose="topology/dropout", counters=(round,)).random(len(edges)) >= q
+    return edges[keep]
 
 
 def spectral_gap(W) -> float:

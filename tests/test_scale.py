@@ -169,3 +169,16 @@ def test_models_vmap_cannot_batch_fall_back_to_a_loop_once():
     messages = [str(w.message) for w in caught if "cannot be vectorized" in str(w.message)]
     assert len(messages) == 1 and not e.vectorized
     assert np.isfinite(e.metrics["loss_mean"][-1]) and e.round == 3
+
+
+def test_edge_dropout_works_on_edge_arrays():
+    g = topology.build_graph("erdos_renyi", 40, seed=3, p=0.2)
+    for r in range(3):
+        via_graph = topology.mixing_matrix(topology.drop_edges(g, 0.4, seed=7, round=r))
+        via_edges = topology.mixing_from_edges(40, topology.kept_edges(topology.edge_array(g), 0.4, seed=7, round=r))
+        assert (via_graph != via_edges).nnz == 0
+    e = Engine(config=_cfg(topology={"n_clients": 50_000, "dropout": 0.3}, model={"kind": "logistic"},
+                           data={"n_samples_per_client": 2}, run={"eval_every": 0}, ledger={"kind": "off"}))
+    W = e.mixing_at(5)
+    assert W.shape == (50_000, 50_000) and 50_000 < W.nnz < 150_000
+    topology.validate_mixing(W)
