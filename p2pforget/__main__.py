@@ -86,6 +86,8 @@ def forget_table(report: dict) -> str:
         text += (f"\ncertificate: epsilon={info['epsilon']}, delta={info['delta']}, sigma={info['sigma']:.3g}, "
                  f"residual bound={info['residual_bound']:.3g}, residual norm={info['residual_norm']:.3g}, "
                  f"certified={info['certified']}")
+        if not info["certified"] and info.get("not_certified_because"):
+            text += f"\nnot certified: {info['not_certified_because']}"
         if info["sigma"] > 1e-2 and info.get("newton_steps"):
             text += ("\nhint: the noise is large because the last Newton step was long (the model was far from the "
                      "remaining optimum); raise unlearn.certified.newton_steps or train longer to shrink it")

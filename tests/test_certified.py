@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 
 from p2pforget import Engine, config, forget
-from p2pforget.unlearn import certified
+from p2pforget.unlearn import certified, gaussian
 
 from reference import sum_objective_optimum
 
@@ -133,7 +133,7 @@ def test_noise_matches_sigma():
     engine.train(60, progress=False)
     result = forget(engine, clients=[1], progress=False, reference=False)
     c = result.certificate
-    assert c["sigma"] == pytest.approx(c["residual_bound"] * np.sqrt(2 * np.log(1.25 / 1e-5)) / 5.0, rel=1e-12)
+    assert c["sigma"] == pytest.approx(gaussian.sigma(c["budget"], epsilon=5.0, delta=1e-5), rel=1e-12)
     nodes = np.flatnonzero(engine.members)
     noise = (result.params["unlearned"] - result.params["unlearned_noiseless"])[nodes]
     assert noise.size > 3000

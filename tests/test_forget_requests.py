@@ -92,7 +92,8 @@ def test_run_file_and_cli_forget(tmp_path, capsys):
     u = rf.group_attrs["unlearn"]
     assert u["method"] == "certified" and json.loads(u["forgotten"]) == {"3": list(range(20))}
     assert u["residual_norm"] <= u["residual_bound"] and u["sigma"] > 0
-    assert u["sigma"] == pytest.approx(u["residual_bound"] * np.sqrt(2 * np.log(1.25 / u["delta"])) / u["epsilon"])
+    from p2pforget.unlearn import gaussian
+    assert u["sigma"] == pytest.approx(gaussian.sigma(u["budget"], epsilon=u["epsilon"], delta=u["delta"]))
     for key in ["epsilon", "delta", "seconds", "flops", "comm_bytes"]:
         assert key in u
     report = json.loads((tmp_path / "report.json").read_text())

@@ -27,12 +27,21 @@ remaining data. At a stationary point of ``Phi``, ``grad Phi'(theta) = -g`` with
    first averages the nodes' models (the target, the remaining optimum, is one point), then sums
    the nodes' remaining-data gradients at that model the same way (to ``unlearn.gossip_tol``)
    instead of using the ledger.
-5. Gaussian noise ``N(0, sigma^2 I)`` with ``sigma = residual_bound * sqrt(2 ln(1.25/delta)) / epsilon``
-   is added to every node's model (see :func:`certificate` and docs/certified_unlearning.md).
+5. Gaussian noise is added with ``sigma`` from the analytic Gaussian mechanism (Balle & Wang, ICML
+   2018; :mod:`.gaussian`) for the declared sensitivity ``budget`` (so sigma does not depend on
+   which data were forgotten). ``noise_scope = "shared"`` (default): the nodes first agree on their
+   mean model exactly (a tree sum, charged) and all release it with one noise draw;
+   ``"per_node"``: independent draws with sigma scaled by ``sqrt(M)`` so the joint release of the M
+   nodes is covered. Noise comes from OS entropy unless ``noise_seed`` is set (then the certificate
+   says ``private = false``). ``certified`` is true only when noise was added from OS entropy, the
+   objective is strongly convex (logistic, weight decay > 0), the models are float64 and the bound
+   is within the budget; ``not_certified_because`` says what is missing otherwise (see
+   :func:`certificate` and docs/certified_unlearning.md).
 """
 from __future__ import annotations
 
 import math
+import os
 import warnings
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -48,6 +57,7 @@ with warnings.catch_warnings():
     import torch._decomp.decompositions_for_jvp  # noqa: F401
 
 from .. import seeding
+from . import gaussian
 from ..config import ConfigError, bounded, choice
 from ..registry import METHODS
 from . import ForgetRequest, Outcome
@@ -60,13 +70,14 @@ HESSIAN_LIPSCHITZ_SOFTMAX = 6.0
 """||d/dz (diag p - p p^T)|| <= 6 for the softmax p(z): bounds how fast the cross-entropy Hessian changes."""
 
 
-def noise_scale(residual_bound: float, epsilon: float, delta: float) -> float:
-    """Gaussian mechanism: ``sigma = residual_bound * sqrt(2 ln(1.25/delta)) / epsilon``.
+def noise_scale(sensitivity: float, epsilon: float, delta: float) -> float:
+    """The analytic Gaussian mechanism's noise for an L2 ``sensitivity`` (Balle & Wang 2018; valid
+    for every epsilon, unlike the classical ``sqrt(2 ln(1.25/delta)) / epsilon``).
 
     >>> round(noise_scale(1.0, 1.0, 1e-5), 4)
-    4.8448
+    3.7306
     """
-    return residual_bound * math.sqrt(2.0 * math.log(1.25 / delta)) / epsilon
+    return gaussian.sigma(sensitivity, epsilon=epsilon, delta=delta)
 
 
 def influence_weights(engine: "Engine", forgotten: list[int]) -> torch.Tensor:
@@ -143,12 +154,34 @@ def certificate(engine: "Engine", before: np.ndarray, step: np.ndarray, after: n
     else:
         grad_bound = residual_norm  # measured, not a worst-case bound: no certificate for this model
     residual_bound = grad_bound / wd if wd > 0 else float("inf")
+    sensitivity = opts.budget if opts.budget > 0 else residual_bound
+    single = float(noise_scale(sensitivity, opts.epsilon, opts.delta))
+    # Independent noise on M releases: the joint release has sensitivity sqrt(M) * the single one's.
+    scale = math.sqrt(len(nodes)) if opts.noise_scope == "per_node" else 1.0
+    reasons = []
+    if not opts.noise:
+        reasons.append("no noise was added (unlearn.certified.noise = false)")
+    if opts.noise_seed >= 0:
+        reasons.append("the noise comes from a stored seed (unlearn.certified.noise_seed), so it can be regenerated")
+    if M is None or wd <= 0:
+        reasons.append("the objective is not known to be strongly convex with a bounded Hessian change "
+                       "(needs model.kind = \"logistic\" and train.weight_decay > 0)")
+    if engine.dtype != torch.float64:
+        reasons.append("the models are float32: set train.dtype = \"float64\"")
+    if opts.budget <= 0:
+        reasons.append("sigma was computed from a bound that depends on the forgotten data: declare "
+                       "unlearn.certified.budget")
+    elif not residual_bound <= opts.budget:
+        reasons.append(f"the bound {residual_bound:.3g} exceeds the declared budget {opts.budget:.3g}: "
+                       "take more Newton steps or raise the budget")
     return {
         "method": "certified", "epsilon": opts.epsilon, "delta": opts.delta,
-        "sigma": float(noise_scale(residual_bound, opts.epsilon, opts.delta)),
+        "sigma": single * scale, "sigma_single_release": single, "sensitivity": float(sensitivity),
+        "budget": opts.budget, "noise_scope": opts.noise_scope, "private": opts.noise_seed < 0,
         "residual_bound": float(residual_bound), "gradient_residual_bound": float(grad_bound),
         "residual_norm": float(residual_norm), "strong_convexity": wd,
-        "hessian_lipschitz": float(M) if M is not None else float("nan"), "certified": certified,
+        "hessian_lipschitz": float(M) if M is not None else float("nan"),
+        "certified": certified and not reasons, "not_certified_because": "; ".join(reasons),
         "curvature": opts.curvature, "newton_steps": opts.newton_steps,
     }
 
@@ -164,6 +197,9 @@ class CertifiedOptions:
     noise: bool = True
     damping: float = bounded(0.0, 0.0)
     finetune_rounds: int = bounded(0, 0)
+    noise_scope: str = choice("shared", "shared", "per_node")
+    noise_seed: int = bounded(-1, -1)
+    budget: float = bounded(1e-6, 0.0)
     averaging: str = choice("gossip", "gossip", "tree")
     gossip_tol: float = bounded(1e-10, 1e-16, 1e-1)
     curvature_tol: float = bounded(1e-4, 1e-16, 1e-1)
@@ -233,28 +269,63 @@ class CertifiedNewton:
             extra_flops += flops
             theta = theta + delta
 
+        per_node = theta
+        if options.noise and options.noise_scope == "shared":
+            # "Perturb, then broadcast": the nodes agree on one model exactly (a sum up and down a
+            # spanning tree, charged), and one noise draw is released by every node.
+            total, sent, _ = engine.network_sum(theta, averaging="tree", progress=request.progress)
+            theta = torch.where(member_rows, total / n_nodes, theta)
+            comm += sent
         noiseless = theta
 
         def release() -> tuple[torch.Tensor, dict]:
-            gathered = [engine.gather_params(v) for v in (before, delta, noiseless)]
+            gathered = [engine.gather_params(v) for v in (before, delta, per_node)]
             cert = certificate(engine, *gathered, options) if engine.transport.is_root else None
             cert = engine.transport.bcast_object(cert)
             cert["gossip_rounds_per_average"] = rounds[0]
             if not options.noise:
                 return noiseless, cert
-            return noiseless + cert["sigma"] * self._noise(engine, noiseless), cert
+            z = self._noise(engine, noiseless, options)
+            _warn_if_noise_dominates(engine, noiseless, cert["sigma"])
+            return noiseless + cert["sigma"] * z, cert
 
         return Outcome(noiseless=noiseless, release=release, comm_bytes=comm, extra_flops=extra_flops)
 
     @staticmethod
-    def _noise(engine: "Engine", like: torch.Tensor) -> torch.Tensor:
-        forgotten_so_far = int((~engine.retained).sum())
-        rows = []
-        for i in range(engine.lo, engine.hi):
-            gen = seeding.torch_generator(engine.seed, client=i, purpose="unlearn/noise", counters=(forgotten_so_far,))
-            z = torch.randn(like.shape[1], generator=gen, dtype=torch.float64).to(like.dtype)
-            rows.append(z if engine.members[i] else torch.zeros_like(z))
-        return torch.stack(rows)
+    def _noise(engine: "Engine", like: torch.Tensor, options: "CertifiedOptions") -> torch.Tensor:
+        """Standard normal noise for the local rows (zero for nodes that left): one vector for every
+        node (``shared``, drawn at the root and broadcast) or one per node (``per_node``). From OS
+        entropy, or reproducibly from ``noise_seed`` (keyed by client and request, never by rank)."""
+        d = like.shape[1]
+        request = int((~engine.retained).sum())
+
+        def draw(client: int) -> torch.Tensor:
+            gen = torch.Generator()
+            if options.noise_seed >= 0:
+                gen = seeding.torch_generator(options.noise_seed, client=client, purpose="unlearn/noise", counters=(request,))
+            else:
+                gen.manual_seed(int.from_bytes(os.urandom(8), "little") >> 1)
+            return torch.randn(d, generator=gen, dtype=torch.float64).to(like.dtype)
+
+        members = torch.as_tensor(engine.members[engine.lo:engine.hi], device=like.device)[:, None]
+        if options.noise_scope == "shared":
+            z = engine.transport.broadcast(draw(seeding.SHARED) if engine.transport.is_root else None, like=like[0])
+            rows = z.to(like.device).expand_as(like)
+        else:
+            rows = torch.stack([draw(i) for i in range(engine.lo, engine.hi)]).to(like.device)
+        return torch.where(members, rows, torch.zeros_like(rows))
+
+
+def _warn_if_noise_dominates(engine: "Engine", noiseless: torch.Tensor, sigma: float) -> None:
+    """A release whose noise is larger than the model itself carries little of the model."""
+    if not engine.transport.is_root:
+        return
+    size = float(torch.linalg.vector_norm(noiseless[0]))
+    noise = sigma * math.sqrt(noiseless.shape[1])
+    if noise > size:
+        warnings.warn(f"the certified release is mostly noise: the noise vector's expected norm {noise:.3g} exceeds "
+                      f"the model's norm {size:.3g}; raise unlearn.certified.newton_steps or epsilon, or lower the "
+                      "budget if the bound allows it", stacklevel=3)
 
 
 def _solve(H: torch.Tensor, rhs: torch.Tensor, damping: float, *, active: np.ndarray) -> tuple[torch.Tensor, float]:
