@@ -69,7 +69,7 @@ def test_one_newton_step_lands_within_5_percent(kind, n, mode):
     assert err.max() < 0.05, err
     assert engine.members[3] == (mode == "keep_relay")
     c = result.certificate
-    assert c["residual_norm"] <= c["gradient_residual_bound"] <= c["residual_bound"]
+    assert c["residual_norm"] <= c["gradient_residual_bound"] and c["residual_bound"] <= c["taylor_bound"]
 
 
 @pytest.mark.parametrize("kind,n", GRAPHS)
@@ -82,9 +82,23 @@ def test_five_newton_steps_reach_the_remaining_optimum(kind, n, wd):
     err = np.linalg.norm(result.params["unlearned_noiseless"][nodes] - opt, axis=1) / np.linalg.norm(opt)
     assert err.max() < 1e-6, err
     c = result.certificate
-    assert c["residual_norm"] <= c["gradient_residual_bound"] <= c["residual_bound"]
+    assert c["residual_norm"] <= c["gradient_residual_bound"] and c["residual_bound"] <= c["taylor_bound"]
     # the bound is a real bound on the distance to the remaining optimum
     assert np.linalg.norm(result.params["unlearned_noiseless"][nodes] - opt, axis=1).max() <= c["residual_bound"]
+
+
+@pytest.mark.parametrize("steps", [1, 2, 3])
+@pytest.mark.parametrize("wd", [0.1, 0.01])
+def test_both_bounds_hold_and_the_gradient_bound_is_tighter_far_from_the_optimum(steps, wd):
+    engine = trained("ring", 8, wd)
+    result = forget(engine, clients=[5], progress=False, reference=False, newton_steps=steps)
+    opt = remaining_optimum(engine, {5: np.arange(50)})
+    c = result.certificate
+    distance = np.linalg.norm(result.params["unlearned_noiseless"][np.flatnonzero(engine.members)] - opt, axis=1).max()
+    assert distance <= c["gradient_norm_bound"] and distance <= c["taylor_bound"]
+    assert c["residual_bound"] == min(c["gradient_norm_bound"], c["taylor_bound"])
+    if steps == 1:
+        assert c["gradient_norm_bound"] < 0.1 * c["taylor_bound"]
 
 
 @pytest.mark.parametrize("kind,n", GRAPHS)
@@ -111,7 +125,7 @@ def test_approximate_curvatures(curvature):
     limit = {"ggn": 0.05, "kfac": 0.5, "diag_fisher": 0.8}[curvature]
     assert err.max() < limit, err
     c = one.certificate
-    assert c["residual_norm"] <= c["gradient_residual_bound"] <= c["residual_bound"]
+    assert c["residual_norm"] <= c["gradient_residual_bound"] and c["residual_bound"] <= c["taylor_bound"]
 
 
 def test_gossip_rounds_formula():

@@ -147,13 +147,18 @@ def certificate(engine: "Engine", before: np.ndarray, step: np.ndarray, after: n
         bounds.append(linear + 0.5 * (M or 0.0) * float(s @ s))
     residual_norm = max(norms) / A
     certified = M is not None and wd > 0
+    # Allowance for floating-point error in evaluating the gradient itself.
+    roundoff = 1e3 * torch.finfo(engine.dtype).eps * (1.0 + max(sizes))
     if certified:
-        # Allowance for floating-point error in evaluating the gradient itself.
-        roundoff = 1e3 * torch.finfo(engine.dtype).eps * (1.0 + max(sizes))
         grad_bound = max(bounds) / A + roundoff
     else:
         grad_bound = residual_norm  # measured, not a worst-case bound: no certificate for this model
-    residual_bound = grad_bound / wd if wd > 0 else float("inf")
+    # Two bounds on ||u_i - theta'*||, both valid for the lambda-strongly convex Phi'/A: Taylor's
+    # (through the last step) and the gradient's, ||grad Phi'(u_i)|| / (A lambda) (evaluated
+    # with the remaining data, as the simulator can); the smaller one is used.
+    taylor_bound = grad_bound / wd if wd > 0 else float("inf")
+    gradient_bound = (residual_norm + roundoff) / wd if certified else float("inf")
+    residual_bound = min(taylor_bound, gradient_bound)
     sensitivity = opts.budget if opts.budget > 0 else residual_bound
     single = float(noise_scale(sensitivity, opts.epsilon, opts.delta))
     # Independent noise on M releases: the joint release has sensitivity sqrt(M) * the single one's.
@@ -179,6 +184,7 @@ def certificate(engine: "Engine", before: np.ndarray, step: np.ndarray, after: n
         "sigma": single * scale, "sigma_single_release": single, "sensitivity": float(sensitivity),
         "budget": opts.budget, "noise_scope": opts.noise_scope, "private": opts.noise_seed < 0,
         "residual_bound": float(residual_bound), "gradient_residual_bound": float(grad_bound),
+        "taylor_bound": float(taylor_bound), "gradient_norm_bound": float(gradient_bound),
         "residual_norm": float(residual_norm), "strong_convexity": wd,
         "hessian_lipschitz": float(M) if M is not None else float("nan"),
         "certified": certified and not reasons, "not_certified_because": "; ".join(reasons),
