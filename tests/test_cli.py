@@ -68,7 +68,8 @@ def test_demo_end_to_end(tmp_path):
     assert m["unlearned"]["relative_distance_to_retrain"] < 0.5
     for key in ("FA", "RA", "TA"):
         assert abs(m["unlearned"][key]["mean"] - m["retrained"][key]["mean"]) <= 2.0
-    assert report["cost"]["unlearn"]["seconds"] < report["cost"]["retrain"]["seconds"]
+    ratio = report["cost"]["ratio_to_retrain"]  # evaluation is left out of both sides
+    assert ratio["comm_bytes"] < 0.6 and ratio["flops"] < 0.8
     assert report["unlearn"]["certified"] and report["unlearn"]["residual_norm"] <= report["unlearn"]["residual_bound"]
     for png in ["metrics", "topology", "ledger", "influence_share", "unlearning"]:
         assert (tmp_path / "demo" / f"{png}.png").stat().st_size > 10_000

@@ -19,9 +19,9 @@ remaining data. At a stationary point of ``Phi``, ``grad Phi'(theta) = -g`` with
    star, where every node holds the minimizer of ``Phi``), so its estimate of ``grad Phi'(theta_i)``
    is ``-sum_j omega_ij g_j``.
 3. Every node computes the curvature of its remaining local objective; the network sums it
-   (``averaging = "gossip"``: gossip with the remaining graph's Metropolis matrix until the
-   estimates agree to ``unlearn.curvature_tol``, times the node count; ``"tree"``: exactly, up and
-   down a spanning tree; on a star the hub sums). An inexact sum only slows the Newton iteration,
+   (``averaging = "tree"``, the default: exactly, up and down a spanning tree; ``"gossip"``: gossip
+   with the remaining graph's Metropolis matrix until the estimates agree to
+   ``unlearn.curvature_tol``, times the node count; on a star the hub sums). An inexact sum only slows the Newton iteration,
    and the certificate accounts for it.
 4. Newton step ``theta_i <- theta_i - H_i^{-1} grad_i``. Each further step (``newton_steps``)
    first averages the nodes' models (the target, the remaining optimum, is one point), then sums
@@ -199,14 +199,14 @@ class CertifiedOptions:
     epsilon: float = bounded(1.0, 1e-12)
     delta: float = bounded(1e-5, 1e-300, 1.0)
     curvature: str = choice("exact", *KINDS)
-    newton_steps: int = bounded(1, 1)
+    newton_steps: int = bounded(5, 1)
     noise: bool = True
     damping: float = bounded(0.0, 0.0)
     finetune_rounds: int = bounded(0, 0)
     noise_scope: str = choice("shared", "shared", "per_node")
     noise_seed: int = bounded(-1, -1)
     budget: float = bounded(1e-6, 0.0)
-    averaging: str = choice("gossip", "gossip", "tree")
+    averaging: str = choice("tree", "tree", "gossip")
     gossip_tol: float = bounded(1e-10, 1e-16, 1e-1)
     curvature_tol: float = bounded(1e-4, 1e-16, 1e-1)
 

@@ -24,7 +24,7 @@ BASE = {
 UNLEARN_CASES = {
     "ring7_certified_gossip": {"topology": {"kind": "ring", "n_clients": 7}, "model": {"kind": "logistic"},
                                "train": {"algorithm": "gradient_tracking", "local_steps": 1, "dtype": "float64", "weight_decay": 0.1},
-                               "unlearn": {"clients": [2], "certified": {"newton_steps": 2, "noise_seed": 3}}},
+                               "unlearn": {"clients": [2], "certified": {"newton_steps": 2, "noise_seed": 3, "averaging": "gossip"}}},
     "star5_samples_keep_relay": {"topology": {"kind": "star", "n_clients": 5}, "model": {"kind": "logistic"},
                                  "train": {"dtype": "float64", "weight_decay": 0.05},
                                  "unlearn": {"samples": {"1": [0, 3, 4]}, "clients": [4], "mode": "keep_relay",
