@@ -93,6 +93,11 @@ def forget_table(report: dict) -> str:
                      "remaining optimum); raise unlearn.certified.newton_steps or train longer to shrink it")
     else:
         text += f"\n{info['method']} issues no certificate"
+    if "distance_to_remaining_optimum" in m.get("unlearned", {}):
+        d = {k: m[k].get("distance_to_remaining_optimum") for k in ("trained", "retrained", "unlearned")}
+        text += (f"\ndistance to the remaining optimum (max over nodes): trained {d['trained']:.3g}, Retrain "
+                 f"{d['retrained']:.3g}, unlearned {m['unlearned']['distance_to_remaining_optimum_noiseless']:.3g} "
+                 f"(released: {d['unlearned']:.3g})")
     return text
 
 

@@ -165,3 +165,17 @@ def test_tree_averaging_is_exact_and_cheaper_than_gossip():
     # the forgotten gradient to the 7 remaining nodes, and one curvature sum up and down a 7-node tree
     assert tree.cost["unlearn"].comm_bytes == 7 * d * 8 + 2 * 6 * d * d * 8
     assert tree.cost["unlearn"].comm_bytes < gossip.cost["unlearn"].comm_bytes / 20
+
+
+def test_report_holds_the_distance_to_the_remaining_optimum():
+    engine = trained("ring", 8, 0.1)
+    result = forget(engine, clients=[5], progress=False, newton_steps=2)
+    opt = remaining_optimum(engine, {5: np.arange(50)})  # the independent scipy solution
+    nodes = np.flatnonzero(engine.members)
+    m = result.metrics
+    for key, params in (("trained", "trained"), ("retrained", "retrained"), ("unlearned", "unlearned")):
+        expected = np.linalg.norm(result.params[params][nodes] - opt, axis=1).max()
+        assert m[key]["distance_to_remaining_optimum"] == pytest.approx(expected, rel=1e-6, abs=1e-12)
+    noiseless = np.linalg.norm(result.params["unlearned_noiseless"][nodes] - opt, axis=1).max()
+    assert m["unlearned"]["distance_to_remaining_optimum_noiseless"] == pytest.approx(noiseless, rel=1e-6, abs=1e-12)
+    assert noiseless <= result.certificate["residual_bound"]

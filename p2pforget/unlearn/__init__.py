@@ -301,6 +301,16 @@ def forget(engine: "Engine", *, clients=(), samples: dict | None = None, method:
             target = evaluated["retrained"]["FA"]["mean"] if evaluated["retrained"]["FA"] else None
             for key in ("unlearned", "retrained"):
                 evaluated[key].update(metrics.time_to_forget(result.traces[key], target=target, start=fa_trained))
+            if certificate is not None and "strong_convexity" in certificate:
+                # The honest reference for a convex model: the remaining optimum itself, which
+                # Retrain only approaches (certified.remaining_optimum solves it with global data).
+                from .certified import remaining_optimum
+                opt = remaining_optimum(engine, np.zeros(engine.dim))  # from a start no method chose
+                if opt is not None:
+                    for key in ("trained", "unlearned_noiseless", "unlearned", "retrained"):
+                        dist = float(np.linalg.norm(gathered[key][nodes] - opt, axis=1).max())
+                        evaluated["unlearned" if key == "unlearned_noiseless" else key][
+                            "distance_to_remaining_optimum" + ("_noiseless" if key == "unlearned_noiseless" else "")] = dist
             for key in evaluated:
                 # noiseless against noiseless: the release's noise is not an unlearning error
                 d = metrics.distance(gathered["unlearned_noiseless" if key == "unlearned" else key], ref, nodes)

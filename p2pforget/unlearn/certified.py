@@ -88,13 +88,14 @@ def influence_weights(engine: "Engine", forgotten: list[int]) -> torch.Tensor:
     return int(engine.members.sum()) * engine.ledger_shares(forgotten).cpu()
 
 
-def remaining_objective(engine: "Engine"):
+def remaining_objective(engine: "Engine", dtype: torch.dtype | None = None):
     """``Phi'(theta) = sum_k a'_k f'_k(theta)`` over all remaining data, from the task's loss (used to
-    evaluate the certificate)."""
+    evaluate the certificate), in ``dtype`` (default: the training dtype)."""
     d = engine.data
-    batch = {"x": torch.as_tensor(d.x, dtype=engine.dtype), "y": torch.as_tensor(d.y),
-             "mask": torch.as_tensor(engine.retained & engine.members[:, None], dtype=engine.dtype)}
-    a = torch.as_tensor(engine.objective_weights(), dtype=engine.dtype)
+    dtype = dtype or engine.dtype
+    batch = {"x": torch.as_tensor(d.x, dtype=dtype), "y": torch.as_tensor(d.y),
+             "mask": torch.as_tensor(engine.retained & engine.members[:, None], dtype=dtype)}
+    a = torch.as_tensor(engine.objective_weights(), dtype=dtype)
     wd = engine.config.train.weight_decay
     per_client = vmap(engine.task.data_loss, in_dims=(None, 0))
 
@@ -102,6 +103,31 @@ def remaining_objective(engine: "Engine"):
         return (a * per_client(theta, batch)).sum() + a.sum() * 0.5 * wd * (theta * theta).sum()
 
     return phi
+
+
+OPTIMUM_MAX_DIM = 2000
+"""The remaining optimum is solved (dense Newton) for models up to this many parameters."""
+
+
+def remaining_optimum(engine: "Engine", start: np.ndarray) -> np.ndarray | None:
+    """``theta'* = argmin Phi'`` in float64 by Newton's method with backtracking, from ``start``:
+    the point Retrain converges to, which the simulator can compute with global knowledge of the
+    data. ``None`` for a model that is not strongly convex or has more than
+    :data:`OPTIMUM_MAX_DIM` parameters."""
+    if hessian_lipschitz(engine) is None or engine.config.train.weight_decay <= 0 or engine.dim > OPTIMUM_MAX_DIM:
+        return None
+    phi = remaining_objective(engine, torch.float64)
+    x = torch.as_tensor(start, dtype=torch.float64)
+    for _ in range(100):
+        g = grad(phi)(x)
+        if float(torch.linalg.vector_norm(g)) < 1e-12 * max(1.0, float(torch.linalg.vector_norm(x))):
+            break
+        step = torch.linalg.solve(torch.func.hessian(phi)(x), g)
+        f0, t = float(phi(x)), 1.0
+        while float(phi(x - t * step)) > f0 and t > 1e-10:
+            t /= 2
+        x = x - t * step
+    return x.numpy()
 
 
 def hessian_lipschitz(engine: "Engine") -> float | None:
