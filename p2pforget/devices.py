@@ -12,19 +12,9 @@ device(type='cpu')
 """
 from __future__ import annotations
 
-import os
-
 import torch
 
-LOCAL_RANK_VARS = ("OMPI_COMM_WORLD_LOCAL_RANK", "SLURM_LOCALID", "MPI_LOCALRANKID", "PMI_LOCAL_RANK")
-
-
-def local_rank() -> int:
-    """This process's rank among the processes of its node (0 when not launched by MPI)."""
-    for var in LOCAL_RANK_VARS:
-        if os.environ.get(var, "").isdigit():
-            return int(os.environ[var])
-    return 0
+from .transport import launched_local_rank
 
 
 def select(kind: str) -> torch.device:
@@ -36,4 +26,4 @@ def select(kind: str) -> torch.device:
     if not torch.cuda.is_available():
         raise ValueError("run.device = 'cuda' but torch sees no GPU (torch.cuda.is_available() is False); "
                          "use run.device = \"cpu\" or \"auto\"")
-    return torch.device("cuda", local_rank() % torch.cuda.device_count())
+    return torch.device("cuda", launched_local_rank() % torch.cuda.device_count())

@@ -189,8 +189,7 @@ class Engine:
         if removed:
             self.members[removed] = False
             self.graph.remove_edges_from([e for j in removed for e in list(self.graph.edges(j))])
-            kept = [v for v in self.graph.nodes if v >= self.n_clients or self.members[v]]
-            topology.check_connected(self.graph.subgraph(kept),
+            topology.check_connected(self.member_graph(),
                                      hint=f"removing node(s) {removed} splits the graph; use unlearn.mode = \"keep_relay\"")
         self._update_topology()
 
@@ -377,7 +376,7 @@ class Engine:
         x = flat
         for _ in tqdm(range(R), desc="gossip sum", leave=False, disable=not (progress and self.transport.is_root) or R < 200):
             x = self.mix(x, W)
-        messages = np.count_nonzero(W.data) - np.count_nonzero(W.diagonal())
+        messages = topology.message_count(W)
         return (len(nodes) * x).reshape(rows.shape), float(R * messages * flat.shape[1] * itemsize), R
 
     def message_bytes(self, W: sp.csr_array | None, vectors: int, *, entries: int | None = None) -> float:
@@ -387,8 +386,7 @@ class Engine:
         if self.is_star:
             messages = 2 * self.n_clients
         else:
-            W = sp.csr_array(W)
-            messages = int(np.count_nonzero(W.data) - np.count_nonzero(W.diagonal()))
+            messages = topology.message_count(W)
         return float(messages * vectors * (self.dim if entries is None else entries) * itemsize)
 
     # ------------------------------------------------------------------ rounds
@@ -567,12 +565,15 @@ class Engine:
         if not self.metrics["round"] and self.metrics["loss_mean"]:  # run files written before eval_every
             self.metrics["round"] = list(range(1, len(self.metrics["loss_mean"]) + 1))
 
+    def member_graph(self):
+        """The graph of the nodes still in it (and a star's hub)."""
+        return self.graph.subgraph([v for v in self.graph.nodes if v >= self.n_clients or self.members[v]])
+
     def topology_stats(self) -> topology.Stats:
         """Degrees, diameter and spectral gap of the graph of the nodes still in it, computed once
         per graph (a star's FedAvg round averages exactly: gap 1)."""
         if self._stats is None:
-            kept = [v for v in self.graph.nodes if v >= self.n_clients or self.members[v]]
-            g = self.graph.subgraph(kept)
+            g = self.member_graph()
             if self.is_star:
                 self._stats = topology.stats(g, gap=1.0)
             else:

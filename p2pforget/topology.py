@@ -207,6 +207,12 @@ def mixing_from_edges(n: int, edges: np.ndarray, kind: str = "metropolis") -> sp
     return W
 
 
+def message_count(W) -> int:
+    """Directed messages one gossip exchange over ``W`` sends: its nonzero off-diagonal entries."""
+    W = sp.csr_array(W)
+    return int(np.count_nonzero(W.data) - np.count_nonzero(W.diagonal()))
+
+
 def as_sparse(W) -> sp.csr_array:
     """``W`` (dense or sparse) as a canonical CSR array: no stored zeros, sorted column indices."""
     out = sp.csr_array(W, dtype=np.float64, copy=True)

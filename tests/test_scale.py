@@ -8,7 +8,7 @@ import scipy.sparse as sp
 import torch
 from torch import nn
 
-from p2pforget import Engine, config, devices, ledger, seeding, topology
+from p2pforget import Engine, config, devices, ledger, seeding, topology, transport
 from p2pforget.registry import MODELS
 
 
@@ -137,7 +137,7 @@ def test_sparse_spectral_gap_matches_dense():
 def test_device_selection(monkeypatch):
     assert devices.select("cpu") == torch.device("cpu")
     monkeypatch.setenv("OMPI_COMM_WORLD_LOCAL_RANK", "3")
-    assert devices.local_rank() == 3
+    assert transport.launched_local_rank() == 3
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
     assert devices.select("cuda") == torch.device("cuda", 1)  # local rank 3 on a node with 2 GPUs

@@ -80,14 +80,25 @@ class Transport(ABC):
 
 
 _LAUNCHER_SIZE_VARS = ("OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "PMIX_SIZE", "MPI_LOCALNRANKS")
+_LAUNCHER_LOCAL_RANK_VARS = ("OMPI_COMM_WORLD_LOCAL_RANK", "SLURM_LOCALID", "MPI_LOCALRANKID", "PMI_LOCAL_RANK")
+
+
+def _launcher_int(names: tuple[str, ...], default: int) -> int:
+    """The first of the launcher's environment variables ``names`` that holds an integer."""
+    for var in names:
+        if os.environ.get(var, "").isdigit():
+            return int(os.environ[var])
+    return default
 
 
 def launched_size() -> int:
     """How many ranks the MPI launcher (mpirun/mpiexec/srun) started, read from its environment; 1 if none."""
-    for var in _LAUNCHER_SIZE_VARS:
-        if os.environ.get(var, "").isdigit():
-            return int(os.environ[var])
-    return 1
+    return _launcher_int(_LAUNCHER_SIZE_VARS, 1)
+
+
+def launched_local_rank() -> int:
+    """This process's rank among the launcher's processes on its node; 0 if not launched by MPI."""
+    return _launcher_int(_LAUNCHER_LOCAL_RANK_VARS, 0)
 
 
 def at_launch_root(fn):

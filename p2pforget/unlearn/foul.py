@@ -41,6 +41,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
+from .. import topology
 from ..aggregate import Uploads, weighted_average
 from ..config import bounded, choice
 from ..registry import AGGREGATORS, METHODS
@@ -224,7 +225,7 @@ class FOUL:
             g = foul_direction(g_fl, retain, flood, gamma_r.to(retain.dtype), gamma_f.to(retain.dtype),
                                kappa=rule.kappa, beta=rule.beta)
             out[r] = out[r] + rule.meta_lr * g * mask.to(g.dtype)
-        edges = int(np.count_nonzero(W.data) - np.count_nonzero(W.diagonal()))
+        edges = topology.message_count(W)
         tree = engine.n_clients - 1
         # one exchange of updates and one of models with the neighbours, plus the flood of forget updates
         return out, 2 * edges + len(ids) * tree
