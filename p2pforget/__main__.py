@@ -125,6 +125,36 @@ def cmd_forget(args: argparse.Namespace) -> int:
     return 0
 
 
+def audit_table(result: dict) -> str:
+    """The audit as a small text table: MIA with its CI and gap to Retrain, LiRA, relearning."""
+    lines = [f"audit: {result['n_forgotten']} forgotten vs {result['n_heldout']} held-out samples "
+             f"(bootstrap {result['bootstrap']}, {result['shadow_models']} shadow models)",
+             f"{'model':<11}{'MIA AUC [95% CI]':>24}{'gap to Retrain [95% CI]':>30}{'LiRA AUC':>10}{'TPR@1%FPR':>11}"
+             f"{'relearn steps':>15}"]
+    for name, mia in result["mia"].items():
+        gap = mia.get("gap")
+        gap_text = f"{gap['mean']:+.1f} [{gap['ci'][0]:+.1f}, {gap['ci'][1]:+.1f}]" if gap else "-"
+        lira = result.get("lira", {}).get(name)
+        relearn = result.get("relearn", {}).get(name)
+        if relearn is None:
+            steps = "-"
+        else:  # never recovered within the budget of steps: "> budget"
+            steps = relearn["steps_to_recover"] if relearn["steps_to_recover"] is not None else f">{result['relearn']['steps']}"
+        mia_text = f"{mia['mean']:.1f} [{mia['ci'][0]:.1f}, {mia['ci'][1]:.1f}]"
+        lira_text = f"{lira['auc']:>10.1f}{lira['tpr_at_1pct_fpr']:>11.3f}" if lira else f"{'-':>10}{'-':>11}"
+        lines.append(f"{name:<11}{mia_text:>24}{gap_text:>30}{lira_text}{steps:>15}")
+    return "\n".join(lines)
+
+
+def cmd_audit(args: argparse.Namespace) -> int:
+    from . import experiment
+
+    result = experiment.audit_run(args.run_dir, overrides=args.set or [])
+    print(audit_table(result))
+    print(f"updated: {args.run_dir}/history.h5, {args.run_dir}/report.json")
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from . import experiment, report
 
@@ -254,6 +284,11 @@ def parser() -> argparse.ArgumentParser:
                         "or a moved file: data.path, topology.path, topology.mixing_path")
     f.add_argument("--no-retrain", action="store_true", help="skip the Retrain reference")
     f.set_defaults(fn=cmd_forget)
+
+    a = sub.add_parser("audit", help="membership and relearning attacks on a run's latest forget request")
+    a.add_argument("run_dir")
+    a.add_argument("--set", action="append", metavar="audit.KEY=VALUE", help="override an [audit] key, e.g. audit.shadow_models=8")
+    a.set_defaults(fn=cmd_audit)
 
     rep = sub.add_parser("report", help="PNG plots of a run directory")
     rep.add_argument("run_dir")

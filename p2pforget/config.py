@@ -83,6 +83,7 @@ class DataConfig:
     alpha: float = bounded(0.5, 1e-6)
     domain_skew: float = bounded(0.8, 0.0, 1.0)
     quantity_skew: float = bounded(0.0, 0.0, 3.0)
+    holdout_fraction: float = bounded(0.2, 0.0, 0.9)
     image_size: int = bounded(32, 8)
     path: str = ""
     save: bool = False
@@ -147,6 +148,19 @@ class UnlearnConfig:
 
 
 @dataclass(frozen=True)
+class AuditConfig:
+    """The audit of every forget request (see :mod:`p2pforget.audit`): bootstrap rounds of the MIA
+    confidence intervals, LiRA's shadow models (0 = no LiRA), and the relearning attack's forgotten
+    samples and fine-tuning steps (0 steps = no relearning attack)."""
+
+    after_forget: bool = True
+    bootstrap: int = bounded(1000, 10)
+    shadow_models: int = bounded(4, 0)
+    relearn_samples: int = bounded(10, 1)
+    relearn_steps: int = bounded(50, 0)
+
+
+@dataclass(frozen=True)
 class Config:
     run: RunConfig = field(default_factory=RunConfig)
     topology: TopologyConfig = field(default_factory=TopologyConfig)
@@ -155,6 +169,7 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
     ledger: LedgerConfig = field(default_factory=LedgerConfig)
     unlearn: UnlearnConfig = field(default_factory=UnlearnConfig)
+    audit: AuditConfig = field(default_factory=AuditConfig)
 
 
 def _int_list(where: str, value: Any) -> tuple[int, ...]:

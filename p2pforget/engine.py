@@ -268,9 +268,13 @@ class Engine:
                 self._no_vmap(e)
         return row_by_row(fn, *args)
 
-    def full_batch(self) -> Batch:
-        """Every sample of this process's clients, with the mask of those still trained on."""
-        return {"x": self.x, "y": self.y, "mask": self._local_mask}
+    def full_batch(self, dtype: torch.dtype | None = None) -> Batch:
+        """Every sample of this process's clients, with the mask of those still trained on; in
+        ``dtype`` (default: the training dtype), e.g. float64 for curvature and certificates."""
+        batch = {"x": self.x, "y": self.y, "mask": self._local_mask}
+        if dtype is None or dtype == self.dtype:
+            return batch
+        return batch | {"x": self.x.to(dtype), "mask": self._local_mask.to(dtype)}
 
     def batch(self, key: tuple[int, int]) -> Batch:
         """The minibatch of every local client for ``key = (round, step)`` (``train.batch_size``;

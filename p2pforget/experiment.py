@@ -37,7 +37,7 @@ class ResumeError(ValueError):
 # What forget requests add to a run file; carried unchanged through every later checkpoint.
 RECORD_ARRAYS = ("unlearn/", "params/unlearned", "params/retrained")
 RECORD_ATTRS = ("unlearned", "unlearn_round", "requests_json")
-RECORD_REPORT = ("unlearn", "metrics", "cost", "traces", "requests")
+RECORD_REPORT = ("unlearn", "metrics", "cost", "traces", "audit", "requests")
 
 
 @dataclass
@@ -329,12 +329,20 @@ def record_forget(engine: Engine, writer: RunWriter, result: ForgetResult) -> di
     if engine.transport.is_root:
         arrays = dict(records.arrays)
         arrays.update({f"params/{k}": v for k, v in result.params.items() if k != "trained"})
+        arrays["params/before_request"] = result.params["trained"]  # the checkpoint's params/trained moves on
         arrays["unlearn/retained"] = engine.retained
         arrays["unlearn/members"] = engine.members
         arrays = {k: v for k, v in arrays.items() if not k.startswith("unlearn/fa_trace/")}
         for name, trace in result.traces.items():
             arrays[f"unlearn/fa_trace/{name}"] = np.asarray(trace, dtype=np.float64)
-        cert = result.certificate or {}
+        cert = dict(result.certificate or {})
+        if "epsilon" in cert:
+            # Basic composition (Dwork & Roth 2014, Thm. 3.16) over this run's certified releases.
+            # A release without noise has no finite epsilon: then neither has the sum (None).
+            releases = [r["unlearn"] for r in records.requests if "epsilon" in r["unlearn"]] + [cert]
+            finite = all(r.get("noise", True) for r in releases)
+            cert["cumulative_epsilon"] = sum(r["epsilon"] for r in releases) if finite else None
+            cert["cumulative_delta"] = sum(r["delta"] for r in releases) if finite else None
         cost = {name: vars(c) for name, c in result.cost.items()}
         attrs = {k: v for k, v in cert.items() if isinstance(v, (int, float, str, bool))}
         attrs |= {"forgotten": json.dumps(result.forgotten), "mode": result.mode, "method": result.method,
@@ -346,6 +354,9 @@ def record_forget(engine: Engine, writer: RunWriter, result: ForgetResult) -> di
         entry = {"unlearn": cert | {"method": result.method, "forgotten": result.forgotten, "mode": result.mode,
                                     "round": int(engine.round)},
                  "metrics": result.metrics, "cost": cost, "traces": result.traces}
+        if result.audit is not None:
+            entry["audit"] = result.audit
+            attrs["audit_json"] = history.json_text(result.audit)
         writer.records = Records(arrays=arrays, group_attrs={"unlearn": attrs},
                                  attrs={"unlearned": True, "unlearn_round": int(engine.round),
                                         "requests_json": history.json_text(records.requests + [entry])})
@@ -400,3 +411,40 @@ def forget_run(run_dir: str | Path, *, clients=(), samples: dict | None = None, 
         engine, writer = load_run(run_dir, overrides=overrides, transport=transport)
         result = forget(engine, clients=clients, samples=samples or {}, reference=reference, progress=progress)
         return record_forget(engine, writer, result)
+
+
+def audit_run(run_dir: str | Path, *, overrides: list[str] = ()) -> dict[str, Any]:
+    """Audit the latest forget request of the run at ``run_dir`` (see :mod:`p2pforget.audit`) with
+    its ``[audit]`` options (``overrides`` may change them), and add the result to the run files
+    (``audit_json`` in the run file's ``unlearn`` group and the request's entry in
+    ``requests_json``; ``audit`` in report.json), atomically, holding the run's lock."""
+    from .audit import audit
+
+    run_dir = Path(run_dir)
+    bad = [o for o in overrides if not o.strip().startswith("audit.")]
+    if bad:
+        raise config_mod.ConfigError(f"p2pforget audit takes only [audit] keys with --set; got {', '.join(bad)}")
+    with history.run_lock(run_dir, command=f"p2pforget audit {run_dir}"):
+        stored = history.read_run(run_dir / "history.h5")
+        records = Records.of(stored)
+        if not records.requests:
+            raise ValueError(f"{run_dir} holds no forget request to audit: run `p2pforget forget {run_dir} --clients ID` first")
+        cfg = config_mod.with_overrides(config_mod.loads(stored.attrs["config_toml"]), list(overrides))
+        engine, _ = load_run(run_dir)
+        last = records.requests[-1]
+        forgotten = {int(j): np.asarray(v, dtype=np.int64) for j, v in last["unlearn"]["forgotten"].items()}
+        models = {name: stored.arrays[f"params/{key}"] for name, key in
+                  (("trained", "before_request"), ("unlearned", "unlearned"), ("retrained", "retrained"))
+                  if f"params/{key}" in stored.arrays}
+        result = audit(engine, forgotten=forgotten, models=models, nodes=np.flatnonzero(engine.members),
+                       options=cfg.audit, seed=engine.seed)
+        requests = records.requests
+        requests[-1]["audit"] = result
+        group_attrs = dict(stored.group_attrs)
+        group_attrs["unlearn"] = dict(group_attrs.get("unlearn", {})) | {"audit_json": history.json_text(result)}
+        history.write_h5(run_dir / "history.h5", attrs=dict(stored.attrs) | {"requests_json": history.json_text(requests)},
+                         arrays=stored.arrays, group_attrs=group_attrs)
+        report_path = run_dir / "report.json"
+        report = json.loads(report_path.read_text()) if report_path.exists() else {}
+        history.write_json(report_path, report | {"audit": result, "requests": requests})
+    return result

@@ -1,6 +1,8 @@
 """Unlearning metrics, named as in the papers: FA / RA / TA (accuracy on forgotten, retained and test
-data), MIA (membership-inference attack AUC x 100; 50 = the forgotten data look like unseen data),
-and the distance of every node's model to Retrain.
+data), MIA (membership-inference AUC x 100 of the loss-threshold attack, forgotten samples against
+the same clients' held-out samples; 50 = the forgotten data look like data never trained on), and
+the distance of every node's model to Retrain. :mod:`p2pforget.audit` adds confidence intervals,
+LiRA and a relearning attack.
 
 The pure functions work on numpy arrays; :func:`evaluate` runs a set of node models on this
 process's clients and gathers the per-node numbers at the root.
@@ -9,8 +11,8 @@ Example
 -------
 >>> import numpy as np
 >>> logits = np.array([[2.0, 0.0], [0.0, 2.0]])
->>> attack_features(logits, np.array([0, 0]))[:, 0].round(3).tolist()  # per-sample loss
-[0.127, 2.127]
+>>> logit_confidence(logits, np.array([0, 0])).tolist()  # log p_y - log(1 - p_y)
+[2.0, -2.0]
 """
 from __future__ import annotations
 
@@ -19,8 +21,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
-
-from . import seeding
+from scipy.stats import rankdata
 
 if TYPE_CHECKING:
     from .engine import Engine
@@ -28,9 +29,9 @@ if TYPE_CHECKING:
 
 @dataclass(frozen=True)
 class EvalSets:
-    """The samples unlearning is judged on: forgotten, retained (all remaining training data), test.
-    The test set is split in two halves: one trains the membership attack, the other is the
-    non-member side of its evaluation."""
+    """The samples unlearning is judged on: forgotten, retained (all remaining training data), test,
+    and the non-members of the membership attack: the held-out samples of the clients whose data
+    are forgotten (the test set where the data have no held-out split)."""
 
     x_forget: np.ndarray
     y_forget: np.ndarray
@@ -38,43 +39,43 @@ class EvalSets:
     y_retain: np.ndarray
     x_test: np.ndarray
     y_test: np.ndarray
+    x_heldout: np.ndarray
+    y_heldout: np.ndarray
 
     @classmethod
     def from_masks(cls, engine: "Engine", forgotten: np.ndarray, retained: np.ndarray) -> "EvalSets":
         """Sets from boolean ``(n_clients, m)`` masks over the engine's training data."""
         d = engine.data
+        clients = np.flatnonzero(forgotten.any(axis=1))
+        if d.x_holdout is not None and len(clients) and d.holdout_counts[clients].sum():
+            held = np.arange(d.y_holdout.shape[1])[None, :] < d.holdout_counts[:, None]
+            rows = np.zeros_like(held)
+            rows[clients] = held[clients]
+            xh, yh = d.x_holdout[rows], d.y_holdout[rows]
+        else:
+            xh, yh = d.x_test, d.y_test
         return cls(x_forget=d.x[forgotten], y_forget=d.y[forgotten], x_retain=d.x[retained], y_retain=d.y[retained],
-                   x_test=d.x_test, y_test=d.y_test)
+                   x_test=d.x_test, y_test=d.y_test, x_heldout=xh, y_heldout=yh)
 
 
-def attack_features(logits: np.ndarray, labels: np.ndarray) -> np.ndarray:
-    """Per-sample (loss, confidence in the true label, prediction entropy)."""
+def auc(pos: np.ndarray, neg: np.ndarray) -> np.ndarray:
+    """Row-wise ROC AUC (the probability that a positive outscores a negative, ties counting half)
+    of ``pos [..., p]`` vs ``neg [..., q]``, by the Mann-Whitney rank sum."""
+    ranks = rankdata(np.concatenate([pos, neg], axis=-1), axis=-1)
+    p, q = pos.shape[-1], neg.shape[-1]
+    return (ranks[..., :p].sum(axis=-1) - p * (p + 1) / 2.0) / (p * q)
+
+
+def logit_confidence(logits: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """``phi = log p_y - log(1 - p_y)`` from ``logits [..., m, C]`` (stable: the second term is the
+    log-sum-exp over the other classes)."""
     z = logits - logits.max(axis=-1, keepdims=True)
-    logp = z - np.log(np.exp(z).sum(axis=-1, keepdims=True))
-    p = np.exp(logp)
-    labels = np.broadcast_to(labels, logp.shape[:-1])
-    true = np.take_along_axis(logp, labels[..., None], axis=-1)[..., 0]
-    entropy = -(p * logp).sum(axis=-1)
-    return np.stack([-true, np.exp(true), entropy], axis=-1)
-
-
-def mia_auc(member: np.ndarray, nonmember: np.ndarray, forget: np.ndarray, heldout: np.ndarray, *, seed: int) -> float:
-    """AUC x 100 of a logistic-regression attack trained on member-vs-nonmember features and
-    evaluated on forgotten (label 1) vs held-out (label 0) features."""
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.metrics import roc_auc_score
-    from sklearn.pipeline import make_pipeline
-    from sklearn.preprocessing import StandardScaler
-
-    r = seeding.rng(seed, purpose="metrics/mia")
-    k = min(len(member), len(nonmember))
-    member = member[r.choice(len(member), k, replace=False)]
-    X = np.concatenate([member, nonmember[:k]])
-    y = np.concatenate([np.ones(k), np.zeros(k)])
-    attack = make_pipeline(StandardScaler(), LogisticRegression(max_iter=1000)).fit(X, y)
-    score = attack.predict_proba(np.concatenate([forget, heldout]))[:, 1]
-    truth = np.concatenate([np.ones(len(forget)), np.zeros(len(heldout))])
-    return 100.0 * float(roc_auc_score(truth, score))
+    true = np.take_along_axis(z, np.broadcast_to(labels, z.shape[:-1])[..., None], axis=-1)[..., 0]
+    others = z.copy()
+    np.put_along_axis(others, np.broadcast_to(labels, z.shape[:-1])[..., None], -np.inf, axis=-1)
+    m = others.max(axis=-1, keepdims=True)
+    rest = m[..., 0] + np.log(np.exp(others - m).sum(axis=-1))
+    return true - rest
 
 
 def _summary(values: np.ndarray) -> dict[str, float]:
@@ -84,30 +85,27 @@ def _summary(values: np.ndarray) -> dict[str, float]:
 def evaluate(engine: "Engine", params: torch.Tensor, sets: EvalSets, *, nodes: np.ndarray) -> dict | None:
     """FA, RA, TA (mean/min/max over ``nodes``, in percent) and MIA (mean over ``nodes``) of the
     stacked local ``params``; the dict at the root, ``None`` elsewhere."""
-    sizes = [len(sets.y_forget), len(sets.y_retain), len(sets.y_test)]
-    x = np.concatenate([sets.x_forget, sets.x_retain, sets.x_test])
-    y = np.concatenate([sets.y_forget, sets.y_retain, sets.y_test])
+    sizes = [len(sets.y_forget), len(sets.y_retain), len(sets.y_test), len(sets.y_heldout)]
+    x = np.concatenate([sets.x_forget, sets.x_retain, sets.x_test, sets.x_heldout])
+    y = np.concatenate([sets.y_forget, sets.y_retain, sets.y_test, sets.y_heldout])
     x_t = torch.as_tensor(x, dtype=engine.dtype)
     with torch.no_grad():
         logits = torch.stack([engine.task.logits(p, x_t) for p in params.detach()])
-    feats = torch.as_tensor(attack_features(logits.numpy().astype(np.float64), y))
+    phi = torch.as_tensor(logit_confidence(logits.numpy().astype(np.float64), y))
     correct = (logits.argmax(-1).numpy() == y).astype(np.float64)
-    full = engine.transport.gather(torch.cat([feats, torch.as_tensor(correct)[..., None]], dim=-1))
+    full = engine.transport.gather(torch.stack([phi, torch.as_tensor(correct)], dim=-1))
     if full is None:
         return None
     full = full.numpy()[nodes]
-    f_end, r_end = sizes[0], sizes[0] + sizes[1]
-    acc = full[..., 3]
+    f_end, r_end, t_end = sizes[0], sizes[0] + sizes[1], sizes[0] + sizes[1] + sizes[2]
+    acc = full[..., 1]
     out = {
         "FA": _summary(100 * acc[:, :f_end].mean(axis=1)) if f_end else None,
         "RA": _summary(100 * acc[:, f_end:r_end].mean(axis=1)),
-        "TA": _summary(100 * acc[:, r_end:].mean(axis=1)),
+        "TA": _summary(100 * acc[:, r_end:t_end].mean(axis=1)),
     }
-    half = sizes[2] // 2
-    if f_end and half:
-        aucs = [mia_auc(node[f_end:r_end, :3], node[r_end:r_end + half, :3], node[:f_end, :3], node[r_end + half:, :3],
-                        seed=engine.seed) for node in full]
-        out["MIA"] = float(np.mean(aucs))
+    if f_end and sizes[3]:
+        out["MIA"] = float(100 * auc(full[:, :f_end, 0], full[:, t_end:, 0]).mean())
     return out
 
 

@@ -5,6 +5,7 @@ import warnings
 
 import numpy as np
 import pytest
+import torch
 from scipy.stats import norm
 
 from p2pforget import Engine, config, forget
@@ -90,21 +91,61 @@ def test_noise_comes_from_os_entropy_unless_seeded(trained):
 
 
 @pytest.mark.parametrize("certified,reason", [({"noise": False}, "no noise was added"),
-                                              ({"budget": 1e-30}, "exceeds the declared budget"),
+                                              ({"budget": 1e-30, "fallback": "none"}, "exceeds the declared budget"),
                                               ({"budget": 0.0}, "depends on the forgotten data")])
 def test_certified_is_false_with_the_reason(trained, certified, reason):
     c = _forget(trained, **certified).certificate
     assert not c["certified"] and reason in c["not_certified_because"]
 
 
-def test_float32_models_are_not_certified():
+def test_float32_training_is_certified_in_float64():
+    """Curvature, steps and certificate run in float64 whatever the training dtype; the release is
+    rounded to float32 afterwards (post-processing)."""
     cfg = config.from_dict({"topology": {"kind": "ring", "n_clients": 6}, "data": {"n_samples_per_client": 10},
                             "train": {"algorithm": "gradient_tracking", "weight_decay": 0.1, "dtype": "float32"},
-                            "unlearn": {"certified": {"averaging": "tree", "budget": 1.0}}})
+                            "unlearn": {"certified": {"averaging": "tree", "budget": 1e-6}}})
     engine = Engine(config=cfg)
     engine.train(20, progress=False)
-    c = forget(engine, clients=[2], reference=False, progress=False).certificate
-    assert not c["certified"] and "float32" in c["not_certified_because"]
+    r = forget(engine, clients=[2], reference=False, progress=False)
+    c = r.certificate
+    assert c["certified"], c["not_certified_because"]
+    assert c["residual_bound"] <= 1e-6  # float32 rounding alone would be ~1e-7 * ||theta|| per entry
+    assert r.params["unlearned"].dtype == np.float32 and engine.params.dtype == torch.float32
+
+
+def test_a_bound_over_budget_falls_back_to_retrain(trained):
+    engine = Engine(config=_cfg(budget=1e-30, newton_steps=2, max_newton_steps=2))
+    engine.load_state(trained)
+    r = forget(engine, clients=[1], progress=False)
+    c = r.certificate
+    assert c["fallback"] == "retrain" and c["certified"] and c["newton_steps_taken"] == 2
+    nodes = np.arange(8) != 1
+    assert np.array_equal(r.params["unlearned_noiseless"][nodes], r.params["retrained"][nodes])
+    assert r.cost["unlearn"].seconds > r.cost["retrain"].seconds  # it paid for the steps and for Retrain
+
+
+def test_newton_steps_never_increase_the_remaining_objective(trained):
+    engine = Engine(config=_cfg(noise=False, first_step="uniform", newton_steps=3, max_newton_steps=3))
+    engine.load_state(trained)
+    values = []
+    from p2pforget.unlearn import certified as cert_mod
+    original = cert_mod._NewtonState.local
+
+    def spy(self, theta):
+        g, f = original(self, theta)
+        values.append(float(self.net_sum(f.clone(), exact=True)[0, 0]))
+        return g, f
+
+    cert_mod._NewtonState.local = spy
+    try:
+        forget(engine, clients=[1], reference=False, progress=False, damping=0.0)
+    finally:
+        cert_mod._NewtonState.local = original
+    accepted = [values[0]]
+    for v in values[1:]:
+        if v <= accepted[-1] + 1e-13 * abs(accepted[-1]):
+            accepted.append(v)
+    assert len(accepted) >= 3 and all(b <= a + 1e-13 * abs(a) for a, b in zip(accepted, accepted[1:]))
 
 
 def test_a_release_that_is_mostly_noise_warns(trained):

@@ -118,6 +118,7 @@ def test_image_folder_reads_pacs_style_folders(tmp_path):
     assert domains == ("photo", "sketch") and classes == ("cat", "dog", "horse")
     assert np.bincount(dom).tolist() == [9, 11] and np.bincount(y).tolist() == [10, 8, 2]
     fd = data.build(DataConfig(kind="image_folder", path=str(tmp_path), image_size=16, n_test=4, n_samples_per_client=4,
+                               holdout_fraction=0.0,
                                partition="by_domain"), n_clients=4, seed=0)
     assert fd.x.shape[2:] == (3, 16, 16) and fd.n_classes == 3 and fd.counts.tolist() == [4, 4, 4, 4]
     assert fd.domain.shape == fd.y.shape and fd.domain_names == ("photo", "sketch")

@@ -157,7 +157,7 @@ def _digits(rounds):
     """Client 3 holds most of class 3: forgetting it drops the models' accuracy on its samples."""
     return config.from_dict({
         "run": {"rounds": rounds, "seed": 1}, "topology": {"kind": "star", "n_clients": 10},
-        "data": {"kind": "digits", "partition": "by_class", "n_samples_per_client": 160, "n_test": 50},
+        "data": {"kind": "digits", "partition": "by_class", "n_samples_per_client": 128, "n_test": 50},
         "model": {"kind": "logistic"}, "train": {"lr": 0.5, "local_steps": 5, "batch_size": 32},
         "unlearn": {"method": "retrain"}})
 
@@ -181,7 +181,7 @@ def test_forget_then_resume_never_relearns(tmp_path, capsys):
     stored = history.read_h5(run / "history.h5")
     report = json.loads((run / "report.json").read_text())
     assert stored.attrs["rounds_done"] == 16 and stored.attrs["unlearned"]
-    assert report["unlearn"]["forgotten"] == {"3": list(range(160))} and len(report["requests"]) == 1
+    assert report["unlearn"]["forgotten"] == {"3": list(range(128))} and len(report["requests"]) == 1
     assert "params/unlearned" in stored.arrays and not stored.arrays["unlearn/members"][3]
     engine, _ = experiment.load_run(run)
     resumed = engine.params

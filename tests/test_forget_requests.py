@@ -104,6 +104,10 @@ def test_run_file_and_cli_forget(tmp_path, capsys):
     assert main(["forget", str(tmp_path), "--samples", "5:0,1,2", "--set", "unlearn.certified.noise=false"]) == 0
     out = capsys.readouterr().out
     assert "Retrain" in out and "Certified" in out and "certificate:" in out
+    first, second = json.loads((tmp_path / "report.json").read_text())["requests"]
+    assert first["unlearn"]["cumulative_epsilon"] == first["unlearn"]["epsilon"] == 1.0
+    assert first["unlearn"]["cumulative_delta"] == first["unlearn"]["delta"]
+    assert second["unlearn"]["cumulative_epsilon"] is None  # the second release had no noise
     rf = history.read_h5(tmp_path / "history.h5")
     retained = rf.arrays["unlearn/retained"]
     assert not retained[5, :3].any() and retained[5, 3:].all() and not rf.arrays["unlearn/members"][3]

@@ -111,7 +111,7 @@ LAYERS = [  # a module may import only from its own layer or the layers before i
     {"registry", "seeding", "config", "aggregate", "transport", "history", "tasks", "ledger", "devices"},
     {"topology", "partition", "data", "models", "rounds", "metrics"},
     {"engine"},
-    {"unlearn"},
+    {"unlearn", "audit"},
     {"experiment", "compare", "report"},
     {"__main__", "p2pforget"},
 ]

@@ -122,7 +122,7 @@ def test_lazy_mixing_rescues_gradient_tracking_on_a_torus():
 
     def run(lazy):
         cfg = config.from_dict({"topology": {"kind": "torus", "n_clients": 32, "lazy": lazy},
-                                "data": {"kind": "digits", "n_samples_per_client": 40},
+                                "data": {"kind": "digits", "n_samples_per_client": 36},
                                 "train": {"algorithm": "gradient_tracking", "lr": 0.1, "dtype": "float64"}})
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")

@@ -4,21 +4,29 @@ Every builder returns a :class:`FederatedData`: client shards stacked as ``x[n_c
 ``y[n_clients, m]`` (``m`` = the largest shard; client i's samples are its first ``counts[i]`` rows,
 the rest is padding), optional domain labels, and a shared test split.
 
+Each client also gets a held-out split (``data.holdout_fraction`` of its data, default 0.2) that is
+never trained on: ``x_holdout[n_clients, h, ...]``, ``y_holdout``, ``holdout_counts``. It is drawn
+from the client's own shard, so it has the client's class mix, and it is the non-member side of
+the membership audit (:mod:`p2pforget.audit`). ``n_samples_per_client`` is the number of training
+samples; the builder is asked for enough more to hold the split out.
+
 Example
 -------
 >>> from p2pforget.config import DataConfig
 >>> fd = build(DataConfig(n_samples_per_client=10, n_test=20), n_clients=4, seed=0)
->>> fd.x.shape, fd.y.shape, fd.x_test.shape, fd.counts.tolist()
-((4, 10, 10), (4, 10), (20, 10), [10, 10, 10, 10])
+>>> fd.x.shape, fd.y.shape, fd.x_test.shape, fd.counts.tolist(), fd.x_holdout.shape
+((4, 10, 10), (4, 10), (20, 10), [10, 10, 10, 10], (4, 3, 10))
 """
 from __future__ import annotations
 
+import dataclasses
+import math
 from dataclasses import dataclass
 from typing import Callable
 
 import numpy as np
 
-from .. import partition as _partition
+from .. import partition as _partition, seeding
 from ..config import DataConfig
 from ..registry import DATASETS
 
@@ -34,6 +42,9 @@ class FederatedData:
     domain: np.ndarray | None = None        # (n_clients, m) domain id of each sample
     domain_test: np.ndarray | None = None   # (n_test,)
     domain_names: tuple[str, ...] = ()
+    x_holdout: np.ndarray | None = None     # (n_clients, h, *input_shape): never trained on
+    y_holdout: np.ndarray | None = None     # (n_clients, h)
+    holdout_counts: np.ndarray | None = None  # (n_clients,) held-out samples per client
 
     def __post_init__(self) -> None:
         if self.counts is None:
@@ -75,8 +86,54 @@ def shard(x: np.ndarray, y: np.ndarray, cfg: DataConfig, n_clients: int, seed: i
 
 
 def build(cfg: DataConfig, *, n_clients: int, seed: int) -> FederatedData:
-    """Build the dataset registered as ``cfg.kind``."""
-    return DATASETS.get(cfg.kind)(cfg, n_clients, seed)
+    """Build the dataset registered as ``cfg.kind``, with each client's held-out split."""
+    builder = DATASETS.get(cfg.kind)
+    f = cfg.holdout_fraction
+    if f == 0:
+        return builder(cfg, n_clients, seed)
+    total = math.ceil(cfg.n_samples_per_client / (1.0 - f))
+    try:
+        full = builder(dataclasses.replace(cfg, n_samples_per_client=total), n_clients, seed)
+    except ValueError as e:
+        if "available" not in str(e):
+            raise
+        raise ValueError(f"{e} (data.holdout_fraction = {f:g} asks each client for {total} samples: "
+                         f"{cfg.n_samples_per_client} to train on and {total - cfg.n_samples_per_client} held out; "
+                         "set data.holdout_fraction = 0 to hold out none)") from None
+    return split_holdout(full, f, seed=seed, train_total=n_clients * cfg.n_samples_per_client)
+
+
+def split_holdout(data: FederatedData, fraction: float, *, seed: int, train_total: int | None = None) -> FederatedData:
+    """Move a random ``fraction`` of every client's samples (a stream keyed by client id) to its
+    held-out split; the rest stay training samples, in their order. With ``train_total``, the
+    training counts are rounded (largest remainders) to sum to it where the shards allow."""
+    n, m = data.y.shape
+    exact = data.counts * (1.0 - fraction)
+    train_counts = np.floor(exact).astype(np.int64)
+    if train_total is not None:
+        diff = int(min(train_total, data.counts.sum()) - train_counts.sum())
+        order = np.argsort(-(exact - train_counts), kind="stable")  # largest remainders first
+        if diff > 0:
+            train_counts[order[:diff]] += 1
+        elif diff < 0:
+            train_counts[order[::-1][:-diff]] -= 1
+    train_counts = np.clip(train_counts, 0, data.counts)
+    held_counts = data.counts - train_counts
+    m_train, m_held = max(int(train_counts.max()), 1), max(int(held_counts.max()), 1)
+    x = np.zeros((n, m_train) + data.x.shape[2:], dtype=data.x.dtype)
+    y = np.zeros((n, m_train), dtype=np.int64)
+    xh = np.zeros((n, m_held) + data.x.shape[2:], dtype=data.x.dtype)
+    yh = np.zeros((n, m_held), dtype=np.int64)
+    domain = None if data.domain is None else np.full((n, m_train), -1, dtype=data.domain.dtype)
+    for i in range(n):
+        perm = seeding.rng(seed, client=i, purpose="data/holdout").permutation(int(data.counts[i]))
+        train, held = np.sort(perm[:train_counts[i]]), np.sort(perm[train_counts[i]:])
+        x[i, :len(train)], y[i, :len(train)] = data.x[i, train], data.y[i, train]
+        xh[i, :len(held)], yh[i, :len(held)] = data.x[i, held], data.y[i, held]
+        if domain is not None:
+            domain[i, :len(train)] = data.domain[i, train]
+    return dataclasses.replace(data, x=x, y=y, counts=train_counts, domain=domain,
+                               x_holdout=xh, y_holdout=yh, holdout_counts=held_counts)
 
 
 from . import synthetic, digits, images  # noqa: E402,F401  (register builders)

@@ -97,22 +97,27 @@ def _check_client(engine: "Engine", j: int) -> None:
 class Outcome:
     """What an unlearning method produces (local rows of this process).
 
-    ``release()`` returns the models to publish and the certificate (``None`` for a method that
-    issues none). It runs outside the cost measurement: the simulator evaluates a certificate with
-    global knowledge of the data. ``noiseless`` is each node's private state (the released models
-    for a method that adds no noise); ``rounds`` is how many communication rounds the method ran.
+    ``release(models=None)`` returns the models to publish and the certificate (``None`` for a
+    method that issues none), from ``noiseless`` or from the ``models`` given. It runs outside the
+    cost measurement: the simulator evaluates a certificate with global knowledge of the data.
+    ``noiseless`` is each node's private state (the released models for a method that adds no
+    noise); ``rounds`` is how many communication rounds the method ran. ``fallback``: the method
+    could not meet its guarantee and asks for Retrain; :func:`forget` retrains (charged to the
+    method, and used as the reference too) and releases the retrained models through ``release``.
     """
 
     noiseless: torch.Tensor
-    release: Callable[[], tuple[torch.Tensor, dict[str, Any] | None]]
+    release: Callable[..., tuple[torch.Tensor, dict[str, Any] | None]]
     comm_bytes: float
     extra_flops: float = 0.0  # work the FLOP counter cannot see (dense solves)
     rounds: int = 1
+    fallback: bool = False
 
     @classmethod
     def plain(cls, params: torch.Tensor, *, comm_bytes: float, rounds: int = 1) -> "Outcome":
         """The outcome of a method that publishes its models as they are, with no certificate."""
-        return cls(noiseless=params, release=lambda: (params, None), comm_bytes=comm_bytes, rounds=rounds)
+        return cls(noiseless=params, release=lambda models=None: (params if models is None else models, None),
+                   comm_bytes=comm_bytes, rounds=rounds)
 
 
 class Unlearner(Protocol):
@@ -171,6 +176,7 @@ class ForgetResult:
     params: dict[str, np.ndarray] = field(default_factory=dict)
     metrics: dict[str, dict] = field(default_factory=dict)
     traces: dict[str, list[float]] = field(default_factory=dict)  # FA after each unlearning / retraining round
+    audit: dict[str, Any] | None = None  # see p2pforget.audit; at the root, when [audit] after_forget
 
 
 def measured(fn):
@@ -253,7 +259,21 @@ def forget(engine: "Engine", *, clients=(), samples: dict | None = None, method:
     outcome, seconds, flops = measured(lambda: entry.obj().unlearn(engine, request, opts))
     cost = Cost(seconds=seconds - spent["seconds"], flops=flops - spent["flops"] + outcome.extra_flops,
                 comm_bytes=outcome.comm_bytes)
-    released, certificate = outcome.release()
+    retrain_trace: list[float] = []
+    r_spent = {"seconds": 0.0, "flops": 0.0}
+    fresh = None
+    if reference or outcome.fallback:
+        # Retrain: the reference, and for a method that falls back, its result (charged to it).
+        fresh, r_cost = retrain(engine, rounds=rounds, progress=progress,
+                                observe=_observer(engine, sets, nodes, retrain_trace, r_spent))
+        r_cost.seconds -= r_spent["seconds"]  # the FA trace is left out of both sides' cost alike
+    if outcome.fallback:
+        cost = Cost(seconds=cost.seconds + r_cost.seconds, flops=cost.flops + r_cost.flops,
+                    comm_bytes=cost.comm_bytes + r_cost.comm_bytes)
+        outcome.noiseless = fresh.params
+        released, certificate = outcome.release(fresh.params)
+    else:
+        released, certificate = outcome.release()
     # Nodes continue from their noiseless models and publish noised ones, so that later requests
     # start from the exact correction (sequential deletion as in Sekhari et al. 2021) ...
     engine.set_params(outcome.noiseless)
@@ -276,15 +296,10 @@ def forget(engine: "Engine", *, clients=(), samples: dict | None = None, method:
         fa = metrics.forget_accuracy(engine, released, sets, nodes=nodes)
         trace = [fa] if fa is not None else []
     local = {"trained": trained, "unlearned_noiseless": outcome.noiseless, "unlearned": released}
-    retrain_trace: list[float] = []
     if reference:
-        r_spent = {"seconds": 0.0, "flops": 0.0}
-        retrained, r_cost = retrain(engine, rounds=rounds, progress=progress,
-                                    observe=_observer(engine, sets, nodes, retrain_trace, r_spent))
-        r_cost.seconds -= r_spent["seconds"]  # the FA trace is left out of both sides' cost alike
         cost["retrain"] = r_cost
-        local["retrained"] = retrained.params
-        evaluated["retrained"] = metrics.evaluate(engine, retrained.params, sets, nodes=nodes)
+        local["retrained"] = fresh.params
+        evaluated["retrained"] = metrics.evaluate(engine, fresh.params, sets, nodes=nodes)
 
     gathered = {k: engine.gather_params(v) for k, v in local.items()}
     result = ForgetResult(method=name, forgotten={j: v.tolist() for j, v in request.samples.items()},
@@ -316,6 +331,12 @@ def forget(engine: "Engine", *, clients=(), samples: dict | None = None, method:
                 d = metrics.distance(gathered["unlearned_noiseless" if key == "unlearned" else key], ref, nodes)
                 evaluated[key]["distance_to_retrain"] = d
                 evaluated[key]["relative_distance_to_retrain"] = d / base if base > 0 else 0.0
+        if engine.config.audit.after_forget and engine.data.x_holdout is not None:
+            from ..audit import audit
+
+            result.audit = audit(engine, forgotten=request.samples, nodes=nodes, options=engine.config.audit,
+                                 seed=engine.seed, models={k: gathered[k] for k in ("trained", "unlearned", "retrained")
+                                                           if k in gathered})
     return result
 
 

@@ -17,16 +17,17 @@ remaining data. At a stationary point of ``Phi``, ``grad Phi'(theta) = -g`` with
 2. Node i weighs them by its influence ledger, ``omega_ij = n * C_ij / sum_k C_ik`` (DSGD: the
    share of j's updates in i's model relative to the network mean; 1 for gradient tracking and the
    star, where every node holds the minimizer of ``Phi``), so its estimate of ``grad Phi'(theta_i)``
-   is ``-sum_j omega_ij g_j``.
+   is ``-sum_j omega_ij g_j`` (``first_step``: ``ledger``, ``uniform`` or ``none``).
 3. Every node computes the curvature of its remaining local objective; the network sums it
    (``averaging = "tree"``, the default: exactly, up and down a spanning tree; ``"gossip"``: gossip
    with the remaining graph's Metropolis matrix until the estimates agree to
-   ``unlearn.curvature_tol``, times the node count; on a star the hub sums). An inexact sum only slows the Newton iteration,
-   and the certificate accounts for it.
-4. Newton step ``theta_i <- theta_i - H_i^{-1} grad_i``. Each further step (``newton_steps``)
-   first averages the nodes' models (the target, the remaining optimum, is one point), then sums
-   the nodes' remaining-data gradients at that model the same way (to ``unlearn.gossip_tol``)
-   instead of using the ledger.
+   ``unlearn.curvature_tol``, times the node count; on a star the hub sums). Newton step
+   ``theta_i <- theta_i - H_i^{-1} grad_i``.
+4. The nodes agree on their mean model and sum their remaining gradients and objective values at
+   it; further Newton steps, each with backtracking on the summed remaining objective, follow
+   until ``newton_steps`` are done and the strong-convexity bound ``||grad Phi'|| / (A lambda)`` is
+   within ``budget``; after ``max_newton_steps`` the request falls back to Retrain
+   (``fallback``). Everything runs in float64, whatever the training dtype.
 5. Gaussian noise is added with ``sigma`` from the analytic Gaussian mechanism (Balle & Wang, ICML
    2018; :mod:`.gaussian`) for the declared sensitivity ``budget`` (so sigma does not depend on
    which data were forgotten). ``noise_scope = "shared"`` (default): the nodes first agree on their
@@ -34,8 +35,8 @@ remaining data. At a stationary point of ``Phi``, ``grad Phi'(theta) = -g`` with
    ``"per_node"``: independent draws with sigma scaled by ``sqrt(M)`` so the joint release of the M
    nodes is covered. Noise comes from OS entropy unless ``noise_seed`` is set (then the certificate
    says ``private = false``). ``certified`` is true only when noise was added from OS entropy, the
-   objective is strongly convex (logistic, weight decay > 0), the models are float64 and the bound
-   is within the budget; ``not_certified_because`` says what is missing otherwise (see
+   objective is strongly convex (logistic, weight decay > 0) and the bound is within the budget
+   (or the request fell back to Retrain); ``not_certified_because`` says what is missing otherwise (see
    :func:`certificate` and docs/certified_unlearning.md).
 """
 from __future__ import annotations
@@ -43,7 +44,7 @@ from __future__ import annotations
 import math
 import os
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -65,10 +66,6 @@ from .curvature import KINDS, is_diagonal, local_curvature
 
 if TYPE_CHECKING:
     from ..engine import Engine
-
-HESSIAN_LIPSCHITZ_SOFTMAX = 6.0
-"""||d/dz (diag p - p p^T)|| <= 6 for the softmax p(z): bounds how fast the cross-entropy Hessian changes."""
-
 
 def noise_scale(sensitivity: float, epsilon: float, delta: float) -> float:
     """The analytic Gaussian mechanism's noise for an L2 ``sensitivity`` (Balle & Wang 2018; valid
@@ -130,34 +127,52 @@ def remaining_optimum(engine: "Engine", start: np.ndarray) -> np.ndarray | None:
     return x.numpy()
 
 
+def softmax_curvature_lipschitz(n_classes: int) -> float:
+    """A proven Lipschitz constant of the logits ``z -> diag p - p p^T`` (``p = softmax(z)``) in the
+    spectral norm: ``sqrt(2) / (3 sqrt(3)) ~ 0.272`` for two classes (attained), ``1/sqrt(2)`` for
+    more (see docs/certified_unlearning.md, "Hessian-Lipschitz constant", for the proofs).
+
+    >>> round(softmax_curvature_lipschitz(2), 4), round(softmax_curvature_lipschitz(10), 4)
+    (0.2722, 0.7071)
+    """
+    return math.sqrt(2.0) / (3.0 * math.sqrt(3.0)) if n_classes <= 2 else 1.0 / math.sqrt(2.0)
+
+
 def hessian_lipschitz(engine: "Engine") -> float | None:
     """Lipschitz constant of ``theta -> Hessian of Phi'`` for the logistic model: each sample's
-    cross-entropy Hessian ``(diag p - p p^T) (x) x~ x~^T`` changes at most ``6 ||x~||^3`` per unit step
-    (``x~`` = features with the bias 1). ``None`` for other models (no certificate)."""
+    cross-entropy Hessian ``(diag p - p p^T) (x) x~ x~^T`` changes at most ``c ||x~||^3`` per unit step
+    (``x~`` = features with the bias 1, ``c`` from :func:`softmax_curvature_lipschitz`). ``None`` for
+    other models (no certificate)."""
     if engine.config.model.kind != "logistic":
         return None
     d = engine.data
     keep = engine.retained & engine.members[:, None]
-    x = d.x[keep].reshape(int(keep.sum()), -1)
+    x = d.x[keep].reshape(int(keep.sum()), -1).astype(np.float64)
     norm = np.sqrt((x * x).sum(axis=1) + 1.0).max()
-    return HESSIAN_LIPSCHITZ_SOFTMAX * norm ** 3 * float(engine.objective_weights().sum())
+    return softmax_curvature_lipschitz(d.n_classes) * norm ** 3 * float(engine.objective_weights().sum())
 
 
-def certificate(engine: "Engine", before: np.ndarray, step: np.ndarray, after: np.ndarray, opts: "CertifiedOptions") -> dict:
-    """The (epsilon, delta) certificate of the last Newton step, evaluated at the root.
+def certificate(engine: "Engine", before: np.ndarray, step: np.ndarray, per_node: np.ndarray, released: np.ndarray,
+                opts: "CertifiedOptions", *, fallback: bool = False) -> dict:
+    """The (epsilon, delta) certificate of the noiseless ``released`` models, evaluated at the root
+    in float64 (``per_node = before + step`` are the models the last Newton step produced).
 
     With ``A = sum_k a'_k`` and ``lambda = weight_decay`` (the strong convexity of ``Phi'/A``):
 
-    - ``residual_norm`` = max over nodes of ``||grad Phi'(theta_i)|| / A`` at the noiseless models;
+    - ``residual_norm`` = max over nodes of ``||grad Phi'(u_i)|| / A`` at the released models ``u_i``;
     - ``gradient_residual_bound`` = max over nodes of ``(||grad Phi'(t_i) + H'(t_i) s_i|| + M/2 ||s_i||^2) / A``,
       with ``t_i`` the model before the last step ``s_i`` and M the Hessian-Lipschitz constant of
       ``Phi'`` (Taylor's theorem; the first term is the error of the approximate Newton system:
-      curvature approximation and gossip), plus ``1000 eps (1 + ||theta_i||)`` for rounding;
-    - ``residual_bound = gradient_residual_bound / lambda`` bounds ``||theta_i - theta'*||``, the distance
-      to the remaining optimum (Retrain's model at convergence), and is the sensitivity of the
-      Gaussian mechanism.
+      curvature approximation and gossip), plus ``1000 eps (1 + ||u_i||)`` for rounding; valid only
+      where the released model is that step's result (infinite where the nodes averaged after it);
+    - ``residual_bound`` = the smaller of ``gradient_residual_bound / lambda`` (Taylor) and
+      ``(residual_norm + rounding) / lambda`` (strong convexity) bounds ``||u_i - theta'*||``, the
+      distance to the remaining optimum (Retrain's model at convergence).
+
+    ``fallback``: the released models are Retrain's (the bound stayed above the budget); their
+    noised release is the reference distribution itself.
     """
-    phi = remaining_objective(engine)
+    phi = remaining_objective(engine, torch.float64)
     g_phi = grad(phi)
     nodes = np.flatnonzero(engine.members)
     A = float(engine.objective_weights().sum())
@@ -165,25 +180,21 @@ def certificate(engine: "Engine", before: np.ndarray, step: np.ndarray, after: n
     M = hessian_lipschitz(engine)
     norms, bounds, sizes = [], [], []
     for i in nodes:
-        t, s, u = (torch.as_tensor(v[i]) for v in (before, step, after))
+        t, s, p, u = (torch.as_tensor(v[i], dtype=torch.float64) for v in (before, step, per_node, released))
         norms.append(float(torch.linalg.vector_norm(g_phi(u))))
         sizes.append(float(torch.linalg.vector_norm(u)))
-        g_t, hs = jvp(g_phi, (t,), (s,))
-        linear = float(torch.linalg.vector_norm(g_t + hs))
-        bounds.append(linear + 0.5 * (M or 0.0) * float(s @ s))
+        if torch.equal(p, u):
+            g_t, hs = jvp(g_phi, (t,), (s,))
+            bounds.append(float(torch.linalg.vector_norm(g_t + hs)) + 0.5 * (M or 0.0) * float(s @ s))
+        else:
+            bounds.append(math.inf)
     residual_norm = max(norms) / A
-    certified = M is not None and wd > 0
-    # Allowance for floating-point error in evaluating the gradient itself.
-    roundoff = 1e3 * torch.finfo(engine.dtype).eps * (1.0 + max(sizes))
-    if certified:
-        grad_bound = max(bounds) / A + roundoff
-    else:
-        grad_bound = residual_norm  # measured, not a worst-case bound: no certificate for this model
-    # Two bounds on ||u_i - theta'*||, both valid for the lambda-strongly convex Phi'/A: Taylor's
-    # (through the last step) and the gradient's, ||grad Phi'(u_i)|| / (A lambda) (evaluated
-    # with the remaining data, as the simulator can); the smaller one is used.
-    taylor_bound = grad_bound / wd if wd > 0 else float("inf")
-    gradient_bound = (residual_norm + roundoff) / wd if certified else float("inf")
+    convex = M is not None and wd > 0
+    roundoff = ROUNDOFF * (1.0 + max(sizes))
+    # Measured, not a worst-case bound, for a model without a certificate.
+    grad_bound = max(bounds) / A + roundoff if convex else residual_norm
+    taylor_bound = grad_bound / wd if wd > 0 else math.inf
+    gradient_bound = (residual_norm + roundoff) / wd if convex else math.inf
     residual_bound = min(taylor_bound, gradient_bound)
     sensitivity = opts.budget if opts.budget > 0 else residual_bound
     single = float(noise_scale(sensitivity, opts.epsilon, opts.delta))
@@ -194,27 +205,27 @@ def certificate(engine: "Engine", before: np.ndarray, step: np.ndarray, after: n
         reasons.append("no noise was added (unlearn.certified.noise = false)")
     if opts.noise_seed >= 0:
         reasons.append("the noise comes from a stored seed (unlearn.certified.noise_seed), so it can be regenerated")
-    if M is None or wd <= 0:
+    if not convex:
         reasons.append("the objective is not known to be strongly convex with a bounded Hessian change "
                        "(needs model.kind = \"logistic\" and train.weight_decay > 0)")
-    if engine.dtype != torch.float64:
-        reasons.append("the models are float32: set train.dtype = \"float64\"")
     if opts.budget <= 0:
         reasons.append("sigma was computed from a bound that depends on the forgotten data: declare "
                        "unlearn.certified.budget")
-    elif not residual_bound <= opts.budget:
-        reasons.append(f"the bound {residual_bound:.3g} exceeds the declared budget {opts.budget:.3g}: "
-                       "take more Newton steps or raise the budget")
+    elif not fallback and not residual_bound <= opts.budget:
+        reasons.append(f"the bound {residual_bound:.3g} exceeds the declared budget {opts.budget:.3g} after "
+                       f"{opts.max_newton_steps} Newton steps: raise max_newton_steps or the budget, or set "
+                       "fallback = \"retrain\"")
     return {
-        "method": "certified", "epsilon": opts.epsilon, "delta": opts.delta,
+        "method": "certified", "epsilon": opts.epsilon, "delta": opts.delta, "noise": opts.noise,
         "sigma": single * scale, "sigma_single_release": single, "sensitivity": float(sensitivity),
         "budget": opts.budget, "noise_scope": opts.noise_scope, "private": opts.noise_seed < 0,
         "residual_bound": float(residual_bound), "gradient_residual_bound": float(grad_bound),
         "taylor_bound": float(taylor_bound), "gradient_norm_bound": float(gradient_bound),
         "residual_norm": float(residual_norm), "strong_convexity": wd,
         "hessian_lipschitz": float(M) if M is not None else float("nan"),
-        "certified": certified and not reasons, "not_certified_because": "; ".join(reasons),
-        "curvature": opts.curvature, "newton_steps": opts.newton_steps,
+        "certified": convex and not reasons, "not_certified_because": "; ".join(reasons),
+        "fallback": "retrain" if fallback else "none",
+        "curvature": opts.curvature, "newton_steps": opts.newton_steps, "first_step": opts.first_step,
     }
 
 
@@ -226,6 +237,9 @@ class CertifiedOptions:
     delta: float = bounded(1e-5, 1e-300, 1.0)
     curvature: str = choice("exact", *KINDS)
     newton_steps: int = bounded(5, 1)
+    max_newton_steps: int = bounded(20, 1)
+    first_step: str = choice("ledger", "ledger", "uniform", "none")
+    fallback: str = choice("retrain", "retrain", "none")
     noise: bool = True
     damping: float = bounded(0.0, 0.0)
     finetune_rounds: int = bounded(0, 0)
@@ -233,8 +247,18 @@ class CertifiedOptions:
     noise_seed: int = bounded(-1, -1)
     budget: float = bounded(1e-6, 0.0)
     averaging: str = choice("tree", "tree", "gossip")
+    solver: str = choice("direct", "direct", "cg")
+    cg_tol: float = bounded(1e-12, 1e-16, 1e-1)
+    cg_max_iter: int = bounded(500, 1)
     gossip_tol: float = bounded(1e-10, 1e-16, 1e-1)
     curvature_tol: float = bounded(1e-4, 1e-16, 1e-1)
+
+
+class UnlearningDiverged(RuntimeError):
+    """The Newton iteration produced non-finite models: no certificate can be issued."""
+
+
+LINE_SEARCH_HALVINGS = 30
 
 
 @METHODS.register("certified", options=CertifiedOptions,
@@ -243,85 +267,99 @@ class CertifiedNewton:
     """Decentralized certified unlearning (see the module docstring)."""
 
     def check(self, engine: "Engine", request: ForgetRequest, options: CertifiedOptions) -> None:
-        if engine.ledger is None and not engine.is_star and engine.config.train.algorithm != "gradient_tracking":
+        if (options.first_step == "ledger" and engine.ledger is None and not engine.is_star
+                and engine.config.train.algorithm != "gradient_tracking"):
             raise ConfigError("certified unlearning after DSGD weighs every node's correction by the influence ledger, "
-                              "which is off: set [ledger] kind = \"full\" (or \"sparse\") and rerun the training")
+                              "which is off: set [ledger] kind = \"full\" (or \"sparse\") and rerun the training, "
+                              "or set unlearn.certified.first_step = \"uniform\" or \"none\"")
         n = int(engine.retained[engine.members].sum())
         if not options.delta < 1.0 / n:
             raise ConfigError(f"unlearn.certified.delta = {options.delta:g} must lie in (0, 1/n) with n = {n} training "
                               f"samples (a larger delta allows releasing a sample outright); e.g. set it to {0.1 / n:.1g}")
+        if options.solver == "cg" and options.curvature != "exact":
+            raise ConfigError(f"unlearn.certified.solver = \"cg\" multiplies by the exact Hessian (one network sum of "
+                              f"a d-vector per iteration); curvature = {options.curvature!r} needs solver = \"direct\"")
+        if options.max_newton_steps < options.newton_steps:
+            raise ConfigError(f"unlearn.certified.max_newton_steps = {options.max_newton_steps} is below newton_steps = "
+                              f"{options.newton_steps}; set it to at least {options.newton_steps}")
 
     def unlearn(self, engine: "Engine", request: ForgetRequest, options: CertifiedOptions) -> Outcome:
+        # Curvature, steps and certificate run in float64 whatever the training dtype: float32
+        # rounding alone would dwarf any useful sensitivity.
+        f64 = torch.float64
         lo, hi = engine.lo, engine.hi
-        itemsize = torch.finfo(engine.dtype).bits // 8
-        theta = engine.params.clone()
+        theta = engine.params.to(f64)
         forgotten = sorted(request.samples)
-        omega = influence_weights(engine, forgotten).to(engine.dtype)
 
         # 1. g_j = a_j grad f_j - a'_j grad f'_j at client j's own model, before and after the exclusion.
-        a_before = torch.as_tensor(engine.objective_weights()[lo:hi, None], dtype=engine.dtype)
-        g_before = engine.gradients(theta, engine.full_batch())[0] * a_before
+        a_before = torch.as_tensor(engine.objective_weights()[lo:hi, None], dtype=f64)
+        g_before = engine.gradients(theta, engine.full_batch(f64))[0] * a_before
         engine.exclude(samples=request.samples, removed=request.removed)
-        a_after = torch.as_tensor(engine.objective_weights()[lo:hi, None], dtype=engine.dtype)
-        g_after = engine.gradients(theta, engine.full_batch())[0] * a_after
-        full = engine.transport.gather(g_before - g_after)
-        G = full[torch.as_tensor(forgotten)] if engine.transport.is_root else None
-        G = engine.transport.broadcast(G, like=torch.zeros(len(forgotten), engine.dim, dtype=engine.dtype))
+        batch = engine.full_batch(f64)
+        a_after = torch.as_tensor(engine.objective_weights()[lo:hi, None], dtype=f64)
         n_nodes = int(engine.members.sum())
         member_rows = torch.as_tensor(engine.members[lo:hi])[:, None]
-        comm = float(len(forgotten) * n_nodes * engine.dim * itemsize)
+        state = _NewtonState(engine=engine, request=request, options=options, batch=batch, a=a_after,
+                             member_rows=member_rows, n_nodes=n_nodes)
 
-        # 2-4. Newton steps on the remaining objective.
-        # Elementwise, one forgotten client at a time: a matrix product's rounding could depend on
-        # how many nodes this process hosts.
-        rhs = torch.zeros_like(theta)
-        for k in range(len(forgotten)):
-            rhs = rhs - omega[:, k:k + 1] * G[k]
-        extra_flops = 0.0
-        rounds = []
-        for step in range(options.newton_steps):
-            if step > 0:
-                # The target is one point, the remaining optimum: nodes first agree on their mean
-                # model, so every node's gradient sum is evaluated at the point it steps from.
-                total, sent, _ = engine.network_sum(theta, tol=options.gossip_tol, averaging=options.averaging,
-                                                   progress=request.progress)
-                theta = torch.where(member_rows, total / n_nodes, theta)  # nodes that left keep their model
-                local_grad = engine.gradients(theta, engine.full_batch())[0] * a_after
-                rhs, sent2, _ = engine.network_sum(local_grad, tol=options.gossip_tol, averaging=options.averaging,
-                                                   progress=request.progress)
-                comm += sent + sent2
-            curv = local_curvature(engine, theta, options.curvature)
-            curv = curv * (a_after if is_diagonal(options.curvature) else a_after[:, :, None])
-            H, sent, r = engine.network_sum(curv, tol=options.curvature_tol, averaging=options.averaging,
-                                            progress=request.progress)
-            comm += sent
-            rounds.append(r)
-            before = theta
-            delta, flops = _solve(H, rhs, options.damping, active=engine.members[lo:hi])
-            extra_flops += flops
-            theta = theta + delta
+        # 2. The first step weighs the forgotten clients' gradients by each node's influence ledger.
+        last = None
+        # Matrix-free steps multiply by the Hessian at one common model; a first step at the nodes'
+        # different models would need every node's curvature at every other node's model.
+        if options.first_step != "none" and options.solver == "direct":
+            g_after = engine.gradients(theta, batch)[0] * a_after
+            full = engine.transport.gather(g_before - g_after)
+            G = full[torch.as_tensor(forgotten)] if engine.transport.is_root else None
+            G = engine.transport.broadcast(G, like=torch.zeros(len(forgotten), engine.dim, dtype=f64))
+            state.comm += float(len(forgotten) * n_nodes * engine.dim * 8)
+            omega = (influence_weights(engine, forgotten) if options.first_step == "ledger"
+                     else torch.ones(hi - lo, len(forgotten), dtype=f64))
+            # Elementwise, one forgotten client at a time: a matrix product's rounding could depend
+            # on how many nodes this process hosts.
+            rhs = torch.zeros_like(theta)
+            for k in range(len(forgotten)):
+                rhs = rhs - omega[:, k:k + 1] * G[k]
+            step = state.newton_step(theta, rhs)
+            last = (theta, step)
+            theta = theta + step
+            state.steps = 1
 
+        # 3-4. Newton steps at the nodes' common model with backtracking on the remaining objective,
+        # until newton_steps are done and the network-summed gradient bound is within the budget.
+        theta, last = state.iterate(theta, last)
+        if not bool(torch.isfinite(theta).all()):
+            raise UnlearningDiverged("certified unlearning diverged (non-finite models after "
+                                     f"{state.steps} Newton steps): raise unlearn.certified.damping or weight decay")
+        fallback = state.needs_fallback()
         per_node = theta
-        if options.noise and options.noise_scope == "shared":
-            # "Perturb, then broadcast": the nodes agree on one model exactly (a sum up and down a
-            # spanning tree, charged), and one noise draw is released by every node.
+        if options.noise and options.noise_scope == "shared" and not state.agreed:
+            # "Perturb, then broadcast": the nodes agree on one model exactly (charged), and one
+            # noise draw is released by every node.
             total, sent, _ = engine.network_sum(theta, averaging="tree", progress=request.progress)
             theta = torch.where(member_rows, total / n_nodes, theta)
-            comm += sent
+            state.comm += sent
         noiseless = theta
+        before, delta = last if last is not None else (theta, torch.zeros_like(theta))
 
-        def release() -> tuple[torch.Tensor, dict]:
-            gathered = [engine.gather_params(v) for v in (before, delta, per_node)]
-            cert = certificate(engine, *gathered, options) if engine.transport.is_root else None
+        def release(models: torch.Tensor | None = None) -> tuple[torch.Tensor, dict]:
+            # ``models``: Retrain's, when the request fell back to it (then released the same way).
+            base = noiseless if models is None else models.to(f64)
+            last_from, last_step = (before, delta) if models is None else (base, torch.zeros_like(base))
+            gathered = [engine.gather_params(v) for v in (last_from, last_step, base if models is not None else per_node, base)]
+            cert = certificate(engine, *gathered, options, fallback=models is not None) if engine.transport.is_root else None
             cert = engine.transport.bcast_object(cert)
-            cert["gossip_rounds_per_average"] = rounds[0]
+            cert |= {"gossip_rounds_per_average": state.rounds[0] if state.rounds else 0,
+                     "newton_steps_taken": state.steps, "network_gradient_bound": state.bound,
+                     "solver": options.solver, "cg_iterations": state.cg_iterations}
             if not options.noise:
-                return noiseless, cert
-            z = self._noise(engine, noiseless, options)
-            _warn_if_noise_dominates(engine, noiseless, cert["sigma"])
-            return noiseless + cert["sigma"] * z, cert
+                return base.to(engine.dtype), cert
+            z = self._noise(engine, base, options)
+            _warn_if_noise_dominates(engine, base, cert["sigma"])
+            # Rounding the release to the training dtype is post-processing: it keeps the guarantee.
+            return (base + cert["sigma"] * z).to(engine.dtype), cert
 
-        return Outcome(noiseless=noiseless, release=release, comm_bytes=comm, extra_flops=extra_flops)
+        return Outcome(noiseless=noiseless.to(engine.dtype), release=release, comm_bytes=state.comm,
+                       extra_flops=state.flops, rounds=state.steps, fallback=fallback)
 
     @staticmethod
     def _noise(engine: "Engine", like: torch.Tensor, options: "CertifiedOptions") -> torch.Tensor:
@@ -346,6 +384,150 @@ class CertifiedNewton:
         else:
             rows = torch.stack([draw(i) for i in range(engine.lo, engine.hi)]).to(like.device)
         return torch.where(members, rows, torch.zeros_like(rows))
+
+
+ROUNDOFF = 1e3 * torch.finfo(torch.float64).eps
+"""Allowance per unit of ``1 + ||theta||`` for rounding in evaluating a float64 gradient."""
+
+
+def strongly_convex(engine: "Engine") -> bool:
+    """Whether the remaining objective is known to be strongly convex (logistic, weight decay > 0)."""
+    return engine.config.model.kind == "logistic" and engine.config.train.weight_decay > 0
+
+
+@dataclass
+class _NewtonState:
+    """The Newton iteration's shared state and what it has spent (bytes, FLOPs, steps)."""
+
+    engine: "Engine"
+    request: ForgetRequest
+    options: CertifiedOptions
+    batch: dict
+    a: torch.Tensor            # [n_local, 1] objective weights after the exclusion
+    member_rows: torch.Tensor  # [n_local, 1] nodes still in the graph
+    n_nodes: int
+    comm: float = 0.0
+    flops: float = 0.0
+    steps: int = 0
+    rounds: list = field(default_factory=list)          # gossip rounds of each curvature sum
+    cg_iterations: list = field(default_factory=list)   # conjugate-gradient iterations of each step
+    agreed: bool = False       # every node holds the same model
+    bound: float = math.inf    # the last network-summed gradient bound on the distance to the optimum
+
+    def net_sum(self, rows: torch.Tensor, *, exact: bool = False) -> torch.Tensor:
+        total, sent, _ = self.engine.network_sum(rows, tol=self.options.gossip_tol, progress=self.request.progress,
+                                                 averaging="tree" if exact else self.options.averaging)
+        self.comm += sent
+        return total
+
+    def newton_step(self, theta: torch.Tensor, rhs: torch.Tensor) -> torch.Tensor:
+        """``-H^{-1} rhs`` with H the network sum of the nodes' remaining curvature at ``theta``."""
+        o, engine = self.options, self.engine
+        curv = local_curvature(engine, theta, o.curvature)
+        curv = curv * (self.a if is_diagonal(o.curvature) else self.a[:, :, None])
+        H, sent, r = engine.network_sum(curv, tol=o.curvature_tol, averaging=o.averaging, progress=self.request.progress)
+        self.comm += sent
+        self.rounds.append(r)
+        step, flops = _solve(H, rhs, o.damping, active=engine.members[engine.lo:engine.hi])
+        self.flops += flops
+        return step
+
+    def cg_step(self, theta: torch.Tensor, rhs: torch.Tensor) -> torch.Tensor:
+        """``-H^{-1} rhs`` by conjugate gradients at the nodes' common model ``theta``: each
+        iteration is one network sum of the nodes' Hessian-vector products (a d-vector per node),
+        never a d x d matrix. Stops at ``||residual|| <= cg_tol ||rhs||`` or ``cg_max_iter``."""
+        engine, o = self.engine, self.options
+        active = engine.active.to(theta.dtype)
+
+        def hvp(flat, batch, act, vec):
+            return jvp(lambda t: grad(engine.objective)(t, batch, act), (flat,), (vec,))[1]
+
+        def H(v: torch.Tensor) -> torch.Tensor:
+            local = engine.per_client(hvp, theta, self.batch, active, v) * self.a
+            total, sent, _ = engine.network_sum(local, tol=o.gossip_tol, averaging=o.averaging, progress=False)
+            self.comm += sent
+            return total
+
+        b = -rhs
+        x = torch.zeros_like(b)
+        r, p = b.clone(), b.clone()
+        rr = (r * r).sum(dim=1, keepdim=True)
+        stop = (o.cg_tol ** 2) * rr
+        iterations = 0
+        for iterations in range(1, o.cg_max_iter + 1):
+            Hp = H(p)
+            alpha = rr / (p * Hp).sum(dim=1, keepdim=True).clamp(min=torch.finfo(b.dtype).tiny)
+            x = x + alpha * p
+            r = r - alpha * Hp
+            rr_new = (r * r).sum(dim=1, keepdim=True)
+            if bool((rr_new <= stop).all()):
+                break
+            p = r + (rr_new / rr) * p
+            rr = rr_new
+        self.cg_iterations.append(iterations)
+        return torch.where(self.member_rows, x, torch.zeros_like(x))
+
+    def local(self, theta: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Each node's weighted remaining gradient ``[n_local, d]`` and objective ``[n_local, 1]``."""
+        g, f = self.engine.gradients(theta, self.batch)
+        return g * self.a, f[:, None] * self.a
+
+    def gradient_bound(self, theta: torch.Tensor, g: torch.Tensor) -> float:
+        """``(max_i ||grad Phi'(theta_i)|| / A + rounding) / lambda`` over the nodes in the graph."""
+        engine = self.engine
+        A = float(engine.objective_weights().sum())
+        rows = torch.stack([torch.linalg.vector_norm(g, dim=1), torch.linalg.vector_norm(theta, dim=1)], dim=1)
+        full = engine.transport.gather(rows)
+        bound = None
+        if engine.transport.is_root:
+            nodes = torch.as_tensor(np.flatnonzero(engine.members))
+            g_max, size = float(full[nodes, 0].max()), float(full[nodes, 1].max())
+            bound = (g_max / A + ROUNDOFF * (1.0 + size)) / engine.config.train.weight_decay
+        return engine.transport.bcast_object(bound)
+
+    def iterate(self, theta: torch.Tensor, last):
+        """Newton steps at the nodes' common model, each with backtracking so that the remaining
+        objective never increases, until ``newton_steps`` are done and the gradient bound is within
+        the budget (or ``max_newton_steps``). Returns the models and the last step ``(from, step)``."""
+        o = self.options
+        check_budget = strongly_convex(self.engine) and o.budget > 0
+        g = f = None
+        while True:
+            if not self.agreed:
+                total = self.net_sum(theta)
+                theta = torch.where(self.member_rows, total / self.n_nodes, theta)  # nodes that left keep theirs
+                self.agreed = self.engine.is_star or o.averaging == "tree"
+                g = None
+            if g is None:
+                g_loc, f_loc = self.local(theta)
+                g, f = self.net_sum(g_loc), self.net_sum(f_loc, exact=True)
+            if strongly_convex(self.engine):
+                self.bound = self.gradient_bound(theta, g)
+            done = self.steps >= o.newton_steps and (not check_budget or self.bound <= o.budget)
+            if done or self.steps >= o.max_newton_steps:
+                return theta, last
+            step = self.cg_step(theta, g) if o.solver == "cg" else self.newton_step(theta, g)
+            f0, t = float(f[0, 0]), 1.0
+            for _ in range(LINE_SEARCH_HALVINGS):
+                trial = theta + t * step
+                g_loc, f_loc = self.local(trial)
+                f_trial = self.net_sum(f_loc, exact=True)
+                # The tree sum hands every node the same value, so all take the same decision.
+                if float(f_trial[0, 0]) <= f0 + 1e-13 * abs(f0):
+                    break
+                t /= 2
+            else:
+                return theta, last  # no decrease at the rounding floor: converged as far as float64 can tell
+            last = (theta, t * step)
+            theta, f = trial, f_trial
+            self.steps += 1
+            g = self.net_sum(g_loc) if self.agreed else None
+
+    def needs_fallback(self) -> bool:
+        """The bound still exceeds the budget after ``max_newton_steps``: Retrain this request."""
+        o = self.options
+        return (o.fallback == "retrain" and strongly_convex(self.engine) and o.budget > 0
+                and not self.bound <= o.budget)
 
 
 def _warn_if_noise_dominates(engine: "Engine", noiseless: torch.Tensor, sigma: float) -> None:

@@ -12,10 +12,13 @@ parameters ``[n_local, d]`` and returns one curvature per client:
   by ``curvlinops`` (KFACLinearOperator, type-2 Fisher) and materialized ``[n_local, d, d]``.
 
 GGN, diagonal Fisher and K-FAC are those of the cross-entropy of the task's logits (classification
-tasks). All include the weight-decay term ``weight_decay * I`` of clients that still hold data.
+tasks). All include the weight-decay term ``weight_decay * I`` of clients that still hold data, and
+are computed in the dtype of ``params`` (certified unlearning passes float64 whatever the training
+dtype).
 """
 from __future__ import annotations
 
+import copy
 import warnings
 from typing import TYPE_CHECKING, Callable
 
@@ -34,7 +37,7 @@ def is_diagonal(kind: str) -> bool:
 
 
 def _exact(engine: "Engine", params: torch.Tensor) -> torch.Tensor:
-    return engine.per_client(hessian(engine.objective), params.detach(), engine.full_batch(), engine.active)
+    return engine.per_client(hessian(engine.objective), params.detach(), engine.full_batch(params.dtype), engine.active)
 
 
 def _output_curvature(engine: "Engine", flat: torch.Tensor, x: torch.Tensor, mask: torch.Tensor):
@@ -56,7 +59,7 @@ def _ggn(engine: "Engine", params: torch.Tensor) -> torch.Tensor:
         G = torch.einsum("scd,sce,sef->df", J, A, J)
         return G + active * wd * torch.eye(flat.shape[0], dtype=flat.dtype)
 
-    return engine.per_client(one, params.detach(), engine.full_batch(), engine.active)
+    return engine.per_client(one, params.detach(), engine.full_batch(params.dtype), engine.active)
 
 
 def _diag_fisher(engine: "Engine", params: torch.Tensor) -> torch.Tensor:
@@ -66,7 +69,7 @@ def _diag_fisher(engine: "Engine", params: torch.Tensor) -> torch.Tensor:
         J, A = _output_curvature(engine, flat, batch["x"], batch["mask"])
         return torch.einsum("scd,sce,sed->d", J, A, J) + active * wd
 
-    return engine.per_client(one, params.detach(), engine.full_batch(), engine.active)
+    return engine.per_client(one, params.detach(), engine.full_batch(params.dtype), engine.active)
 
 
 def _kfac(engine: "Engine", params: torch.Tensor) -> torch.Tensor:
@@ -75,10 +78,10 @@ def _kfac(engine: "Engine", params: torch.Tensor) -> torch.Tensor:
         from curvlinops import KFACLinearOperator
 
     wd = engine.config.train.weight_decay
-    module = engine.model.module.to(engine.dtype)
+    module = copy.deepcopy(engine.model.module).to(params.dtype)  # the engine's own module stays as it is
     d = engine.dim
-    out = torch.zeros(params.shape[0], d, d, dtype=engine.dtype)
-    batch = engine.full_batch()
+    out = torch.zeros(params.shape[0], d, d, dtype=params.dtype)
+    batch = engine.full_batch(params.dtype)
     x, y, mask = batch["x"], batch["y"], batch["mask"]
     for r in range(params.shape[0]):
         keep = mask[r] > 0
@@ -89,7 +92,7 @@ def _kfac(engine: "Engine", params: torch.Tensor) -> torch.Tensor:
                 p.copy_(v.view_as(p))
         op = KFACLinearOperator(module, torch.nn.CrossEntropyLoss(), list(module.parameters()), [(x[r][keep], y[r][keep])],
                                 fisher_type="type-2", check_deterministic=False)
-        out[r] = op @ torch.eye(d, dtype=engine.dtype) + wd * torch.eye(d, dtype=engine.dtype)
+        out[r] = op @ torch.eye(d, dtype=params.dtype) + wd * torch.eye(d, dtype=params.dtype)
     return out
 
 

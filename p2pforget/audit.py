@@ -1,0 +1,199 @@
+"""Auditing a forget request: does what was released still reveal the forgotten data?
+
+Members are the forgotten samples; non-members are the held-out samples of the same clients
+(``data.holdout_fraction``), which no model ever trained on and which share those clients' class
+mix, so a model that never saw the forgotten data (Retrain) scores 50 in expectation. Three attacks:
+
+- **MIA**: the loss-threshold attack (Yeom et al., CSF 2018), as an AUC x 100 of the per-example
+  score ``phi = log p_y - log(1 - p_y)`` (a monotone transform of the loss), averaged over the
+  nodes' released models, with a bootstrap 95% CI over examples; and the gap to Retrain with a
+  paired bootstrap CI (the same resampled examples for both).
+- **LiRA**, offline variant (Carlini et al., "Membership Inference Attacks From First
+  Principles", S&P 2022, Sec. VI-C): ``shadow_models`` models trained on random subsets (80%) of the
+  remaining data (so every target is out of all of them) give each example a Gaussian fit of its
+  ``phi``; the score is the one-sided likelihood ``Phi((phi_obs - mu_out) / sigma_out)``. Reported:
+  AUC and the true-positive rate at 1% false positives.
+- **Relearning** (Lynch et al. 2024, "Eight methods to evaluate robust unlearning in LLMs"):
+  fine-tune one released model on ``relearn_samples`` forgotten samples and count the steps until
+  its forget accuracy is back within one point of the trained model's, compared with Retrain's.
+
+The pure functions take numpy arrays; :func:`audit` evaluates models held at the root.
+
+Example
+-------
+>>> import numpy as np
+>>> round(auc(np.array([[0.9, 0.8, 0.4]]), np.array([[0.5, 0.1]]))[0], 4)
+0.8333
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import numpy as np
+import torch
+from scipy.stats import norm
+
+from . import seeding
+from .metrics import auc, logit_confidence
+
+if TYPE_CHECKING:
+    from .config import AuditConfig
+    from .engine import Engine
+
+
+def bootstrap_auc(pos: np.ndarray, neg: np.ndarray, *, reference: tuple[np.ndarray, np.ndarray] | None = None,
+                  rounds: int, seed: int, level: float = 0.95) -> dict:
+    """Mean over models (rows) of the AUC x 100 of ``pos [K, p]`` vs ``neg [K, q]`` and its percentile
+    bootstrap CI over examples; with ``reference`` (another model set's scores on the same
+    examples), the gap ``mean - reference mean`` and its paired CI."""
+    r = seeding.rng(seed, purpose="audit/bootstrap")
+    value = 100 * float(auc(pos, neg).mean())
+    ref = 100 * float(auc(*reference).mean()) if reference is not None else None
+    draws, gaps = [], []
+    for _ in range(rounds):
+        i = r.integers(0, pos.shape[1], pos.shape[1])
+        j = r.integers(0, neg.shape[1], neg.shape[1])
+        a = 100 * float(auc(pos[:, i], neg[:, j]).mean())
+        draws.append(a)
+        if reference is not None:
+            gaps.append(a - 100 * float(auc(reference[0][:, i], reference[1][:, j]).mean()))
+    tail = 100 * (1 - level) / 2
+    out = {"mean": value, "ci": [float(np.percentile(draws, tail)), float(np.percentile(draws, 100 - tail))]}
+    if reference is not None:
+        out["gap"] = {"mean": value - ref, "ci": [float(np.percentile(gaps, tail)), float(np.percentile(gaps, 100 - tail))]}
+    return out
+
+
+def lira_offline(phi_target: np.ndarray, phi_shadow: np.ndarray) -> np.ndarray:
+    """Offline LiRA scores ``Phi((phi - mu_out) / sigma_out)`` of ``phi_target [..., m]`` given the
+    OUT shadow models' ``phi_shadow [S, m]`` (per-example Gaussian fit; higher = more likely member)."""
+    mu = phi_shadow.mean(axis=0)
+    sigma = phi_shadow.std(axis=0, ddof=1) if phi_shadow.shape[0] > 1 else np.ones_like(mu)
+    return norm.cdf((phi_target - mu) / np.maximum(sigma, 1e-12))
+
+
+def tpr_at_fpr(pos: np.ndarray, neg: np.ndarray, fpr: float = 0.01) -> float:
+    """True-positive rate at the threshold that lets at most ``fpr`` of the negatives through."""
+    k = int(math.floor(fpr * len(neg)))
+    threshold = np.sort(neg)[::-1][k] if k < len(neg) else -np.inf
+    return float((pos > threshold).mean())
+
+
+@dataclass(frozen=True)
+class Targets:
+    """The audited examples: forgotten (members) and their clients' held-out (non-members)."""
+
+    x_forget: np.ndarray
+    y_forget: np.ndarray
+    x_heldout: np.ndarray
+    y_heldout: np.ndarray
+
+    @classmethod
+    def of(cls, engine: "Engine", forgotten: dict[int, np.ndarray]) -> "Targets":
+        d = engine.data
+        if d.x_holdout is None:
+            raise ValueError("the audit needs held-out samples: set data.holdout_fraction > 0 (default 0.2)")
+        clients = sorted(int(j) for j in forgotten)
+        xf = np.concatenate([d.x[j][np.asarray(forgotten[j], dtype=np.int64)] for j in clients])
+        yf = np.concatenate([d.y[j][np.asarray(forgotten[j], dtype=np.int64)] for j in clients])
+        xh = np.concatenate([d.x_holdout[j][:d.holdout_counts[j]] for j in clients])
+        yh = np.concatenate([d.y_holdout[j][:d.holdout_counts[j]] for j in clients])
+        return cls(x_forget=xf, y_forget=yf, x_heldout=xh, y_heldout=yh)
+
+
+def _phi(engine: "Engine", params: np.ndarray, x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """``phi [K, m]`` of the K models ``params [K, d]`` on ``(x, y)``, in float64."""
+    xt = torch.as_tensor(x, dtype=torch.float64)
+    with torch.no_grad():
+        logits = torch.stack([engine.task.logits(torch.as_tensor(p, dtype=torch.float64), xt) for p in params])
+    return logit_confidence(logits.numpy(), y)
+
+
+def _accuracy(engine: "Engine", theta: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> float:
+    with torch.no_grad():
+        return 100 * float((engine.task.logits(theta, x).argmax(-1) == y).to(torch.float64).mean())
+
+
+SHADOW_FRACTION = 0.8
+"""Each shadow model trains on this fraction of the remaining data (drawn anew per model): close to
+the audited models' training set, with enough variation between shadows for the Gaussian fit."""
+
+
+def shadow_models(engine: "Engine", count: int, *, seed: int) -> np.ndarray:
+    """``count`` models trained centrally on random subsets of the remaining training data (none of
+    the audited examples), from the engine's initialization, by full-batch gradient descent on the
+    task's objective with the training learning rate, for as many steps as the engine trained."""
+    d = engine.data
+    keep = engine.retained & engine.members[:, None]
+    x = torch.as_tensor(d.x[keep], dtype=torch.float64)
+    y = torch.as_tensor(d.y[keep])
+    init = engine.model.init_vector(seeding.int_seed(engine.seed, purpose="init"), torch.float64)
+    steps = max(1, engine.round * engine.config.train.local_steps)
+    lr = engine.config.train.lr
+    out = []
+    for s in range(count):
+        subset = seeding.rng(seed, purpose="audit/shadow", counters=(s,)).random(len(y)) < SHADOW_FRACTION
+        batch = {"x": x[subset], "y": y[subset], "mask": torch.ones(int(subset.sum()), dtype=torch.float64)}
+        theta = init.clone()
+        for _ in range(steps):
+            g = torch.func.grad(engine.task.objective)(theta, batch, torch.tensor(1.0, dtype=torch.float64))
+            theta = theta - lr * g
+        out.append(theta.numpy())
+    return np.stack(out)
+
+
+def relearn(engine: "Engine", theta: np.ndarray, targets: Targets, *, samples: int, steps: int, target_fa: float,
+            seed: int) -> dict:
+    """Fine-tune ``theta`` on ``samples`` forgotten examples (full batch, the training learning
+    rate); the steps until its FA on all forgotten examples is within one point of ``target_fa``
+    (``None`` if not within ``steps``) and the FA after every step."""
+    k = min(samples, len(targets.y_forget))
+    pick = np.sort(seeding.rng(seed, purpose="audit/relearn").choice(len(targets.y_forget), k, replace=False))
+    batch = {"x": torch.as_tensor(targets.x_forget[pick], dtype=torch.float64),
+             "y": torch.as_tensor(targets.y_forget[pick]), "mask": torch.ones(k, dtype=torch.float64)}
+    x_all = torch.as_tensor(targets.x_forget, dtype=torch.float64)
+    y_all = torch.as_tensor(targets.y_forget)
+    th = torch.as_tensor(theta, dtype=torch.float64)
+    fa = [_accuracy(engine, th, x_all, y_all)]
+    for _ in range(steps):
+        th = th - engine.config.train.lr * torch.func.grad(engine.task.objective)(th, batch, torch.tensor(1.0, dtype=torch.float64))
+        fa.append(_accuracy(engine, th, x_all, y_all))
+    hit = next((t for t, v in enumerate(fa) if v >= target_fa - 1.0), None)
+    return {"steps_to_recover": hit, "fa_before": fa[0], "fa_after": fa[-1]}
+
+
+def audit(engine: "Engine", *, forgotten: dict[int, np.ndarray], models: dict[str, np.ndarray], nodes: np.ndarray,
+          options: "AuditConfig", seed: int) -> dict:
+    """The audit of one request (see the module docstring) for every model set in ``models``
+    (``[n_clients, d]`` arrays, e.g. ``trained``, ``unlearned``, ``retrained``), over ``nodes``."""
+    targets = Targets.of(engine, forgotten)
+    phi = {k: (_phi(engine, v[nodes], targets.x_forget, targets.y_forget),
+               _phi(engine, v[nodes], targets.x_heldout, targets.y_heldout)) for k, v in models.items()}
+    out: dict = {"n_forgotten": int(len(targets.y_forget)), "n_heldout": int(len(targets.y_heldout)),
+                 "bootstrap": options.bootstrap, "shadow_models": options.shadow_models, "mia": {}}
+    reference = phi.get("retrained")
+    for k, (pos, neg) in phi.items():
+        out["mia"][k] = bootstrap_auc(pos, neg, reference=reference if k != "retrained" else None,
+                                      rounds=options.bootstrap, seed=seed)
+    if options.shadow_models:
+        shadows = shadow_models(engine, options.shadow_models, seed=seed)
+        sh_pos = _phi(engine, shadows, targets.x_forget, targets.y_forget)
+        sh_neg = _phi(engine, shadows, targets.x_heldout, targets.y_heldout)
+        out["lira"] = {}
+        for k, (pos, neg) in phi.items():
+            s_pos, s_neg = lira_offline(pos, sh_pos), lira_offline(neg, sh_neg)
+            out["lira"][k] = {"auc": 100 * float(auc(s_pos, s_neg).mean()),
+                              "tpr_at_1pct_fpr": float(np.mean([tpr_at_fpr(a, b) for a, b in zip(s_pos, s_neg)]))}
+    if options.relearn_steps and "trained" in models:
+        node = int(nodes[0])
+        target_fa = _accuracy(engine, torch.as_tensor(models["trained"][node], dtype=torch.float64),
+                              torch.as_tensor(targets.x_forget, dtype=torch.float64), torch.as_tensor(targets.y_forget))
+        out["relearn"] = {"node": node, "samples": min(options.relearn_samples, len(targets.y_forget)),
+                          "steps": options.relearn_steps, "trained_fa": target_fa}
+        for k, v in models.items():
+            if k != "trained":
+                out["relearn"][k] = relearn(engine, v[node], targets, samples=options.relearn_samples,
+                                            steps=options.relearn_steps, target_fa=target_fa, seed=seed)
+    return out
