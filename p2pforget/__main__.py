@@ -83,14 +83,15 @@ def forget_table(report: dict) -> str:
                      "" if c is None else ("-" if t2f is None else t2f)])
     text = table(["method", "FA", "RA", "TA", "MIA", "dist. to Retrain", "seconds", "comm MB", "GFLOPs", "T2F rounds"], rows)
     if "sigma" in info:
-        text += (f"\ncertificate: epsilon={info['epsilon']}, delta={info['delta']}, sigma={info['sigma']:.3g}, "
-                 f"residual bound={info['residual_bound']:.3g}, residual norm={info['residual_norm']:.3g}, "
-                 f"certified={info['certified']}")
+        text += (f"\ncertificate: epsilon={info['epsilon']}, delta={info['delta']}, sigma={info['sigma']:.3g} "
+                 f"(budget {info['budget']:.3g}), residual bound={info['residual_bound']:.3g}, "
+                 f"Newton steps={info.get('newton_steps_taken')}, certified={info['certified']}")
+        if info.get("fallback") == "retrain":
+            text += "\nthe bound stayed above the budget: the request fell back to Retrain (charged to it)"
+        if info.get("cumulative_epsilon") is not None and len(report.get("requests", [])) > 1:
+            text += f"\nall certified releases of this run: epsilon={info['cumulative_epsilon']:.3g}, delta={info['cumulative_delta']:.3g}"
         if not info["certified"] and info.get("not_certified_because"):
             text += f"\nnot certified: {info['not_certified_because']}"
-        if info["sigma"] > 1e-2 and info.get("newton_steps"):
-            text += ("\nhint: the noise is large because the last Newton step was long (the model was far from the "
-                     "remaining optimum); raise unlearn.certified.newton_steps or train longer to shrink it")
     else:
         text += f"\n{info['method']} issues no certificate"
     if "distance_to_remaining_optimum" in m.get("unlearned", {}):
@@ -98,6 +99,11 @@ def forget_table(report: dict) -> str:
         text += (f"\ndistance to the remaining optimum (max over nodes): trained {d['trained']:.3g}, Retrain "
                  f"{d['retrained']:.3g}, unlearned {m['unlearned']['distance_to_remaining_optimum_noiseless']:.3g} "
                  f"(released: {d['unlearned']:.3g})")
+        rounds, seconds = m["retrained"].get("equal_quality_rounds"), m["retrained"].get("equal_quality_seconds")
+        text += ("\nRetrain at equal quality: " + (f"{rounds} rounds, {seconds:.3g} s" if rounds is not None else
+                                                    "not reached within the training rounds"))
+    if report.get("audit"):
+        text += "\n" + audit_table(report["audit"])
     return text
 
 

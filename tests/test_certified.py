@@ -224,3 +224,21 @@ def test_cg_unlearns_a_30k_parameter_logistic_model_to_the_remaining_optimum():
     u = r.params["unlearned_noiseless"][keep]
     assert np.linalg.norm(u - opt, axis=1).max() <= 1e-6 * np.linalg.norm(opt)
     assert np.linalg.norm(u - opt, axis=1).max() <= r.certificate["residual_bound"]
+
+
+def test_retrain_at_equal_quality():
+    """The rounds Retrain needs to get as close to the remaining optimum as the unlearned models."""
+    from p2pforget.unlearn.retrain import retrain
+
+    engine = trained("ring", 8, 0.1)
+    result = forget(engine, clients=[5], progress=False, newton_steps=1, max_newton_steps=1, fallback="none")
+    opt = remaining_optimum(engine, {5: np.arange(50)})
+    nodes = np.flatnonzero(engine.members)
+    target = np.linalg.norm(result.params["unlearned_noiseless"][nodes] - opt, axis=1).max()
+    distances = []
+    retrain(engine, rounds=engine.round, progress=False,
+            observe=lambda p: distances.append(np.linalg.norm(p.numpy()[nodes] - opt, axis=1).max()))
+    hit = next(k + 1 for k, d in enumerate(distances) if d <= target * (1 + 1e-9))
+    r = result.metrics["retrained"]
+    assert r["equal_quality_rounds"] == hit and 1 < hit < engine.round
+    assert r["equal_quality_seconds"] == pytest.approx(result.cost["retrain"].seconds * hit / engine.round)
