@@ -59,7 +59,7 @@ with warnings.catch_warnings():
     warnings.simplefilter("ignore", FutureWarning)
     import torch._decomp.decompositions_for_jvp  # noqa: F401
 
-from .. import seeding
+from .. import seeding, topology
 from . import gaussian
 from ..config import ConfigError, bounded, choice
 from ..registry import METHODS
@@ -85,6 +85,17 @@ def influence_weights(engine: "Engine", forgotten: list[int]) -> torch.Tensor:
     if engine.is_star or engine.config.train.algorithm == "gradient_tracking" or engine.round == 0:
         return torch.ones(n_local, len(forgotten), dtype=torch.float64)
     return int(engine.members.sum()) * engine.ledger_shares(forgotten).cpu()
+
+
+def ledger_bytes(engine: "Engine") -> float:
+    """What keeping the influence ledger cost in messages, charged to the unlearning that reads it:
+    every round each node sends its ledger row (``n`` float64 entries; ``keep`` values and indices
+    for a sparse ledger) along each edge of the graph. Zero where the ledger is not read (the star,
+    gradient tracking)."""
+    if engine.ledger is None or engine.is_star or engine.config.train.algorithm == "gradient_tracking":
+        return 0.0
+    entries = engine.n_clients if engine.config.ledger.kind == "full" else 2 * engine.config.ledger.keep
+    return float(engine.round * topology.message_count(engine.base_mixing) * entries * 8)
 
 
 def remaining_objective(engine: "Engine", dtype: torch.dtype | None = None):
@@ -250,6 +261,7 @@ class CertifiedOptions:
     budget: float = bounded(1e-6, 0.0)
     averaging: str = choice("tree", "tree", "gossip")
     solver: str = choice("direct", "direct", "cg")
+    topk: int = bounded(0, 0)
     cg_tol: float = bounded(1e-12, 1e-16, 1e-1)
     cg_max_iter: int = bounded(500, 1)
     gossip_tol: float = bounded(1e-10, 1e-16, 1e-1)
@@ -316,6 +328,8 @@ class CertifiedNewton:
             state.comm += float(len(forgotten) * n_nodes * engine.dim * 8)
             omega = (influence_weights(engine, forgotten) if options.first_step == "ledger"
                      else torch.ones(hi - lo, len(forgotten), dtype=f64))
+            if options.first_step == "ledger":
+                state.comm += ledger_bytes(engine)
             # Elementwise, one forgotten client at a time: a matrix product's rounding could depend
             # on how many nodes this process hosts.
             rhs = torch.zeros_like(theta)
@@ -388,6 +402,24 @@ class CertifiedNewton:
         return torch.where(members, rows, torch.zeros_like(rows))
 
 
+def sparsify_topk(curv: torch.Tensor, k: int) -> torch.Tensor:
+    """Each node's symmetric curvature ``[n, d, d]`` reduced to its diagonal and the ``k`` largest
+    off-diagonal pairs by magnitude (the sparsified Fisher of the decentralized certified
+    unlearning paper): the message shrinks from d^2 to about d + 2k numbers. The error this makes
+    in the Newton step is covered by the bound, which is evaluated at the result."""
+    d = curv.shape[-1]
+    iu = torch.triu_indices(d, d, 1)
+    upper = curv[:, iu[0], iu[1]]
+    k = min(k, upper.shape[1])
+    keep = torch.zeros_like(upper, dtype=torch.bool)
+    keep.scatter_(1, upper.abs().topk(k, dim=1).indices, True)
+    out = torch.diag_embed(torch.diagonal(curv, dim1=1, dim2=2))
+    kept = torch.where(keep, upper, torch.zeros_like(upper))
+    out[:, iu[0], iu[1]] = kept
+    out[:, iu[1], iu[0]] = kept
+    return out
+
+
 ROUNDOFF = 1e3 * torch.finfo(torch.float64).eps
 """Allowance per unit of ``1 + ||theta||`` for rounding in evaluating a float64 gradient."""
 
@@ -427,7 +459,16 @@ class _NewtonState:
         o, engine = self.options, self.engine
         curv = local_curvature(engine, theta, o.curvature)
         curv = curv * (self.a if is_diagonal(o.curvature) else self.a[:, :, None])
+        if o.topk and not is_diagonal(o.curvature):
+            curv = sparsify_topk(curv, o.topk)
         H, sent, r = engine.network_sum(curv, tol=o.curvature_tol, averaging=o.averaging, progress=self.request.progress)
+        if o.topk and not is_diagonal(o.curvature):
+            # Sent as the diagonal plus (index, value) pairs of the upper triangle; every partial sum's
+            # support lies within the total's, so its size bounds each message.
+            d = H.shape[-1]
+            rows = np.flatnonzero(engine.members[engine.lo:engine.hi])
+            support = int(torch.count_nonzero(torch.triu(H[int(rows[0]) if len(rows) else 0], 1)))
+            sent = sent / (d * d * 8) * (d * 8 + support * 16)
         self.comm += sent
         self.rounds.append(r)
         step, flops = _solve(H, rhs, o.damping, active=engine.members[engine.lo:engine.hi])
