@@ -96,6 +96,11 @@ class ModelConfig:
     alpha_v: float = bounded(1.0, 0.0)
     alpha_k: float = bounded(1.0, 0.0)
     alpha_gtc: float = bounded(1.0, 0.0)
+    clip_config: str = "tiny"
+    pretrained: str = ""
+    finetune: str = choice("lora", "lora", "last_blocks", "full")
+    lora_rank: int = bounded(4, 1)
+    lora_alpha: float = bounded(8.0, 0.0)
 
 
 @dataclass(frozen=True)

@@ -56,7 +56,7 @@ def test_user_model_dataset_and_aggregator_run_from_toml(tmp_path, capsys):
 
 
 def test_unknown_kind_names_the_registry_and_plugins():
-    with pytest.raises(config.ConfigError, match=r"model.kind = 'resnet' is not valid; choose one of: logistic, mlp, cnn, l2u"):
+    with pytest.raises(config.ConfigError, match=r"model.kind = 'resnet' is not valid; choose one of: logistic, mlp, cnn, clip, l2u"):
         config.from_dict({"model": {"kind": "resnet"}})
     with pytest.raises(config.ConfigError, match="run.plugins: cannot import 'no_such_module_xyz'"):
         config.from_dict({"run": {"plugins": ["no_such_module_xyz"]}})
@@ -108,7 +108,7 @@ def _top(name: str) -> str:
 
 
 LAYERS = [  # a module may import only from its own layer or the layers before it
-    {"registry", "seeding", "config", "aggregate", "transport", "history", "tasks", "ledger", "devices"},
+    {"registry", "seeding", "config", "aggregate", "transport", "history", "tasks", "ledger", "devices", "subspace"},
     {"topology", "partition", "data", "models", "rounds", "metrics"},
     {"engine"},
     {"unlearn", "audit"},

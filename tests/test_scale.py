@@ -109,7 +109,7 @@ def test_ledger_off_trains_the_same_models_and_certified_dsgd_says_what_it_needs
     assert torch.equal(on.params, off.params) and off.ledger is None and "ledger" not in off.state()
     from p2pforget.unlearn import forget
     with pytest.raises(ValueError, match=r'set \[ledger\] kind = "full"'):
-        forget(off, clients=[1], method="certified", progress=False)
+        forget(off, clients=[1], method="certified", progress=False, first_step="ledger")
 
 
 def test_large_sparse_ring_has_no_quadratic_arrays():

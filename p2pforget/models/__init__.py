@@ -85,7 +85,9 @@ class FlatModel:
 
     def __init__(self, module: nn.Module) -> None:
         self.module = module
-        named = list(module.named_parameters())
+        # Only trainable parameters are flattened; frozen ones (a fine-tuned backbone) stay in the
+        # module, shared by every client.
+        named = [(n, p) for n, p in module.named_parameters() if p.requires_grad]
         self.names = [n for n, _ in named]
         self.shapes = [p.shape for _, p in named]
         self.sizes = [p.numel() for _, p in named]
@@ -144,9 +146,20 @@ class FlatModel:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(generator_seed)
             for m in self.module.modules():
-                if hasattr(m, "reset_parameters"):
+                if hasattr(m, "reset_parameters") and _trainable(m):
                     m.reset_parameters()
-            return torch.cat([p.detach().reshape(-1) for p in self.module.parameters()]).to(dtype)
+            return torch.cat([p.detach().reshape(-1) for p in self.module.parameters() if p.requires_grad]).to(dtype)
 
 
-from . import l2u  # noqa: E402,F401  (registers the FOUL model)
+def _trainable(module: nn.Module) -> bool:
+    """Whether re-initializing ``module`` touches only trainable parameters: those it owns directly
+    are all trainable, or it owns none and everything below it is trainable (frozen weights, e.g.
+    a pretrained backbone under adapters, are never reset)."""
+    own = list(module.parameters(recurse=False))
+    if own:
+        return all(p.requires_grad for p in own)
+    below = list(module.parameters())
+    return bool(below) and all(p.requires_grad for p in below)
+
+
+from . import clip, l2u  # noqa: E402,F401  (register the CLIP and FOUL models)

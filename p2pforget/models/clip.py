@@ -1,0 +1,159 @@
+"""CLIP models from open_clip, built offline, with LoRA, last-block or full fine-tuning.
+
+``[model] kind = "clip"``: ``clip_config`` is ``"tiny"`` (shipped in ``p2pforget/configs/clip/``: a
+2-layer ViT on 32x32 images and a 2-layer text transformer, 3.4 M parameters, trains on a CPU),
+any config name open_clip knows (e.g. ``"ViT-B-32"``), or a path to an open_clip JSON config.
+Weights come only from a local checkpoint (``pretrained = "path"``), never from the network;
+without one the backbone is open_clip's initialization under a fixed seed, the same on every
+process. ``finetune`` chooses what trains (everything else is frozen and is not part of the flat
+parameter vector the engine stacks per client):
+
+- ``lora`` (default, as in federated CLIP fine-tuning with adapters): low-rank adapters
+  ``W + (alpha/r) B A`` (Hu et al., ICLR 2022) on every attention input projection and MLP layer
+  of both towers, as ``torch.nn.utils.parametrize`` parametrizations, plus the temperature;
+- ``last_blocks``: the last residual block of each tower, the final norms and projections, and
+  the temperature;
+- ``full``: every parameter.
+
+The tokenizer is open_clip's (its BPE vocabulary ships with the package).
+
+Example
+-------
+>>> from p2pforget.config import ModelConfig
+>>> model = build_clip(ModelConfig(kind="clip"))
+>>> sorted({n.split(".")[-1] for n, p in model.named_parameters() if p.requires_grad})
+['A', 'B', 'logit_scale']
+"""
+from __future__ import annotations
+
+import logging
+import math
+import shutil
+import tempfile
+from importlib import resources
+from pathlib import Path
+
+import torch
+from torch import nn
+from torch.nn.utils import parametrize
+
+from ..config import ModelConfig
+from ..registry import MODELS
+
+BACKBONE_SEED = 0
+"""Seed of the backbone's initialization when no checkpoint is given (every process builds the same)."""
+
+
+class LoRA(nn.Module):
+    """The parametrization ``W -> W + scale * B @ A`` with ``A [r, in]`` (Kaiming-uniform) and
+    ``B [out, r]`` (zero), so that training starts from the frozen ``W``."""
+
+    def __init__(self, out_features: int, in_features: int, *, rank: int, alpha: float) -> None:
+        super().__init__()
+        self.A = nn.Parameter(torch.empty(rank, in_features))
+        self.B = nn.Parameter(torch.zeros(out_features, rank))
+        self.scale = alpha / rank
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        nn.init.kaiming_uniform_(self.A, a=math.sqrt(5))
+        nn.init.zeros_(self.B)
+
+    def forward(self, W: torch.Tensor) -> torch.Tensor:
+        return W + self.scale * (self.B @ self.A)
+
+
+def _open_clip():
+    import open_clip  # imported here: it takes seconds, and only CLIP models need it
+
+    return open_clip
+
+
+def config_name(name_or_path: str) -> str:
+    """Register the shipped (``tiny``) or given JSON config with open_clip and return its name; an
+    open_clip config name is returned as it is."""
+    open_clip = _open_clip()
+    shipped = resources.files("p2pforget").joinpath(f"configs/clip/{name_or_path}.json")
+    if shipped.is_file():
+        path = Path(str(shipped))
+    elif name_or_path.endswith(".json"):
+        path = Path(name_or_path)
+        if not path.is_file():
+            raise FileNotFoundError(f"model.clip_config = {name_or_path!r}: no such file; give tiny, an open_clip "
+                                    "config name (e.g. ViT-B-32) or the path of an open_clip JSON config")
+    elif name_or_path in open_clip.list_models():
+        return name_or_path
+    else:
+        raise ValueError(f"model.clip_config = {name_or_path!r} is not an open_clip config; give tiny, one of "
+                         f"{', '.join(open_clip.list_models()[:6])}, ... or the path of a JSON config")
+    name = f"p2pforget-{path.stem}"
+    if name not in open_clip.list_models():
+        target = Path(tempfile.mkdtemp()) / f"{name}.json"  # open_clip names a config after its file
+        shutil.copyfile(path, target)
+        open_clip.add_model_config(target)
+    return name
+
+
+def tokenizer(cfg: ModelConfig):
+    """open_clip's tokenizer for the configured model (no network access)."""
+    return _open_clip().get_tokenizer(config_name(cfg.clip_config))
+
+
+def _add_lora(model: nn.Module, *, rank: int, alpha: float) -> None:
+    for module in list(model.modules()):
+        if isinstance(module, nn.MultiheadAttention):
+            W = module.in_proj_weight
+            parametrize.register_parametrization(module, "in_proj_weight", LoRA(W.shape[0], W.shape[1], rank=rank, alpha=alpha))
+        elif isinstance(module, nn.Sequential) and hasattr(module, "c_fc"):
+            for linear in (module.c_fc, module.c_proj):
+                W = linear.weight
+                parametrize.register_parametrization(linear, "weight", LoRA(W.shape[0], W.shape[1], rank=rank, alpha=alpha))
+
+
+def _trainable_last_blocks(model: nn.Module) -> None:
+    towers = [model.visual.transformer.resblocks[-1], model.transformer.resblocks[-1], model.visual.ln_post, model.ln_final]
+    for module in towers:
+        for p in module.parameters():
+            p.requires_grad_(True)
+    for name in ("text_projection",):
+        getattr(model, name).requires_grad_(True)
+    if isinstance(model.visual.proj, nn.Parameter):
+        model.visual.proj.requires_grad_(True)
+
+
+def build_clip(cfg: ModelConfig) -> nn.Module:
+    """The open_clip CLIP model of ``cfg`` with its trainable parameters set by ``cfg.finetune``."""
+    open_clip = _open_clip()
+    name = config_name(cfg.clip_config)
+    logging.getLogger().disabled, previous = True, logging.getLogger().disabled  # "no pretrained weights" notice
+    try:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(BACKBONE_SEED)
+            model = open_clip.create_model(name, pretrained=None)
+    finally:
+        logging.getLogger().disabled = previous
+    if cfg.pretrained:
+        path = Path(cfg.pretrained)
+        if not path.is_file():
+            raise FileNotFoundError(f"model.pretrained = {cfg.pretrained!r} does not exist; p2pforget never downloads "
+                                    "weights: give the path of a local open_clip checkpoint, or leave it empty")
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        model.load_state_dict(state.get("state_dict", state) if isinstance(state, dict) else state)
+    if cfg.finetune == "full":
+        return model
+    for p in model.parameters():
+        p.requires_grad_(False)
+    model.logit_scale.requires_grad_(True)
+    if cfg.finetune == "lora":
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(BACKBONE_SEED)
+            _add_lora(model, rank=cfg.lora_rank, alpha=cfg.lora_alpha)
+    else:
+        _trainable_last_blocks(model)
+    return model
+
+
+@MODELS.register("clip", help="open_clip CLIP (model.clip_config: tiny | an open_clip name | JSON path), "
+                              "fine-tuned by model.finetune: lora | last_blocks | full")
+def _clip(cfg: ModelConfig, input_shape: tuple[int, ...], n_classes: int) -> nn.Module:
+    return build_clip(cfg)

@@ -1,0 +1,88 @@
+"""Subspace geometry for unlearning by excision: update bases, principal angles between subspaces,
+the forget-exclusive directions, and a direction-selective lock.
+
+Pure tensor math (no engine, no I/O), used by EASE (:mod:`p2pforget.unlearn.ease`). Conventions:
+a basis is a ``[d, r]`` matrix with orthonormal columns; principal angles are in radians, ascending.
+
+- :func:`update_basis`: the top-``rank`` left singular vectors of a set of updates (one per column).
+- :func:`principal_angles`: angles and principal vectors between two subspaces, from the SVD of
+  ``U_f^T U_r`` (Bjorck & Golub 1973); ``cos theta_i`` are its singular values.
+- :func:`exclusive_directions`: the principal vectors of the forget subspace whose angle to the
+  retained subspace exceeds a threshold: directions the forgotten data moved the model in that the
+  retained data did not.
+- :func:`lock`: remove from an update its component along each locked direction only when that
+  component points back towards the forgotten alignment (components that move away pass).
+- :func:`lock_penalty`: ``(mu/2) ||B^T (theta - anchor)||^2`` and its gradient, the client-side term
+  that keeps drift along the locked directions bounded.
+
+Example
+-------
+>>> import torch
+>>> U = torch.eye(3)[:, :1]; V = torch.eye(3)[:, 1:2]
+>>> angles, _, _ = principal_angles(U, V)
+>>> round(float(angles[0]), 4)  # orthogonal subspaces: pi/2
+1.5708
+"""
+from __future__ import annotations
+
+import torch
+
+
+def orthonormal(basis: torch.Tensor) -> torch.Tensor:
+    """Orthonormal columns spanning the columns of ``basis`` ``[d, r]`` (reduced QR)."""
+    return torch.linalg.qr(basis, mode="reduced").Q
+
+
+def update_basis(updates: torch.Tensor, rank: int, *, tol: float = 1e-10) -> torch.Tensor:
+    """The top-``rank`` left singular vectors of ``updates`` ``[d, k]`` (one update per column),
+    dropping directions whose singular value is below ``tol`` times the largest."""
+    U, S, _ = torch.linalg.svd(updates, full_matrices=False)
+    keep = int(min(rank, int((S > tol * S.max()).sum()) if S.numel() else 0))
+    return U[:, :keep]
+
+
+def principal_angles(U_f: torch.Tensor, U_r: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Principal angles (ascending) between the column spaces of the orthonormal bases ``U_f``
+    ``[d, p]`` and ``U_r`` ``[d, q]``, and the principal vectors of each side ``[d, min(p, q)]``:
+    with ``U_f^T U_r = Y diag(cos theta) Z^T``, they are ``U_f Y`` and ``U_r Z``."""
+    Y, cos, Zt = torch.linalg.svd(U_f.T @ U_r, full_matrices=False)
+    angles = torch.arccos(cos.clamp(-1.0, 1.0))
+    return angles, U_f @ Y, U_r @ Zt.T
+
+
+def exclusive_directions(U_f: torch.Tensor, U_r: torch.Tensor, threshold: float) -> torch.Tensor:
+    """An orthonormal basis ``[d, s]`` of the forget subspace's directions that make an angle above
+    ``threshold`` (radians) with the retained subspace: the principal vectors of ``U_f`` past the
+    threshold, plus the part of ``U_f`` outside every principal pair (when ``U_f`` has more
+    columns than ``U_r``; those directions are at pi/2)."""
+    if U_r.shape[1] == 0:
+        return U_f
+    angles, P_f, _ = principal_angles(U_f, U_r)
+    chosen = P_f[:, angles > threshold]
+    # Directions of U_f not paired with any of U_r's (when p > q) are orthogonal to it.
+    rest = U_f - P_f @ (P_f.T @ U_f)
+    extra = update_basis(rest, U_f.shape[1] - P_f.shape[1]) if U_f.shape[1] > P_f.shape[1] else rest[:, :0]
+    return orthonormal(torch.cat([chosen, extra], dim=1)) if chosen.shape[1] + extra.shape[1] else chosen
+
+
+def projector(B: torch.Tensor) -> torch.Tensor:
+    """``B B^T``, the orthogonal projector onto the span of the orthonormal columns of ``B``."""
+    return B @ B.T
+
+
+def lock(update: torch.Tensor, B: torch.Tensor, back: torch.Tensor) -> torch.Tensor:
+    """Direction-selective Forget Lock of ``update`` ``[d]`` (or ``[n, d]``, row-wise) along the
+    orthonormal locked directions ``B`` ``[d, r]``: the component along ``b_i`` is removed when it
+    points back towards the forgotten alignment, i.e. when ``<update, b_i> * back_i > 0``
+    (``back_i = +1`` or ``-1`` gives which way along ``b_i`` leads back); the other components pass
+    unchanged."""
+    coeff = update @ B                                  # [..., r]
+    returning = coeff * back > 0
+    return update - (coeff * returning) @ B.T
+
+
+def lock_penalty(theta: torch.Tensor, anchor: torch.Tensor, B: torch.Tensor, mu: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(mu/2) ||B^T (theta - anchor)||^2`` and its gradient ``mu B B^T (theta - anchor)``. A constant
+    push ``g`` along a locked direction is balanced at a drift of ``|<g, b>| / mu``."""
+    c = (theta - anchor) @ B
+    return 0.5 * mu * (c * c).sum(-1), mu * c @ B.T

@@ -1,0 +1,91 @@
+"""CLIP models from open_clip: offline build and tokenizer, LoRA / last-block / full fine-tuning
+(only the allowed parameters train), local checkpoints only."""
+import socket
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from p2pforget.config import ModelConfig
+from p2pforget.models import FlatModel, build, clip
+
+
+@pytest.fixture
+def offline(monkeypatch):
+    def refuse(*args, **kwargs):
+        raise OSError("network access attempted")
+    monkeypatch.setattr(socket.socket, "connect", refuse)
+    monkeypatch.setattr(socket, "create_connection", refuse)
+
+
+def _batch():
+    gen = torch.Generator().manual_seed(0)
+    tok = clip.tokenizer(ModelConfig(kind="clip"))
+    return torch.randn(4, 3, 32, 32, generator=gen), tok(["a red square", "a blue circle", "a small green star", "a big shape"])
+
+
+def _contrastive(flat_model, flat, images, tokens):
+    img, txt, scale = flat_model.forward(flat, images, tokens)
+    logits = scale * img @ txt.T
+    target = torch.arange(len(images))
+    return 0.5 * (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target))
+
+
+def test_model_and_tokenizer_build_offline(offline):
+    model = build(ModelConfig(kind="clip"), input_shape=(3, 32, 32), n_classes=0)
+    images, tokens = _batch()
+    assert tokens.shape == (4, 16) and tokens.dtype == torch.long
+    img, txt, scale = model(images, tokens)
+    assert img.shape == txt.shape == (4, 32) and float(scale.detach()) == pytest.approx(1 / 0.07, rel=1e-4)
+    assert torch.allclose(img.norm(dim=-1), torch.ones(4), atol=1e-5)
+
+
+ALLOWED = {
+    "lora": lambda n: n == "logit_scale" or n.endswith((".A", ".B")),
+    "last_blocks": lambda n: n in ("logit_scale", "text_projection", "visual.proj") or n.startswith(
+        ("visual.transformer.resblocks.1.", "transformer.resblocks.1.", "visual.ln_post.", "ln_final.")),
+    "full": lambda n: True,
+}
+
+
+@pytest.mark.parametrize("mode", ["lora", "last_blocks", "full"])
+def test_only_the_parameters_the_finetune_mode_allows_change(mode):
+    model = clip.build_clip(ModelConfig(kind="clip", finetune=mode))
+    fm = FlatModel(model)
+    assert fm.names and all(ALLOWED[mode](n) for n in fm.names)
+    frozen = {n: p.detach().clone() for n, p in model.named_parameters() if not p.requires_grad}
+    assert not any(ALLOWED[mode](n) for n in frozen)
+    images, tokens = _batch()
+    flat = fm.init_vector(1, torch.float32)
+    before = _contrastive(fm, flat, images, tokens)
+    for _ in range(3):
+        g = torch.func.grad(_contrastive, argnums=1)(fm, flat, images, tokens)
+        flat = flat - 0.5 * g
+    assert float(_contrastive(fm, flat, images, tokens)) < float(before)  # the trainable part learns
+    for n, p in model.named_parameters():  # the module itself (frozen weights) never changes
+        if n in frozen:
+            assert torch.equal(p, frozen[n]), n
+
+
+def test_lora_starts_from_the_frozen_backbone_and_init_never_resets_it():
+    base = clip.build_clip(ModelConfig(kind="clip", finetune="full"))
+    lora = clip.build_clip(ModelConfig(kind="clip"))
+    fm = FlatModel(lora)
+    images, tokens = _batch()
+    flat = fm.init_vector(7, torch.float32)
+    out, ref = fm.forward(flat, images, tokens), base(images, tokens)
+    assert torch.allclose(out[0], ref[0], atol=1e-6) and torch.allclose(out[1], ref[1], atol=1e-6)  # B = 0
+    assert fm.dim < FlatModel(base).dim / 100
+
+
+def test_pretrained_weights_only_from_a_local_file(tmp_path):
+    with pytest.raises(FileNotFoundError, match="never downloads"):
+        clip.build_clip(ModelConfig(kind="clip", pretrained=str(tmp_path / "missing.pt")))
+    source = clip.build_clip(ModelConfig(kind="clip", finetune="full"))
+    with torch.no_grad():
+        source.text_projection.add_(1.0)
+    torch.save(source.state_dict(), tmp_path / "ckpt.pt")
+    loaded = clip.build_clip(ModelConfig(kind="clip", finetune="full", pretrained=str(tmp_path / "ckpt.pt")))
+    assert torch.equal(loaded.text_projection, source.text_projection)
+    with pytest.raises(ValueError, match="not an open_clip config"):
+        clip.build_clip(ModelConfig(kind="clip", clip_config="no-such-model"))
