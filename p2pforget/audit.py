@@ -121,25 +121,29 @@ SHADOW_FRACTION = 0.8
 the audited models' training set, with enough variation between shadows for the Gaussian fit."""
 
 
-def shadow_models(engine: "Engine", count: int, *, seed: int) -> np.ndarray:
+def shadow_models(engine: "Engine", count: int, *, seed: int, steps: int = 0) -> np.ndarray:
     """``count`` models trained centrally on random subsets of the remaining training data (none of
-    the audited examples), from the engine's initialization, by full-batch gradient descent on the
-    task's objective with the training learning rate, for as many steps as the engine trained."""
+    the audited examples), from the engine's initialization, by gradient descent on the task's
+    objective with the training learning rate and batch size, for ``steps`` steps (0: as many as
+    the engine trained, rounds x local steps)."""
     d = engine.data
     keep = engine.retained & engine.members[:, None]
     x = torch.as_tensor(d.x[keep], dtype=torch.float64)
     y = torch.as_tensor(d.y[keep])
     init = engine.model.init_vector(seeding.int_seed(engine.seed, purpose="init"), torch.float64)
-    steps = max(1, engine.round * engine.config.train.local_steps)
-    lr = engine.config.train.lr
+    steps = steps or max(1, engine.round * engine.config.train.local_steps)
+    lr, b = engine.config.train.lr, engine.config.train.batch_size
+    one = torch.tensor(1.0, dtype=torch.float64)
     out = []
     for s in range(count):
-        subset = seeding.rng(seed, purpose="audit/shadow", counters=(s,)).random(len(y)) < SHADOW_FRACTION
-        batch = {"x": x[subset], "y": y[subset], "mask": torch.ones(int(subset.sum()), dtype=torch.float64)}
+        r = seeding.rng(seed, purpose="audit/shadow", counters=(s,))
+        subset = np.flatnonzero(r.random(len(y)) < SHADOW_FRACTION)
         theta = init.clone()
         for _ in range(steps):
-            g = torch.func.grad(engine.task.objective)(theta, batch, torch.tensor(1.0, dtype=torch.float64))
-            theta = theta - lr * g
+            # minibatches of train.batch_size, as the audited models were trained (0: full batch)
+            pick = torch.as_tensor(subset if not b or b >= len(subset) else r.choice(subset, b, replace=False))
+            batch = {"x": x[pick], "y": y[pick], "mask": torch.ones(len(pick), dtype=torch.float64)}
+            theta = theta - lr * torch.func.grad(engine.task.objective)(theta, batch, one)
         out.append(theta.numpy())
     return np.stack(out)
 
@@ -178,7 +182,7 @@ def audit(engine: "Engine", *, forgotten: dict[int, np.ndarray], models: dict[st
         out["mia"][k] = bootstrap_auc(pos, neg, reference=reference if k != "retrained" else None,
                                       rounds=options.bootstrap, seed=seed)
     if options.shadow_models:
-        shadows = shadow_models(engine, options.shadow_models, seed=seed)
+        shadows = shadow_models(engine, options.shadow_models, seed=seed, steps=options.shadow_steps)
         sh_pos = _phi(engine, shadows, targets.x_forget, targets.y_forget)
         sh_neg = _phi(engine, shadows, targets.x_heldout, targets.y_heldout)
         out["lira"] = {}

@@ -85,6 +85,8 @@ class DataConfig:
     quantity_skew: float = bounded(0.0, 0.0, 3.0)
     holdout_fraction: float = bounded(0.2, 0.0, 0.9)
     image_size: int = bounded(32, 8)
+    context_length: int = bounded(16, 4)
+    concept: str = choice("shape", "shape", "colour")
     path: str = ""
     save: bool = False
 
@@ -155,12 +157,14 @@ class UnlearnConfig:
 @dataclass(frozen=True)
 class AuditConfig:
     """The audit of every forget request (see :mod:`p2pforget.audit`): bootstrap rounds of the MIA
-    confidence intervals, LiRA's shadow models (0 = no LiRA), and the relearning attack's forgotten
-    samples and fine-tuning steps (0 steps = no relearning attack)."""
+    confidence intervals, LiRA's shadow models (0 = no LiRA: each shadow model is a training run)
+    and their gradient steps (0 = as many as the audited training took), and the relearning
+    attack's forgotten samples and fine-tuning steps (0 steps = no relearning attack)."""
 
     after_forget: bool = True
     bootstrap: int = bounded(1000, 10)
-    shadow_models: int = bounded(4, 0)
+    shadow_models: int = bounded(0, 0)
+    shadow_steps: int = bounded(0, 0)
     relearn_samples: int = bounded(10, 1)
     relearn_steps: int = bounded(50, 0)
 

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable
 
 import numpy as np
@@ -45,6 +45,9 @@ class FederatedData:
     x_holdout: np.ndarray | None = None     # (n_clients, h, *input_shape): never trained on
     y_holdout: np.ndarray | None = None     # (n_clients, h)
     holdout_counts: np.ndarray | None = None  # (n_clients,) held-out samples per client
+    extras: dict[str, np.ndarray] = field(default_factory=dict)          # name -> (n_clients, m, ...) per sample
+    extras_test: dict[str, np.ndarray] = field(default_factory=dict)     # name -> (n_test, ...)
+    extras_holdout: dict[str, np.ndarray] = field(default_factory=dict)  # name -> (n_clients, h, ...)
 
     def __post_init__(self) -> None:
         if self.counts is None:
@@ -69,9 +72,10 @@ register = DATASETS.register
 
 
 def shard(x: np.ndarray, y: np.ndarray, cfg: DataConfig, n_clients: int, seed: int, *,
-          domains: np.ndarray | None = None) -> dict[str, np.ndarray]:
-    """Partition a pool ``(x, y[, domains])`` into stacked, padded client shards: the
-    ``x, y, counts`` (and ``domain``) fields of a :class:`FederatedData`."""
+          domains: np.ndarray | None = None, extras: dict[str, np.ndarray] | None = None) -> dict:
+    """Partition a pool ``(x, y[, domains, extras])`` into stacked, padded client shards: the
+    ``x, y, counts`` (and ``domain``, ``extras``) fields of a :class:`FederatedData`. ``extras`` are
+    further per-sample arrays (e.g. caption tokens) that travel with the samples."""
     sizes = _partition.client_sizes(n_clients, cfg.n_samples_per_client, skew=cfg.quantity_skew, seed=seed)
     parts = _partition.partition(y, sizes=sizes, kind=cfg.partition, alpha=cfg.alpha, domains=domains,
                                  domain_skew=cfg.domain_skew, seed=seed)
@@ -82,6 +86,8 @@ def shard(x: np.ndarray, y: np.ndarray, cfg: DataConfig, n_clients: int, seed: i
     out = {"x": xs, "y": np.where(valid, y[idx], 0), "counts": valid.sum(axis=1)}
     if domains is not None:
         out["domain"] = np.where(valid, domains[idx], -1)
+    if extras:
+        out["extras"] = {k: np.where(valid.reshape(valid.shape + (1,) * (v.ndim - 1)), v[idx], 0) for k, v in extras.items()}
     return out
 
 
@@ -125,6 +131,8 @@ def split_holdout(data: FederatedData, fraction: float, *, seed: int, train_tota
     xh = np.zeros((n, m_held) + data.x.shape[2:], dtype=data.x.dtype)
     yh = np.zeros((n, m_held), dtype=np.int64)
     domain = None if data.domain is None else np.full((n, m_train), -1, dtype=data.domain.dtype)
+    extras = {k: np.zeros((n, m_train) + v.shape[2:], dtype=v.dtype) for k, v in data.extras.items()}
+    extras_h = {k: np.zeros((n, m_held) + v.shape[2:], dtype=v.dtype) for k, v in data.extras.items()}
     for i in range(n):
         perm = seeding.rng(seed, client=i, purpose="data/holdout").permutation(int(data.counts[i]))
         train, held = np.sort(perm[:train_counts[i]]), np.sort(perm[train_counts[i]:])
@@ -132,8 +140,10 @@ def split_holdout(data: FederatedData, fraction: float, *, seed: int, train_tota
         xh[i, :len(held)], yh[i, :len(held)] = data.x[i, held], data.y[i, held]
         if domain is not None:
             domain[i, :len(train)] = data.domain[i, train]
-    return dataclasses.replace(data, x=x, y=y, counts=train_counts, domain=domain,
-                               x_holdout=xh, y_holdout=yh, holdout_counts=held_counts)
+        for k, v in data.extras.items():
+            extras[k][i, :len(train)], extras_h[k][i, :len(held)] = v[i, train], v[i, held]
+    return dataclasses.replace(data, x=x, y=y, counts=train_counts, domain=domain, extras=extras,
+                               extras_holdout=extras_h, x_holdout=xh, y_holdout=yh, holdout_counts=held_counts)
 
 
-from . import synthetic, digits, images  # noqa: E402,F401  (register builders)
+from . import synthetic, digits, images, captions  # noqa: E402,F401  (register builders)

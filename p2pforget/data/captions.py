@@ -1,0 +1,192 @@
+"""Image-caption data for CLIP: a procedural generator and loaders for Flickr30K and COCO captions.
+
+Every builder returns images ``x [n_clients, m, 3, S, S]`` (standardized), five captions per
+image as open_clip BPE tokens in ``extras["tokens"] [n_clients, m, 5, data.context_length]``,
+and a concept label ``y`` used to partition clients (``data.partition = "dirichlet"`` or
+``"by_class"`` skews clients by concept).
+
+- ``captions_synth``: shapes x colours x positions x sizes x backgrounds, drawn on
+  ``data.image_size`` pixels, each with five template captions as in Flickr30K; the concept is
+  the shape or the colour (``data.concept``). Seconds to generate.
+- ``flickr30k``: Karpathy's ``dataset_flickr30k.json`` (``data.path``) with its image folder next to
+  it (``flickr30k-images/`` or ``images/``).
+- ``coco_captions``: a COCO captions JSON (``data.path``, e.g. ``captions_train2017.json``) with
+  its images next to it (``train2017/``, ``val2017/`` or ``images/``).
+
+Real datasets have no concept label (``y = 0``) and are split iid.
+
+Example
+-------
+>>> describe(np.array([[1, 1, 2, 0, 0]]))[0][0]
+'a small green circle on the top'
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from .. import seeding
+from ..config import DataConfig
+from . import FederatedData, register, shard
+from .images import standardize
+
+SHAPES = ("square", "circle", "triangle", "cross")
+COLOURS = {"red": (0.9, 0.1, 0.1), "green": (0.1, 0.8, 0.2), "blue": (0.15, 0.3, 0.95), "yellow": (0.95, 0.85, 0.1),
+           "purple": (0.6, 0.2, 0.8)}
+POSITIONS = ("left", "right", "top", "bottom", "centre")
+SIZES = ("small", "large")
+BACKGROUNDS = {"black": 0.0, "gray": 0.45, "white": 1.0}
+TEMPLATES = (
+    "a {size} {colour} {shape} on the {position}",
+    "a {colour} {shape} on a {background} background",
+    "{size} {shape}, {colour}, at the {position}",
+    "a picture of a {colour} {shape}",
+    "the {shape} is {colour} and {size}",
+)
+CAPTIONS_PER_IMAGE = len(TEMPLATES)
+ATTRIBUTES = (SHAPES, tuple(COLOURS), POSITIONS, SIZES, tuple(BACKGROUNDS))
+
+
+def describe(attrs: np.ndarray) -> list[list[str]]:
+    """The five captions of each row of ``attrs [N, 5]`` (shape, colour, position, size, background ids)."""
+    out = []
+    for shape, colour, position, size, background in attrs:
+        words = {"shape": SHAPES[shape], "colour": tuple(COLOURS)[colour], "position": POSITIONS[position],
+                 "size": SIZES[size], "background": tuple(BACKGROUNDS)[background]}
+        out.append([t.format(**words) for t in TEMPLATES])
+    return out
+
+
+def _mask(shape: int, size: int, cx: float, cy: float, r: float) -> np.ndarray:
+    yy, xx = np.mgrid[0:size, 0:size] + 0.5
+    dx, dy = (xx - cx) / r, (yy - cy) / r
+    if SHAPES[shape] == "square":
+        return (np.abs(dx) <= 1) & (np.abs(dy) <= 1)
+    if SHAPES[shape] == "circle":
+        return dx * dx + dy * dy <= 1
+    if SHAPES[shape] == "triangle":
+        return (dy <= 1) & (dy >= -1) & (np.abs(dx) <= (dy + 1) / 2)
+    return ((np.abs(dx) <= 0.35) & (np.abs(dy) <= 1)) | ((np.abs(dy) <= 0.35) & (np.abs(dx) <= 1))
+
+
+def render(attrs: np.ndarray, *, size: int, r: np.random.Generator) -> np.ndarray:
+    """Images ``[N, 3, size, size]`` in [0, 1] of ``attrs [N, 5]``, with a little jitter and noise."""
+    centres = {"left": (0.3, 0.5), "right": (0.7, 0.5), "top": (0.5, 0.3), "bottom": (0.5, 0.7), "centre": (0.5, 0.5)}
+    out = np.empty((len(attrs), 3, size, size))
+    for k, (shape, colour, position, big, background) in enumerate(attrs):
+        img = np.full((3, size, size), tuple(BACKGROUNDS.values())[background])
+        cx, cy = centres[POSITIONS[position]]
+        jitter = r.uniform(-0.04, 0.04, 2)
+        radius = size * (0.2 if big else 0.11)
+        m = _mask(shape, size, (cx + jitter[0]) * size, (cy + jitter[1]) * size, radius)
+        img[:, m] = np.asarray(tuple(COLOURS.values())[colour])[:, None]
+        out[k] = img + r.normal(0.0, 0.03, img.shape)
+    return np.clip(out, 0.0, 1.0)
+
+
+def tokenize(captions: list[list[str]], context_length: int) -> np.ndarray:
+    """open_clip BPE tokens ``[N, k, context_length]`` of ``k`` captions per image (no network)."""
+    import open_clip
+
+    k = len(captions[0])
+    flat = [c for group in captions for c in group]
+    return open_clip.tokenize(flat, context_length=context_length).numpy().reshape(len(captions), k, context_length)
+
+
+def _dataset(x: np.ndarray, captions: list[list[str]], y: np.ndarray, n_classes: int, cfg: DataConfig,
+             n_clients: int, seed: int, *, purpose: str) -> FederatedData:
+    tokens = tokenize(captions, cfg.context_length)
+    if cfg.n_test >= len(y):
+        raise ValueError(f"data.n_test = {cfg.n_test} leaves no training pairs out of {len(y)}; lower it")
+    perm = seeding.rng(seed, purpose=purpose).permutation(len(y))
+    test, pool = perm[:cfg.n_test], perm[cfg.n_test:]
+    fields = shard(x[pool], y[pool], cfg, n_clients, seed, extras={"tokens": tokens[pool]})
+    return FederatedData(**fields, x_test=x[test], y_test=y[test], n_classes=n_classes,
+                         extras_test={"tokens": tokens[test]})
+
+
+@register("captions_synth", help="procedural image-caption pairs (shapes, colours, positions, sizes, backgrounds; "
+                                 "5 captions each) for CLIP")
+def captions_synth(cfg: DataConfig, n_clients: int, seed: int) -> FederatedData:
+    n = n_clients * cfg.n_samples_per_client + cfg.n_test
+    r = seeding.rng(seed, purpose="data/captions_synth")
+    attrs = np.stack([r.integers(0, len(values), n) for values in ATTRIBUTES], axis=1)
+    concept = 0 if cfg.concept == "shape" else 1
+    # Balanced concepts, so that a by-concept split gives every client its share.
+    attrs[:, concept] = r.permutation(np.arange(n) % len(ATTRIBUTES[concept]))
+    captions = describe(attrs)
+    x = standardize(render(attrs, size=cfg.image_size, r=r))
+    return _dataset(x, captions, attrs[:, concept].astype(np.int64), len(ATTRIBUTES[concept]), cfg, n_clients, seed,
+                    purpose="data/captions_synth/split")
+
+
+def _read_images(files: list[Path], size: int) -> np.ndarray:
+    from PIL import Image
+
+    out = np.empty((len(files), 3, size, size))
+    for k, f in enumerate(files):
+        with Image.open(f) as im:
+            out[k] = np.asarray(im.convert("RGB").resize((size, size), Image.BILINEAR), dtype=np.float64).transpose(2, 0, 1) / 255.0
+    return out
+
+
+def _find(root: Path, name: str, folders: tuple[str, ...]) -> Path:
+    for folder in ("",) + folders:
+        candidate = root / folder / name
+        if candidate.is_file():
+            return candidate
+    raise FileNotFoundError(f"image {name!r} is not in {root} or its {', '.join(f + '/' for f in folders)} folders")
+
+
+def _five(captions: list[str], where: str) -> list[str]:
+    if not captions:
+        raise ValueError(f"{where} has no captions")
+    return [captions[k % len(captions)] for k in range(CAPTIONS_PER_IMAGE)]  # cycles through fewer than five
+
+
+def read_flickr30k(path: str | Path) -> tuple[list[Path], list[list[str]]]:
+    """Image files and five captions each from Karpathy's ``dataset_flickr30k.json``."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"data.path {str(path)!r} does not exist; point it at Karpathy's dataset_flickr30k.json "
+                                "with the flickr30k-images/ folder next to it")
+    entries = json.loads(path.read_text())["images"]
+    files = [_find(path.parent, e["filename"], ("flickr30k-images", "images")) for e in entries]
+    return files, [_five([s["raw"] for s in e["sentences"]], e["filename"]) for e in entries]
+
+
+def read_coco_captions(path: str | Path) -> tuple[list[Path], list[list[str]]]:
+    """Image files and five captions each from a COCO captions JSON (images + annotations)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"data.path {str(path)!r} does not exist; point it at a COCO captions JSON (e.g. "
+                                "captions_train2017.json) with its image folder next to it")
+    data = json.loads(path.read_text())
+    by_image: dict[int, list[str]] = {}
+    for a in data["annotations"]:
+        by_image.setdefault(a["image_id"], []).append(a["caption"].strip())
+    images = sorted(data["images"], key=lambda im: im["id"])
+    files = [_find(path.parent, im["file_name"], ("train2017", "val2017", "images")) for im in images]
+    return files, [_five(by_image.get(im["id"], []), im["file_name"]) for im in images]
+
+
+def _real(reader, cfg: DataConfig, n_clients: int, seed: int, kind: str) -> FederatedData:
+    if not cfg.path:
+        raise ValueError(f"data.kind = {kind!r} needs data.path = \"path/to/annotations.json\"")
+    if cfg.partition != "iid":
+        raise ValueError(f"data.kind = {kind!r} has no concept labels to skew clients by: set data.partition = \"iid\"")
+    files, captions = reader(cfg.path)
+    x = standardize(_read_images(files, cfg.image_size))
+    return _dataset(x, captions, np.zeros(len(files), dtype=np.int64), 1, cfg, n_clients, seed, purpose=f"data/{kind}/split")
+
+
+@register("flickr30k", help="Flickr30K (Karpathy's dataset_flickr30k.json at data.path, images next to it)")
+def flickr30k(cfg: DataConfig, n_clients: int, seed: int) -> FederatedData:
+    return _real(read_flickr30k, cfg, n_clients, seed, "flickr30k")
+
+
+@register("coco_captions", help="COCO captions (a captions_*.json at data.path, images next to it)")
+def coco_captions(cfg: DataConfig, n_clients: int, seed: int) -> FederatedData:
+    return _real(read_coco_captions, cfg, n_clients, seed, "coco_captions")

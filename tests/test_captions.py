@@ -1,0 +1,85 @@
+"""Image-caption data: the procedural generator, and the Flickr30K / COCO loaders on small files
+written in those formats."""
+import json
+
+import numpy as np
+import open_clip
+import pytest
+
+from p2pforget.config import DataConfig
+from p2pforget.data import build, captions
+
+
+def _decode(tokens):
+    tok = open_clip.tokenizer._tokenizer
+    ids = [int(t) for t in tokens if t not in (0, tok.sot_token_id, tok.eot_token_id)]
+    return tok.decode(ids).strip()
+
+
+def test_synthetic_captions_describe_their_images():
+    fd = build(DataConfig(kind="captions_synth", n_samples_per_client=15, n_test=20, concept="colour",
+                          partition="by_class"), n_clients=5, seed=1)
+    assert fd.x.shape == (5, 15, 3, 32, 32) and fd.extras["tokens"].shape == (5, 15, 5, 16)
+    assert fd.extras_holdout["tokens"].shape[:3] == (5, 4, 5) and fd.extras_test["tokens"].shape == (20, 5, 16)
+    assert fd.n_classes == len(captions.COLOURS)
+    colours = tuple(captions.COLOURS)
+    for i in range(5):
+        for k in range(15):
+            text = _decode(fd.extras["tokens"][i, k, 3])          # "a picture of a {colour} {shape}"
+            words = text.split()
+            assert words[:4] == ["a", "picture", "of", "a"] and words[5] in captions.SHAPES
+            assert words[4] == colours[fd.y[i, k]]                 # the concept label is the caption's colour
+            rgb = np.asarray(captions.COLOURS[words[4]])
+            pixels = fd.x[i, k].reshape(3, -1).T * 0.25 + 0.5      # undo the standardization
+            assert (np.abs(pixels - rgb).max(axis=1) < 0.15).sum() >= 10  # the image shows that colour
+    # by concept: each client holds few of the five colours (contiguous shards of the sorted pool)
+    assert max(len(np.unique(fd.y[i])) for i in range(5)) <= 3
+
+
+def _png(path, rgb):
+    from PIL import Image
+    Image.fromarray(np.full((16, 16, 3), rgb, dtype=np.uint8)).save(path)
+
+
+def test_flickr30k_and_coco_loaders_read_their_formats(tmp_path):
+    folder = tmp_path / "flickr30k-images"
+    folder.mkdir()
+    entries = []
+    for k in range(12):
+        _png(folder / f"{k}.jpg".replace(".jpg", ".png"), (20 * k, 100, 200 - 10 * k))
+        entries.append({"filename": f"{k}.png", "split": "train",
+                        "sentences": [{"raw": f"photo number {k} caption {j}"} for j in range(5 if k else 3)]})
+    (tmp_path / "dataset_flickr30k.json").write_text(json.dumps({"images": entries, "dataset": "flickr30k"}))
+    cfg = DataConfig(kind="flickr30k", path=str(tmp_path / "dataset_flickr30k.json"), image_size=16, n_test=2,
+                     n_samples_per_client=4, holdout_fraction=0.0)
+    fd = build(cfg, n_clients=2, seed=0)
+    files, caps = captions.read_flickr30k(cfg.path)
+    assert caps[0] == ["photo number 0 caption 0", "photo number 0 caption 1", "photo number 0 caption 2",
+                       "photo number 0 caption 0", "photo number 0 caption 1"]  # three captions cycle to five
+    seen = 0
+    for i in range(2):
+        for k in range(4):
+            text = _decode(fd.extras["tokens"][i, k, 0])
+            n = int(text.split("caption")[0].replace("photo number", "").replace(" ", ""))  # BPE splits digits
+            expected = (np.array([20 * n, 100, 200 - 10 * n]) / 255.0 - 0.5) / 0.25
+            np.testing.assert_allclose(fd.x[i, k][:, 0, 0], expected, atol=1e-12)  # the image of that caption
+            seen += 1
+    assert seen == 8
+
+    coco = {"images": [{"id": 10 + k, "file_name": f"{k}.png"} for k in range(6)],
+            "annotations": [{"id": j, "image_id": 10 + k, "caption": f" a coco image {k} "} for k in range(6) for j in range(5)]}
+    (tmp_path / "train2017").mkdir()
+    for k in range(6):
+        _png(tmp_path / "train2017" / f"{k}.png", (k, k, k))
+    (tmp_path / "captions_train2017.json").write_text(json.dumps(coco))
+    files, caps = captions.read_coco_captions(tmp_path / "captions_train2017.json")
+    assert [f.name for f in files] == [f"{k}.png" for k in range(6)] and caps[2] == ["a coco image 2"] * 5
+
+
+def test_caption_loaders_say_what_is_missing(tmp_path):
+    with pytest.raises(FileNotFoundError, match="dataset_flickr30k.json"):
+        build(DataConfig(kind="flickr30k", path=str(tmp_path / "nope.json"), holdout_fraction=0.0), n_clients=2, seed=0)
+    with pytest.raises(ValueError, match="needs data.path"):
+        build(DataConfig(kind="coco_captions", holdout_fraction=0.0), n_clients=2, seed=0)
+    with pytest.raises(ValueError, match="data.partition"):
+        build(DataConfig(kind="coco_captions", path="x.json", partition="dirichlet", holdout_fraction=0.0), n_clients=2, seed=0)
