@@ -2,9 +2,11 @@
 
 The experiment is ``p2pforget/configs/foul_pacs.toml`` (FOUL as the official code: all parameters,
 15 rounds). What holds on every seed of benchmarks/foul_table.py is asserted here: FOUL forgets
-part of the domain (FA 7.5-21 points below the trained model's), lowers the MIA score (by 4.3-10.7),
-keeps RA within 2 and TA within 3 points of Retrain's or above, and costs less than half of
-Retrain's traffic and less than its FLOPs. How close FA and MIA come to Retrain's varies from seed
+part of the domain (FA 7.5-21 points below the trained model's), keeps RA within 2 and TA within 3
+points of Retrain's or above, and costs less than half of Retrain's traffic and less than its
+FLOPs. The audit's membership attack (forgotten vs the same clients' held-out samples) cannot tell
+even the trained model from Retrain in this setting (seed 0: 45.0 [36.0, 53.7] vs 46.1), so only
+that FOUL's release is within its confidence interval of Retrain's is asserted. How close FA and MIA come to Retrain's varies from seed
 to seed (docs/results/foul.md: 2.5 points below Retrain on seed 1, 16 above on seeds 0 and 2), so
 no closeness is asserted as if it were general.
 """
@@ -25,7 +27,8 @@ def test_foul_on_pacs_like_star_forgets_at_lower_cost_than_retrain():
     foul, retrain, trained = m["unlearned"], m["retrained"], m["trained"]
     assert trained["FA"]["mean"] - retrain["FA"]["mean"] > 15  # the forgotten domain was learned
     assert trained["FA"]["mean"] - foul["FA"]["mean"] > 5, m  # and FOUL forgets part of it
-    assert foul["MIA"] < trained["MIA"] - 4
+    gap = result.audit["mia"]["unlearned"]["gap"]["ci"]
+    assert gap[0] <= 0 <= gap[1], result.audit["mia"]
     assert foul["RA"]["mean"] >= retrain["RA"]["mean"] - 2
     assert foul["TA"]["mean"] >= retrain["TA"]["mean"] - 3
     assert cost["unlearn"].comm_bytes < 0.5 * cost["retrain"].comm_bytes
