@@ -182,8 +182,8 @@ def main() -> int:
         "sketch domain (15-19) are forgotten. FOUL as the official code (all parameters; kappa 0.5, beta 2, meta_lr 0.5) "
         "for 15 rounds, and as the paper states it (theta_V only, here kappa 1.5) for 40. Every method starts from the same trained models; Retrain trains 40 rounds "
         f"from scratch without them. Mean ± std over seeds {seeds}. FA/RA/TA in percent, mean over the nodes that remain; "
-        "MIA = AUC x 100 of a logistic-regression attack on loss/confidence/entropy, trained on retained vs. test data "
-        "and scored on forgotten vs. held-out test data. Comm MB = bytes the method moved; GFLOPs = the method's work "
+        "MIA = AUC x 100 of the loss-threshold attack on the forgotten samples against the same clients' held-out samples "
+        "(`data.holdout_fraction` 0.2, never trained on; 50 = membership not detectable). Comm MB = bytes the method moved; GFLOPs = the method's work "
         "counted by torch (Retrain: its whole training). T2F = first round whose FA is within 1 point of Retrain's "
         "final FA ('-' = never); FA drop / round = (FA before - FA at T2F) / T2F.",
         "",

@@ -22,7 +22,7 @@ The pure functions take numpy arrays; :func:`audit` evaluates models held at the
 Example
 -------
 >>> import numpy as np
->>> round(auc(np.array([[0.9, 0.8, 0.4]]), np.array([[0.5, 0.1]]))[0], 4)
+>>> round(float(auc(np.array([[0.9, 0.8, 0.4]]), np.array([[0.5, 0.1]]))[0]), 4)
 0.8333
 """
 from __future__ import annotations

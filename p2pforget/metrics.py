@@ -141,3 +141,27 @@ def time_to_forget(trace: list[float], *, target: float | None, start: float | N
 def distance(params: np.ndarray, reference: np.ndarray, nodes: np.ndarray) -> float:
     """Mean over ``nodes`` of ``||params_i - reference_i||``."""
     return float(np.linalg.norm(params[nodes] - reference[nodes], axis=1).mean())
+
+
+def recall_at_k(image: np.ndarray, text: np.ndarray, *, captions_per_image: int, ks=(1, 5, 10)) -> dict[str, float]:
+    """Retrieval recall x 100 of ``image [N, D]`` and ``text [N * c, D]`` embeddings, where captions
+    ``c * i .. c * i + c - 1`` belong to image i (as in Flickr30K / COCO evaluation): image-to-text
+    R@k counts an image when any of its captions is among its k most similar texts; text-to-image
+    R@k counts a caption when its image is among its k most similar images.
+
+    >>> e = np.eye(2)
+    >>> recall_at_k(e, np.repeat(e, 2, axis=0), captions_per_image=2, ks=(1,))
+    {'i2t_R@1': 100.0, 't2i_R@1': 100.0}
+    """
+    sim = image @ text.T                                           # [N, N c]
+    owner = np.arange(text.shape[0]) // captions_per_image
+    # rank of the best own caption for each image, and of the own image for each caption
+    order_i2t = np.argsort(-sim, axis=1, kind="stable")
+    first_hit = (owner[order_i2t] == np.arange(len(image))[:, None]).argmax(axis=1)
+    order_t2i = np.argsort(-sim.T, axis=1, kind="stable")
+    own_rank = (order_t2i == owner[:, None]).argmax(axis=1)
+    out = {}
+    for k in ks:
+        out[f"i2t_R@{k}"] = 100.0 * float((first_hit < k).mean())
+        out[f"t2i_R@{k}"] = 100.0 * float((own_rank < k).mean())
+    return {key: out[key] for key in sorted(out, key=lambda s: (s[:3], int(s.split("@")[1])))}

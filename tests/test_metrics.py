@@ -74,3 +74,16 @@ def test_evaluate_counts_accuracy_per_node():
     assert out["FA"]["max"] == pytest.approx(max(fa))
     assert len(sets.y_forget) == 4 and len(sets.y_retain) == 36
     assert 0 <= out["MIA"] <= 100
+
+
+def test_recall_at_k_against_a_direct_count():
+    rng = np.random.default_rng(3)
+    img, txt = rng.standard_normal((30, 8)), rng.standard_normal((150, 8))
+    txt[::5] += 2 * img  # the first caption of each image resembles it
+    out = metrics.recall_at_k(img, txt, captions_per_image=5, ks=(1, 5, 10))
+    sim = img @ txt.T
+    for k in (1, 5, 10):
+        i2t = np.mean([len(set(np.argsort(-sim[i])[:k]) & set(range(5 * i, 5 * i + 5))) > 0 for i in range(30)])
+        t2i = np.mean([j // 5 in np.argsort(-sim[:, j])[:k] for j in range(150)])
+        assert out[f"i2t_R@{k}"] == pytest.approx(100 * i2t) and out[f"t2i_R@{k}"] == pytest.approx(100 * t2i)
+    assert out["i2t_R@1"] > 50 and out["t2i_R@10"] > out["t2i_R@1"]
