@@ -120,18 +120,23 @@ def test_kill_during_a_forget_request_is_all_or_nothing(tmp_path):
 @pytest.mark.slow
 def test_second_writer_is_refused_while_a_run_writes(tmp_path):
     cfg_path = tmp_path / "exp.toml"
-    cfg_path.write_text(config.dumps(_small(rounds=400)))
+    # Long enough that the first run still holds the lock once the second process has started
+    # (about 5 s of imports): 400 rounds sometimes finished first. Its progress bars go to a file,
+    # not a pipe nobody reads while it runs (a full pipe would block it).
+    cfg_path.write_text(config.dumps(_small(rounds=2000)))
     out = tmp_path / "out"
+    log = open(tmp_path / "first.err", "w+")
     first = subprocess.Popen(CLI + ["run", str(cfg_path), "--out", str(out)], env=ENV,
-                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+                             stdout=subprocess.DEVNULL, stderr=log, text=True)
     assert _wait_for(lambda: _holder_pid(out) == first.pid)
     second = subprocess.run(CLI + ["run", str(cfg_path), "--out", str(out), "--overwrite", "--set", "train.lr=0.2"],
                             env=ENV, capture_output=True, text=True)
     assert second.returncode == 2
     assert f"is being written by pid {first.pid}" in second.stderr and "p2pforget run" in second.stderr
-    assert first.wait(timeout=300) == 0, first.stderr.read()
+    assert first.wait(timeout=300) == 0, (tmp_path / "first.err").read_text()[-2000:]
+    log.close()
     stored = history.read_h5(out / "history.h5")
-    assert stored.attrs["complete"] and stored.attrs["rounds_done"] == 400
+    assert stored.attrs["complete"] and stored.attrs["rounds_done"] == 2000
     assert config.loads(stored.attrs["config_toml"]).train.lr == 0.1  # the first writer's run, whole
 
 
