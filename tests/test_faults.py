@@ -1,5 +1,6 @@
 """Faults: processes killed mid-write, two writers on one run directory, forget-then-resume,
 divergence, disk errors. Nothing may be lost, half-applied or re-learned."""
+import contextlib
 import errno
 import json
 import os
@@ -48,6 +49,16 @@ def _wait_for(predicate, timeout=60.0):
             return True
         time.sleep(0.02)
     return False
+
+
+@contextlib.contextmanager
+def _paused(process: subprocess.Popen):
+    """Hold ``process`` stopped (alive, still holding its lock) while the block runs."""
+    os.kill(process.pid, signal.SIGSTOP)
+    try:
+        yield
+    finally:
+        os.kill(process.pid, signal.SIGCONT)
 
 
 def _rounds_done(h5: Path) -> int:
@@ -120,23 +131,24 @@ def test_kill_during_a_forget_request_is_all_or_nothing(tmp_path):
 @pytest.mark.slow
 def test_second_writer_is_refused_while_a_run_writes(tmp_path):
     cfg_path = tmp_path / "exp.toml"
-    # Long enough that the first run still holds the lock once the second process has started
-    # (about 5 s of imports): 400 rounds sometimes finished first. Its progress bars go to a file,
-    # not a pipe nobody reads while it runs (a full pipe would block it).
-    cfg_path.write_text(config.dumps(_small(rounds=2000)))
+    # The first writer is paused (SIGSTOP) once it holds the lock, so it cannot finish before the
+    # second process has imported (a race otherwise). Its progress bars go to a file, not a pipe
+    # nobody reads while it runs (a full pipe would block it).
+    cfg_path.write_text(config.dumps(_small(rounds=400)))
     out = tmp_path / "out"
     log = open(tmp_path / "first.err", "w+")
     first = subprocess.Popen(CLI + ["run", str(cfg_path), "--out", str(out)], env=ENV,
                              stdout=subprocess.DEVNULL, stderr=log, text=True)
     assert _wait_for(lambda: _holder_pid(out) == first.pid)
-    second = subprocess.run(CLI + ["run", str(cfg_path), "--out", str(out), "--overwrite", "--set", "train.lr=0.2"],
-                            env=ENV, capture_output=True, text=True)
+    with _paused(first):
+        second = subprocess.run(CLI + ["run", str(cfg_path), "--out", str(out), "--overwrite", "--set", "train.lr=0.2"],
+                                env=ENV, capture_output=True, text=True)
     assert second.returncode == 2
     assert f"is being written by pid {first.pid}" in second.stderr and "p2pforget run" in second.stderr
     assert first.wait(timeout=300) == 0, (tmp_path / "first.err").read_text()[-2000:]
     log.close()
     stored = history.read_h5(out / "history.h5")
-    assert stored.attrs["complete"] and stored.attrs["rounds_done"] == 2000
+    assert stored.attrs["complete"] and stored.attrs["rounds_done"] == 400
     assert config.loads(stored.attrs["config_toml"]).train.lr == 0.1  # the first writer's run, whole
 
 
@@ -144,12 +156,15 @@ def test_second_writer_is_refused_while_a_run_writes(tmp_path):
 def test_two_forget_requests_at_once_lose_nothing(tmp_path):
     experiment.run(_small(rounds=150), out=tmp_path / "run", progress=False)
     run = tmp_path / "run"
+    log = open(tmp_path / "first.err", "w+")
     first = subprocess.Popen(CLI + ["forget", str(run), "--clients", "1"], env=ENV,
-                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+                             stdout=subprocess.DEVNULL, stderr=log, text=True)
     assert _wait_for(lambda: _holder_pid(run) == first.pid)
-    second = subprocess.run(CLI + ["forget", str(run), "--clients", "4"], env=ENV, capture_output=True, text=True)
+    with _paused(first):
+        second = subprocess.run(CLI + ["forget", str(run), "--clients", "4"], env=ENV, capture_output=True, text=True)
     assert second.returncode == 2 and f"pid {first.pid}" in second.stderr and "p2pforget forget" in second.stderr
-    assert first.wait(timeout=300) == 0, first.stderr.read()
+    assert first.wait(timeout=300) == 0, (tmp_path / "first.err").read_text()[-2000:]
+    log.close()
     again = subprocess.run(CLI + ["forget", str(run), "--clients", "4"], env=ENV, capture_output=True, text=True)
     assert again.returncode == 0, again.stderr
     report = json.loads((run / "report.json").read_text())
