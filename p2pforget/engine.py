@@ -95,6 +95,9 @@ class Engine:
         self.members = np.ones(n, dtype=bool)
         self.x_test = torch.as_tensor(self.data.x_test, dtype=self.dtype, device=self.device)
         self.y_test = torch.as_tensor(self.data.y_test, device=self.device)
+        # Further per-sample inputs (e.g. caption tokens) travel with the samples into batches.
+        self.extras = {k: torch.as_tensor(v[self.lo:self.hi], device=self.device) for k, v in self.data.extras.items()}
+        self.extras_test = {k: torch.as_tensor(v, device=self.device) for k, v in self.data.extras_test.items()}
 
         self.model = models.FlatModel(models.build(cfg.model, input_shape=self.data.input_shape, n_classes=self.data.n_classes))
         self.model.module.to(self.device)
@@ -271,10 +274,30 @@ class Engine:
     def full_batch(self, dtype: torch.dtype | None = None) -> Batch:
         """Every sample of this process's clients, with the mask of those still trained on; in
         ``dtype`` (default: the training dtype), e.g. float64 for curvature and certificates."""
-        batch = {"x": self.x, "y": self.y, "mask": self._local_mask}
+        batch = {"x": self.x, "y": self.y, "mask": self._local_mask} | self._extras_batch(self.extras, self.y.shape, None)
         if dtype is None or dtype == self.dtype:
             return batch
         return batch | {"x": self.x.to(dtype), "mask": self._local_mask.to(dtype)}
+
+    def _extras_batch(self, extras: dict[str, torch.Tensor], shape: tuple[int, int], key: tuple[int, int] | None) -> Batch:
+        """``extras`` plus ``u``: one uniform number in [0, 1) per sample for the task's own random
+        choices (e.g. which caption of an image), drawn per ``(round, step)`` ``key`` from streams
+        keyed by client id (0 for full batches); nothing for data without extras."""
+        if not extras:
+            return {}
+        if key is None:
+            u = torch.zeros(shape, dtype=self.dtype, device=self.device)
+        else:
+            keys = seeding.uniform_keys(self.seed, np.arange(self.lo, self.hi), purpose="batch/choice", counters=key,
+                                        width=shape[1])
+            u = torch.as_tensor((keys >> np.uint64(11)).astype(np.float64) * 2.0 ** -53, dtype=self.dtype, device=self.device)
+        return dict(extras) | {"u": u}
+
+    def test_batch(self, n_local: int | None = None) -> Batch:
+        """The test split as a batch repeated for ``n_local`` clients (default: this process's)."""
+        n_local = self.hi - self.lo if n_local is None else n_local
+        batch = {"x": self.x_test, "y": self.y_test} | self.extras_test
+        return {k: v.expand(n_local, *v.shape) for k, v in batch.items()}
 
     def batch(self, key: tuple[int, int]) -> Batch:
         """The minibatch of every local client for ``key = (round, step)`` (``train.batch_size``;
@@ -288,7 +311,10 @@ class Engine:
         n_loc = self.hi - self.lo
         x = torch.index_select(self.x.reshape(n_loc * m, *self.x.shape[2:]), 0, flat).reshape(n_loc, b, *self.x.shape[2:])
         y = torch.index_select(self.y.reshape(-1), 0, flat).reshape(n_loc, b)
-        return {"x": x, "y": y, "mask": torch.as_tensor(mask, dtype=self.dtype, device=self.device)}
+        extras = {k: torch.index_select(v.reshape(n_loc * m, *v.shape[2:]), 0, flat).reshape(n_loc, b, *v.shape[2:])
+                  for k, v in self.extras.items()}
+        return ({"x": x, "y": y, "mask": torch.as_tensor(mask, dtype=self.dtype, device=self.device)}
+                | self._extras_batch(extras, (n_loc, b), key))
 
     def local_steps(self, params: torch.Tensor, *, grad_mask: torch.Tensor | None = None,
                     key_round: int | None = None) -> torch.Tensor:
@@ -480,12 +506,9 @@ class Engine:
         stacked ``params`` (default: current), as full (n_clients,) arrays at the root (``None``
         elsewhere). Only per-client numbers travel: the mean model comes from an allreduce."""
         params = self.params if params is None else params
-        n_loc = params.shape[0]
-        xt = self.x_test.expand(n_loc, *self.x_test.shape)
         with torch.no_grad():
             loss = self.per_client(self.task.objective, params.detach(), self.full_batch(), self._local_active)
-            logits = self.per_client(self.task.logits, params.detach(), xt)
-            acc = (logits.argmax(-1) == self.y_test).to(self.dtype).mean(dim=1)
+            acc = self.per_client(self.task.score, params.detach(), self.test_batch(params.shape[0]))
             dist = torch.linalg.vector_norm(params.detach().double() - self.member_mean(params), dim=1)
             finite = torch.isfinite(params).all(dim=1)
         full = self.transport.gather(torch.stack([loss.double(), acc.double(), dist, finite.double()], dim=1))

@@ -16,7 +16,7 @@ Example
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -31,7 +31,8 @@ if TYPE_CHECKING:
 class EvalSets:
     """The samples unlearning is judged on: forgotten, retained (all remaining training data), test,
     and the non-members of the membership attack: the held-out samples of the clients whose data
-    are forgotten (the test set where the data have no held-out split)."""
+    are forgotten (the test set where the data have no held-out split). ``extras`` holds each
+    set's further per-sample inputs (e.g. caption tokens), by set name."""
 
     x_forget: np.ndarray
     y_forget: np.ndarray
@@ -41,6 +42,9 @@ class EvalSets:
     y_test: np.ndarray
     x_heldout: np.ndarray
     y_heldout: np.ndarray
+    extras: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)
+
+    NAMES = ("forget", "retain", "test", "heldout")
 
     @classmethod
     def from_masks(cls, engine: "Engine", forgotten: np.ndarray, retained: np.ndarray) -> "EvalSets":
@@ -52,10 +56,21 @@ class EvalSets:
             rows = np.zeros_like(held)
             rows[clients] = held[clients]
             xh, yh = d.x_holdout[rows], d.y_holdout[rows]
+            eh = {k: v[rows] for k, v in d.extras_holdout.items()}
         else:
-            xh, yh = d.x_test, d.y_test
+            xh, yh, eh = d.x_test, d.y_test, d.extras_test
+        extras = {"forget": {k: v[forgotten] for k, v in d.extras.items()},
+                  "retain": {k: v[retained] for k, v in d.extras.items()}, "test": d.extras_test, "heldout": eh}
         return cls(x_forget=d.x[forgotten], y_forget=d.y[forgotten], x_retain=d.x[retained], y_retain=d.y[retained],
-                   x_test=d.x_test, y_test=d.y_test, x_heldout=xh, y_heldout=yh)
+                   x_test=d.x_test, y_test=d.y_test, x_heldout=xh, y_heldout=yh, extras=extras)
+
+    def batch(self, name: str, dtype: torch.dtype) -> dict[str, torch.Tensor]:
+        """Set ``name`` (one of :attr:`NAMES`) as a task batch."""
+        out = {"x": torch.as_tensor(getattr(self, f"x_{name}"), dtype=dtype), "y": torch.as_tensor(getattr(self, f"y_{name}"))}
+        return out | {k: torch.as_tensor(v) for k, v in self.extras.get(name, {}).items()}
+
+    def size(self, name: str) -> int:
+        return len(getattr(self, f"y_{name}"))
 
 
 def auc(pos: np.ndarray, neg: np.ndarray) -> np.ndarray:
@@ -83,42 +98,40 @@ def _summary(values: np.ndarray) -> dict[str, float]:
 
 
 def evaluate(engine: "Engine", params: torch.Tensor, sets: EvalSets, *, nodes: np.ndarray) -> dict | None:
-    """FA, RA, TA (mean/min/max over ``nodes``, in percent) and MIA (mean over ``nodes``) of the
-    stacked local ``params``; the dict at the root, ``None`` elsewhere."""
-    sizes = [len(sets.y_forget), len(sets.y_retain), len(sets.y_test), len(sets.y_heldout)]
-    x = np.concatenate([sets.x_forget, sets.x_retain, sets.x_test, sets.x_heldout])
-    y = np.concatenate([sets.y_forget, sets.y_retain, sets.y_test, sets.y_heldout])
-    x_t = torch.as_tensor(x, dtype=engine.dtype)
+    """FA, RA, TA (the task's score on the forgotten, retained and test sets: accuracy for a
+    classifier, R@1 for CLIP; mean/min/max over ``nodes``, in percent) and MIA (mean over
+    ``nodes``) of the stacked local ``params``; the dict at the root, ``None`` elsewhere."""
+    names = [n for n in EvalSets.NAMES if sets.size(n)]
+    scores, member = [], []
     with torch.no_grad():
-        logits = torch.stack([engine.task.logits(p, x_t) for p in params.detach()])
-    phi = torch.as_tensor(logit_confidence(logits.numpy().astype(np.float64), y))
-    correct = (logits.argmax(-1).numpy() == y).astype(np.float64)
-    full = engine.transport.gather(torch.stack([phi, torch.as_tensor(correct)], dim=-1))
+        for name in names:
+            batch = sets.batch(name, engine.dtype)
+            judged = [engine.task.judge(p, batch) for p in params.detach()]
+            scores.append(torch.stack([j[0].double() for j in judged]))
+            member.append(torch.stack([j[1] for j in judged]))
+    full = engine.transport.gather(torch.cat([torch.stack(scores, dim=1)] + member, dim=1))
     if full is None:
         return None
     full = full.numpy()[nodes]
-    f_end, r_end, t_end = sizes[0], sizes[0] + sizes[1], sizes[0] + sizes[1] + sizes[2]
-    acc = full[..., 1]
-    out = {
-        "FA": _summary(100 * acc[:, :f_end].mean(axis=1)) if f_end else None,
-        "RA": _summary(100 * acc[:, f_end:r_end].mean(axis=1)),
-        "TA": _summary(100 * acc[:, r_end:t_end].mean(axis=1)),
-    }
-    if f_end and sizes[3]:
-        out["MIA"] = float(100 * auc(full[:, :f_end, 0], full[:, t_end:, 0]).mean())
+    score = dict(zip(names, full[:, :len(names)].T))
+    offsets = np.cumsum([len(names)] + [sets.size(n) for n in names])
+    phi = {n: full[:, offsets[i]:offsets[i + 1]] for i, n in enumerate(names)}
+    out = {"FA": _summary(100 * score["forget"]) if "forget" in score else None,
+           "RA": _summary(100 * score["retain"]), "TA": _summary(100 * score["test"])}
+    if "forget" in phi and "heldout" in phi:
+        out["MIA"] = float(100 * auc(phi["forget"], phi["heldout"]).mean())
     return out
 
 
 def forget_accuracy(engine: "Engine", params: torch.Tensor, sets: EvalSets, *, nodes: np.ndarray) -> float | None:
     """FA (percent, mean over ``nodes``) of the stacked local ``params``; at the root, ``None``
     elsewhere or when nothing was forgotten."""
-    if not len(sets.y_forget):
+    if not sets.size("forget"):
         return None
-    x = torch.as_tensor(sets.x_forget, dtype=engine.dtype)
+    batch = sets.batch("forget", engine.dtype)
     with torch.no_grad():
-        correct = torch.stack([(engine.task.logits(p, x).argmax(-1) == torch.as_tensor(sets.y_forget)).to(torch.float64)
-                               for p in params.detach()])
-    full = engine.transport.gather(correct.mean(dim=1, keepdim=True))
+        score = torch.stack([engine.task.score(p, batch).double() for p in params.detach()])
+    full = engine.transport.gather(score[:, None])
     return None if full is None else float(100 * full[nodes, 0].mean())
 
 

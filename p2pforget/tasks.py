@@ -61,6 +61,27 @@ class Task:
         ce = F.cross_entropy(self.logits(flat, batch["x"]), batch["y"], reduction="none")
         return {"ce": masked_mean(ce, batch["mask"])}
 
+    def score(self, flat: torch.Tensor, batch: Batch) -> torch.Tensor:
+        """The fraction the engine reports as test accuracy: the module's own ``score(batch)`` if it
+        has one (e.g. retrieval R@1), else the classification accuracy of ``batch``."""
+        if hasattr(self.model.module, "score"):
+            return self.model.call(flat, "score", batch)
+        return (self.logits(flat, batch["x"]).argmax(-1) == batch["y"]).to(batch["x"].dtype).mean()
+
+    def judge(self, flat: torch.Tensor, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
+        """How a model does on a set of samples: its :meth:`score` on the set, and a per-sample
+        membership score ``[m]`` (higher = looks more like training data): the module's own
+        ``membership(batch)`` if it has one, else the logit confidence ``log p_y - log(1 - p_y)``
+        (a monotone transform of the loss, Yeom et al. 2018), in float64."""
+        if hasattr(self.model.module, "membership"):
+            return self.score(flat, batch), self.model.call(flat, "membership", batch).double()
+        logits = self.logits(flat, batch["x"]).double()
+        y = batch["y"]
+        z = logits.log_softmax(-1)
+        true = z.gather(-1, y[:, None])[:, 0]
+        rest = torch.where(F.one_hot(y, z.shape[-1]).bool(), torch.full_like(z, -torch.inf), z).logsumexp(-1)
+        return (logits.argmax(-1) == y).double().mean(), true - rest
+
     def loss_weights(self) -> dict[str, float]:
         return dict(self.model.module.loss_weights) if self.has_terms else {"ce": 1.0}
 

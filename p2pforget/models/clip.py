@@ -153,7 +153,96 @@ def build_clip(cfg: ModelConfig) -> nn.Module:
     return model
 
 
+MAX_LOGIT_SCALE = math.log(100.0)
+"""The temperature's bound, as in CLIP (Radford et al. 2021): ``exp(logit_scale) <= 100``."""
+
+_FAR = -1e4  # a similarity no real pair reaches (|scaled cosine| <= 100): padding never wins
+
+
+class ContrastiveCLIP(nn.Module):
+    """A CLIP model as a task: symmetric InfoNCE with a learnable temperature (Radford et al.
+    2021, eq. in Fig. 3) on batches ``{"x": images [b, 3, S, S], "tokens": [b, c, L], "u": [b],
+    "mask": [b]}``; each pair's caption is one of its ``c`` captions, chosen by ``u`` in [0, 1)
+    (the engine draws it per round and step, so every epoch sees other captions). Padding rows
+    (``mask = 0``) are neither anchors nor negatives.
+
+    ``score`` is the retrieval quality the engine reports as its test accuracy: the mean of
+    image-to-text and text-to-image R@1 (as a fraction) with all ``c`` captions in the gallery.
+    ``subnetworks`` names the two towers (``image``, ``text``) for one-branch updates.
+    """
+
+    loss_weights = {"infonce": 1.0}
+
+    def __init__(self, clip: nn.Module) -> None:
+        super().__init__()
+        self.clip = clip
+        self.subnetworks = {"image": "clip.visual"}
+
+    def forward(self, images: torch.Tensor, tokens: torch.Tensor):
+        return self.clip(images, tokens)
+
+    def scale(self) -> torch.Tensor:
+        return self.clip.logit_scale.clamp(max=MAX_LOGIT_SCALE).exp()
+
+    def embed_images(self, images: torch.Tensor) -> torch.Tensor:
+        return self.clip.encode_image(images, normalize=True)
+
+    def embed_texts(self, tokens: torch.Tensor) -> torch.Tensor:
+        return self.clip.encode_text(tokens, normalize=True)
+
+    def chosen_tokens(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        tokens = batch["tokens"]
+        if tokens.dim() == 2:
+            return tokens
+        pick = (batch["u"] * tokens.shape[1]).long().clamp(max=tokens.shape[1] - 1)
+        return torch.gather(tokens, 1, pick[:, None, None].expand(-1, 1, tokens.shape[2]))[:, 0]
+
+    def similarities(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Scaled cosine similarities ``[b, b]`` of the batch's images (rows) and chosen captions."""
+        return self.scale() * self.embed_images(batch["x"]) @ self.embed_texts(self.chosen_tokens(batch)).T
+
+    def loss_terms(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        return {"infonce": infonce(self.similarities(batch), batch["mask"])}
+
+    def score(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        image = self.embed_images(batch["x"])
+        tokens = batch["tokens"]
+        n, c = tokens.shape[0], tokens.shape[1]
+        text = self.embed_texts(tokens.reshape(n * c, -1))
+        sim = image @ text.T                                           # [n, n c]
+        owner = torch.arange(n * c, device=sim.device) // c
+        i2t = (owner[sim.argmax(dim=1)] == torch.arange(n, device=sim.device)).to(sim.dtype).mean()
+        t2i = (sim.argmax(dim=0) == owner).to(sim.dtype).mean()
+        return 0.5 * (i2t + t2i)
+
+
+    def membership(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Per pair, the scaled cosine similarity of the image and its captions (their mean): a
+        model fitted to a pair scores it higher than pairs it never saw."""
+        tokens = batch["tokens"]
+        n, c = tokens.shape[0], tokens.shape[1]
+        text = self.embed_texts(tokens.reshape(n * c, -1)).reshape(n, c, -1).mean(dim=1)
+        return self.scale() * (self.embed_images(batch["x"]) * text).sum(-1)
+
+
+def infonce(sim: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Symmetric InfoNCE of similarity logits ``sim [b, b]`` (pair i = row i, column i), averaged
+    over the rows with ``mask = 1``; masked rows and columns are no one's negatives.
+
+    >>> round(float(infonce(torch.eye(2) * 10.0, torch.ones(2))), 5)  # log(1 + e^-10)
+    5e-05
+    """
+    keep = mask > 0
+    pair = keep[:, None] & keep[None, :]
+    logits = torch.where(pair, sim, torch.full_like(sim, _FAR))
+    target = torch.arange(sim.shape[0], device=sim.device)
+    i2t = torch.nn.functional.cross_entropy(logits, target, reduction="none")
+    t2i = torch.nn.functional.cross_entropy(logits.T, target, reduction="none")
+    w = mask.to(sim.dtype)
+    return 0.5 * ((w * i2t).sum() + (w * t2i).sum()) / w.sum().clamp(min=1)
+
+
 @MODELS.register("clip", help="open_clip CLIP (model.clip_config: tiny | an open_clip name | JSON path), "
-                              "fine-tuned by model.finetune: lora | last_blocks | full")
+                              "fine-tuned by model.finetune: lora | last_blocks | full; symmetric InfoNCE")
 def _clip(cfg: ModelConfig, input_shape: tuple[int, ...], n_classes: int) -> nn.Module:
-    return build_clip(cfg)
+    return ContrastiveCLIP(build_clip(cfg))
