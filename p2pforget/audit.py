@@ -28,7 +28,7 @@ Example
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -36,7 +36,7 @@ import torch
 from scipy.stats import norm
 
 from . import seeding
-from .metrics import auc, logit_confidence
+from .metrics import auc
 
 if TYPE_CHECKING:
     from .config import AuditConfig
@@ -89,6 +89,18 @@ class Targets:
     y_forget: np.ndarray
     x_heldout: np.ndarray
     y_heldout: np.ndarray
+    extras_forget: dict[str, np.ndarray] = field(default_factory=dict)   # e.g. caption tokens
+    extras_heldout: dict[str, np.ndarray] = field(default_factory=dict)
+
+    def batch(self, side: str, dtype: torch.dtype, pick: np.ndarray | None = None) -> dict[str, torch.Tensor]:
+        """``side`` (``forget`` or ``heldout``), or its rows ``pick``, as a task batch."""
+        pick = slice(None) if pick is None else pick
+        x, y = getattr(self, f"x_{side}")[pick], getattr(self, f"y_{side}")[pick]
+        out = {"x": torch.as_tensor(x, dtype=dtype), "y": torch.as_tensor(y), "mask": torch.ones(len(y), dtype=dtype)}
+        extras = getattr(self, f"extras_{side}")
+        if extras:
+            out |= {k: torch.as_tensor(v[pick]) for k, v in extras.items()} | {"u": torch.zeros(len(y), dtype=dtype)}
+        return out
 
     @classmethod
     def of(cls, engine: "Engine", forgotten: dict[int, np.ndarray]) -> "Targets":
@@ -100,20 +112,30 @@ class Targets:
         yf = np.concatenate([d.y[j][np.asarray(forgotten[j], dtype=np.int64)] for j in clients])
         xh = np.concatenate([d.x_holdout[j][:d.holdout_counts[j]] for j in clients])
         yh = np.concatenate([d.y_holdout[j][:d.holdout_counts[j]] for j in clients])
-        return cls(x_forget=xf, y_forget=yf, x_heldout=xh, y_heldout=yh)
+        ef = {k: np.concatenate([v[j][np.asarray(forgotten[j], dtype=np.int64)] for j in clients]) for k, v in d.extras.items()}
+        eh = {k: np.concatenate([v[j][:d.holdout_counts[j]] for j in clients]) for k, v in d.extras_holdout.items()}
+        return cls(x_forget=xf, y_forget=yf, x_heldout=xh, y_heldout=yh, extras_forget=ef, extras_heldout=eh)
 
 
-def _phi(engine: "Engine", params: np.ndarray, x: np.ndarray, y: np.ndarray) -> np.ndarray:
-    """``phi [K, m]`` of the K models ``params [K, d]`` on ``(x, y)``, in float64."""
-    xt = torch.as_tensor(x, dtype=torch.float64)
+def _dtype(engine: "Engine") -> torch.dtype:
+    """float64 for the audit's own computations, unless the model has frozen weights (a fine-tuned
+    backbone), which stay in the training dtype."""
+    return torch.float64 if engine.model.dim == sum(p.numel() for p in engine.model.module.parameters()) else engine.dtype
+
+
+def _phi(engine: "Engine", params: np.ndarray, targets: Targets, side: str) -> np.ndarray:
+    """``phi [K, m]`` (the task's membership score, float64) of the K models ``params [K, d]`` on
+    the ``side`` examples."""
+    dtype = _dtype(engine)
+    batch = targets.batch(side, dtype)
     with torch.no_grad():
-        logits = torch.stack([engine.task.logits(torch.as_tensor(p, dtype=torch.float64), xt) for p in params])
-    return logit_confidence(logits.numpy(), y)
+        return torch.stack([engine.task.judge(torch.as_tensor(p, dtype=dtype), batch)[1] for p in params]).numpy()
 
 
-def _accuracy(engine: "Engine", theta: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> float:
+def _accuracy(engine: "Engine", theta: torch.Tensor, batch: dict[str, torch.Tensor]) -> float:
+    """The task's score (accuracy, or R@1) of ``theta`` on ``batch``, in percent."""
     with torch.no_grad():
-        return 100 * float((engine.task.logits(theta, x).argmax(-1) == y).to(torch.float64).mean())
+        return 100 * float(engine.task.score(theta, batch))
 
 
 SHADOW_FRACTION = 0.8
@@ -127,13 +149,15 @@ def shadow_models(engine: "Engine", count: int, *, seed: int, steps: int = 0) ->
     objective with the training learning rate and batch size, for ``steps`` steps (0: as many as
     the engine trained, rounds x local steps)."""
     d = engine.data
+    dtype = _dtype(engine)
     keep = engine.retained & engine.members[:, None]
-    x = torch.as_tensor(d.x[keep], dtype=torch.float64)
+    x = torch.as_tensor(d.x[keep], dtype=dtype)
     y = torch.as_tensor(d.y[keep])
-    init = engine.model.init_vector(seeding.int_seed(engine.seed, purpose="init"), torch.float64)
+    extras = {k: torch.as_tensor(v[keep]) for k, v in d.extras.items()}
+    init = engine.model.init_vector(seeding.int_seed(engine.seed, purpose="init"), dtype)
     steps = steps or max(1, engine.round * engine.config.train.local_steps)
     lr, b = engine.config.train.lr, engine.config.train.batch_size
-    one = torch.tensor(1.0, dtype=torch.float64)
+    one = torch.tensor(1.0, dtype=dtype)
     out = []
     for s in range(count):
         r = seeding.rng(seed, purpose="audit/shadow", counters=(s,))
@@ -142,7 +166,9 @@ def shadow_models(engine: "Engine", count: int, *, seed: int, steps: int = 0) ->
         for _ in range(steps):
             # minibatches of train.batch_size, as the audited models were trained (0: full batch)
             pick = torch.as_tensor(subset if not b or b >= len(subset) else r.choice(subset, b, replace=False))
-            batch = {"x": x[pick], "y": y[pick], "mask": torch.ones(len(pick), dtype=torch.float64)}
+            batch = {"x": x[pick], "y": y[pick], "mask": torch.ones(len(pick), dtype=dtype)}
+            if extras:
+                batch |= {k: v[pick] for k, v in extras.items()} | {"u": torch.as_tensor(r.random(len(pick)), dtype=dtype)}
             theta = theta - lr * torch.func.grad(engine.task.objective)(theta, batch, one)
         out.append(theta.numpy())
     return np.stack(out)
@@ -155,15 +181,14 @@ def relearn(engine: "Engine", theta: np.ndarray, targets: Targets, *, samples: i
     (``None`` if not within ``steps``) and the FA after every step."""
     k = min(samples, len(targets.y_forget))
     pick = np.sort(seeding.rng(seed, purpose="audit/relearn").choice(len(targets.y_forget), k, replace=False))
-    batch = {"x": torch.as_tensor(targets.x_forget[pick], dtype=torch.float64),
-             "y": torch.as_tensor(targets.y_forget[pick]), "mask": torch.ones(k, dtype=torch.float64)}
-    x_all = torch.as_tensor(targets.x_forget, dtype=torch.float64)
-    y_all = torch.as_tensor(targets.y_forget)
-    th = torch.as_tensor(theta, dtype=torch.float64)
-    fa = [_accuracy(engine, th, x_all, y_all)]
+    dtype = _dtype(engine)
+    batch = targets.batch("forget", dtype, pick)
+    everything = targets.batch("forget", dtype)
+    th = torch.as_tensor(theta, dtype=dtype)
+    fa = [_accuracy(engine, th, everything)]
     for _ in range(steps):
-        th = th - engine.config.train.lr * torch.func.grad(engine.task.objective)(th, batch, torch.tensor(1.0, dtype=torch.float64))
-        fa.append(_accuracy(engine, th, x_all, y_all))
+        th = th - engine.config.train.lr * torch.func.grad(engine.task.objective)(th, batch, torch.tensor(1.0, dtype=dtype))
+        fa.append(_accuracy(engine, th, everything))
     hit = next((t for t, v in enumerate(fa) if v >= target_fa - 1.0), None)
     return {"steps_to_recover": hit, "fa_before": fa[0], "fa_after": fa[-1]}
 
@@ -173,8 +198,8 @@ def audit(engine: "Engine", *, forgotten: dict[int, np.ndarray], models: dict[st
     """The audit of one request (see the module docstring) for every model set in ``models``
     (``[n_clients, d]`` arrays, e.g. ``trained``, ``unlearned``, ``retrained``), over ``nodes``."""
     targets = Targets.of(engine, forgotten)
-    phi = {k: (_phi(engine, v[nodes], targets.x_forget, targets.y_forget),
-               _phi(engine, v[nodes], targets.x_heldout, targets.y_heldout)) for k, v in models.items()}
+    phi = {k: (_phi(engine, v[nodes], targets, "forget"), _phi(engine, v[nodes], targets, "heldout"))
+           for k, v in models.items()}
     out: dict = {"n_forgotten": int(len(targets.y_forget)), "n_heldout": int(len(targets.y_heldout)),
                  "bootstrap": options.bootstrap, "shadow_models": options.shadow_models, "mia": {}}
     reference = phi.get("retrained")
@@ -183,8 +208,8 @@ def audit(engine: "Engine", *, forgotten: dict[int, np.ndarray], models: dict[st
                                       rounds=options.bootstrap, seed=seed)
     if options.shadow_models:
         shadows = shadow_models(engine, options.shadow_models, seed=seed, steps=options.shadow_steps)
-        sh_pos = _phi(engine, shadows, targets.x_forget, targets.y_forget)
-        sh_neg = _phi(engine, shadows, targets.x_heldout, targets.y_heldout)
+        sh_pos = _phi(engine, shadows, targets, "forget")
+        sh_neg = _phi(engine, shadows, targets, "heldout")
         out["lira"] = {}
         for k, (pos, neg) in phi.items():
             s_pos, s_neg = lira_offline(pos, sh_pos), lira_offline(neg, sh_neg)
@@ -192,8 +217,8 @@ def audit(engine: "Engine", *, forgotten: dict[int, np.ndarray], models: dict[st
                               "tpr_at_1pct_fpr": float(np.mean([tpr_at_fpr(a, b) for a, b in zip(s_pos, s_neg)]))}
     if options.relearn_steps and "trained" in models:
         node = int(nodes[0])
-        target_fa = _accuracy(engine, torch.as_tensor(models["trained"][node], dtype=torch.float64),
-                              torch.as_tensor(targets.x_forget, dtype=torch.float64), torch.as_tensor(targets.y_forget))
+        target_fa = _accuracy(engine, torch.as_tensor(models["trained"][node], dtype=_dtype(engine)),
+                              targets.batch("forget", _dtype(engine)))
         out["relearn"] = {"node": node, "samples": min(options.relearn_samples, len(targets.y_forget)),
                           "steps": options.relearn_steps, "trained_fa": target_fa}
         for k, v in models.items():

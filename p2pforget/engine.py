@@ -30,6 +30,7 @@ from . import aggregate, data as datasets, devices, ledger as ledger_mod, models
 from .config import Config
 from . import transport as transport_mod
 from .registry import AGGREGATORS, ROUNDS
+from .subspace import ForgetLock
 from .tasks import Batch, Task, fixed_width_value_and_grad, fixed_width_vmap, row_by_row
 from .transport import Transport
 
@@ -115,6 +116,8 @@ class Engine:
         self.init_params = self._init_params()
         self.params = self.init_params.clone()
         self.optimizer_state: dict[str, torch.Tensor] = {}  # e.g. gradient tracking's tracker / last_grad
+        # A Forget Lock (subspace.ForgetLock) installed by an unlearning method: applied every round.
+        self.lock: ForgetLock | None = None
         self.ledger = self._empty_ledger()  # row i: C_i (see ledger.py)
         self.round = 0
         self.metrics: dict[str, list[float]] = {name: [] for name in METRICS}
@@ -329,6 +332,8 @@ class Engine:
             batch = self.batch((key_round, s))
             if grad_mask is not None:
                 g, _ = self.gradients(params, batch, mask=grad_mask)
+                if self.lock is not None:
+                    g = g + self.lock.penalty_gradient(params.detach(), self.lock.anchor) * grad_mask.to(g.dtype)
                 params = params - g.mul_(lr)
                 continue
             # The step is applied batch by batch of clients as their gradients come out of the
@@ -339,6 +344,8 @@ class Engine:
             def step(rows: slice, g: torch.Tensor, old: torch.Tensor = params) -> None:
                 if self.task.weight_decay:
                     g = g + self.task.decay(old[rows].detach(), self._local_active[rows])[1]
+                if self.lock is not None:
+                    g = g + self.lock.penalty_gradient(old[rows].detach(), self.lock.anchor[rows])
                 torch.sub(old[rows], g.mul_(lr), out=new[rows])
 
             self._value_and_grad(self.task.data_loss, params, batch, update=step)
@@ -424,7 +431,10 @@ class Engine:
         """One round of the configured algorithm (see :mod:`p2pforget.rounds`), then, at an
         evaluation round (``run.eval_every``), the round's metrics."""
         W = self.mixing_at(self.round)
+        before = self.params
         vectors = self._round_fn(self, W)
+        if self.lock is not None:
+            self.set_params(self.lock.apply(before, self.params), keep_optimizer_state=True, copy=False)
         sent = self.message_bytes(W, vectors)
         if self.ledger is not None:
             self._update_ledger(W)
@@ -567,6 +577,10 @@ class Engine:
             out["ledger"] = self.gather_params(self.ledger)
         for name in sorted(self.optimizer_state):
             out[name] = self.gather_params(self.optimizer_state[name])
+        if self.lock is not None:
+            out["lock/anchor"] = self.gather_params(self.lock.anchor)
+            out |= {"lock/basis": self.lock.basis.cpu().numpy(), "lock/back": self.lock.back.cpu().numpy(),
+                    "lock/mu": np.array(self.lock.mu)}
         if not self.transport.is_root:
             return None
         return out | {f"metrics/{k}": np.asarray(v, dtype=np.int64 if k == "round" else np.float64)
@@ -587,7 +601,13 @@ class Engine:
             self.ledger = torch.as_tensor(state["ledger"][rows], dtype=torch.float64).to(self.device).clone()
         self.optimizer_state = {k: torch.as_tensor(v[rows], dtype=self.dtype).to(self.device).clone()
                                 for k, v in state.items()
-                                if k not in ("round", "params") and not k.startswith(("ledger", "metrics/"))}
+                                if k not in ("round", "params") and not k.startswith(("ledger", "metrics/", "lock/"))}
+        self.lock = None
+        if "lock/basis" in state:
+            self.lock = ForgetLock(basis=torch.as_tensor(state["lock/basis"], dtype=torch.float64, device=self.device),
+                                   back=torch.as_tensor(state["lock/back"], dtype=torch.float64, device=self.device),
+                                   anchor=torch.as_tensor(state["lock/anchor"][rows], dtype=self.dtype, device=self.device),
+                                   mu=float(state["lock/mu"]))
         self.metrics = {k: [(int(v) if k == "round" else float(v)) for v in state.get(f"metrics/{k}", [])] for k in METRICS}
         if not self.metrics["round"] and self.metrics["loss_mean"]:  # run files written before eval_every
             self.metrics["round"] = list(range(1, len(self.metrics["loss_mean"]) + 1))

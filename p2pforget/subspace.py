@@ -25,6 +25,8 @@ Example
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 
 
@@ -86,3 +88,24 @@ def lock_penalty(theta: torch.Tensor, anchor: torch.Tensor, B: torch.Tensor, mu:
     push ``g`` along a locked direction is balanced at a drift of ``|<g, b>| / mu``."""
     c = (theta - anchor) @ B
     return 0.5 * mu * (c * c).sum(-1), mu * c @ B.T
+
+
+@dataclass
+class ForgetLock:
+    """Locked directions ``basis [d, r]`` (orthonormal), which way along each leads back to the
+    forgotten alignment (``back [r]``, +1 or -1), each node's unlearned model ``anchor [n_local, d]``
+    and the regularizer strength ``mu``. The engine applies it every round once installed:
+    :func:`lock` to each node's round update, and :func:`lock_penalty`'s gradient in local steps."""
+
+    basis: torch.Tensor
+    back: torch.Tensor
+    anchor: torch.Tensor
+    mu: float
+
+    def penalty_gradient(self, rows: torch.Tensor, anchor: torch.Tensor) -> torch.Tensor:
+        return lock_penalty(rows, anchor, self.basis.to(rows.dtype), self.mu)[1]
+
+    def apply(self, old: torch.Tensor, new: torch.Tensor) -> torch.Tensor:
+        """``old + lock(new - old)``: the round's update without its returning components."""
+        basis = self.basis.to(new.dtype)
+        return old + lock(new - old, basis, self.back.to(new.dtype))

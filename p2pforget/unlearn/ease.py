@@ -1,0 +1,235 @@
+"""EASE: federated multimodal (CLIP) unlearning by dual-modal displacement, subspace excision and
+a Forget Lock.
+
+"Federated Multimodal Unlearning via Entanglement-Aware Anchor Closure" (EASE, 2026). Only the
+abstract and secondary descriptions of the paper are available; what follows is this project's
+reading of its three mechanisms, written out in ``docs/methods/ease.md``:
+
+(a) **Dual-modal displacement.** On the forget pairs, the matched image and caption embeddings are
+    moved apart, each towards a non-matching partner: with scaled similarities ``S`` of the forget
+    pairs (images as rows), the displacement loss is
+    ``L_d = 1/2 [CE(S, pi) + CE(S^T, pi)]`` where ``pi(i) = i + 1 mod n`` pairs every image with
+    another pair's caption and every caption with another pair's image. ``displacement = "dual"``
+    updates both towers; ``"image"`` only the image tower (the one-branch ablation). The
+    retained clients keep training on their contrastive loss in between, which holds the rest.
+(b) **Subspace excision.** Per parameter block (each LoRA factor, each weight), ``U_f`` is the
+    top-``rank`` left singular basis of ``rank`` displacement gradients of the forget pairs (one
+    per disjoint chunk) and ``U_r`` that of the retained clients' contrastive gradients. The
+    principal angles between them (``scipy.linalg.subspace_angles``' definition, from the SVD of
+    ``U_f^T U_r``) pick the forget-exclusive directions: principal vectors of ``U_f`` whose angle
+    exceeds ``angle_threshold``. The displacement is projected onto their span, so it cannot move
+    the model along what the retained data also need.
+(c) **Forget Lock.** The exclusive directions are locked: in every later round each node's update
+    loses its component along a locked direction when that component points back towards the
+    trained (pre-unlearning) model, and local steps add ``(mu/2) ||B^T (theta - theta_u)||^2``
+    (:class:`~p2pforget.subspace.ForgetLock`, installed on the engine and kept in its state).
+
+On the star the hub relays the displacement (the forget clients' projected gradients, summed) and
+aggregates as in training; on a gossip graph the same sum travels a spanning tree
+(:meth:`~p2pforget.Engine.network_sum`) and the nodes gossip in between.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import networkx as nx
+import numpy as np
+import torch
+from torch.func import grad
+
+from .. import subspace
+from ..config import bounded, choice
+from ..registry import METHODS
+from . import ForgetRequest, Outcome, continue_training
+
+if TYPE_CHECKING:
+    from ..engine import Engine
+
+_FAR = -1e4  # the similarity of a padded pair: never a target, never a competitor
+
+
+@dataclass(frozen=True)
+class EASEOptions:
+    """Keys of ``[unlearn.ease]``; ``lr = 0`` uses ``train.lr``."""
+
+    rounds: int = bounded(5, 1)
+    lr: float = bounded(0.0, 0.0)
+    displacement: str = choice("dual", "dual", "image")
+    excision: bool = True
+    rank: int = bounded(4, 1)
+    angle_threshold: float = bounded(45.0, 0.0, 90.0)  # degrees
+    lock: bool = True
+    lock_mu: float = bounded(1.0, 0.0)
+    clip: float = bounded(5.0, 0.0)
+
+
+def partners(n_valid: int, width: int) -> torch.Tensor:
+    """``pi [width]``: ``i -> i + 1 mod n_valid`` for the first ``n_valid`` rows (a derangement when
+    ``n_valid > 1``), padding rows map to themselves.
+
+    >>> partners(3, 5).tolist()
+    [1, 2, 0, 3, 4]
+    """
+    idx = torch.arange(width)
+    if n_valid > 0:
+        idx[:n_valid] = (idx[:n_valid] + 1) % n_valid
+    return idx
+
+
+def displacement_loss(sim: torch.Tensor, partner: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """``1/2 [CE(S, pi) + CE(S^T, pi)]`` over the rows with ``mask = 1`` (see the module docstring);
+    padded rows and columns take no part."""
+    keep = mask > 0
+    logits = torch.where(keep[:, None] & keep[None, :], sim, torch.full_like(sim, _FAR))
+    i2t = torch.nn.functional.cross_entropy(logits, partner, reduction="none")
+    t2i = torch.nn.functional.cross_entropy(logits.T, partner, reduction="none")
+    w = mask.to(sim.dtype)
+    return 0.5 * ((w * i2t).sum() + (w * t2i).sum()) / w.sum().clamp(min=1)
+
+
+def excision_basis(G_f: torch.Tensor, G_r: torch.Tensor, sizes: list[int], *, rank: int, threshold: float) -> torch.Tensor:
+    """The forget-exclusive directions ``[d, s]`` (orthonormal, block by block): per block of
+    ``sizes`` entries, the principal vectors of ``span G_f`` (forget gradients, columns) at an
+    angle above ``threshold`` (radians) to ``span G_r`` (retained gradients), each basis the
+    top-``rank`` singular directions of its gradients."""
+    parts, start = [], 0
+    d = G_f.shape[0]
+    for size in sizes:
+        block = slice(start, start + size)
+        U_f = subspace.update_basis(G_f[block], rank)
+        if U_f.shape[1]:
+            U_r = subspace.update_basis(G_r[block], rank) if G_r[block].abs().max() > 0 else G_r[block][:, :0]
+            chosen = subspace.exclusive_directions(U_f, U_r, threshold)
+            if chosen.shape[1]:
+                full = torch.zeros(d, chosen.shape[1], dtype=G_f.dtype)
+                full[block] = chosen
+                parts.append(full)
+        start += size
+    return torch.cat(parts, dim=1) if parts else torch.zeros(d, 0, dtype=G_f.dtype)
+
+
+def _forget_batches(engine: "Engine", request: ForgetRequest, chunks: int) -> list[dict[str, torch.Tensor]]:
+    """The forget pairs of this process's clients as dense batches ``[n_local, b, ...]`` with
+    ``partner`` and ``mask``: chunk ``c`` holds each client's forget pairs at positions ``c mod
+    chunks`` (``chunks = 1``: all of them)."""
+    out = []
+    for c in range(chunks):
+        picks = {j: np.asarray(idx)[c::chunks] for j, idx in request.samples.items()}
+        width = max(max((len(p) for p in picks.values()), default=1), 1)
+        n_loc = engine.hi - engine.lo
+        rows = np.zeros((n_loc, width), dtype=np.int64)
+        mask = np.zeros((n_loc, width))
+        partner = torch.arange(width).expand(n_loc, width).clone()
+        for j, p in picks.items():
+            if engine.lo <= j < engine.hi and len(p):
+                rows[j - engine.lo, :len(p)] = p
+                mask[j - engine.lo, :len(p)] = 1.0
+                partner[j - engine.lo] = partners(len(p), width)
+        take = torch.as_tensor(rows, device=engine.device)
+        full = engine.full_batch()
+        batch = {k: torch.stack([v[i, take[i]] for i in range(n_loc)]) for k, v in full.items()
+                 if k not in ("mask", "u")}
+        batch |= {"mask": torch.as_tensor(mask, dtype=engine.dtype, device=engine.device),
+                  "partner": partner.to(engine.device)}
+        out.append(batch)
+    return out
+
+
+def _tree_gather_bytes(engine: "Engine", root: int, sources: list[int], entries: int) -> float:
+    """Bytes to bring one ``entries``-vector from each of ``sources`` to ``root`` (or back) along
+    shortest paths of the graph, each hop forwarding it (on the star: up to the hub and down)."""
+    itemsize = torch.finfo(engine.dtype).bits // 8
+    if engine.is_star:
+        hops = 2 * sum(1 for s in sources if s != root)
+    else:
+        depth = nx.single_source_shortest_path_length(engine.member_graph(), root)
+        hops = sum(depth[s] for s in sources)
+    return float(hops * entries * itemsize)
+
+
+@METHODS.register("ease", options=EASEOptions,
+                  help="EASE for CLIP: dual-modal displacement, subspace excision, Forget Lock")
+class EASE:
+    """Displacement rounds restricted to the forget-exclusive subspace, then the Forget Lock (see
+    the module docstring)."""
+
+    def check(self, engine: "Engine", request: ForgetRequest, options: EASEOptions) -> None:
+        if not hasattr(engine.model.module, "similarities"):
+            raise ValueError("unlearn.method = 'ease' needs a contrastive image-text model: set model.kind = \"clip\"")
+
+    def unlearn(self, engine: "Engine", request: ForgetRequest, options: EASEOptions) -> Outcome:
+        model = engine.model
+        branch = ~model.mask("clip.logit_scale")  # the temperature is shared by every pair: not displaced
+        if options.displacement == "image":
+            branch = model.mask("image")
+        branch = branch.to(device=engine.device, dtype=engine.dtype)
+        lr = options.lr or engine.config.train.lr
+        forget_clients = sorted(request.samples)
+        engine.exclude(samples=request.samples)  # nodes stay in the graph while they unlearn
+        trained_mean = engine.member_mean(engine.params)
+
+        def loss(flat, batch):
+            sim = model.call(flat, "similarities", batch)
+            return displacement_loss(sim, batch["partner"], batch["mask"])
+
+        # Only the forget clients hosted here compute a displacement (one by one: there are few of
+        # them, and a vmapped batch would pad them to run.vmap_width rows); every other row is zero.
+        rows = [j - engine.lo for j in forget_clients if engine.lo <= j < engine.hi]
+
+        def displacement(params, batch):
+            g = torch.zeros_like(params)
+            for i in rows:
+                g[i] = grad(loss)(params[i], {k: v[i] for k, v in batch.items()}) * branch
+            if options.clip > 0:
+                norm = torch.linalg.vector_norm(g, dim=1, keepdim=True)
+                g = g * torch.clamp(options.clip / norm.clamp(min=1e-12), max=1.0)
+            return g
+
+        comm = 0.0
+        basis = None
+        if options.excision:
+            basis, sent = self._basis(engine, request, options, displacement, branch, forget_clients)
+            comm += sent
+        whole = _forget_batches(engine, request, 1)[0]
+        for r in range(options.rounds):
+            batch = whole | {"u": torch.full_like(whole["mask"], (r % 5 + 0.5) / 5)}
+            g = displacement(engine.params, batch)
+            if basis is not None:
+                g = (g.double() @ basis) @ basis.T
+            total, sent, _ = engine.network_sum(g.to(engine.dtype), progress=False)
+            comm += sent
+            engine.set_params(engine.params - lr * total / len(forget_clients))
+            comm += continue_training(engine, 1, request)  # the retained clients' loss holds the rest
+        engine.exclude(removed=request.removed)
+        if options.lock and basis is not None and basis.shape[1]:
+            back = torch.sign((trained_mean - engine.member_mean(engine.params)) @ basis)
+            engine.lock = subspace.ForgetLock(basis=basis, back=back, anchor=engine.params.clone(), mu=options.lock_mu)
+        return Outcome.plain(engine.params.clone(), comm_bytes=comm, rounds=options.rounds)
+
+    @staticmethod
+    def _basis(engine: "Engine", request: ForgetRequest, options: EASEOptions, displacement, branch: torch.Tensor,
+               forget_clients: list[int]) -> tuple[torch.Tensor, float]:
+        """The excision basis (the same on every process) and the bytes it took: the forget
+        clients' chunk gradients and every retained client's contrastive gradient gathered at the
+        first forget client, the basis sent back to every node."""
+        chunks = _forget_batches(engine, request, options.rank)
+        G_f = torch.cat([displacement(engine.params, c | {"u": torch.zeros_like(c["mask"])}) for c in chunks], dim=0)
+        G_r, _ = engine.gradients(engine.params, engine.full_batch())
+        G_r = G_r * branch * engine.active[:, None].to(G_r.dtype)
+        full_f, full_r = engine.transport.gather(G_f), engine.transport.gather(G_r)
+        basis = None
+        if engine.transport.is_root:
+            keep_f = full_f.abs().amax(dim=1) > 0
+            keep_r = full_r.abs().amax(dim=1) > 0
+            basis = excision_basis(full_f[keep_f].double().T, full_r[keep_r].double().T, engine.model.sizes,
+                                   rank=options.rank, threshold=math.radians(options.angle_threshold))
+            basis = basis.cpu().numpy()
+        basis = torch.as_tensor(engine.transport.bcast_object(basis), device=engine.device)
+        root = forget_clients[0]
+        members = [int(i) for i in np.flatnonzero(engine.members)]
+        sent = _tree_gather_bytes(engine, root, members, engine.dim)                               # retained gradients
+        sent += _tree_gather_bytes(engine, root, forget_clients, options.rank * engine.dim)       # forget chunks
+        sent += _tree_gather_bytes(engine, root, members, basis.shape[1] * engine.dim)            # the basis
+        return basis, sent
