@@ -323,7 +323,7 @@ def record_forget(engine: Engine, writer: RunWriter, result: ForgetResult) -> di
     records = writer.records
 
     def released(state: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        kept = {k: v for k, v in state.items() if k == "round" or k.startswith(("ledger", "metrics/"))}
+        kept = {k: v for k, v in state.items() if k == "round" or k.startswith(("ledger", "metrics/", "lock/"))}
         return kept | {"params": result.params["unlearned"]}  # the optimizer state restarts from the released models
 
     if engine.transport.is_root:

@@ -215,12 +215,14 @@ class EASE:
         clients' chunk gradients and every retained client's contrastive gradient gathered at the
         first forget client, the basis sent back to every node."""
         chunks = _forget_batches(engine, request, options.rank)
-        G_f = torch.cat([displacement(engine.params, c | {"u": torch.zeros_like(c["mask"])}) for c in chunks], dim=0)
+        # [n_local, rank * d]: one row per client, as the transport gathers them
+        G_f = torch.cat([displacement(engine.params, c | {"u": torch.zeros_like(c["mask"])}) for c in chunks], dim=1)
         G_r, _ = engine.gradients(engine.params, engine.full_batch())
         G_r = G_r * branch * engine.active[:, None].to(G_r.dtype)
         full_f, full_r = engine.transport.gather(G_f), engine.transport.gather(G_r)
         basis = None
         if engine.transport.is_root:
+            full_f = full_f.reshape(-1, engine.dim)
             keep_f = full_f.abs().amax(dim=1) > 0
             keep_r = full_r.abs().amax(dim=1) > 0
             basis = excision_basis(full_f[keep_f].double().T, full_r[keep_r].double().T, engine.model.sizes,

@@ -43,6 +43,15 @@ UNLEARN_CASES = {
     "torus9_not_digits": {"topology": {"kind": "torus", "n_clients": 9}, "data": {"kind": "digits", "n_test": 40},
                           "model": {"kind": "l2u", "hidden": 8}, "train": {"lr": 0.1},
                           "unlearn": {"method": "not", "clients": [2], "not": {"rounds": 2}}},
+    "star6_ease_clip": {"topology": {"kind": "star", "n_clients": 6},
+                        "data": {"kind": "captions_synth", "n_samples_per_client": 6, "n_test": 10, "partition": "by_class"},
+                        "model": {"kind": "clip"}, "train": {"batch_size": 4, "lr": 0.1},
+                        "unlearn": {"method": "ease", "clients": [2], "ease": {"rounds": 2, "rank": 2}}},
+    "ring5_ease_clip_one_branch": {"topology": {"kind": "ring", "n_clients": 5},
+                                   "data": {"kind": "captions_synth", "n_samples_per_client": 6, "n_test": 10},
+                                   "model": {"kind": "clip"}, "train": {"batch_size": 4, "lr": 0.1},
+                                   "unlearn": {"method": "ease", "clients": [1], "ease": {"rounds": 2, "rank": 2,
+                                                                                         "displacement": "image"}}},
 }
 CASES = {
     "ring7": {"topology": {"kind": "ring", "n_clients": 7}},

@@ -1,0 +1,155 @@
+"""Federated CLIP training and EASE: the losses against direct numpy computations, the excision
+basis against scipy, caption batches, the Forget Lock in the engine, and EASE end to end."""
+import math
+
+import numpy as np
+import pytest
+import scipy.linalg
+import torch
+
+from p2pforget import config, history
+from p2pforget.engine import Engine
+from p2pforget.models.clip import infonce
+from p2pforget.unlearn import ForgetRequest, forget
+from p2pforget.unlearn.ease import EASE, EASEOptions, displacement_loss, excision_basis, partners
+
+
+def _log_softmax(z):
+    z = z - z.max(axis=1, keepdims=True)
+    return z - np.log(np.exp(z).sum(axis=1, keepdims=True))
+
+
+def _sim_and_mask(seed=0, b=6, valid=4):
+    r = np.random.default_rng(seed)
+    sim = r.standard_normal((b, b)) * 3
+    mask = np.r_[np.ones(valid), np.zeros(b - valid)]
+    return sim, mask
+
+
+def test_infonce_matches_numpy_on_the_valid_pairs():
+    sim, mask = _sim_and_mask()
+    s = sim[:4, :4]  # padding rows and columns drop out entirely
+    ref = 0.5 * (-np.diag(_log_softmax(s)).mean() - np.diag(_log_softmax(s.T)).mean())
+    got = infonce(torch.as_tensor(sim), torch.as_tensor(mask))
+    assert float(got) == pytest.approx(ref, rel=1e-12)
+
+
+def test_displacement_loss_pushes_each_pair_towards_another_pairs_partner():
+    sim, mask = _sim_and_mask(1)
+    pi = partners(4, 6)
+    assert pi.tolist() == [1, 2, 3, 0, 4, 5] and all(pi[i] != i for i in range(4))
+    s = sim[:4, :4]
+    idx = np.arange(4)
+    ref = 0.5 * (-_log_softmax(s)[idx, (idx + 1) % 4].mean() - _log_softmax(s.T)[idx, (idx + 1) % 4].mean())
+    got = displacement_loss(torch.as_tensor(sim), pi, torch.as_tensor(mask))
+    assert float(got) == pytest.approx(ref, rel=1e-12)
+    # descending it lowers the matched similarities
+    t = torch.as_tensor(sim).requires_grad_(True)
+    g, = torch.autograd.grad(displacement_loss(t, pi, torch.as_tensor(mask)), t)
+    assert (torch.diag(g)[:4] > 0).all()
+
+
+def test_excision_basis_keeps_per_block_the_forget_directions_past_the_threshold():
+    r = np.random.default_rng(3)
+    sizes = [5, 7]
+    d = sum(sizes)
+    G_r = torch.as_tensor(r.standard_normal((d, 3)))
+    G_f = torch.as_tensor(r.standard_normal((d, 2)))
+    G_f[:5, 0] = G_r[:5, 0]  # block 0: one forget direction is a retained one (angle 0)
+    threshold = math.radians(30)
+    B = excision_basis(G_f, G_r, sizes, rank=2, threshold=threshold)
+    np.testing.assert_allclose((B.T @ B).numpy(), np.eye(B.shape[1]), atol=1e-10)
+    start = 0
+    for size in sizes:
+        block = slice(start, start + size)
+        angles = scipy.linalg.subspace_angles(G_f[block].numpy(), G_r[block].numpy())
+        cols = B[block].abs().amax(dim=0) > 0
+        assert int(cols.sum()) == int((angles > threshold).sum())  # scipy: how many are past it
+        rows_outside = torch.ones(d, dtype=torch.bool)
+        rows_outside[block] = False
+        assert float(B[rows_outside][:, cols].abs().max()) == 0.0  # each direction stays in its block
+        start += size
+    assert int((B[:5].abs().amax(dim=0) > 0).sum()) == 1  # the shared direction is not excised
+
+
+def _clip_cfg(**sections):
+    base = {"run": {"seed": 2, "rounds": 3, "eval_every": 0},
+            "topology": {"kind": "star", "n_clients": 4},
+            "data": {"kind": "captions_synth", "n_samples_per_client": 6, "n_test": 10, "partition": "by_class"},
+            "model": {"kind": "clip"}, "train": {"batch_size": 4, "lr": 0.1, "local_steps": 2},
+            "audit": {"after_forget": False}}
+    for k, v in sections.items():
+        base[k] = base.get(k, {}) | v
+    return config.from_dict(base)
+
+
+def test_caption_batches_choose_per_round_and_travel_with_their_images():
+    engine = Engine(config=_clip_cfg())
+    a, b = engine.batch((0, 0)), engine.batch((1, 0))
+    assert a["tokens"].shape == (4, 4, 5, 16) and a["u"].shape == (4, 4)
+    assert ((a["u"] >= 0) & (a["u"] < 1)).all() and not torch.equal(a["u"], b["u"])
+    assert torch.equal(engine.batch((0, 0))["u"], a["u"])  # keyed, not drawn from global state
+    # each image keeps its own captions: match rows of x back to the stored samples
+    for i in range(4):
+        for x, tok in zip(a["x"][i], a["tokens"][i]):
+            j = int(torch.nonzero((engine.x[i] == x).flatten(1).all(dim=1))[0])
+            assert torch.equal(engine.extras["tokens"][i, j], tok)
+    engine.train(3, progress=False)
+    assert 0.0 <= engine.metrics["test_acc_mean"][-1] <= 1.0  # R@1 as a fraction
+
+
+def test_forget_lock_in_the_engine_removes_returning_components_and_survives_state():
+    engine = Engine(config=_clip_cfg())
+    engine.train(2, progress=False)
+    result = forget(engine, clients=[1], method="ease", reference=False, progress=False, rounds=1, rank=2)
+    assert result.method == "ease" and engine.lock is not None and engine.lock.basis.shape[1] > 0
+    lock = engine.lock
+    before = engine.params.clone()
+    engine.train(1, progress=False)
+    coeff = ((engine.params - before).double() @ lock.basis)
+    assert bool(((coeff * lock.back) <= 1e-7).all())  # nothing moves back towards the trained model
+    restored = Engine(config=_clip_cfg())
+    restored.load_state(engine.state())
+    assert torch.equal(restored.lock.basis, lock.basis) and torch.equal(restored.lock.anchor, lock.anchor)
+    assert restored.lock.mu == lock.mu
+
+
+@pytest.mark.parametrize("which", ["dual", "image"])
+def test_displacement_changes_only_its_branch_and_never_the_temperature(which):
+    engine = Engine(config=_clip_cfg())
+    engine.train(1, progress=False)
+    model = engine.model
+    request = ForgetRequest.build(engine, clients=[2])
+    seen = {}
+
+    def spy(rows, *args, **kwargs):  # the displacement step is the only params change outside training
+        seen.setdefault("steps", []).append(rows.clone())
+        return original(rows, *args, **kwargs)
+
+    original = engine.network_sum
+    engine.network_sum = spy
+    EASE().unlearn(engine, request, EASEOptions(rounds=1, excision=False, lock=False, displacement=which))
+    g = seen["steps"][0]
+    assert torch.count_nonzero(g[[0, 1, 3]]) == 0 and torch.count_nonzero(g[2]) > 0  # only the forget client
+    image = model.mask("image")
+    temperature = model.mask("clip.logit_scale")
+    assert torch.count_nonzero(g[2][temperature]) == 0
+    if which == "image":
+        assert torch.count_nonzero(g[2][~image]) == 0
+    else:
+        assert torch.count_nonzero(g[2][~image & ~temperature]) > 0 and torch.count_nonzero(g[2][image]) > 0
+
+
+def test_ease_on_a_ring_records_r_at_1_and_run_file_keeps_the_lock(tmp_path):
+    from p2pforget import experiment
+
+    cfg = _clip_cfg(topology={"kind": "ring", "n_clients": 5},
+                    unlearn={"method": "ease", "clients": [3], "ease": {"rounds": 2, "rank": 2}})
+    experiment.run(cfg, out=tmp_path / "run", progress=False)
+    stored = history.read_h5(tmp_path / "run" / "history.h5")
+    assert "checkpoint/lock/basis" in stored.arrays and stored.arrays["checkpoint/lock/anchor"].shape[0] == 5
+    import json
+    report = json.loads((tmp_path / "run" / "report.json").read_text())
+    metrics = report["requests"][0]["metrics"] if "requests" in report else report["metrics"]
+    for key in ("trained", "unlearned", "retrained"):
+        assert 0.0 <= metrics[key]["FA"]["mean"] <= 100.0 and 0.0 <= metrics[key]["TA"]["mean"] <= 100.0
