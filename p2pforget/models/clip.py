@@ -167,7 +167,8 @@ class ContrastiveCLIP(nn.Module):
     (``mask = 0``) are neither anchors nor negatives.
 
     ``score`` is the retrieval quality the engine reports as its test accuracy: the mean of
-    image-to-text and text-to-image R@1 (as a fraction) with all ``c`` captions in the gallery.
+    image-to-text and text-to-image R@1 (as a fraction) with all ``c`` captions in the gallery
+    (and, for the unlearning metrics, the test pairs as distractors).
     ``subnetworks`` names the two towers (``image``, ``text``) for one-branch updates.
     """
 
@@ -205,16 +206,25 @@ class ContrastiveCLIP(nn.Module):
         return {"infonce": infonce(self.similarities(batch), batch["mask"])}
 
     def score(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        image = self.embed_images(batch["x"])
-        tokens = batch["tokens"]
+        """Mean of image-to-text and text-to-image R@1 (a fraction) of the batch's pairs, with all
+        their captions in the gallery, and the pairs ``gallery_x``/``gallery_tokens`` as further
+        distractors when given (only the batch's own pairs are queries). A retrieved caption with
+        the very words of one of the image's own captions counts as a hit (template captions
+        repeat across images; Flickr30K-style captions rarely do, where this is plain R@1)."""
+        x, tokens = batch["x"], batch["tokens"]
         n, c = tokens.shape[0], tokens.shape[1]
-        text = self.embed_texts(tokens.reshape(n * c, -1))
-        sim = image @ text.T                                           # [n, n c]
-        owner = torch.arange(n * c, device=sim.device) // c
-        i2t = (owner[sim.argmax(dim=1)] == torch.arange(n, device=sim.device)).to(sim.dtype).mean()
-        t2i = (sim.argmax(dim=0) == owner).to(sim.dtype).mean()
+        if "gallery_x" in batch:
+            x, tokens = torch.cat([x, batch["gallery_x"]]), torch.cat([tokens, batch["gallery_tokens"]])
+        total = x.shape[0]
+        image = self.embed_images(x)
+        text = self.embed_texts(tokens.reshape(total * c, -1))
+        key = _caption_keys(tokens)                                   # [total, c]
+        flat = key.reshape(-1)
+        found = flat[(image[:n] @ text.T).argmax(dim=1)]              # caption retrieved by each image
+        i2t = (found[:, None] == key[:n]).any(dim=1).to(image.dtype).mean()
+        owner = (text[:n * c] @ image.T).argmax(dim=1)                # image retrieved by each caption
+        t2i = (key[owner] == flat[:n * c, None]).any(dim=1).to(image.dtype).mean()
         return 0.5 * (i2t + t2i)
-
 
     def membership(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """Per pair, the scaled cosine similarity of the image and its captions (their mean): a
@@ -223,6 +233,15 @@ class ContrastiveCLIP(nn.Module):
         n, c = tokens.shape[0], tokens.shape[1]
         text = self.embed_texts(tokens.reshape(n * c, -1)).reshape(n, c, -1).mean(dim=1)
         return self.scale() * (self.embed_images(batch["x"]) * text).sum(-1)
+
+
+def _caption_keys(tokens: torch.Tensor) -> torch.Tensor:
+    """A 64-bit polynomial hash of each token sequence ``[..., L] -> [...]`` (wrapping
+    arithmetic): equal captions get equal keys."""
+    powers = torch.ones(tokens.shape[-1], dtype=torch.int64, device=tokens.device)
+    for i in range(1, tokens.shape[-1]):
+        powers[i] = powers[i - 1] * 1_000_003
+    return (tokens.long() * powers).sum(-1)
 
 
 def infonce(sim: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
