@@ -141,6 +141,7 @@ class RunWriter:
         files, the state passed through ``adjust`` first if given; returns the report at the root."""
         e = self.engine
         state = e.state()
+        retrieval = e.retrieval() if complete else None  # CLIP: R@1/5/10 both ways on the test pairs
         if adjust is not None and state is not None:
             state = adjust(state)
         if self._static is None:  # written unchanged at every checkpoint: gather and build once
@@ -173,6 +174,9 @@ class RunWriter:
             "seconds": seconds,
         } | self.records.attrs
         report = build_report(e, seconds=seconds, complete=complete) | self.records.report()
+        if retrieval is not None:
+            report["retrieval"] = retrieval
+            attrs["retrieval_json"] = history.json_text(retrieval)
         history.write_h5(self.out / "history.h5", attrs=attrs, arrays=arrays, group_attrs=self.records.group_attrs)
         history.write_json(self.out / "report.json", report)
         return report

@@ -153,3 +153,41 @@ def test_ease_on_a_ring_records_r_at_1_and_run_file_keeps_the_lock(tmp_path):
     metrics = report["requests"][0]["metrics"] if "requests" in report else report["metrics"]
     for key in ("trained", "unlearned", "retrained"):
         assert 0.0 <= metrics[key]["FA"]["mean"] <= 100.0 and 0.0 <= metrics[key]["TA"]["mean"] <= 100.0
+
+
+def test_recall_matches_numpy_recall_at_k_and_counts_same_words_as_hits():
+    from p2pforget.metrics import recall_at_k
+    from p2pforget.models.clip import RECALL_AT
+
+    engine = Engine(config=_clip_cfg(data={"n_test": 12}))
+    flat = engine.params[0]
+    r = np.random.default_rng(0)
+    tokens = torch.as_tensor(r.integers(1, 4000, (12, 5, 16)))  # distinct captions: plain R@k
+    batch = {"x": engine.x_test, "tokens": tokens}
+    with torch.no_grad():
+        got = engine.model.call(flat, "recall", batch).numpy()
+        image = engine.model.call(flat, "embed_images", engine.x_test).numpy()
+        text = engine.model.call(flat, "embed_texts", tokens.reshape(60, 16)).numpy()
+    ref = recall_at_k(image, text, captions_per_image=5, ks=RECALL_AT)
+    names = [f"{w}_R@{k}" for w in ("i2t", "t2i") for k in RECALL_AT]
+    np.testing.assert_allclose(100 * got, [ref[n] for n in names], atol=1e-4)
+    # every image described by the same five captions: any retrieval is a hit
+    same = tokens[:1].expand(12, 5, 16)
+    with torch.no_grad():
+        assert float(engine.model.call(flat, "recall", {"x": engine.x_test, "tokens": same}).min()) == 1.0
+        assert float(engine.task.score(flat, {"x": engine.x_test, "tokens": same})) == 1.0
+
+
+def test_a_clip_run_reports_recall_at_1_5_10_both_ways(tmp_path):
+    import json
+
+    from p2pforget import experiment
+
+    experiment.run(_clip_cfg(), out=tmp_path / "run", progress=False)
+    report = json.loads((tmp_path / "run" / "report.json").read_text())
+    assert set(report["retrieval"]) == {f"{w}_R@{k}" for w in ("i2t", "t2i") for k in (1, 5, 10)}
+    values = report["retrieval"]
+    assert all(0.0 <= v <= 100.0 for v in values.values())
+    assert values["i2t_R@1"] <= values["i2t_R@5"] <= values["i2t_R@10"]
+    stored = history.read_h5(tmp_path / "run" / "history.h5")
+    assert json.loads(stored.attrs["retrieval_json"]) == values

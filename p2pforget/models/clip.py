@@ -156,6 +156,9 @@ def build_clip(cfg: ModelConfig) -> nn.Module:
 MAX_LOGIT_SCALE = math.log(100.0)
 """The temperature's bound, as in CLIP (Radford et al. 2021): ``exp(logit_scale) <= 100``."""
 
+RECALL_AT = (1, 5, 10)
+"""The k of the R@k a run reports, image->text and text->image."""
+
 _FAR = -1e4  # a similarity no real pair reaches (|scaled cosine| <= 100): padding never wins
 
 
@@ -173,6 +176,7 @@ class ContrastiveCLIP(nn.Module):
     """
 
     loss_weights = {"infonce": 1.0}
+    recall_at = RECALL_AT
 
     def __init__(self, clip: nn.Module) -> None:
         super().__init__()
@@ -225,6 +229,24 @@ class ContrastiveCLIP(nn.Module):
         owner = (text[:n * c] @ image.T).argmax(dim=1)                # image retrieved by each caption
         t2i = (key[owner] == flat[:n * c, None]).any(dim=1).to(image.dtype).mean()
         return 0.5 * (i2t + t2i)
+
+    def recall(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """``[i2t R@1, R@5, R@10, t2i R@1, R@5, R@10]`` (fractions) of the batch's pairs, a hit
+        counted as in :meth:`score`."""
+        tokens = batch["tokens"]
+        n, c = tokens.shape[0], tokens.shape[1]
+        image = self.embed_images(batch["x"])
+        text = self.embed_texts(tokens.reshape(n * c, -1))
+        key = _caption_keys(tokens)
+        flat = key.reshape(-1)
+        out = []
+        top = (image @ text.T).topk(min(max(RECALL_AT), n * c), dim=1).indices      # [n, K] captions per image
+        hit = (flat[top][:, :, None] == key[:, None, :]).any(dim=2)                  # [n, K]
+        out += [hit[:, :k].any(dim=1).to(image.dtype).mean() for k in RECALL_AT]
+        top = (text @ image.T).topk(min(max(RECALL_AT), n), dim=1).indices           # [n c, K] images per caption
+        hit = (key[top] == flat[:, None, None]).any(dim=2)
+        out += [hit[:, :k].any(dim=1).to(image.dtype).mean() for k in RECALL_AT]
+        return torch.stack(out)
 
     def membership(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """Per pair, the scaled cosine similarity of the image and its captions (their mean): a
