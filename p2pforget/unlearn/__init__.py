@@ -3,7 +3,7 @@ method next to the Retrain reference and measures both.
 
 One method per module, each registered in :data:`~p2pforget.registry.METHODS` with its options
 dataclass (the keys of ``[unlearn.<method>]``): :mod:`.certified` (decentralized Newton/Fisher with
-calibrated noise), :mod:`.retrain` (the gold reference), :mod:`.foul` (FOUL), :mod:`.ease` (EASE, for CLIP), and the baselines
+calibrated noise), :mod:`.retrain` (the gold reference), :mod:`.foul` (FOUL), :mod:`.ease` (EASE, for CLIP), :mod:`.sfron` (SFR-on), and the baselines
 :mod:`.finetune`, :mod:`.gradient_ascent` and :mod:`.negation` (NoT).
 
 Example
@@ -375,4 +375,4 @@ def forget(engine: "Engine", *, clients=(), samples: dict | None = None, method:
     return result
 
 
-from . import certified, retrain, foul, finetune, gradient_ascent, negation, ease  # noqa: E402,F401  (register methods)
+from . import certified, retrain, foul, finetune, gradient_ascent, negation, ease, sfron  # noqa: E402,F401  (register methods)

@@ -1,0 +1,244 @@
+"""SFR-on: saliency-masked, adaptively weighted forgetting ascent interleaved with remain descent.
+
+Huang, Cheng, Chen, Liu, Wang, "Unified Gradient-Based Machine Unlearning with Remain Geometry
+Enhancement" (NeurIPS 2024, arXiv 2409.19732), as its official classification code does it
+(``Classification/unlearn/sfron.py``; see ``docs/methods/sfron.md``):
+
+- **S**, the weight saliency: ``F_f`` and ``F_r``, the mean squared mini-batch gradients of the
+  forget and remain losses at the trained model (empirical diagonal Fishers), give the mask
+  ``m = 1[(F_f + 1e-15) / (F_r + 1e-15) >= threshold]``, computed once.
+- **F**, weighted forgetting: per forget sample ``c_i = 1 / (l_i^lambda + 1e-15)`` (detached), the
+  forget loss ``-alpha_t sum_i c_i l_i / sum_j c_j``: samples still remembered (low loss) weigh
+  more; ``alpha_t = alpha (1 + cos(pi t / T)) / 2``.
+- **R** and the fast-slow update: every ``forget_every`` steps one masked, norm-clipped forget step,
+  and every step one unmasked remain step, all through one SGD optimizer with momentum, weight
+  decay and a cosine learning-rate schedule. The official code's EMA (``beta = 1``) is the
+  identity, so the interleaving is the whole fast-slow mechanism.
+
+Where it runs: on a gossip graph, at the nodes that hold the forgotten data, each on its own model
+with its own remaining data as the remain set (no other node changes; gossip resumes after). On the
+star, at the hub on the global model, with the clients' uploaded statistics: the forget gradients
+of the clients holding forgotten data, and the remaining clients' remain gradients and squared
+gradients averaged with FedAvg weights.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Callable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch.func import grad
+
+from ..aggregate import weighted_average
+from ..config import bounded
+from ..registry import METHODS
+from . import ForgetRequest, Outcome
+
+if TYPE_CHECKING:
+    from ..engine import Engine
+
+
+@dataclass(frozen=True)
+class SFRonOptions:
+    """Keys of ``[unlearn.sfron]``: the official code's defaults, except ``steps`` (1500 there, for
+    ResNet-18 on CIFAR-10; small federated models need far fewer). Remain batches are the
+    engine's (``train.batch_size``); the forget batch is every forgotten sample of a node."""
+
+    steps: int = bounded(100, 1)
+    lr: float = bounded(0.01, 0.0)
+    momentum: float = bounded(0.9, 0.0, 1.0)
+    weight_decay: float = bounded(5e-4, 0.0)
+    forget_every: int = bounded(5, 1)
+    alpha: float = bounded(25.0, 0.0)
+    temperature: float = bounded(0.5, 0.0)   # lambda of the adaptive weights
+    threshold: float = bounded(1.0, 0.0)     # gamma of the saliency mask
+    max_norm: float = bounded(7.0, 0.0)      # gradient clipping of the forget step (0 = none)
+
+
+def saliency_mask(F_f: torch.Tensor, F_r: torch.Tensor, threshold: float) -> torch.Tensor:
+    """``(F_f + 1e-15) / (F_r + 1e-15) >= threshold``: the weights the forget data move more than
+    the remain data do.
+
+    >>> saliency_mask(torch.tensor([4.0, 1.0, 0.0]), torch.tensor([1.0, 2.0, 0.0]), 1.0).tolist()
+    [True, False, True]
+    """
+    return (F_f + 1e-15) / (F_r + 1e-15) >= threshold
+
+
+def adaptive_forget_loss(losses: torch.Tensor, mask: torch.Tensor, temperature: float) -> torch.Tensor:
+    """``sum_i w_i l_i`` with ``w_i = c_i / sum_j c_j``, ``c_i = 1 / (l_i^temperature + 1e-15)``
+    (detached), over the samples with ``mask = 1``."""
+    c = mask / (losses.detach().clamp(min=0) ** temperature + 1e-15)
+    return (c * losses).sum() / c.sum().clamp(min=1e-30)
+
+
+def forget_weight(alpha: float, step: int, steps: int) -> float:
+    """The cosine-decayed forget weight ``alpha (1 + cos(pi step / steps)) / 2``."""
+    return alpha * (1.0 + math.cos(math.pi * step / steps)) / 2.0
+
+
+def cosine_lr(lr: float, step: int, steps: int) -> float:
+    """``CosineAnnealingLR`` with ``eta_min = 0`` at ``step``."""
+    return lr * (1.0 + math.cos(math.pi * step / steps)) / 2.0
+
+
+def clip_rows(g: torch.Tensor, max_norm: float) -> torch.Tensor:
+    """Each row scaled by ``min(1, max_norm / (||row|| + 1e-6))`` (as ``clip_grad_norm_``)."""
+    if max_norm <= 0:
+        return g
+    norm = torch.linalg.vector_norm(g, dim=-1, keepdim=True)
+    return g * torch.clamp(max_norm / (norm + 1e-6), max=1.0)
+
+
+def sgd_step(params: torch.Tensor, g: torch.Tensor, buf: torch.Tensor | None, *, lr: float, momentum: float,
+             weight_decay: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """One ``torch.optim.SGD`` step (dampening 0, no Nesterov): ``d = g + wd theta``, ``buf <- momentum
+    buf + d`` (``d`` at the first step), ``theta <- theta - lr buf``."""
+    d = g + weight_decay * params
+    buf = d.clone() if buf is None else momentum * buf + d
+    return params - lr * buf, buf
+
+
+def fast_slow(params: torch.Tensor, *, forget_grad: Callable[[torch.Tensor, int], torch.Tensor],
+              remain_grad: Callable[[torch.Tensor, int], torch.Tensor], mask: torch.Tensor, options: SFRonOptions,
+              mix: Callable[[torch.Tensor], torch.Tensor] = lambda p: p,
+              after_step: Callable[[torch.Tensor], None] | None = None) -> torch.Tensor:
+    """SFR-on's interleaved loop on stacked ``params`` (see the module docstring): at every
+    ``forget_every``-th step a forget step with ``-alpha_t * forget_grad`` masked and clipped, then a
+    remain step with ``remain_grad``; both through one SGD-momentum state per row and the cosine
+    learning rate; ``mix`` after every remain step (gossip), ``after_step(params)`` after it."""
+    o = options
+    buf = None
+    m = mask.to(params.dtype)
+    for t in range(o.steps):
+        lr = cosine_lr(o.lr, t, o.steps)
+        if t % o.forget_every == 0:
+            g = clip_rows(-forget_weight(o.alpha, t, o.steps) * forget_grad(params, t) * m, o.max_norm)
+            params, buf = sgd_step(params, g, buf, lr=lr, momentum=o.momentum, weight_decay=o.weight_decay)
+        params, buf = sgd_step(params, remain_grad(params, t), buf, lr=lr, momentum=o.momentum, weight_decay=o.weight_decay)
+        params = mix(params)
+        if after_step is not None:
+            after_step(params)
+    return params
+
+
+@METHODS.register("sfron", options=SFRonOptions,
+                  help="SFR-on (NeurIPS 2024): saliency-masked adaptive forgetting ascent interleaved with remain descent")
+class SFRon:
+    """SFR-on at every node (see the module docstring)."""
+
+    def check(self, engine: "Engine", request: ForgetRequest, options: SFRonOptions) -> None:
+        if engine.task.has_terms:
+            raise ValueError("unlearn.method = 'sfron' needs a classifier trained with cross-entropy "
+                             f"(model.kind = {engine.config.model.kind!r} defines its own losses)")
+
+    def unlearn(self, engine: "Engine", request: ForgetRequest, options: SFRonOptions) -> Outcome:
+        forget_batch = self._forget_batch(engine, request)
+        engine.exclude(samples=request.samples)  # the forgotten nodes stay in the graph while it runs
+        run = self._at_hub if engine.is_star else self._at_holders
+        comm = run(engine, request, options, forget_batch)
+        engine.exclude(removed=request.removed)
+        return Outcome.plain(engine.params.clone(), comm_bytes=comm, rounds=options.steps)
+
+    @staticmethod
+    def _losses(engine: "Engine", options: SFRonOptions):
+        task = engine.task
+
+        def per_sample(flat, batch):
+            return F.cross_entropy(task.logits(flat, batch["x"]), batch["y"], reduction="none")
+
+        def adaptive(flat, batch):
+            return adaptive_forget_loss(per_sample(flat, batch), batch["mask"], options.temperature)
+
+        def mean_ce(flat, batch):
+            return (batch["mask"] * per_sample(flat, batch)).sum() / batch["mask"].sum().clamp(min=1)
+
+        return adaptive, mean_ce
+
+    @staticmethod
+    def _rows(fn, params: torch.Tensor, batch: dict[str, torch.Tensor], rows: list[int]) -> torch.Tensor:
+        """``grad(fn)`` of the given rows (one by one: few nodes hold forget data, and a vmapped
+        batch would pad them to ``run.vmap_width``); every other row is zero."""
+        g = torch.zeros_like(params)
+        for i in rows:
+            g[i] = grad(fn)(params[i], {k: v[i] for k, v in batch.items()})
+        return g
+
+    def _at_holders(self, engine: "Engine", request: ForgetRequest, o: SFRonOptions, forget_batch) -> float:
+        """Gossip graph: each node holding forgotten data runs SFR-on on its own model, its own
+        remaining data being the remain set; no other node changes, nothing is sent."""
+        rows = [j - engine.lo for j in sorted(request.samples) if engine.lo <= j < engine.hi]
+        if not rows:
+            return 0.0
+        adaptive, mean_ce = self._losses(engine, o)
+        mine = {k: v[rows] for k, v in forget_batch.items()}
+        local = list(range(len(rows)))
+        own = {k: v[rows] for k, v in engine.full_batch().items()}
+        sub = engine.params[rows]
+        mask = saliency_mask(self._rows(mean_ce, sub, mine, local) ** 2, self._rows(mean_ce, sub, own, local) ** 2,
+                             o.threshold)
+
+        def remain_grad(params, t):
+            b = engine.batch((30_000_000 + engine.round, t))
+            return self._rows(mean_ce, params, {k: v[rows] for k, v in b.items()}, local)
+
+        sub = fast_slow(sub, forget_grad=lambda p, t: self._rows(adaptive, p, mine, local), remain_grad=remain_grad,
+                        mask=mask, options=o)
+        params = engine.params.clone()
+        params[rows] = sub
+        engine.set_params(params, copy=False)
+        if request.observe is not None:
+            request.observe(engine.params)
+        return 0.0
+
+    def _at_hub(self, engine: "Engine", request: ForgetRequest, o: SFRonOptions, forget_batch) -> float:
+        """Star: the hub runs SFR-on on the global model; the forget gradients come from the
+        clients holding the forgotten data, the remain gradient and the saliency statistics are
+        the remaining clients' uploads (FedAvg weights), every step."""
+        holders = sorted(request.samples)
+        rows = [j - engine.lo for j in holders if engine.lo <= j < engine.hi]
+        adaptive, mean_ce = self._losses(engine, o)
+        remaining = engine.sample_counts
+        comm = 0.0
+
+        def hub_mean(g: torch.Tensor, weights: np.ndarray) -> torch.Tensor:
+            nonlocal comm
+            full = engine.transport.gather(g)
+            avg = weighted_average(full, weights) if engine.transport.is_root else None
+            comm += engine.message_bytes(None, 1)
+            return engine.transport.broadcast(avg, like=g[0]).expand_as(g)
+
+        holder_weights = np.isin(np.arange(engine.n_clients), holders).astype(np.float64)
+        F_f = hub_mean(self._rows(mean_ce, engine.params, forget_batch, rows) ** 2, holder_weights)
+        g_r = engine.per_client(grad(mean_ce), engine.params, engine.full_batch())
+        F_r = hub_mean(g_r ** 2, (remaining > 0).astype(np.float64))
+        mask = saliency_mask(F_f[0], F_r[0], o.threshold)
+
+        def remain_grad(params, t):
+            g, _ = engine.gradients(params, engine.batch((30_000_000 + engine.round, t)))
+            return hub_mean(g, remaining)
+
+        params = fast_slow(engine.params, forget_grad=lambda p, t: hub_mean(self._rows(adaptive, p, forget_batch, rows),
+                                                                            holder_weights),
+                           remain_grad=remain_grad, mask=mask, options=o, after_step=request.observe)
+        engine.set_params(params)
+        return comm
+
+    @staticmethod
+    def _forget_batch(engine: "Engine", request: ForgetRequest) -> dict[str, torch.Tensor]:
+        """The forgotten samples of this process's clients, ``[n_local, b]`` with a mask."""
+        n_loc = engine.hi - engine.lo
+        width = max(max((len(v) for v in request.samples.values()), default=1), 1)
+        idx = np.zeros((n_loc, width), dtype=np.int64)
+        mask = np.zeros((n_loc, width))
+        for j, samples in request.samples.items():
+            if engine.lo <= j < engine.hi:
+                idx[j - engine.lo, :len(samples)] = samples
+                mask[j - engine.lo, :len(samples)] = 1.0
+        take = torch.as_tensor(idx, device=engine.device)
+        x = torch.stack([engine.x[i, take[i]] for i in range(n_loc)])
+        y = torch.stack([engine.y[i, take[i]] for i in range(n_loc)])
+        return {"x": x, "y": y, "mask": torch.as_tensor(mask, dtype=engine.dtype, device=engine.device)}

@@ -1,0 +1,123 @@
+"""SFR-on: the saliency mask against a direct computation, the fast-slow update against a
+hand-computed two-step example, and where it runs (only the nodes holding forget data on a
+gossip graph; the hub on the star)."""
+import numpy as np
+import pytest
+import torch
+
+from p2pforget import config
+from p2pforget.engine import Engine
+from p2pforget.unlearn import ForgetRequest, forget, sfron
+from p2pforget.unlearn.sfron import SFRon, SFRonOptions, adaptive_forget_loss, fast_slow, saliency_mask
+
+
+def test_fast_slow_matches_a_hand_computed_two_step_example():
+    # theta0 = (1, 2), mask (1, 0), forget gradient (0.5, -1) every 2nd step, remain gradient = theta,
+    # SGD lr 0.1 (cosine over 2 steps: 0.1 then 0.05), momentum 0.9, weight decay 0.01, alpha 4.
+    # t=0: forget g = -4 (0.5, 0) -> d = (-1.99, 0.02), buf = d, theta = (1.199, 1.998)
+    #      remain d = 1.01 theta = (1.21099, 2.01798), buf = 0.9 buf + d = (-0.58001, 2.03598),
+    #      theta = (1.257001, 1.794402)
+    # t=1: remain d = 1.01 theta, buf = (0.74756201, 3.64472802), theta -= 0.05 buf
+    opts = SFRonOptions(steps=2, lr=0.1, momentum=0.9, weight_decay=0.01, forget_every=2, alpha=4.0, max_norm=0.0)
+    theta = torch.tensor([[1.0, 2.0]], dtype=torch.float64)
+    out = fast_slow(theta, forget_grad=lambda p, t: torch.tensor([[0.5, -1.0]], dtype=torch.float64),
+                    remain_grad=lambda p, t: p.clone(), mask=torch.tensor([True, False]), options=opts)
+    np.testing.assert_allclose(out.numpy(), [[1.2196228995, 1.612165599]], rtol=1e-12)
+
+
+def test_forget_step_is_clipped_like_clip_grad_norm():
+    opts = SFRonOptions(steps=1, lr=1.0, momentum=0.0, weight_decay=0.0, forget_every=1, alpha=2.0, max_norm=1.0)
+    theta = torch.zeros(1, 2, dtype=torch.float64)
+    out = fast_slow(theta, forget_grad=lambda p, t: torch.tensor([[3.0, 4.0]], dtype=torch.float64),
+                    remain_grad=lambda p, t: torch.zeros_like(p), mask=torch.tensor([True, True]), options=opts)
+    # g = -2 (3, 4), norm 10, scaled by 1 / (10 + 1e-6): theta moves +(0.6, 0.8) (ascent on the forget loss)
+    np.testing.assert_allclose(out.numpy(), [[6.0 / (10 + 1e-6), 8.0 / (10 + 1e-6)]], rtol=1e-12)
+
+
+def test_adaptive_weights_favour_the_samples_still_remembered():
+    losses = torch.tensor([0.01, 1.0, 4.0], dtype=torch.float64, requires_grad=True)
+    value = adaptive_forget_loss(losses, torch.ones(3, dtype=torch.float64), 0.5)
+    c = 1.0 / (np.array([0.01, 1.0, 4.0]) ** 0.5 + 1e-15)
+    w = c / c.sum()
+    assert float(value) == pytest.approx(float((w * np.array([0.01, 1.0, 4.0])).sum()), rel=1e-12)
+    g, = torch.autograd.grad(value, losses)  # the weights are constants: d/dl_i = w_i
+    np.testing.assert_allclose(g.numpy(), w, rtol=1e-12)
+
+
+def _cfg(kind, n):
+    return config.from_dict({"run": {"seed": 4, "rounds": 5}, "topology": {"kind": kind, "n_clients": n},
+                             "data": {"n_samples_per_client": 12, "n_test": 20, "n_features": 5},
+                             "model": {"kind": "mlp", "hidden": 6},
+                             "train": {"batch_size": 4, "lr": 0.2, "dtype": "float64"},
+                             "audit": {"after_forget": False}})
+
+
+def _grad_sq(engine, client, idx):
+    """The mean-CE gradient squared of ``client``'s samples ``idx``, by autograd on the module itself."""
+    theta = engine.params[client].clone().requires_grad_(True)
+    x = torch.as_tensor(engine.data.x[client][idx])
+    y = torch.as_tensor(engine.data.y[client][idx])
+    loss = torch.nn.functional.cross_entropy(engine.model.forward(theta, x), y)
+    g, = torch.autograd.grad(loss, theta)
+    return (g ** 2).detach()
+
+
+def test_saliency_mask_on_the_star_matches_a_direct_computation(monkeypatch):
+    engine = Engine(config=_cfg("star", 4))
+    engine.train(3, progress=False)
+    seen = {}
+    real = sfron.fast_slow
+
+    def spy(params, **kwargs):
+        seen["mask"] = kwargs["mask"]
+        return real(params, **kwargs)
+
+    monkeypatch.setattr(sfron, "fast_slow", spy)
+    forgotten = np.arange(5)
+    F_f = _grad_sq(engine, 1, forgotten)
+    rest = [np.setdiff1d(np.arange(12), forgotten) if c == 1 else np.arange(12) for c in range(4)]
+    F_r = sum(_grad_sq(engine, c, rest[c]) for c in range(4)) / 4  # a plain mean over the clients' statistics
+    request = ForgetRequest.build(engine, samples={1: forgotten})
+    SFRon().unlearn(engine, request, SFRonOptions(steps=1))
+    direct = (F_f + 1e-15) / (F_r + 1e-15) >= 1.0
+    assert torch.equal(seen["mask"], direct) and 0 < int(direct.sum()) < direct.numel()
+    assert torch.equal(saliency_mask(F_f, F_r, 1.0), direct)
+
+
+def test_on_a_gossip_graph_only_the_node_holding_forget_data_changes():
+    engine = Engine(config=_cfg("ring", 6))
+    engine.train(3, progress=False)
+    before = engine.params.clone()
+    request = ForgetRequest.build(engine, samples={2: np.arange(4)})
+    outcome = SFRon().unlearn(engine, request, SFRonOptions(steps=10))
+    changed = (engine.params != before).any(dim=1).tolist()
+    assert changed == [False, False, True, False, False, False] and outcome.comm_bytes == 0.0
+
+
+def _mean_ce(engine, params, mask):
+    x = torch.as_tensor(engine.data.x[mask], dtype=engine.dtype)
+    y = torch.as_tensor(engine.data.y[mask])
+    with torch.no_grad():
+        return float(torch.nn.functional.cross_entropy(engine.model.forward(params[0], x), y))
+
+
+def test_sfron_on_the_star_raises_the_forget_loss_more_than_the_remain_loss_and_rejects_clip():
+    cfg = config.from_dict({"run": {"seed": 1, "rounds": 8}, "topology": {"kind": "star", "n_clients": 8},
+                            "data": {"kind": "digits", "n_samples_per_client": 40, "n_test": 60},
+                            "model": {"kind": "mlp", "hidden": 16}, "train": {"lr": 0.3, "local_steps": 5, "batch_size": 16},
+                            "audit": {"after_forget": False}})
+    engine = Engine(config=cfg)
+    engine.train(8, progress=False)
+    forgotten = np.zeros_like(engine.retained)
+    forgotten[0] = engine.retained[0]
+    remain = engine.retained & ~forgotten
+    before = (_mean_ce(engine, engine.params, forgotten), _mean_ce(engine, engine.params, remain))
+    result = forget(engine, clients=[0], method="sfron", reference=False, progress=False, steps=50, lr=0.05)
+    after = (_mean_ce(engine, engine.params, forgotten), _mean_ce(engine, engine.params, remain))
+    assert result.method == "sfron" and result.certificate is None
+    assert after[0] - before[0] > 2.0 and after[0] - before[0] > 2 * (after[1] - before[1])
+    clip = Engine(config=config.from_dict({"topology": {"kind": "star", "n_clients": 3},
+                                           "data": {"kind": "captions_synth", "n_samples_per_client": 4, "n_test": 6},
+                                           "model": {"kind": "clip"}, "train": {"batch_size": 2}}))
+    with pytest.raises(ValueError, match="classifier"):
+        forget(clip, clients=[1], method="sfron", progress=False)
