@@ -70,8 +70,8 @@ class EvalSets:
         extras = self.extras.get(name, {})
         out |= {k: torch.as_tensor(v) for k, v in extras.items()}
         if extras and name != "test":
-            # Retrieval is scored against a common gallery: the set itself plus the test pairs, so
-            # that a small set of similar pairs (one client's) is not trivially easy to retrieve.
+            # Retrieval is scored against a common gallery, the test pairs: every set's pairs face
+            # the same distractors, whatever its size and make-up (one client's similar pairs).
             out |= {"gallery_x": torch.as_tensor(self.x_test, dtype=dtype)}
             out |= {f"gallery_{k}": torch.as_tensor(v) for k, v in self.extras["test"].items()}
         return out
@@ -106,7 +106,7 @@ def _summary(values: np.ndarray) -> dict[str, float]:
 
 def evaluate(engine: "Engine", params: torch.Tensor, sets: EvalSets, *, nodes: np.ndarray) -> dict | None:
     """FA, RA, TA (the task's score on the forgotten, retained and test sets: accuracy for a
-    classifier, R@1 for CLIP with the test pairs as further distractors; mean/min/max over ``nodes``, in percent) and MIA (mean over
+    classifier, R@1 for CLIP, each pair retrieved among the test pairs; mean/min/max over ``nodes``, in percent) and MIA (mean over
     ``nodes``) of the stacked local ``params``; the dict at the root, ``None`` elsewhere."""
     names = [n for n in EvalSets.NAMES if sets.size(n)]
     scores, member = [], []

@@ -191,3 +191,26 @@ def test_a_clip_run_reports_recall_at_1_5_10_both_ways(tmp_path):
     assert values["i2t_R@1"] <= values["i2t_R@5"] <= values["i2t_R@10"]
     stored = history.read_h5(tmp_path / "run" / "history.h5")
     assert json.loads(stored.attrs["retrieval_json"]) == values
+
+
+def test_with_a_gallery_each_pair_faces_only_the_gallery_as_distractors():
+    engine = Engine(config=_clip_cfg(data={"n_test": 12}))
+    flat = engine.params[0]
+    r = np.random.default_rng(1)
+    tokens = torch.as_tensor(r.integers(1, 4000, (12, 5, 16)))
+    x = engine.x_test
+    with torch.no_grad():
+        image = engine.model.call(flat, "embed_images", x)
+        text = engine.model.call(flat, "embed_texts", tokens.reshape(60, 16)).reshape(12, 5, -1)
+        query, gallery = slice(0, 4), slice(4, 12)
+        got = float(engine.task.score(flat, {"x": x[query], "tokens": tokens[query],
+                                            "gallery_x": x[gallery], "gallery_tokens": tokens[gallery]}))
+        hits = []
+        for i in range(4):  # by hand: pair i against its own captions / image and the 8 gallery pairs only
+            cands = torch.cat([text[i], text[gallery].reshape(-1, text.shape[-1])])
+            hits.append(float(int((image[i] @ cands.T).argmax()) < 5))
+        for i in range(4):
+            imgs = torch.cat([image[i:i + 1], image[gallery]])
+            hits += [float(int((imgs @ text[i, j]).argmax()) == 0) for j in range(5)]
+    expected = 0.5 * (np.mean(hits[:4]) + np.mean(hits[4:]))
+    assert got == pytest.approx(expected, abs=1e-6)

@@ -210,24 +210,32 @@ class ContrastiveCLIP(nn.Module):
         return {"infonce": infonce(self.similarities(batch), batch["mask"])}
 
     def score(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        """Mean of image-to-text and text-to-image R@1 (a fraction) of the batch's pairs, with all
-        their captions in the gallery, and the pairs ``gallery_x``/``gallery_tokens`` as further
-        distractors when given (only the batch's own pairs are queries). A retrieved caption with
+        """Mean of image-to-text and text-to-image R@1 (a fraction) of the batch's pairs with all
+        their captions in the gallery. With ``gallery_x``/``gallery_tokens`` (the unlearning
+        metrics pass the test pairs), each pair is instead retrieved among its own image or
+        captions and the gallery's only, so that sets of different sizes and make-ups (one
+        client's similar pairs) are scored against the same distractors. A retrieved caption with
         the very words of one of the image's own captions counts as a hit (template captions
-        repeat across images; Flickr30K-style captions rarely do, where this is plain R@1)."""
+        repeat across images; for Flickr30K-style captions this is plain R@1)."""
         x, tokens = batch["x"], batch["tokens"]
         n, c = tokens.shape[0], tokens.shape[1]
+        own = torch.ones(n, n, dtype=torch.bool, device=x.device)
         if "gallery_x" in batch:
             x, tokens = torch.cat([x, batch["gallery_x"]]), torch.cat([tokens, batch["gallery_tokens"]])
+            own = torch.eye(n, dtype=torch.bool, device=x.device)
         total = x.shape[0]
+        # which images each query pair may be compared with: its own, the other pairs (no gallery)
+        # or the gallery's (with one)
+        allowed = torch.cat([own, torch.ones(n, total - n, dtype=torch.bool, device=x.device)], dim=1)  # [n, total]
         image = self.embed_images(x)
         text = self.embed_texts(tokens.reshape(total * c, -1))
         key = _caption_keys(tokens)                                   # [total, c]
         flat = key.reshape(-1)
-        found = flat[(image[:n] @ text.T).argmax(dim=1)]              # caption retrieved by each image
-        i2t = (found[:, None] == key[:n]).any(dim=1).to(image.dtype).mean()
-        owner = (text[:n * c] @ image.T).argmax(dim=1)                # image retrieved by each caption
-        t2i = (key[owner] == flat[:n * c, None]).any(dim=1).to(image.dtype).mean()
+        low = torch.finfo(image.dtype).min
+        sim = torch.where(allowed.repeat_interleave(c, dim=1), image[:n] @ text.T, low)
+        i2t = (flat[sim.argmax(dim=1)][:, None] == key[:n]).any(dim=1).to(image.dtype).mean()
+        sim = torch.where(allowed.repeat_interleave(c, dim=0), text[:n * c] @ image.T, low)
+        t2i = (key[sim.argmax(dim=1)] == flat[:n * c, None]).any(dim=1).to(image.dtype).mean()
         return 0.5 * (i2t + t2i)
 
     def recall(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
