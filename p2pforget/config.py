@@ -115,6 +115,16 @@ class TrainConfig:
     weight_decay: float = bounded(1e-3, 0.0)
     dtype: str = choice("float32", "float32", "float64")
     same_init: bool = True
+    optimizer: str = registered("sgd", "optimizer")
+    momentum: float = bounded(0.0, 0.0, 1.0)
+    nesterov: bool = False
+    beta1: float = bounded(0.9, 0.0, 1.0)
+    beta2: float = bounded(0.999, 0.0, 1.0)
+    eps: float = bounded(1e-8, 0.0)
+    schedule: str = choice("constant", "constant", "step", "cosine")
+    warmup_rounds: int = bounded(0, 0)
+    step_every: int = bounded(10, 1)
+    step_gamma: float = bounded(0.5, 0.0)
 
 
 @dataclass(frozen=True)

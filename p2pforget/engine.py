@@ -26,7 +26,7 @@ import scipy.sparse as sp
 import torch
 from tqdm import tqdm
 
-from . import aggregate, data as datasets, devices, ledger as ledger_mod, models, seeding, topology
+from . import aggregate, data as datasets, devices, ledger as ledger_mod, models, optim, seeding, topology
 from .config import Config
 from . import transport as transport_mod
 from .registry import AGGREGATORS, ROUNDS
@@ -86,6 +86,10 @@ class Engine:
             raise ValueError(f"train.algorithm = {self.round_name!r} needs a hub: use topology.kind = \"star\"")
         if cfg.train.algorithm == "gradient_tracking" and cfg.train.local_steps != 1:
             raise ValueError("train.algorithm = 'gradient_tracking' communicates after every step; set train.local_steps = 1")
+        if self.round_name == "gradient_tracking" and not (optim.is_plain_sgd(cfg.train) and cfg.train.schedule == "constant"
+                                                           and not cfg.train.warmup_rounds):
+            raise ValueError("train.algorithm = 'gradient_tracking' takes its own constant step train.lr: use "
+                             "train.optimizer = \"sgd\" with momentum = 0 and schedule = \"constant\", or train.algorithm = \"dsgd\"")
 
         self.data = datasets.build(cfg.data, n_clients=n, seed=self.seed)
         self.x = torch.as_tensor(self.data.x[self.lo:self.hi], dtype=self.dtype, device=self.device)
@@ -321,20 +325,42 @@ class Engine:
 
     def local_steps(self, params: torch.Tensor, *, grad_mask: torch.Tensor | None = None,
                     key_round: int | None = None) -> torch.Tensor:
-        """``train.local_steps`` SGD steps (``train.lr``) of every local client from ``params``.
+        """``train.local_steps`` steps of ``train.optimizer`` (plain SGD by default) at the round's
+        learning rate (``train.lr`` and its schedule) of every local client from ``params``; the
+        optimizer's state (momentum, Adam moments) is kept per client in :attr:`optimizer_state`.
 
         ``grad_mask`` (boolean ``[d]``) trains only those parameters (the others are frozen and not
         differentiated); batches are keyed by ``(key_round, step)`` (default: the current round).
         """
-        lr = self.config.train.lr
+        cfg = self.config.train
         key_round = self.round if key_round is None else key_round
-        for s in range(self.config.train.local_steps):
+        lr = optim.learning_rate(cfg, key_round, self.config.run.rounds)
+        plain = optim.is_plain_sgd(cfg)
+        decay = self.task.weight_decay and not optim.decouples_decay(cfg)
+        if not plain:
+            for name, zero in optim.init_state(cfg.optimizer, params.shape[0], params.shape[1], dtype=self.dtype,
+                                               device=self.device).items():
+                self.optimizer_state.setdefault(name, zero)
+        state = {k: v for k, v in self.optimizer_state.items() if k.startswith("opt/")}
+
+        def update(rows: slice, old: torch.Tensor, g: torch.Tensor, out: torch.Tensor) -> None:
+            if plain:
+                torch.sub(old, g.mul_(lr), out=out)
+            else:
+                out.copy_(optim.apply(old, g, {k: v[rows] for k, v in state.items()}, lr=lr, cfg=cfg,
+                                      active=self._local_active[rows]))
+
+        for s in range(cfg.local_steps):
             batch = self.batch((key_round, s))
             if grad_mask is not None:
                 g, _ = self.gradients(params, batch, mask=grad_mask)
+                if not decay and self.task.weight_decay:  # gradients() added it: decoupled instead
+                    g = g - self.task.decay(params.detach(), self._local_active)[1] * grad_mask.to(g.dtype)
                 if self.lock is not None:
                     g = g + self.lock.penalty_gradient(params.detach(), self.lock.anchor) * grad_mask.to(g.dtype)
-                params = params - g.mul_(lr)
+                new = torch.empty_like(params)
+                update(slice(0, params.shape[0]), params.detach(), g, new)
+                params = torch.where(grad_mask, new, params) if not plain else new
                 continue
             # The step is applied batch by batch of clients as their gradients come out of the
             # backward pass: the same numbers as `params - lr * gradients(...)`, without a full
@@ -342,11 +368,11 @@ class Engine:
             new = torch.empty_like(params)
 
             def step(rows: slice, g: torch.Tensor, old: torch.Tensor = params) -> None:
-                if self.task.weight_decay:
+                if decay:
                     g = g + self.task.decay(old[rows].detach(), self._local_active[rows])[1]
                 if self.lock is not None:
                     g = g + self.lock.penalty_gradient(old[rows].detach(), self.lock.anchor[rows])
-                torch.sub(old[rows], g.mul_(lr), out=new[rows])
+                update(rows, old[rows].detach(), g, new[rows])
 
             self._value_and_grad(self.task.data_loss, params, batch, update=step)
             params = new

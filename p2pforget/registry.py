@@ -85,5 +85,7 @@ MODELS = Registry("model", "model.kind")
 ROUNDS = Registry("round algorithm", "train.algorithm")
 AGGREGATORS = Registry("aggregator", "train.aggregator")
 METHODS = Registry("unlearning method", "unlearn.method")
+OPTIMIZERS = Registry("local optimizer", "train.optimizer")
 
-ALL = {"data": DATASETS, "model": MODELS, "round": ROUNDS, "aggregator": AGGREGATORS, "method": METHODS}
+ALL = {"data": DATASETS, "model": MODELS, "round": ROUNDS, "aggregator": AGGREGATORS, "method": METHODS,
+       "optimizer": OPTIMIZERS}

@@ -28,7 +28,7 @@ if TYPE_CHECKING:
 @ROUNDS.register("dsgd", help="adapt-then-combine decentralized SGD: x <- W (x - lr g)")
 def dsgd(engine: "Engine", W: np.ndarray) -> int:
     """Adapt-then-combine DSGD: ``x <- W (x - lr * g)`` (Lian et al., NeurIPS 2017)."""
-    engine.set_params(engine.mix(engine.local_steps(engine.params), W), copy=False)
+    engine.set_params(engine.mix(engine.local_steps(engine.params), W), copy=False, keep_optimizer_state=True)
     return 1
 
 
@@ -60,6 +60,7 @@ def star(engine: "Engine", W: np.ndarray) -> int:
         new = engine.aggregator.aggregate(Uploads(global_params=engine.params[0], client_params=full,
                                                   weights=engine.sample_counts, round=engine.round))
     new = engine.transport.broadcast(new, like=engine.params[0])
-    engine.set_params(new.expand(engine.hi - engine.lo, -1), copy=False)  # every client holds the one global model
+    # every client holds the one global model (and keeps its own local optimizer state)
+    engine.set_params(new.expand(engine.hi - engine.lo, -1), copy=False, keep_optimizer_state=True)
     return 1
 
