@@ -180,6 +180,15 @@ class AuditConfig:
 
 
 @dataclass(frozen=True)
+class LogConfig:
+    """Extra logs next to the run files, rewritten at every checkpoint: ``csv`` writes
+    ``metrics.csv`` (one row per evaluated round) and ``metrics_per_node.csv`` (one row per round
+    and node)."""
+
+    csv: bool = False
+
+
+@dataclass(frozen=True)
 class Config:
     run: RunConfig = field(default_factory=RunConfig)
     topology: TopologyConfig = field(default_factory=TopologyConfig)
@@ -189,6 +198,7 @@ class Config:
     ledger: LedgerConfig = field(default_factory=LedgerConfig)
     unlearn: UnlearnConfig = field(default_factory=UnlearnConfig)
     audit: AuditConfig = field(default_factory=AuditConfig)
+    log: LogConfig = field(default_factory=LogConfig)
 
 
 def _int_list(where: str, value: Any) -> tuple[int, ...]:

@@ -38,6 +38,8 @@ EVAL_METRICS = ("loss_mean", "test_acc_mean", "test_acc_min", "consensus_distanc
 """Recorded at evaluation rounds (``run.eval_every``), listed in ``metrics["round"]``."""
 METRICS = ("round", *EVAL_METRICS, "bytes_sent")
 """``bytes_sent`` has one entry per round."""
+PER_NODE = ("loss", "test_acc", "distance_to_mean")
+"""Kept for every node at every evaluation round (``metrics/per_node/<name>``: ``[evaluations, n_clients]``)."""
 
 
 class DivergenceError(ValueError):
@@ -125,6 +127,7 @@ class Engine:
         self.ledger = self._empty_ledger()  # row i: C_i (see ledger.py)
         self.round = 0
         self.metrics: dict[str, list[float]] = {name: [] for name in METRICS}
+        self.per_node: dict[str, list[np.ndarray]] = {name: [] for name in PER_NODE}  # at the root
         self.eval_seconds = 0.0  # spent on the per-round metrics: simulator bookkeeping, not training
 
     @property
@@ -602,6 +605,8 @@ class Engine:
             self.metrics["test_acc_mean"].append(float(per_client["test_acc"][m].mean()))
             self.metrics["test_acc_min"].append(float(per_client["test_acc"][m].min()))
             self.metrics["consensus_distance"].append(float(per_client["distance_to_mean"][m].mean()))
+            for name in PER_NODE:
+                self.per_node[name].append(np.where(m, per_client[name], np.nan))  # NaN: not in the graph
             problem = _divergence(per_client["finite"][m], per_client["loss"][self.has_data], np.flatnonzero(m))
         problem = self.transport.bcast_object(problem)  # every process stops in the same round
         if problem:
@@ -627,6 +632,8 @@ class Engine:
                     "lock/mu": np.array(self.lock.mu)}
         if not self.transport.is_root:
             return None
+        out |= {f"metrics/per_node/{k}": np.asarray(v, dtype=np.float64).reshape(len(v), self.n_clients)
+                for k, v in self.per_node.items()}
         return out | {f"metrics/{k}": np.asarray(v, dtype=np.int64 if k == "round" else np.float64)
                       for k, v in self.metrics.items()}
 
@@ -653,6 +660,8 @@ class Engine:
                                    anchor=torch.as_tensor(state["lock/anchor"][rows], dtype=self.dtype, device=self.device),
                                    mu=float(state["lock/mu"]))
         self.metrics = {k: [(int(v) if k == "round" else float(v)) for v in state.get(f"metrics/{k}", [])] for k in METRICS}
+        self.per_node = {k: list(np.asarray(state.get(f"metrics/per_node/{k}", np.zeros((0, self.n_clients)))))
+                         for k in PER_NODE}
         if not self.metrics["round"] and self.metrics["loss_mean"]:  # run files written before eval_every
             self.metrics["round"] = list(range(1, len(self.metrics["loss_mean"]) + 1))
 

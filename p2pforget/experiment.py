@@ -179,7 +179,26 @@ class RunWriter:
             attrs["retrieval_json"] = history.json_text(retrieval)
         history.write_h5(self.out / "history.h5", attrs=attrs, arrays=arrays, group_attrs=self.records.group_attrs)
         history.write_json(self.out / "report.json", report)
+        if e.config.log.csv:
+            write_csv_logs(self.out, state)
         return report
+
+
+def write_csv_logs(out: Path, state: dict[str, np.ndarray]) -> None:
+    """``metrics.csv`` (round, the evaluated means, bytes sent up to that round) and
+    ``metrics_per_node.csv`` (round, node and its numbers; empty where a node had left) from an
+    engine state."""
+    rounds = state["metrics/round"]
+    sent = np.cumsum(state["metrics/bytes_sent"])
+    names = [k.removeprefix("metrics/") for k in state if k.startswith("metrics/") and k.count("/") == 1
+             and k not in ("metrics/round", "metrics/bytes_sent")]
+    rows = [[int(r)] + [float(state[f"metrics/{n}"][i]) for n in names] + [float(sent[r - 1]) if r else 0.0]
+            for i, r in enumerate(rounds)]
+    history.write_csv(out / "metrics.csv", ["round", *names, "bytes_sent_total"], rows)
+    per_node = sorted(k.removeprefix("metrics/per_node/") for k in state if k.startswith("metrics/per_node/"))
+    rows = [[int(r), node] + [float(state[f"metrics/per_node/{n}"][i, node]) for n in per_node]
+            for i, r in enumerate(rounds) for node in range(state["metrics/per_node/" + per_node[0]].shape[1])]
+    history.write_csv(out / "metrics_per_node.csv", ["round", "node", *per_node], rows)
 
 
 def build_report(engine: Engine, *, seconds: float, complete: bool) -> dict[str, Any]:

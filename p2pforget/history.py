@@ -16,6 +16,7 @@ Example
 from __future__ import annotations
 
 import fcntl
+import csv
 import json
 import math
 import os
@@ -205,6 +206,20 @@ def write_json(path: str | Path, obj: Any) -> None:
     """Atomically write ``obj`` as indented, strict JSON (NaN and inf become ``null``)."""
     text = json_text(obj)
     _atomic(Path(path), lambda tmp: tmp.write_text(text + "\n"))
+
+
+def write_csv(path: str | Path, header: list[str], rows: list[list[Any]]) -> None:
+    """Atomically write a CSV file (``csv`` module quoting; floats as ``repr``, NaN as empty)."""
+    def cell(v: Any) -> Any:
+        return "" if isinstance(v, float) and v != v else v
+
+    def write(tmp: Path) -> None:
+        with open(tmp, "w", newline="") as f:
+            out = csv.writer(f)
+            out.writerow(header)
+            out.writerows([[cell(v) for v in row] for row in rows])
+
+    _atomic(Path(path), write)
 
 
 def json_text(obj: Any) -> str:
