@@ -66,6 +66,10 @@ CASES = {
     "star7_sparse_ledger_eval0": {"topology": {"kind": "star", "n_clients": 7}, "run": {"eval_every": 0},
                                   "ledger": {"kind": "sparse", "keep": 2}},
     "ring8_ledger_off": {"topology": {"kind": "ring", "n_clients": 8}, "ledger": {"kind": "off"}},
+    "ring7_nesterov_cosine": {"topology": {"kind": "ring", "n_clients": 7},
+                              "train": {"momentum": 0.9, "nesterov": True, "schedule": "cosine", "warmup_rounds": 2}},
+    "star5_adamw_step": {"topology": {"kind": "star", "n_clients": 5},
+                         "train": {"optimizer": "adamw", "lr": 0.01, "schedule": "step", "step_every": 2}},
     "file_barbell6": {"topology": {"kind": "file", "n_clients": 6,
                                    "path": str(Path(__file__).resolve().parents[2] / "topologies" / "barbell6.edgelist")}},
     "random_regular8_cnn": {"topology": {"kind": "random_regular", "n_clients": 8}, "data": {"n_features": 16},
@@ -122,9 +126,10 @@ def test_mpi_unlearning_is_bit_identical_to_in_process(case, tmp_path):
     _assert_same_run_at_root(_cfg(case, "local"), out)
 
 
-def test_resume_under_mpi_matches_uninterrupted_in_process_run(tmp_path):
+@pytest.mark.parametrize("case", ["erdos_renyi10_dropout", "star5_adamw_step"])
+def test_resume_under_mpi_matches_uninterrupted_in_process_run(case, tmp_path):
     out = _shared(tmp_path)
-    cfg = _cfg("erdos_renyi10_dropout", "mpi")
+    cfg = _cfg(case, "mpi")
 
     class Stop(Exception):
         pass
@@ -137,7 +142,7 @@ def test_resume_under_mpi_matches_uninterrupted_in_process_run(tmp_path):
         experiment.run(cfg, out=out / "mpi", progress=False, callback=stop)
     COMM.Barrier()
     experiment.run(cfg, out=out / "mpi", resume=True, progress=False)
-    _assert_same_run_at_root(_cfg("erdos_renyi10_dropout", "local"), out)
+    _assert_same_run_at_root(_cfg(case, "local"), out)
 
 
 def test_halo_delivers_exactly_the_neighbour_rows():
