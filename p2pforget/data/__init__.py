@@ -146,4 +146,4 @@ def split_holdout(data: FederatedData, fraction: float, *, seed: int, train_tota
                                extras_holdout=extras_h, x_holdout=xh, y_holdout=yh, holdout_counts=held_counts)
 
 
-from . import synthetic, digits, images, captions  # noqa: E402,F401  (register builders)
+from . import synthetic, digits, images, captions, files  # noqa: E402,F401  (register builders)

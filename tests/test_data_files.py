@@ -1,0 +1,85 @@
+"""MNIST IDX and CIFAR-10 python-batch loaders on small files written in those exact formats."""
+import gzip
+import pickle
+
+import numpy as np
+import pytest
+
+from p2pforget.config import DataConfig
+from p2pforget.data import build
+from p2pforget.data.files import read_idx, write_idx
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.int8, np.int16, np.int32, np.float32, np.float64])
+def test_idx_round_trip_is_byte_exact(tmp_path, dtype):
+    a = (np.random.default_rng(0).standard_normal((4, 3, 2)) * 50).astype(dtype)
+    write_idx(tmp_path / "a.idx", a)
+    raw = (tmp_path / "a.idx").read_bytes()
+    assert raw[:4] == bytes([0, 0, raw[2], 3]) and int.from_bytes(raw[4:8], "big") == 4  # big-endian header
+    b = read_idx(tmp_path / "a.idx")
+    assert b.dtype == a.dtype and b.tobytes() == a.tobytes()
+
+
+def _mnist_files(folder, n_train=60, n_test=20, gz=False):
+    r = np.random.default_rng(1)
+    files = {}
+    for split, n in (("train", n_train), ("t10k", n_test)):
+        images = r.integers(0, 256, (n, 28, 28), dtype=np.uint8)
+        labels = (np.arange(n) % 10).astype(np.uint8)
+        for name, arr in ((f"{split}-images-idx3-ubyte", images), (f"{split}-labels-idx1-ubyte", labels)):
+            path = folder / name
+            write_idx(path, arr)
+            if gz:
+                path.with_name(name + ".gz").write_bytes(gzip.compress(path.read_bytes()))
+                path.unlink()
+        files[split] = (images, labels)
+    return files
+
+
+@pytest.mark.parametrize("gz", [False, True])
+def test_mnist_loader_reads_every_client_sample_exactly(tmp_path, gz):
+    files = _mnist_files(tmp_path, gz=gz)
+    fd = build(DataConfig(kind="mnist", path=str(tmp_path), n_samples_per_client=10, n_test=8, holdout_fraction=0.0),
+               n_clients=4, seed=0)
+    assert fd.x.shape == (4, 10, 1, 28, 28) and fd.n_classes == 10
+    images, labels = files["train"]
+    lookup = {img.tobytes(): int(lab) for img, lab in zip(images, labels)}
+    for i in range(4):
+        for x, y in zip(fd.x[i], fd.y[i]):
+            raw = np.round(x[0] * 255).astype(np.uint8)
+            assert np.array_equal(raw / 255.0, x[0]) and lookup[raw.tobytes()] == y
+    test_lookup = {img.tobytes() for img in files["t10k"][0]}
+    assert all(np.round(x[0] * 255).astype(np.uint8).tobytes() in test_lookup for x in fd.x_test)
+
+
+def test_cifar10_loader_reads_the_python_batches_exactly(tmp_path):
+    r = np.random.default_rng(2)
+    batches = []
+    for name, n in (("data_batch_1", 30), ("data_batch_2", 30), ("test_batch", 12)):
+        data = r.integers(0, 256, (n, 3072), dtype=np.uint8)
+        labels = list(r.integers(0, 10, n))
+        with open(tmp_path / name, "wb") as f:
+            pickle.dump({b"data": data, b"labels": labels, b"batch_label": name.encode()}, f)
+        batches.append((data, labels))
+    fd = build(DataConfig(kind="cifar10", path=str(tmp_path), n_samples_per_client=12, n_test=6, holdout_fraction=0.0),
+               n_clients=4, seed=0)
+    assert fd.x.shape == (4, 12, 3, 32, 32)
+    lookup = {row.tobytes(): int(lab) for data, labels in batches[:2] for row, lab in zip(data, labels)}
+    for i in range(4):
+        for x, y in zip(fd.x[i], fd.y[i]):
+            raw = np.round(x * 255).astype(np.uint8).reshape(3072)
+            assert lookup[raw.tobytes()] == y  # channel-major, as the batches store it
+
+
+def test_missing_files_name_the_fix(tmp_path):
+    with pytest.raises(FileNotFoundError, match="data.path"):
+        build(DataConfig(kind="mnist"), n_clients=2, seed=0)
+    with pytest.raises(FileNotFoundError, match="train images"):
+        build(DataConfig(kind="mnist", path=str(tmp_path)), n_clients=2, seed=0)
+    with pytest.raises(FileNotFoundError, match="data_batch_1"):
+        build(DataConfig(kind="cifar10", path=str(tmp_path)), n_clients=2, seed=0)
+    _mnist_files(tmp_path, n_train=30)
+    with pytest.raises(ValueError, match="holdout_fraction|available"):
+        build(DataConfig(kind="mnist", path=str(tmp_path), n_samples_per_client=20, n_test=5), n_clients=4, seed=0)
+    with pytest.raises(ValueError, match="n_test = 200"):
+        build(DataConfig(kind="mnist", path=str(tmp_path), n_samples_per_client=2), n_clients=4, seed=0)
