@@ -113,16 +113,45 @@ def by_domain(labels: np.ndarray, sizes: np.ndarray, *, domains: np.ndarray | No
     return parts
 
 
+def shards(labels: np.ndarray, sizes: np.ndarray, *, seed: int, shards_per_client: int = 2, **_) -> list[np.ndarray]:
+    """McMahan et al. (AISTATS 2017)'s pathological non-IID split: the pool sorted by label is cut
+    into ``n_clients * shards_per_client`` contiguous shards, dealt at random, ``shards_per_client``
+    to each client; client i takes ``sizes[i]`` samples spread evenly over its shards (so each
+    client sees about ``shards_per_client`` classes).
+
+    >>> parts = shards(np.repeat(np.arange(4), 10), np.array([10, 10]), seed=0, shards_per_client=2)
+    >>> [sorted(set((np.repeat(np.arange(4), 10)[p]).tolist())) for p in parts]
+    [[0, 2], [1, 3]]
+    """
+    n = len(sizes)
+    tie = seeding.rng(seed, purpose="partition/shards/order").random(len(labels))
+    order = np.lexsort((tie, labels))
+    chunks = np.array_split(order, n * shards_per_client)
+    deal = seeding.rng(seed, purpose="partition/shards/deal").permutation(n * shards_per_client).reshape(n, shards_per_client)
+    out = []
+    for i in range(n):
+        want = np.full(shards_per_client, sizes[i] // shards_per_client)
+        want[: sizes[i] % shards_per_client] += 1
+        mine = [chunks[c] for c in deal[i]]
+        if any(len(c) < w for c, w in zip(mine, want)):
+            raise ValueError(f"shards of {min(len(c) for c in chunks)} samples are too small for {int(sizes[i])} samples "
+                             f"per client in {shards_per_client} shards; only {len(labels)} are available: lower "
+                             "data.n_samples_per_client or raise data.shards_per_client")
+        out.append(np.sort(np.concatenate([c[:w] for c, w in zip(mine, want)])))
+    return out
+
+
 KINDS: dict[str, Callable[..., list[np.ndarray]]] = {"iid": iid, "dirichlet": dirichlet, "by_class": by_class,
-                                                      "by_domain": by_domain}
+                                                      "by_domain": by_domain, "shards": shards}
 
 
 def partition(labels: np.ndarray, *, sizes, kind: str, alpha: float = 0.5, domains: np.ndarray | None = None,
-              domain_skew: float = 0.8, seed: int) -> list[np.ndarray]:
-    """Indices of each client's samples in the pool, by ``kind`` (iid, dirichlet, by_class, by_domain)."""
+              domain_skew: float = 0.8, shards_per_client: int = 2, seed: int) -> list[np.ndarray]:
+    """Indices of each client's samples in the pool, by ``kind`` (iid, dirichlet, by_class, by_domain, shards)."""
     labels = np.asarray(labels)
     sizes = np.asarray(sizes, dtype=np.int64)
     if kind not in KINDS:
         raise ValueError(f"unknown partition {kind!r}; choose one of: {', '.join(KINDS)}")
     _check(labels, sizes)
-    return KINDS[kind](labels, sizes, alpha=alpha, domains=domains, skew=domain_skew, seed=seed)
+    return KINDS[kind](labels, sizes, alpha=alpha, domains=domains, skew=domain_skew, shards_per_client=shards_per_client,
+                       seed=seed)

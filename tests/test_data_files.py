@@ -83,3 +83,55 @@ def test_missing_files_name_the_fix(tmp_path):
         build(DataConfig(kind="mnist", path=str(tmp_path), n_samples_per_client=20, n_test=5), n_clients=4, seed=0)
     with pytest.raises(ValueError, match="n_test = 200"):
         build(DataConfig(kind="mnist", path=str(tmp_path), n_samples_per_client=2), n_clients=4, seed=0)
+
+
+def test_normalize_standard_and_unit_norm():
+    base = DataConfig(kind="digits", n_samples_per_client=40, n_test=50)
+    raw = build(base, n_clients=5, seed=0)
+    std = build(DataConfig(kind="digits", n_samples_per_client=40, n_test=50, normalize="standard"), n_clients=5, seed=0)
+    train = std.x[std.valid].reshape(-1, 64)
+    varying = raw.x[raw.valid].reshape(-1, 64).std(axis=0) > 0
+    np.testing.assert_allclose(train.mean(axis=0), 0.0, atol=1e-12)
+    np.testing.assert_allclose(train.std(axis=0)[varying], 1.0, atol=1e-12)
+    # the test and held-out inputs go through the same map
+    mu = raw.x[raw.valid].reshape(-1, 64).mean(axis=0)
+    sd = np.where(varying, raw.x[raw.valid].reshape(-1, 64).std(axis=0), 1.0)
+    np.testing.assert_allclose(std.x_test.reshape(-1, 64), (raw.x_test.reshape(-1, 64) - mu) / sd, atol=1e-12)
+    np.testing.assert_allclose(std.x_holdout.reshape(-1, 64)[:3], (raw.x_holdout.reshape(-1, 64)[:3] - mu) / sd, atol=1e-12)
+    unit = build(DataConfig(kind="digits", n_samples_per_client=40, n_test=50, normalize="unit_norm"), n_clients=5, seed=0)
+    np.testing.assert_allclose(np.linalg.norm(unit.x[unit.valid].reshape(-1, 64), axis=1), 1.0, atol=1e-12)
+    np.testing.assert_allclose(np.linalg.norm(unit.x_test.reshape(-1, 64), axis=1), 1.0, atol=1e-12)
+    assert np.array_equal(unit.y, raw.y)
+
+
+def test_shards_partition_gives_each_client_few_classes():
+    fd = build(DataConfig(kind="digits", partition="shards", shards_per_client=2, n_samples_per_client=40, n_test=50,
+                          holdout_fraction=0.0), n_clients=10, seed=0)
+    classes = [len(set(fd.y[i].tolist())) for i in range(10)]
+    assert max(classes) <= 4 and np.mean(classes) <= 3
+    from p2pforget.partition import shards
+
+    with pytest.raises(ValueError, match="shards_per_client"):  # unequal sizes: one client outgrows its shards
+        shards(np.repeat(np.arange(2), 5), np.array([8, 2]), seed=0, shards_per_client=2)
+
+
+def test_normalize_changes_the_certificates_constant_not_its_sigma():
+    """The Hessian-Lipschitz constant grows with max ||x||^3: unit_norm shrinks it on digits,
+    standard (features of std 1, so norms near 8) inflates it; sigma is calibrated from the
+    data-independent budget and stays the same."""
+    from p2pforget import config
+    from p2pforget.engine import Engine
+    from p2pforget.unlearn import forget
+
+    certs = {}
+    for norm in ("none", "standard", "unit_norm"):
+        cfg = config.from_dict({"run": {"seed": 0, "rounds": 10}, "topology": {"kind": "star", "n_clients": 6},
+                                "data": {"kind": "digits", "n_samples_per_client": 30, "n_test": 60, "normalize": norm},
+                                "model": {"kind": "logistic"}, "train": {"lr": 0.5, "dtype": "float64", "weight_decay": 0.01},
+                                "audit": {"after_forget": False}})
+        engine = Engine(config=cfg)
+        engine.train(10, progress=False)
+        certs[norm] = forget(engine, clients=[2], reference=False, progress=False).certificate
+    L = {k: c["hessian_lipschitz"] for k, c in certs.items()}
+    assert L["unit_norm"] < L["none"] / 10 and L["standard"] > 10 * L["none"]
+    assert certs["none"]["sigma"] == certs["unit_norm"]["sigma"] == certs["standard"]["sigma"]
