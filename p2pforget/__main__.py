@@ -227,8 +227,14 @@ def cmd_topologies(args: argparse.Namespace) -> int:
 def cmd_report(args: argparse.Namespace) -> int:
     from .report import report_run
 
-    for p in report_run(args.run_dir):
-        print(p)
+    formats = tuple(f.strip().lower() for f in args.format.split(",") if f.strip())
+    unknown = [f for f in formats if f not in ("png", "pdf", "svg")]
+    if unknown or not formats:
+        print(f"p2pforget report: --format {args.format!r}: choose among png, pdf, svg (comma-separated)", file=sys.stderr)
+        return 2
+    for p in report_run(args.run_dir, formats=formats):
+        for fmt in formats:
+            print(p.with_suffix(f".{fmt}"))
     return 0
 
 
@@ -296,8 +302,9 @@ def parser() -> argparse.ArgumentParser:
     a.add_argument("--set", action="append", metavar="audit.KEY=VALUE", help="override an [audit] key, e.g. audit.shadow_models=8")
     a.set_defaults(fn=cmd_audit)
 
-    rep = sub.add_parser("report", help="PNG plots of a run directory")
+    rep = sub.add_parser("report", help="plots of a run directory (PNG, or --format png,pdf,svg)")
     rep.add_argument("run_dir")
+    rep.add_argument("--format", default="png", help="comma-separated figure formats, e.g. png,pdf,svg (default png)")
     rep.set_defaults(fn=cmd_report)
     return p
 

@@ -38,54 +38,95 @@ def table(headers: Sequence[str], rows: Sequence[Sequence]) -> str:
     return "\n".join(lines)
 
 
-def plot_metrics(metrics: dict[str, np.ndarray], path: str | Path, *, title: str = "") -> Path:
-    """One PNG with the loss, test accuracy and consensus distance at the evaluated rounds, and the
-    bytes sent per round."""
-    rounds = np.asarray(metrics.get("round", np.arange(1, len(metrics["loss_mean"]) + 1)))
-    fig, axes = plt.subplots(2, 2, figsize=(10, 7))
-    ax = axes[0, 0]
-    ax.plot(rounds, metrics["loss_mean"])
-    ax.set(title="mean training objective", xlabel="round", yscale="log")
-    ax = axes[0, 1]
-    ax.plot(rounds, metrics["test_acc_mean"], label="mean over nodes")
-    ax.plot(rounds, metrics["test_acc_min"], label="worst node")
-    ax.set(title="test accuracy", xlabel="round")
-    ax.legend()
-    ax = axes[1, 0]
-    ax.plot(rounds, np.maximum(metrics["consensus_distance"], 1e-16))
-    ax.set(title="consensus distance  mean_i ||x_i - x̄||", xlabel="round", yscale="log")
-    ax = axes[1, 1]
-    ax.plot(np.arange(1, len(metrics["bytes_sent"]) + 1), np.cumsum(metrics["bytes_sent"]) / 1e6)
-    ax.set(title="communication (cumulative MB)", xlabel="round")
-    fig.suptitle(title)
-    fig.tight_layout()
-    path = Path(path)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+FORMATS = ("png",)
+"""Formats figures are written in by default; ``formats=("png", "pdf", "svg")`` writes each."""
 
 
-def plot_comparison(curves: dict[str, dict[str, list[float]]], path: str | Path) -> Path:
-    """Per-round test accuracy, consensus distance and communication of several runs (one line each)."""
-    fig, axes = plt.subplots(1, 3, figsize=(14, 4))
-    for name, m in curves.items():
-        rounds = m.get("round") or np.arange(1, len(m["test_acc_mean"]) + 1)
-        axes[0].plot(rounds, m["test_acc_mean"], label=name)
-        axes[1].plot(rounds, np.maximum(m["consensus_distance"], 1e-16), label=name)
-        axes[2].plot(np.arange(1, len(m["bytes_sent"]) + 1), np.cumsum(m["bytes_sent"]) / 1e6, label=name)
-    axes[0].set(title="test accuracy (mean over nodes)", xlabel="round")
-    axes[1].set(title="consensus distance", xlabel="round", yscale="log")
-    axes[2].set(title="communication (cumulative MB)", xlabel="round")
-    axes[0].legend()
-    fig.tight_layout()
+def _save(fig, path: str | Path, formats: Sequence[str] = FORMATS) -> Path:
+    """Write ``fig`` as ``path`` in every format (its suffix replaced), close it, return the first."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
+    for fmt in formats:
+        fig.savefig(path.with_suffix(f".{fmt}"), dpi=110, bbox_inches="tight")
     plt.close(fig)
-    return path
+    return path.with_suffix(f".{formats[0]}")
 
 
-def plot_graph(g: nx.Graph, path: str | Path, *, title: str = "") -> Path:
+def _distance_axis(ax, values: np.ndarray) -> None:
+    """Log scale, or symlog when a series reaches machine precision (a star's consensus is ~1e-16,
+    which would stretch a log axis over 14 decades of nothing)."""
+    values = np.asarray(values, dtype=np.float64)
+    if values.size and np.nanmin(values) < 1e-10:
+        ax.set_yscale("symlog", linthresh=1e-10)
+    else:
+        ax.set_yscale("log")
+
+
+def _percent(values) -> np.ndarray:
+    return 100.0 * np.asarray(values, dtype=np.float64)
+
+
+def plot_metrics(metrics: dict[str, np.ndarray], path: str | Path, *, title: str = "",
+                 formats: Sequence[str] = FORMATS) -> Path:
+    """The training objective, test accuracy (percent) and consensus distance at the evaluated
+    rounds, the communication per round, and test accuracy against the bytes sent."""
+    rounds = np.asarray(metrics.get("round", np.arange(1, len(metrics["loss_mean"]) + 1)))
+    sent = np.cumsum(metrics["bytes_sent"]) / 1e6
+    sent_at = sent[np.clip(rounds - 1, 0, len(sent) - 1)] if len(sent) else np.zeros(len(rounds))
+    fig, axes = plt.subplots(2, 3, figsize=(15, 7))
+    ax = axes[0, 0]
+    ax.plot(rounds, metrics["loss_mean"], label="mean over nodes")
+    ax.set(title="training objective", xlabel="round", ylabel="objective", yscale="log")
+    ax = axes[0, 1]
+    ax.plot(rounds, _percent(metrics["test_acc_mean"]), label="mean over nodes")
+    ax.plot(rounds, _percent(metrics["test_acc_min"]), label="worst node")
+    ax.set(title="test accuracy", xlabel="round", ylabel="test accuracy (%)")
+    ax = axes[0, 2]
+    ax.plot(rounds, metrics["consensus_distance"], label="mean_i ||x_i - x̄||")
+    ax.set(title="consensus distance", xlabel="round", ylabel="distance to the mean model")
+    _distance_axis(ax, metrics["consensus_distance"])
+    ax = axes[1, 0]
+    ax.plot(np.arange(1, len(sent) + 1), sent, label="all nodes")
+    ax.set(title="communication", xlabel="round", ylabel="bytes sent, cumulative (MB)")
+    ax = axes[1, 1]
+    ax.plot(sent_at, _percent(metrics["test_acc_mean"]), label="mean over nodes")
+    ax.set(title="test accuracy vs communication", xlabel="bytes sent, cumulative (MB)", ylabel="test accuracy (%)")
+    axes[1, 2].set_axis_off()
+    for ax in axes.flat[:5]:
+        ax.legend(fontsize=8)
+        ax.grid(alpha=0.3)
+    fig.suptitle(title)
+    fig.tight_layout()
+    return _save(fig, path, formats)
+
+
+def plot_comparison(curves: dict[str, dict[str, list[float]]], path: str | Path, *,
+                    formats: Sequence[str] = FORMATS) -> Path:
+    """Test accuracy (percent) vs round and vs bytes sent, consensus distance and communication of
+    several runs (one line each, a legend in every panel)."""
+    fig, axes = plt.subplots(1, 4, figsize=(19, 4))
+    every = []
+    for name, m in curves.items():
+        rounds = np.asarray(m.get("round") or np.arange(1, len(m["test_acc_mean"]) + 1))
+        sent = np.cumsum(m["bytes_sent"]) / 1e6
+        axes[0].plot(rounds, _percent(m["test_acc_mean"]), label=name)
+        axes[1].plot(sent[np.clip(rounds - 1, 0, len(sent) - 1)], _percent(m["test_acc_mean"]), label=name)
+        axes[2].plot(rounds, m["consensus_distance"], label=name)
+        axes[3].plot(np.arange(1, len(sent) + 1), sent, label=name)
+        every += list(m["consensus_distance"])
+    axes[0].set(title="test accuracy (mean over nodes)", xlabel="round", ylabel="test accuracy (%)")
+    axes[1].set(title="test accuracy vs communication", xlabel="bytes sent, cumulative (MB)", ylabel="test accuracy (%)")
+    axes[2].set(title="consensus distance", xlabel="round", ylabel="mean_i ||x_i - x̄||")
+    _distance_axis(axes[2], np.asarray(every))
+    axes[3].set(title="communication", xlabel="round", ylabel="bytes sent, cumulative (MB)")
+    for ax in axes:
+        ax.legend(fontsize=8)
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    return _save(fig, path, formats)
+
+
+def plot_graph(g: nx.Graph, path: str | Path, *, title: str = "", formats: Sequence[str] = FORMATS) -> Path:
     """A drawing of the gossip graph (a star's hub drawn larger and in another colour)."""
     hub = g.graph.get("hub")
     fig, ax = plt.subplots(figsize=(6, 6))
@@ -95,13 +136,10 @@ def plot_graph(g: nx.Graph, path: str | Path, *, title: str = "") -> Path:
     nx.draw_networkx(g, pos, ax=ax, node_color=colours, node_size=sizes, font_size=7, font_color="white", width=0.8)
     ax.set_title(title)
     ax.set_axis_off()
-    path = Path(path)
-    fig.savefig(path, dpi=110, bbox_inches="tight")
-    plt.close(fig)
-    return path
+    return _save(fig, path, formats)
 
 
-def plot_ledger(C: np.ndarray, path: str | Path, *, title: str = "influence ledger") -> Path:
+def plot_ledger(C: np.ndarray, path: str | Path, *, title: str = "influence ledger", formats: Sequence[str] = FORMATS) -> Path:
     """Heatmap of the ledger shares: row i, column j = fraction of node i's updates from client j."""
     from .ledger import shares
 
@@ -109,13 +147,11 @@ def plot_ledger(C: np.ndarray, path: str | Path, *, title: str = "influence ledg
     im = ax.imshow(shares(C), cmap="viridis", vmin=0)
     fig.colorbar(im, ax=ax, label="share of node i's accumulated updates")
     ax.set(title=title, xlabel="client j (source)", ylabel="node i (holder)")
-    path = Path(path)
-    fig.savefig(path, dpi=110, bbox_inches="tight")
-    plt.close(fig)
-    return path
+    return _save(fig, path, formats)
 
 
-def plot_influence_share(mixings: list[np.ndarray], client: int, path: str | Path) -> Path:
+def plot_influence_share(mixings: list[np.ndarray], client: int, path: str | Path, *,
+                         formats: Sequence[str] = FORMATS) -> Path:
     """Share of ``client``'s influence at every node after each round (one line per node)."""
     from .ledger import share_history
 
@@ -123,17 +159,16 @@ def plot_influence_share(mixings: list[np.ndarray], client: int, path: str | Pat
     n = h.shape[1]
     fig, ax = plt.subplots(figsize=(7, 4))
     for i in range(n):
-        ax.plot(np.arange(1, len(h) + 1), h[:, i], lw=2.0 if i == client else 0.8, color="tab:red" if i == client else None)
+        ax.plot(np.arange(1, len(h) + 1), h[:, i], lw=2.0 if i == client else 0.8, color="tab:red" if i == client else None,
+                label=f"node {client} (the client itself)" if i == client else ("other nodes" if i == (client + 1) % n else None))
     ax.axhline(1 / n, color="k", ls="--", lw=0.8, label="uniform 1/n")
-    ax.set(title=f"share of client {client}'s updates held by each node", xlabel="round", ylabel="share", xscale="log")
+    ax.set(title=f"share of client {client}'s updates held by each node", xlabel="round",
+           ylabel="share of the node's accumulated updates", xscale="log")
     ax.legend()
-    path = Path(path)
-    fig.savefig(path, dpi=110, bbox_inches="tight")
-    plt.close(fig)
-    return path
+    return _save(fig, path, formats)
 
 
-def plot_unlearning(metrics: dict, path: str | Path) -> Path:
+def plot_unlearning(metrics: dict, path: str | Path, *, formats: Sequence[str] = FORMATS) -> Path:
     """FA / RA / TA / MIA of the trained, retrained and unlearned models, side by side."""
     names = [k for k in ("trained", "retrained", "unlearned") if k in metrics]
     labels = ["FA", "RA", "TA", "MIA"]
@@ -144,15 +179,12 @@ def plot_unlearning(metrics: dict, path: str | Path) -> Path:
         vals = [m[x]["mean"] if isinstance(m.get(x), dict) else (m.get(x) or 0.0) for x in labels]
         ax.bar(np.arange(len(labels)) + k * width, vals, width, label=name)
     ax.set_xticks(np.arange(len(labels)) + width * (len(names) - 1) / 2, labels)
-    ax.set(ylabel="percent (mean over nodes)", title="unlearning metrics (MIA 50 = forgotten data look unseen)")
+    ax.set(xlabel="metric", ylabel="percent (mean over nodes)", title="unlearning metrics (MIA 50 = forgotten data look unseen)")
     ax.legend()
-    path = Path(path)
-    fig.savefig(path, dpi=110, bbox_inches="tight")
-    plt.close(fig)
-    return path
+    return _save(fig, path, formats)
 
 
-def plot_fa_traces(traces: dict[str, list[float]], path: str | Path) -> Path:
+def plot_fa_traces(traces: dict[str, list[float]], path: str | Path, *, formats: Sequence[str] = FORMATS) -> Path:
     """FA after each round of unlearning (and of Retrain's training), the time-to-forget picture."""
     fig, ax = plt.subplots(figsize=(6, 4))
     for name, trace in traces.items():
@@ -160,17 +192,14 @@ def plot_fa_traces(traces: dict[str, list[float]], path: str | Path) -> Path:
     ax.set(xlabel="round (unlearning; Retrain: training)", ylabel="FA (%)", title="accuracy on the forgotten data")
     ax.grid(alpha=0.3)
     ax.legend()
-    path = Path(path)
-    fig.savefig(path, dpi=110, bbox_inches="tight")
-    plt.close(fig)
-    return path
+    return _save(fig, path, formats)
 
 
 PLOT_LIMIT = 1000
 """Ledger and influence-share plots (n x n pictures) are drawn up to this many clients."""
 
 
-def report_run(run_dir: str | Path) -> list[Path]:
+def report_run(run_dir: str | Path, *, formats: Sequence[str] = FORMATS) -> list[Path]:
     """PNG plots for a finished (or interrupted) run directory; returns the files written. The
     ledger and influence-share plots need ``[ledger] kind = "full"`` and at most
     :data:`PLOT_LIMIT` clients."""
@@ -180,20 +209,21 @@ def report_run(run_dir: str | Path) -> list[Path]:
     metrics = {k.removeprefix("metrics/"): v for k, v in rf.arrays.items() if k.startswith("metrics/")}
     if not len(metrics.get("loss_mean", [])):
         raise ValueError(f"{run_dir} has no completed rounds to plot")
-    pngs = [plot_metrics(metrics, run_dir / "metrics.png", title=run_dir.name)]
+    pngs = [plot_metrics(metrics, run_dir / "metrics.png", title=run_dir.name, formats=formats)]
     n = int(rf.attrs.get("n_clients", 0))
     if "ledger/influence" in rf.arrays and n <= PLOT_LIMIT:
-        pngs.append(plot_ledger(rf.arrays["ledger/influence"], run_dir / "ledger.png"))
+        pngs.append(plot_ledger(rf.arrays["ledger/influence"], run_dir / "ledger.png", formats=formats))
         rounds = int(rf.attrs["rounds_done"])
         mixings = history.stored_mixings(rf, rounds)
         if len(mixings) == rounds:
             forgotten = [int(j) for j in json.loads(rf.group_attrs.get("unlearn", {}).get("forgotten", "{}"))]
-            pngs.append(plot_influence_share(mixings, forgotten[0] if forgotten else 0, run_dir / "influence_share.png"))
+            pngs.append(plot_influence_share(mixings, forgotten[0] if forgotten else 0, run_dir / "influence_share.png",
+                                             formats=formats))
     report_file = run_dir / "report.json"
     if report_file.exists():
         report = json.loads(report_file.read_text())
         if "metrics" in report:
-            pngs.append(plot_unlearning(report["metrics"], run_dir / "unlearning.png"))
+            pngs.append(plot_unlearning(report["metrics"], run_dir / "unlearning.png", formats=formats))
         if report.get("traces"):
-            pngs.append(plot_fa_traces(report["traces"], run_dir / "fa_trace.png"))
+            pngs.append(plot_fa_traces(report["traces"], run_dir / "fa_trace.png", formats=formats))
     return pngs
