@@ -185,9 +185,11 @@ class AuditConfig:
 class LogConfig:
     """Extra logs next to the run files, rewritten at every checkpoint: ``csv`` writes
     ``metrics.csv`` (one row per evaluated round) and ``metrics_per_node.csv`` (one row per round
-    and node)."""
+    and node); ``tensorboard`` writes TensorBoard event files to ``tensorboard/`` (the ``log``
+    extra: ``pip install "p2pforget[log]"``)."""
 
     csv: bool = False
+    tensorboard: bool = False
 
 
 @dataclass(frozen=True)

@@ -24,7 +24,7 @@ import torch
 
 from . import config as config_mod, history
 from .config import Config
-from .engine import DivergenceError, Engine
+from .engine import EVAL_METRICS, DivergenceError, Engine
 from . import transport as transport_mod
 from .transport import Transport
 from .unlearn import ForgetResult, check_request, forget
@@ -181,7 +181,40 @@ class RunWriter:
         history.write_json(self.out / "report.json", report)
         if e.config.log.csv:
             write_csv_logs(self.out, state)
+        if e.config.log.tensorboard:
+            write_tensorboard(self.out / "tensorboard", state)
         return report
+
+
+def write_tensorboard(folder: Path, state: dict[str, np.ndarray]) -> None:
+    """TensorBoard event files of the whole metric history (written anew into a fresh folder that
+    replaces ``folder``, so a resumed run does not log a round twice): the evaluated means as
+    ``train/<name>``, cumulative bytes as ``train/bytes_sent_total`` and every node's numbers as
+    ``node_<i>/<name>``, all at their round."""
+    import shutil
+
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError as e:
+        raise RuntimeError("log.tensorboard = true needs the tensorboard package: pip install \"p2pforget[log]\" "
+                           "(or set log.tensorboard = false)") from e
+    tmp = folder.with_name(f".{folder.name}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    writer = SummaryWriter(log_dir=str(tmp))
+    rounds = state["metrics/round"]
+    sent = np.cumsum(state["metrics/bytes_sent"])
+    for i, r in enumerate(rounds):
+        for name in EVAL_METRICS:
+            writer.add_scalar(f"train/{name}", float(state[f"metrics/{name}"][i]), int(r))
+        writer.add_scalar("train/bytes_sent_total", float(sent[r - 1]) if r else 0.0, int(r))
+        for key in sorted(k for k in state if k.startswith("metrics/per_node/")):
+            name = key.removeprefix("metrics/per_node/")
+            for node, value in enumerate(state[key][i]):
+                if np.isfinite(value):
+                    writer.add_scalar(f"node_{node}/{name}", float(value), int(r))
+    writer.close()
+    shutil.rmtree(folder, ignore_errors=True)
+    tmp.rename(folder)
 
 
 def write_csv_logs(out: Path, state: dict[str, np.ndarray]) -> None:

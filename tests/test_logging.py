@@ -39,3 +39,25 @@ def test_per_node_history_and_csv_logs_agree_and_survive_resume(tmp_path):
     again = history.read_h5(out / "history.h5").arrays["metrics/per_node/test_acc"]
     assert again.shape == (5, 4) and np.array_equal(again[:3], per_node)
     assert len(_read(out / "metrics_per_node.csv")) == 20
+
+
+def test_tensorboard_events_match_the_run_files_per_node_history(tmp_path):
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    cfg = config.replace(_cfg(), log={"tensorboard": True, "csv": False})
+    out = tmp_path / "run"
+    experiment.run(cfg, out=out, progress=False)
+    stored = history.read_h5(out / "history.h5").arrays
+    events = EventAccumulator(str(out / "tensorboard"))
+    events.Reload()
+    mean = events.Scalars("train/test_acc_mean")
+    assert [e.step for e in mean] == [2, 4, 5]
+    np.testing.assert_allclose([e.value for e in mean], stored["metrics/test_acc_mean"], rtol=1e-6)
+    for node in range(4):
+        got = [e.value for e in events.Scalars(f"node_{node}/loss")]
+        np.testing.assert_allclose(got, stored["metrics/per_node/loss"][:, node], rtol=1e-6)
+    experiment.run(config.replace(cfg, run={"rounds": 8}), out=out, resume=True, progress=False)
+    events = EventAccumulator(str(out / "tensorboard"))
+    events.Reload()
+    assert [e.step for e in events.Scalars("train/loss_mean")] == [2, 4, 5, 6, 8]  # no round logged twice
