@@ -57,8 +57,9 @@ def _print_final(report: dict, out: Path) -> None:
     from .report import table
 
     f = report["final"]
-    print(table(["rounds", "loss", "test acc (mean)", "test acc (min)", "consensus", "comm MB", "seconds"],
-                [[report["rounds_done"], f["loss_mean"], f["test_acc_mean"], f["test_acc_min"],
+    print(table(["rounds", "loss", "test acc (mean of nodes)", "test acc (min)", "test acc of mean model", "consensus",
+                 "comm MB", "seconds"],
+                [[report["rounds_done"], f["loss_mean"], f["test_acc_mean"], f["test_acc_min"], f.get("test_acc_of_mean"),
                   f["consensus_distance"], report["bytes_total"] / 1e6, report["seconds"]]]))
     print(f"run files: {out}/history.h5, {out}/report.json")
 

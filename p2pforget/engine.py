@@ -34,8 +34,9 @@ from .subspace import ForgetLock
 from .tasks import Batch, Task, fixed_width_value_and_grad, fixed_width_vmap, row_by_row
 from .transport import Transport
 
-EVAL_METRICS = ("loss_mean", "test_acc_mean", "test_acc_min", "consensus_distance")
-"""Recorded at evaluation rounds (``run.eval_every``), listed in ``metrics["round"]``."""
+EVAL_METRICS = ("loss_mean", "test_acc_mean", "test_acc_min", "test_acc_of_mean", "consensus_distance")
+"""Recorded at evaluation rounds (``run.eval_every``), listed in ``metrics["round"]``: the mean and
+worst of the nodes' own test accuracies, and the test accuracy of the nodes' mean model."""
 METRICS = ("round", *EVAL_METRICS, "bytes_sent")
 """``bytes_sent`` has one entry per round."""
 PER_NODE = ("loss", "test_acc", "distance_to_mean")
@@ -526,9 +527,12 @@ class Engine:
         eye[torch.arange(self.hi - self.lo), torch.arange(self.lo, self.hi)] = 1.0
         self.ledger = self.mix(self.ledger + eye, W)
 
-    def train(self, rounds: int, *, progress: bool = True, callback: Callable[["Engine"], None] | None = None,
-              desc: str = "train") -> None:
-        """Run ``rounds`` more rounds; ``callback(engine)`` is called after each one."""
+    def train(self, rounds: int | None = None, *, progress: bool = True,
+              callback: Callable[["Engine"], None] | None = None, desc: str = "train") -> None:
+        """Run ``rounds`` more rounds (default: up to ``run.rounds``); ``callback(engine)`` is
+        called after each one."""
+        if rounds is None:
+            rounds = max(self.config.run.rounds - self.round, 0)
         bar = tqdm(total=rounds, desc=desc, disable=not (progress and self.transport.is_root), leave=False)
         for _ in range(rounds):
             self.step()
@@ -548,13 +552,17 @@ class Engine:
         with torch.no_grad():
             loss = self.per_client(self.task.objective, params.detach(), self.full_batch(), self._local_active)
             acc = self.per_client(self.task.score, params.detach(), self.test_batch(params.shape[0]))
-            dist = torch.linalg.vector_norm(params.detach().double() - self.member_mean(params), dim=1)
+            mean = self.member_mean(params)
+            dist = torch.linalg.vector_norm(params.detach().double() - mean, dim=1)
             finite = torch.isfinite(params).all(dim=1)
         full = self.transport.gather(torch.stack([loss.double(), acc.double(), dist, finite.double()], dim=1))
         if full is None:
             return None
+        with torch.no_grad():  # the mean model itself, at the root (every process holds the same mean)
+            of_mean = float(self.task.score(mean.to(self.dtype), {k: v[0] for k, v in self.test_batch(1).items()}))
         full = full.cpu().numpy()
-        return {"loss": full[:, 0], "test_acc": full[:, 1], "distance_to_mean": full[:, 2], "finite": full[:, 3] > 0}
+        return {"loss": full[:, 0], "test_acc": full[:, 1], "distance_to_mean": full[:, 2], "finite": full[:, 3] > 0,
+                "test_acc_of_mean": of_mean}
 
     def retrieval(self, params: torch.Tensor | None = None) -> dict[str, float] | None:
         """For a model with ``recall`` (CLIP): image->text and text->image R@1/5/10 on the test
@@ -604,6 +612,7 @@ class Engine:
             self.metrics["loss_mean"].append(float(per_client["loss"][self.has_data].mean()))
             self.metrics["test_acc_mean"].append(float(per_client["test_acc"][m].mean()))
             self.metrics["test_acc_min"].append(float(per_client["test_acc"][m].min()))
+            self.metrics["test_acc_of_mean"].append(per_client["test_acc_of_mean"])
             self.metrics["consensus_distance"].append(float(per_client["distance_to_mean"][m].mean()))
             for name in PER_NODE:
                 self.per_node[name].append(np.where(m, per_client[name], np.nan))  # NaN: not in the graph

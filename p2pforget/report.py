@@ -80,6 +80,8 @@ def plot_metrics(metrics: dict[str, np.ndarray], path: str | Path, *, title: str
     ax = axes[0, 1]
     ax.plot(rounds, _percent(metrics["test_acc_mean"]), label="mean over nodes")
     ax.plot(rounds, _percent(metrics["test_acc_min"]), label="worst node")
+    if len(metrics.get("test_acc_of_mean", [])) == len(rounds):
+        ax.plot(rounds, _percent(metrics["test_acc_of_mean"]), ls="--", label="the nodes' mean model")
     ax.set(title="test accuracy", xlabel="round", ylabel="test accuracy (%)")
     ax = axes[0, 2]
     ax.plot(rounds, metrics["consensus_distance"], label="mean_i ||x_i - x̄||")

@@ -61,3 +61,19 @@ def test_tensorboard_events_match_the_run_files_per_node_history(tmp_path):
     events = EventAccumulator(str(out / "tensorboard"))
     events.Reload()
     assert [e.step for e in events.Scalars("train/loss_mean")] == [2, 4, 5, 6, 8]  # no round logged twice
+
+
+def test_test_accuracy_of_the_mean_model_is_its_own_metric_and_train_defaults_to_run_rounds():
+    import torch
+
+    from p2pforget.engine import Engine
+
+    engine = Engine(config=config.replace(_cfg(rounds=4), run={"eval_every": 1}, topology={"kind": "ring", "n_clients": 6}))
+    engine.train()  # up to run.rounds
+    assert engine.round == 4 and len(engine.metrics["test_acc_of_mean"]) == 4
+    mean = engine.params.double().mean(dim=0).to(engine.dtype)
+    with torch.no_grad():
+        acc = float((engine.task.logits(mean, engine.x_test).argmax(-1) == engine.y_test).float().mean())
+    assert engine.metrics["test_acc_of_mean"][-1] == pytest.approx(acc)
+    engine.train()
+    assert engine.round == 4  # nothing left to run
