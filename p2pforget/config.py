@@ -127,6 +127,10 @@ class TrainConfig:
     warmup_rounds: int = bounded(0, 0)
     step_every: int = bounded(10, 1)
     step_gamma: float = bounded(0.5, 0.0)
+    compression: str = choice("topk", "topk", "qsgd")
+    compression_ratio: float = bounded(0.1, 0.0, 1.0)
+    quantization_levels: int = bounded(16, 1)
+    consensus_step: float = bounded(0.5, 0.0, 1.0)
 
 
 @dataclass(frozen=True)

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
+from . import compress, seeding
 from .aggregate import Uploads
 from .registry import ROUNDS
 
@@ -64,3 +65,35 @@ def star(engine: "Engine", W: np.ndarray) -> int:
     engine.set_params(new.expand(engine.hi - engine.lo, -1), copy=False, keep_optimizer_state=True)
     return 1
 
+
+
+@ROUNDS.register("choco", help="CHOCO-SGD: gossip of compressed differences (train.compression: topk | qsgd)")
+def choco(engine: "Engine", W: np.ndarray) -> float:
+    """CHOCO-SGD (Koloskova, Stich & Jaggi, ICML 2019, Algorithm 1): after the local steps each node
+    sends ``q_i = Q(x_i - xhat_i)``; every node updates the public copies ``xhat_j += q_j`` of itself
+    and its neighbours and moves ``x_i += gamma sum_j W_ij (xhat_j - xhat_i)``. ``Q`` is top-k
+    (``train.compression_ratio`` of the entries) or QSGD quantization (``train.quantization_levels``);
+    ``gamma`` is ``train.consensus_step``. Returns the vectors-equivalent of the bytes sent."""
+    cfg = engine.config.train
+    state = engine.optimizer_state
+    half = engine.local_steps(engine.params)
+    if "choco/public" not in state:
+        state["choco/public"] = torch.zeros_like(half)
+    public = state["choco/public"]
+    diff = half - public
+    d, itemsize = engine.dim, torch.finfo(engine.dtype).bits // 8
+    if cfg.compression == "topk":
+        k = max(1, int(round(cfg.compression_ratio * d)))
+        q = compress.top_k(diff, k)
+        sent = compress.top_k_bytes(k, itemsize)
+    else:
+        keys = seeding.uniform_keys(engine.seed, np.arange(engine.lo, engine.hi), purpose="choco/quantize",
+                                    counters=(engine.round,), width=d)
+        u = torch.as_tensor((keys >> np.uint64(11)).astype(np.float64) * 2.0 ** -53, dtype=engine.dtype, device=engine.device)
+        q = compress.quantize(diff, cfg.quantization_levels, u)
+        sent = compress.quantize_bytes(d, cfg.quantization_levels, itemsize)
+    public = public + q
+    new = half + cfg.consensus_step * (engine.mix(public, W) - public)
+    engine.set_params(new, copy=False, keep_optimizer_state=True)
+    state["choco/public"] = public
+    return sent / (d * itemsize)
