@@ -8,17 +8,18 @@ Register your own with ``@ROUNDS.register("name")`` in a ``run.plugins`` module 
 
 Example
 -------
->>> sorted(ROUNDS.names())[:3]
-['dsgd', 'gradient_tracking', 'star']
+>>> sorted(ROUNDS.names())
+['choco', 'dsgd', 'gradient_tracking', 'push_sum', 'star']
 """
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+import networkx as nx
 import numpy as np
 import torch
 
-from . import compress, seeding
+from . import compress, seeding, topology
 from .aggregate import Uploads
 from .registry import ROUNDS
 
@@ -97,3 +98,34 @@ def choco(engine: "Engine", W: np.ndarray) -> float:
     engine.set_params(new, copy=False, keep_optimizer_state=True)
     state["choco/public"] = public
     return sent / (d * itemsize)
+
+
+@ROUNDS.register("push_sum", help="push-sum (subgradient-push) over the graph's edges oriented one way: directed, time-varying")
+def push_sum(engine: "Engine", W: np.ndarray) -> float:
+    """Subgradient-push (Nedic & Olshevsky, IEEE TAC 2015) on the directed graph of
+    :func:`~p2pforget.topology.push_matrix` (the round's edges, so edge dropout makes it
+    time-varying): every node keeps ``x_i`` and a weight ``y_i``, steps ``x_i <- x_i - lr g_i(z_i)``
+    at its de-biased model ``z_i = x_i / y_i`` (the engine's parameters), then pushes equal shares
+    of ``(x_i, y_i)`` to itself and its out-neighbours. The column-stochastic mixing needs no
+    doubly stochastic weights. Returns the vectors-equivalent of the bytes sent (one directed
+    message per edge, ``d + 1`` numbers)."""
+    A = topology.push_matrix(W, engine.n_clients)
+    state = engine.optimizer_state
+    if "pushsum/x" not in state:
+        ids = np.flatnonzero(engine.members)
+        directed = nx.DiGraph()
+        directed.add_nodes_from(ids.tolist())
+        directed.add_edges_from((int(j), int(i)) for i, j in zip(*A.nonzero()) if i != j)
+        if not nx.is_strongly_connected(directed):
+            raise ValueError("train.algorithm = 'push_sum' orients each edge u -> v with (v - u) mod n <= n/2, and this "
+                             "graph's orientation is not strongly connected (some node cannot reach another); use a ring, "
+                             "a torus or a denser graph")
+        state["pushsum/x"] = engine.params.clone()
+        state["pushsum/y"] = torch.ones(engine.params.shape[0], 1, dtype=engine.dtype, device=engine.device)
+    z = engine.params
+    x = state["pushsum/x"] + (engine.local_steps(z) - z)
+    both = engine.mix(torch.cat([x, state["pushsum/y"]], dim=1), A)
+    d = engine.dim
+    state["pushsum/x"], state["pushsum/y"] = both[:, :d], both[:, d:]
+    engine.set_params(both[:, :d] / both[:, d:], copy=False, keep_optimizer_state=True)
+    return (d + 1) / d * topology.message_count(A) / max(topology.message_count(W), 1)

@@ -379,3 +379,27 @@ def stats(g: nx.Graph, W=None, *, gap: float | None = None) -> Stats:
         spectral_gap=spectral_gap(W) if gap is None else gap,
         diameter_exact=exact,
     )
+
+
+def push_matrix(W, n: int) -> sp.csr_array:
+    """The column-stochastic matrix of push-sum on the directed graph that orients every edge of
+    ``W``'s pattern one way: ``u -> v`` when ``(v - u) mod n <= n // 2`` (on a ring: ``i -> i + 1``,
+    a directed cycle). Node ``j`` keeps and sends equal shares: ``A_ij = 1 / (out_degree_j + 1)``
+    for ``i = j`` and each out-neighbour ``i`` of ``j``. Rows of nodes without edges are the identity.
+
+    >>> A = push_matrix(mixing_from_edges(3, np.array([[0, 1], [1, 2], [0, 2]]), "metropolis"), 3).toarray()
+    >>> A.sum(axis=0).tolist(), float(A[1, 0]), float(A[0, 2])
+    ([1.0, 1.0, 1.0], 0.5, 0.5)
+    """
+    W = sp.csr_array(W)
+    rows, cols = W.nonzero()
+    off = rows < cols
+    u, v = rows[off], cols[off]
+    forward = (v - u) % n <= n // 2
+    src = np.where(forward, u, v)
+    dst = np.where(forward, v, u)
+    out_degree = np.bincount(src, minlength=n).astype(np.float64)
+    share = 1.0 / (out_degree + 1.0)
+    A = sp.coo_array((np.concatenate([share[src], share]), (np.concatenate([dst, np.arange(n)]),
+                                                            np.concatenate([src, np.arange(n)]))), shape=(n, n))
+    return as_sparse(A)
