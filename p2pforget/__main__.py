@@ -190,12 +190,24 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
-    from .compare import compare
+    from .compare import Grid, compare, grid
     from .report import table
 
     cfg = _load(args)
     out = Path(args.out or f"{cfg.run.out}-compare")
-    headers, rows = compare(cfg, [k.strip() for k in args.topologies.split(",")], out=out, overwrite=args.overwrite)
+    topologies = tuple(k.strip() for k in args.topologies.split(",") if k.strip())
+    if args.methods or args.seeds or args.task is not None or args.merge:
+        methods = tuple(m.strip() for m in (args.methods or cfg.unlearn.method).split(",") if m.strip())
+        seeds = tuple(int(s) for s in (args.seeds or str(cfg.run.seed)).split(","))
+        spec = Grid(topologies=topologies, methods=methods, seeds=seeds)
+        rows = grid(cfg, spec, out=out, task=args.task, merge_only=args.merge, progress=True)
+        if rows is not None:
+            print((out / "compare.md").read_text())
+            print(f"grid: {out}/compare.csv, {out}/timing.csv, {out}/compare.md, figures in {out}/")
+        elif args.task is not None:
+            print(f"group {args.task} of {len(spec.groups)} done; merge with --merge once every group is")
+        return 0
+    headers, rows = compare(cfg, list(topologies), out=out, overwrite=args.overwrite)
     if rows:
         print(table(headers, rows))
         print(f"runs: {out}/<topology>/; table: {out}/summary.json; plot: {out}/comparison.png")
@@ -267,6 +279,12 @@ def parser() -> argparse.ArgumentParser:
     c.add_argument("--set", action="append", metavar="SECTION.KEY=VALUE", help="override a config key (repeatable)")
     c.add_argument("--out", help="directory for the runs (default: run.out + '-compare')")
     c.add_argument("--overwrite", action="store_true", help="replace runs already in the output directory")
+    c.add_argument("--methods", help="the method x topology x seed grid: comma-separated unlearning methods "
+                                     "(e.g. retrain,certified,finetune,sfron); resumable, writes compare.csv")
+    c.add_argument("--seeds", help="comma-separated seeds of the grid (default: run.seed)")
+    c.add_argument("--task", type=int, help="run only group TASK (topology x seed, numbered topology-major): one "
+                                            "array task, e.g. --task $SLURM_ARRAY_TASK_ID")
+    c.add_argument("--merge", action="store_true", help="only merge the finished cells into compare.csv, the table and figures")
     c.set_defaults(fn=cmd_compare)
 
     d = sub.add_parser("demo", help="a small complete experiment (under a minute on a laptop)")

@@ -11,6 +11,8 @@ Example
 """
 from __future__ import annotations
 
+import json
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
@@ -55,3 +57,149 @@ def compare(cfg: Config, topologies: Sequence[str], *, out: str | Path, progress
         history.write_json(out / "summary.json", [dict(zip(headers, row)) for row in rows])
         report.plot_comparison(curves, out / "comparison.png")
     return headers, rows
+
+
+# ---------------------------------------------------------------------------------------- the grid
+GRID_FIELDS = ["topology", "method", "seed", "spectral_gap", "rounds_trained", "FA", "RA", "TA", "MIA",
+               "FA_trained", "TA_trained", "MIA_trained", "comm_bytes", "method_rounds",
+               "FA_gap_to_retrain", "MIA_gap_to_retrain", "bytes_ratio_to_retrain"]
+"""Columns of ``compare.csv``: deterministic numbers only (the same at any rank count). Seconds and
+FLOPs, which vary between runs and with the rank count, go to ``timing.csv``."""
+
+
+@dataclass(frozen=True)
+class Grid:
+    """Every topology x method x seed of one experiment and forget request. The unit of work (an
+    array task) is a group: one topology and seed, trained once, then every method from that state."""
+
+    topologies: tuple[str, ...]
+    methods: tuple[str, ...]
+    seeds: tuple[int, ...]
+
+    @property
+    def groups(self) -> list[tuple[str, int]]:
+        return [(t, s) for t in self.topologies for s in self.seeds]
+
+    def cells(self) -> list[tuple[str, str, int]]:
+        return [(t, m, s) for t in self.topologies for m in self.methods for s in self.seeds]
+
+
+def _cell_file(out: Path, topology: str, method: str, seed: int) -> Path:
+    return out / "cells" / f"{topology}__{method}__s{seed}.json"
+
+
+def run_group(cfg: Config, grid: Grid, topology: str, seed: int, *, out: Path, transport, progress: bool = False) -> None:
+    """Train ``topology`` x ``seed`` (resuming its run directory if it is unfinished), then run every
+    method of the grid whose cell file is missing, each from the trained state; the root writes each
+    cell's numbers (``cells/<topology>__<method>__s<seed>.json``) as soon as it is done."""
+    from .unlearn import forget
+
+    clients, samples = experiment.forget_request(cfg)
+    if not (clients or samples):
+        raise config_mod.ConfigError("the grid compares forget requests: set unlearn.clients or unlearn.samples")
+    kind_cfg = config_mod.replace(cfg, topology={"kind": topology}, run={"seed": seed},
+                                  unlearn={"clients": (), "samples": {}})
+    run_dir = out / "runs" / f"{topology}-s{seed}"
+    done = transport.bcast_object(_complete(run_dir) if transport.is_root else None)
+    if done != "complete":
+        experiment.run(kind_cfg, out=run_dir, resume=done == "partial", progress=progress, transport=transport)
+    for method in grid.methods:
+        path = _cell_file(out, topology, method, seed)
+        if transport.bcast_object(path.exists() if transport.is_root else None):
+            continue
+        engine, _ = experiment.load_run(run_dir, transport=transport)
+        trained_ta = engine.metrics["test_acc_mean"][-1] if transport.is_root else None
+        result = forget(engine, clients=clients, samples=samples, method=method, reference=False, progress=False)
+        if transport.is_root:
+            m = result.metrics
+            u, t = m["unlearned"], m["trained"]
+            cost = result.cost["unlearn"]
+            history.write_json(path, {
+                "topology": topology, "method": method, "seed": seed,
+                "spectral_gap": engine.topology_stats().spectral_gap, "rounds_trained": int(kind_cfg.run.rounds),
+                "FA": u["FA"]["mean"] if u["FA"] else None, "RA": u["RA"]["mean"], "TA": u["TA"]["mean"], "MIA": u.get("MIA"),
+                "FA_trained": t["FA"]["mean"] if t["FA"] else None, "TA_trained": t["TA"]["mean"], "MIA_trained": t.get("MIA"),
+                "comm_bytes": cost.comm_bytes, "method_rounds": len(result.traces.get("unlearned", [])),
+                "seconds": cost.seconds, "flops": cost.flops, "trained_test_acc": trained_ta,
+                "forgotten_clients": sorted(int(j) for j in result.forgotten)})
+
+
+def _complete(run_dir: Path) -> str:
+    """``complete``, ``partial`` (a run file from an interrupted run) or ``missing``."""
+    try:
+        return "complete" if history.read_h5(run_dir / "history.h5").attrs.get("complete") else "partial"
+    except (OSError, ValueError, history.RunFileError):
+        return "missing"
+
+
+def merge(grid: Grid, *, out: Path) -> list[dict]:
+    """Read every cell of the grid and write ``compare.csv``, ``timing.csv``, ``compare.md`` (mean ±
+    std over seeds) and the figures; returns the rows. Cells not yet computed are listed in an error."""
+    missing = [c for c in grid.cells() if not _cell_file(out, *c).exists()]
+    if missing:
+        raise FileNotFoundError(f"{len(missing)} cell(s) of the grid are not done yet, e.g. {missing[0]}; run the "
+                                "remaining groups (p2pforget compare ... --task I) before --merge")
+    rows = [json.loads(_cell_file(out, *c).read_text()) for c in grid.cells()]
+    by_key = {(r["topology"], r["method"], r["seed"]): r for r in rows}
+    for r in rows:
+        ref = by_key.get((r["topology"], "retrain", r["seed"]))
+        gap = (lambda k: None if ref is None or r[k] is None or ref[k] is None else r[k] - ref[k])  # noqa: E731
+        r["FA_gap_to_retrain"], r["MIA_gap_to_retrain"] = gap("FA"), gap("MIA")
+        r["bytes_ratio_to_retrain"] = r["comm_bytes"] / ref["comm_bytes"] if ref and ref["comm_bytes"] else None
+    history.write_csv(out / "compare.csv", GRID_FIELDS, [[_csv(r[k]) for k in GRID_FIELDS] for r in rows])
+    history.write_csv(out / "timing.csv", ["topology", "method", "seed", "seconds", "flops"],
+                      [[r["topology"], r["method"], r["seed"], r["seconds"], r["flops"]] for r in rows])
+    (out / "compare.md").write_text(grid_table(rows, grid) + "\n")
+    report.plot_grid(rows, grid.topologies, grid.methods, grid.seeds, out=out)
+    return rows
+
+
+def _csv(v):
+    return "" if v is None else v
+
+
+def grid_table(rows: list[dict], grid: Grid) -> str:
+    """Markdown: one line per topology x method, mean ± std over seeds."""
+    import numpy as np
+
+    def fmt(values):
+        vals = [v for v in values if v is not None]
+        if not vals:
+            return "-"
+        return f"{np.mean(vals):.1f} ± {np.std(vals):.1f}" if len(vals) > 1 else f"{vals[0]:.1f}"
+
+    cols = [("FA", "FA"), ("RA", "RA"), ("TA", "TA"), ("MIA", "MIA"), ("FA_gap_to_retrain", "FA − Retrain"),
+            ("MIA_gap_to_retrain", "MIA − Retrain")]
+    lines = ["| topology | spectral gap | method | " + " | ".join(c[1] for c in cols) + " | Comm MB | seconds |",
+             "|---|---|---|" + "---|" * len(cols) + "---|---|"]
+    for t in grid.topologies:
+        for m in grid.methods:
+            mine = [r for r in rows if r["topology"] == t and r["method"] == m]
+            gap = mine[0]["spectral_gap"]
+            lines.append(f"| {t} | {gap:.3g} | {m} | " + " | ".join(fmt([r[k] for r in mine]) for k, _ in cols)
+                         + f" | {fmt([r['comm_bytes'] / 1e6 for r in mine])} | {fmt([r['seconds'] for r in mine])} |")
+    return "\n".join(lines)
+
+
+def grid(cfg: Config, grid_spec: Grid, *, out: str | Path, task: int | None = None, merge_only: bool = False,
+         progress: bool = False) -> list[dict] | None:
+    """Run the grid (every group, or only group ``task``: an array task), then merge at the root
+    (not after a single task: merge once every task is done, with ``merge_only``). Finished cells
+    are never run again, so a killed grid resumes where it stopped."""
+    from . import transport as transport_mod
+
+    out = Path(out)
+    groups = grid_spec.groups
+    if task is not None and not 0 <= task < len(groups):
+        raise ValueError(f"--task {task}: the grid has {len(groups)} groups (topology x seed), numbered 0..{len(groups) - 1}")
+    for c in grid_spec.topologies:
+        t = config_mod.replace(cfg, topology={"kind": c}).topology
+        topology.build_graph(t.kind, t.n_clients, seed=cfg.run.seed, p=t.p, k=t.k, beta=t.beta, degree=t.degree, path=t.path)
+    transport = transport_mod.make(cfg.run.transport, n_clients=cfg.topology.n_clients)
+    if not merge_only:
+        for i, (kind, seed) in enumerate(groups):
+            if task is None or task == i:
+                run_group(cfg, grid_spec, kind, seed, out=out, transport=transport, progress=progress)
+    if task is not None and not merge_only:
+        return None
+    return merge(grid_spec, out=out) if transport.is_root else None

@@ -229,3 +229,74 @@ def report_run(run_dir: str | Path, *, formats: Sequence[str] = FORMATS) -> list
         if report.get("traces"):
             pngs.append(plot_fa_traces(report["traces"], run_dir / "fa_trace.png", formats=formats))
     return pngs
+
+
+def plot_grid(rows: list[dict], topologies: Sequence[str], methods: Sequence[str], seeds: Sequence[int], *, out: Path,
+              formats: Sequence[str] = FORMATS) -> list[Path]:
+    """The figures of a method x topology grid (``p2pforget compare --methods``): test accuracy vs
+    round per topology (mean over seeds), the forgotten client's share of every other node's
+    model vs round (influence ledger, first seed), and unlearning quality (FA and MIA gaps to
+    Retrain) and cost (bytes) against the graph's spectral gap, one line per method."""
+    out = Path(out)
+    paths = []
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for t in topologies:
+        curves = []
+        for s in seeds:
+            rf = history.read_h5(out / "runs" / f"{t}-s{s}" / "history.h5")
+            curves.append((rf.arrays["metrics/round"], _percent(rf.arrays["metrics/test_acc_mean"])))
+        ax.plot(curves[0][0], np.mean([c[1] for c in curves], axis=0), label=t)
+    ax.set(title="training: test accuracy (mean over nodes and seeds)", xlabel="round", ylabel="test accuracy (%)")
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    paths.append(_save(fig, out / "accuracy_vs_round.png", formats))
+
+    fig, ax = plt.subplots(figsize=(7, 4))
+    drawn = False
+    for t in topologies:
+        rf = history.read_h5(out / "runs" / f"{t}-s{seeds[0]}" / "history.h5")
+        rounds = int(rf.attrs["rounds_done"])
+        mixings = history.stored_mixings(rf, rounds)
+        client = _forgotten_client(rows)
+        if len(mixings) != rounds or client is None:
+            continue
+        from .ledger import share_history
+
+        h = share_history(mixings, client)
+        others = np.delete(np.arange(h.shape[1]), client)
+        ax.plot(np.arange(1, rounds + 1), h[:, others].mean(axis=1), label=t)
+        drawn = True
+    ax.set(title="the forgotten client's share of the other nodes' models", xlabel="round",
+           ylabel="share (mean over the other nodes)", xscale="log")
+    if drawn:
+        ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    paths.append(_save(fig, out / "influence_share_vs_round.png", formats))
+
+    gaps = {t: next(r["spectral_gap"] for r in rows if r["topology"] == t) for t in topologies}
+    order = sorted(topologies, key=gaps.get)
+    fig, axes = plt.subplots(1, 3, figsize=(16, 4))
+    for m in methods:
+        def mean(key, t):
+            vals = [r[key] for r in rows if r["topology"] == t and r["method"] == m and r.get(key) is not None]
+            return np.mean(vals) if vals else np.nan
+        x = [gaps[t] for t in order]
+        axes[0].plot(x, [mean("FA_gap_to_retrain", t) for t in order], marker="o", label=m)
+        axes[1].plot(x, [mean("MIA_gap_to_retrain", t) for t in order], marker="o", label=m)
+        axes[2].plot(x, [mean("comm_bytes", t) / 1e6 for t in order], marker="o", label=m)
+    axes[0].set(title="forget accuracy − Retrain's", xlabel="spectral gap of the graph", ylabel="FA gap (points)")
+    axes[1].set(title="MIA − Retrain's", xlabel="spectral gap of the graph", ylabel="MIA gap (AUC points)")
+    axes[2].set(title="communication of the method", xlabel="spectral gap of the graph", ylabel="bytes sent (MB)",
+                yscale="symlog")
+    for ax in axes:
+        ax.legend(fontsize=8)
+        ax.grid(alpha=0.3)
+        ax.set_xscale("log")
+    fig.tight_layout()
+    paths.append(_save(fig, out / "quality_and_cost_vs_spectral_gap.png", formats))
+    return paths
+
+
+def _forgotten_client(rows: list[dict]) -> int | None:
+    clients = rows[0].get("forgotten_clients") if rows else None
+    return int(clients[0]) if clients else None

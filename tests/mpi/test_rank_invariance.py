@@ -175,3 +175,19 @@ def test_more_ranks_than_clients_is_a_clear_error():
     if COMM.Get_size() > 2:
         with pytest.raises(ValueError, match=f"{COMM.Get_size()} ranks but only 2 clients"):
             MPITransport(n_clients=2)
+
+
+def test_compare_grid_csv_is_the_same_under_mpi(tmp_path):
+    from p2pforget import compare
+
+    out = _shared(tmp_path)
+    base = {"run": {"seed": 0, "rounds": 4, "eval_every": 2}, "topology": {"n_clients": 6},
+            "data": {"n_samples_per_client": 10, "n_test": 20, "n_features": 4}, "model": {"kind": "logistic"},
+            "train": {"dtype": "float64", "weight_decay": 0.05}, "unlearn": {"clients": [1], "finetune": {"rounds": 2}}}
+    spec = compare.Grid(topologies=("ring", "star"), methods=("retrain", "finetune"), seeds=(0,))
+    compare.grid(config.from_dict(base | {"run": base["run"] | {"transport": "mpi"}}), spec, out=out / "mpi")
+    same = None
+    if COMM.Get_rank() == 0:
+        compare.grid(config.from_dict(base | {"run": base["run"] | {"transport": "local"}}), spec, out=out / "local")
+        same = (out / "mpi" / "compare.csv").read_bytes() == (out / "local" / "compare.csv").read_bytes()
+    assert COMM.bcast(same, root=0), f"compare.csv differs at {COMM.Get_size()} ranks"
