@@ -114,31 +114,27 @@ def by_domain(labels: np.ndarray, sizes: np.ndarray, *, domains: np.ndarray | No
 
 
 def shards(labels: np.ndarray, sizes: np.ndarray, *, seed: int, shards_per_client: int = 2, **_) -> list[np.ndarray]:
-    """McMahan et al. (AISTATS 2017)'s pathological non-IID split: the pool sorted by label is cut
-    into ``n_clients * shards_per_client`` contiguous shards, dealt at random, ``shards_per_client``
-    to each client; client i takes ``sizes[i]`` samples spread evenly over its shards (so each
-    client sees about ``shards_per_client`` classes).
+    """McMahan et al. (AISTATS 2017)'s pathological non-IID split: every client owns
+    ``shards_per_client`` shards; the shards, dealt in random order, cut the label-sorted pool into
+    contiguous stretches (each as long as its share of the pool), and a client takes its samples
+    (``sizes[i]``, spread evenly over its shards) from the start of each of its stretches. So each
+    client sees about ``shards_per_client`` classes, whatever the sizes.
 
     >>> parts = shards(np.repeat(np.arange(4), 10), np.array([10, 10]), seed=0, shards_per_client=2)
     >>> [sorted(set((np.repeat(np.arange(4), 10)[p]).tolist())) for p in parts]
     [[0, 2], [1, 3]]
     """
-    n = len(sizes)
+    n, k = len(sizes), shards_per_client
     tie = seeding.rng(seed, purpose="partition/shards/order").random(len(labels))
     order = np.lexsort((tie, labels))
-    chunks = np.array_split(order, n * shards_per_client)
-    deal = seeding.rng(seed, purpose="partition/shards/deal").permutation(n * shards_per_client).reshape(n, shards_per_client)
-    out = []
-    for i in range(n):
-        want = np.full(shards_per_client, sizes[i] // shards_per_client)
-        want[: sizes[i] % shards_per_client] += 1
-        mine = [chunks[c] for c in deal[i]]
-        if any(len(c) < w for c, w in zip(mine, want)):
-            raise ValueError(f"shards of {min(len(c) for c in chunks)} samples are too small for {int(sizes[i])} samples "
-                             f"per client in {shards_per_client} shards; only {len(labels)} are available: lower "
-                             "data.n_samples_per_client or raise data.shards_per_client")
-        out.append(np.sort(np.concatenate([c[:w] for c, w in zip(mine, want)])))
-    return out
+    want = np.stack([np.full(k, s // k) + (np.arange(k) < s % k) for s in sizes])          # [n, k]
+    deal = seeding.rng(seed, purpose="partition/shards/deal").permutation(n * k)          # shard laid j-th
+    lengths = np.floor(want.reshape(-1)[deal] * len(labels) / max(int(sizes.sum()), 1)).astype(np.int64)
+    starts = np.concatenate([[0], np.cumsum(lengths)[:-1]])
+    start_of = np.empty(n * k, dtype=np.int64)
+    start_of[deal] = starts
+    return [np.sort(np.concatenate([order[start_of[i * k + c]:start_of[i * k + c] + want[i, c]] for c in range(k)]))
+            for i in range(n)]
 
 
 KINDS: dict[str, Callable[..., list[np.ndarray]]] = {"iid": iid, "dirichlet": dirichlet, "by_class": by_class,

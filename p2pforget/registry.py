@@ -60,7 +60,7 @@ class Registry:
 
     def builtin_names(self) -> tuple[str, ...]:
         """The entries p2pforget itself registers (no plug-ins)."""
-        return tuple(n for n, e in self._entries.items() if getattr(e.obj, "__module__", "").startswith("p2pforget."))
+        return tuple(n for n, e in self._entries.items() if (getattr(e.obj, "__module__", None) or "").startswith("p2pforget."))
 
     def entry(self, name: str) -> Entry:
         if name not in self._entries:
