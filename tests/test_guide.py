@@ -1,8 +1,14 @@
-"""Every python block of docs/guide/*.md runs, page by page, in a fresh directory."""
+"""Every python block and every ``$ p2pforget`` line of a console block in docs/guide/*.md runs,
+page by page, in a fresh directory (with the repository's examples/ next to it)."""
 import re
+import shlex
 from pathlib import Path
 
 import pytest
+
+from p2pforget.__main__ import main
+
+ROOT = Path(__file__).resolve().parents[1]
 
 GUIDE = sorted((Path(__file__).resolve().parents[1] / "docs" / "guide").glob("*.md"))
 
@@ -11,13 +17,22 @@ def _blocks(page: Path) -> list[str]:
     return re.findall(r"```python\n(.*?)```", page.read_text(), flags=re.S)
 
 
+def _commands(page: Path) -> list[str]:
+    blocks = re.findall(r"```console\n(.*?)```", page.read_text(), flags=re.S)
+    return [line[2:] for block in blocks for line in block.splitlines() if line.startswith("$ p2pforget ")]
+
+
 def test_the_guide_has_examples():
-    assert GUIDE and all(_blocks(p) for p in GUIDE if p.name == "library.md")
+    pages = {p.name: p for p in GUIDE}
+    assert _blocks(pages["library.md"]) and len(_commands(pages["cli.md"])) >= 10
 
 
 @pytest.mark.parametrize("page", GUIDE, ids=[p.stem for p in GUIDE])
 def test_guide_examples_run(page, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
+    (tmp_path / "examples").symlink_to(ROOT / "examples")
     namespace: dict = {}
     for block in _blocks(page):
         exec(compile(block, str(page), "exec"), namespace)
+    for command in _commands(page):
+        assert main(shlex.split(command)[1:]) == 0, command
