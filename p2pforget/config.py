@@ -85,6 +85,7 @@ class DataConfig:
     alpha: float = bounded(0.5, 1e-6)
     domain_skew: float = bounded(0.8, 0.0, 1.0)
     quantity_skew: float = bounded(0.0, 0.0, 3.0)
+    quantity_dirichlet: float = bounded(0.0, 0.0)
     holdout_fraction: float = bounded(0.2, 0.0, 0.9)
     image_size: int = bounded(32, 8)
     context_length: int = bounded(16, 4)

@@ -20,19 +20,24 @@ import numpy as np
 from . import seeding
 
 
-def client_sizes(n_clients: int, n_per_client: int, *, skew: float, seed: int) -> np.ndarray:
-    """Samples per client: ``n_per_client`` each when ``skew = 0``; otherwise log-normal(0, skew)
-    shares of the same total, each client keeping at least 2 samples.
+def client_sizes(n_clients: int, n_per_client: int, *, skew: float, seed: int, dirichlet: float = 0.0) -> np.ndarray:
+    """Samples per client, summing to ``n_clients * n_per_client``: equal when ``skew = 0`` and
+    ``dirichlet = 0``; log-normal(0, ``skew``) shares when ``skew > 0``; Dirichlet(``dirichlet``)
+    shares when ``dirichlet > 0`` (small values: a few clients hold most data). Every client keeps
+    at least 2 samples.
 
     >>> client_sizes(4, 10, skew=0.0, seed=0).tolist()
     [10, 10, 10, 10]
-    >>> int(client_sizes(4, 10, skew=1.0, seed=0).sum())
-    40
+    >>> int(client_sizes(4, 10, skew=1.0, seed=0).sum()), int(client_sizes(4, 10, skew=0.0, dirichlet=0.5, seed=0).sum())
+    (40, 40)
     """
     total = n_clients * n_per_client
-    if skew == 0:
+    if skew == 0 and dirichlet == 0:
         return np.full(n_clients, n_per_client, dtype=np.int64)
-    w = seeding.rng(seed, purpose="partition/sizes").lognormal(0.0, skew, n_clients)
+    if dirichlet > 0:
+        w = seeding.rng(seed, purpose="partition/sizes/dirichlet").dirichlet(np.full(n_clients, dirichlet))
+    else:
+        w = seeding.rng(seed, purpose="partition/sizes").lognormal(0.0, skew, n_clients)
     floor = min(2, n_per_client)
     sizes = floor + np.floor(w / w.sum() * (total - floor * n_clients)).astype(np.int64)
     sizes[np.argsort(-w)[: total - sizes.sum()]] += 1

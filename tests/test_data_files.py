@@ -135,3 +135,15 @@ def test_normalize_changes_the_certificates_constant_not_its_sigma():
     L = {k: c["hessian_lipschitz"] for k, c in certs.items()}
     assert L["unit_norm"] < L["none"] / 10 and L["standard"] > 10 * L["none"]
     assert certs["none"]["sigma"] == certs["unit_norm"]["sigma"] == certs["standard"]["sigma"]
+
+
+def test_dirichlet_client_sizes_sum_to_the_total_and_skew_with_small_concentration():
+    from p2pforget.partition import client_sizes
+
+    small = client_sizes(20, 30, skew=0.0, dirichlet=0.2, seed=1)
+    large = client_sizes(20, 30, skew=0.0, dirichlet=100.0, seed=1)
+    assert small.sum() == large.sum() == 600 and small.min() >= 2
+    assert small.std() > 3 * large.std()
+    fd = build(DataConfig(kind="digits", n_samples_per_client=30, n_test=50, quantity_dirichlet=0.3, holdout_fraction=0.0),
+               n_clients=10, seed=0)
+    assert fd.counts.sum() == 300 and len(set(fd.counts.tolist())) > 3

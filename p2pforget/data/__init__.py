@@ -76,7 +76,8 @@ def shard(x: np.ndarray, y: np.ndarray, cfg: DataConfig, n_clients: int, seed: i
     """Partition a pool ``(x, y[, domains, extras])`` into stacked, padded client shards: the
     ``x, y, counts`` (and ``domain``, ``extras``) fields of a :class:`FederatedData`. ``extras`` are
     further per-sample arrays (e.g. caption tokens) that travel with the samples."""
-    sizes = _partition.client_sizes(n_clients, cfg.n_samples_per_client, skew=cfg.quantity_skew, seed=seed)
+    sizes = _partition.client_sizes(n_clients, cfg.n_samples_per_client, skew=cfg.quantity_skew,
+                                     dirichlet=cfg.quantity_dirichlet, seed=seed)
     parts = _partition.partition(y, sizes=sizes, kind=cfg.partition, alpha=cfg.alpha, domains=domains,
                                  domain_skew=cfg.domain_skew, shards_per_client=cfg.shards_per_client, seed=seed)
     m = max(len(p) for p in parts)
