@@ -36,3 +36,19 @@ def test_guide_examples_run(page, tmp_path, monkeypatch):
         exec(compile(block, str(page), "exec"), namespace)
     for command in _commands(page):
         assert main(shlex.split(command)[1:]) == 0, command
+
+
+@pytest.mark.slow
+def test_the_studys_command_runs_on_one_topology_and_seed(tmp_path, monkeypatch):
+    """docs/guide/compare.md's grid command (reproduced in full by benchmarks/compare_guide.py),
+    cut to one topology, one seed and two rounds."""
+    page = (ROOT / "docs" / "guide" / "compare.md").read_text()
+    command = re.search(r"```bash\n(p2pforget compare .*?)\n```", page, flags=re.S).group(1)
+    args = shlex.split(command)[1:]
+    args[args.index("--topologies") + 1] = "ring"
+    args[args.index("--seeds") + 1] = "0"
+    args[args.index("--out") + 1] = str(tmp_path / "grid")
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "examples").symlink_to(ROOT / "examples")
+    assert main(args + ["--set", "run.rounds=2"]) == 0
+    assert (tmp_path / "grid" / "compare.csv").read_text().count("\n") == 1 + 4
