@@ -341,10 +341,9 @@ class Engine:
         lr = optim.learning_rate(cfg, key_round, self.config.run.rounds)
         plain = optim.is_plain_sgd(cfg)
         decay = self.task.weight_decay and not optim.decouples_decay(cfg)
-        if not plain:
-            for name, zero in optim.init_state(cfg.optimizer, params.shape[0], params.shape[1], dtype=self.dtype,
-                                               device=self.device).items():
-                self.optimizer_state.setdefault(name, zero)
+        if not plain and not all(k in self.optimizer_state for k in optim.state_names(cfg.optimizer)):
+            self.optimizer_state |= optim.init_state(cfg.optimizer, params.shape[0], params.shape[1], dtype=self.dtype,
+                                                     device=self.device)
         state = {k: v for k, v in self.optimizer_state.items() if k.startswith("opt/")}
 
         def update(rows: slice, old: torch.Tensor, g: torch.Tensor, out: torch.Tensor) -> None:

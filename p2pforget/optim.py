@@ -73,10 +73,14 @@ def adamw(params, grad, state, *, lr: float, cfg: "TrainConfig") -> torch.Tensor
     return _adam(params, grad, state, lr=lr, cfg=cfg)
 
 
+def state_names(name: str) -> tuple[str, ...]:
+    """The state entries optimizer ``name`` declares."""
+    return tuple(OPTIMIZERS.entry(name).meta.get("state", ()))
+
+
 def init_state(name: str, rows: int, dim: int, *, dtype: torch.dtype, device) -> dict[str, torch.Tensor]:
     """Zero state for optimizer ``name``: ``[rows, d]`` per entry, ``[rows, 1]`` for a step count."""
-    return {k: torch.zeros(rows, 1 if k == "opt/step" else dim, dtype=dtype, device=device)
-            for k in OPTIMIZERS.entry(name).meta.get("state", ())}
+    return {k: torch.zeros(rows, 1 if k == "opt/step" else dim, dtype=dtype, device=device) for k in state_names(name)}
 
 
 def apply(params: torch.Tensor, grad: torch.Tensor, state: dict[str, torch.Tensor], *, lr: float, cfg: "TrainConfig",
