@@ -134,6 +134,24 @@ class Unlearner(Protocol):
     # rule out; :func:`forget` calls it before any work.
 
 
+def forget_batch(engine: "Engine", samples: dict[int, np.ndarray]) -> dict[str, torch.Tensor]:
+    """The given samples of this process's clients (client id -> indices) as one dense batch
+    ``[n_local, b, ...]`` (``b`` = the most samples any client has), with their extras (e.g.
+    caption tokens) and ``mask`` (1 for real samples; clients without any are all padding)."""
+    n_loc = engine.hi - engine.lo
+    width = max(max((len(v) for v in samples.values()), default=1), 1)
+    idx = np.zeros((n_loc, width), dtype=np.int64)
+    mask = np.zeros((n_loc, width))
+    for j, picked in samples.items():
+        if engine.lo <= j < engine.hi:
+            idx[j - engine.lo, :len(picked)] = picked
+            mask[j - engine.lo, :len(picked)] = 1.0
+    take = torch.as_tensor(idx, device=engine.device)
+    full = engine.full_batch()
+    batch = {k: torch.stack([v[i, take[i]] for i in range(n_loc)]) for k, v in full.items() if k not in ("mask", "u")}
+    return batch | {"mask": torch.as_tensor(mask, dtype=engine.dtype, device=engine.device)}
+
+
 def evaluation_flops(engine: "Engine") -> float:
     """FLOPs of the engine's per-round metric evaluation (the same every round)."""
     return measured(lambda: engine.evaluate())[2]

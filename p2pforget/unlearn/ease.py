@@ -42,7 +42,7 @@ from torch.func import grad
 from .. import subspace
 from ..config import bounded, choice
 from ..registry import METHODS
-from . import ForgetRequest, Outcome, continue_training
+from . import ForgetRequest, Outcome, continue_training, forget_batch
 
 if TYPE_CHECKING:
     from ..engine import Engine
@@ -111,29 +111,14 @@ def excision_basis(G_f: torch.Tensor, G_r: torch.Tensor, sizes: list[int], *, ra
 
 
 def _forget_batches(engine: "Engine", request: ForgetRequest, chunks: int) -> list[dict[str, torch.Tensor]]:
-    """The forget pairs of this process's clients as dense batches ``[n_local, b, ...]`` with
-    ``partner`` and ``mask``: chunk ``c`` holds each client's forget pairs at positions ``c mod
-    chunks`` (``chunks = 1``: all of them)."""
+    """The forget pairs of this process's clients as dense batches with ``partner``: chunk ``c``
+    holds each client's forget pairs at positions ``c mod chunks`` (``chunks = 1``: all of them)."""
     out = []
     for c in range(chunks):
-        picks = {j: np.asarray(idx)[c::chunks] for j, idx in request.samples.items()}
-        width = max(max((len(p) for p in picks.values()), default=1), 1)
-        n_loc = engine.hi - engine.lo
-        rows = np.zeros((n_loc, width), dtype=np.int64)
-        mask = np.zeros((n_loc, width))
-        partner = torch.arange(width).expand(n_loc, width).clone()
-        for j, p in picks.items():
-            if engine.lo <= j < engine.hi and len(p):
-                rows[j - engine.lo, :len(p)] = p
-                mask[j - engine.lo, :len(p)] = 1.0
-                partner[j - engine.lo] = partners(len(p), width)
-        take = torch.as_tensor(rows, device=engine.device)
-        full = engine.full_batch()
-        batch = {k: torch.stack([v[i, take[i]] for i in range(n_loc)]) for k, v in full.items()
-                 if k not in ("mask", "u")}
-        batch |= {"mask": torch.as_tensor(mask, dtype=engine.dtype, device=engine.device),
-                  "partner": partner.to(engine.device)}
-        out.append(batch)
+        batch = forget_batch(engine, {j: np.asarray(idx)[c::chunks] for j, idx in request.samples.items()})
+        counts = batch["mask"].sum(dim=1).long().tolist()
+        width = batch["mask"].shape[1]
+        out.append(batch | {"partner": torch.stack([partners(n, width) for n in counts]).to(engine.device)})
     return out
 
 

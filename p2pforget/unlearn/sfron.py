@@ -35,7 +35,7 @@ from torch.func import grad
 from ..aggregate import weighted_average
 from ..config import bounded
 from ..registry import METHODS
-from . import ForgetRequest, Outcome
+from . import ForgetRequest, Outcome, forget_batch
 
 if TYPE_CHECKING:
     from ..engine import Engine
@@ -136,10 +136,10 @@ class SFRon:
                              f"(model.kind = {engine.config.model.kind!r} defines its own losses)")
 
     def unlearn(self, engine: "Engine", request: ForgetRequest, options: SFRonOptions) -> Outcome:
-        forget_batch = self._forget_batch(engine, request)
+        batch = forget_batch(engine, request.samples)
         engine.exclude(samples=request.samples)  # the forgotten nodes stay in the graph while it runs
         run = self._at_hub if engine.is_star else self._at_holders
-        comm = run(engine, request, options, forget_batch)
+        comm = run(engine, request, options, batch)
         engine.exclude(removed=request.removed)
         return Outcome.plain(engine.params.clone(), comm_bytes=comm, rounds=options.steps)
 
@@ -167,14 +167,14 @@ class SFRon:
             g[i] = grad(fn)(params[i], {k: v[i] for k, v in batch.items()})
         return g
 
-    def _at_holders(self, engine: "Engine", request: ForgetRequest, o: SFRonOptions, forget_batch) -> float:
+    def _at_holders(self, engine: "Engine", request: ForgetRequest, o: SFRonOptions, forget_set) -> float:
         """Gossip graph: each node holding forgotten data runs SFR-on on its own model, its own
         remaining data being the remain set; no other node changes, nothing is sent."""
         rows = [j - engine.lo for j in sorted(request.samples) if engine.lo <= j < engine.hi]
         if not rows:
             return 0.0
         adaptive, mean_ce = self._losses(engine, o)
-        mine = {k: v[rows] for k, v in forget_batch.items()}
+        mine = {k: v[rows] for k, v in forget_set.items()}
         local = list(range(len(rows)))
         own = {k: v[rows] for k, v in engine.full_batch().items()}
         sub = engine.params[rows]
@@ -194,7 +194,7 @@ class SFRon:
             request.observe(engine.params)
         return 0.0
 
-    def _at_hub(self, engine: "Engine", request: ForgetRequest, o: SFRonOptions, forget_batch) -> float:
+    def _at_hub(self, engine: "Engine", request: ForgetRequest, o: SFRonOptions, forget_set) -> float:
         """Star: the hub runs SFR-on on the global model; the forget gradients come from the
         clients holding the forgotten data, the remain gradient and the saliency statistics are
         the remaining clients' uploads (FedAvg weights), every step."""
@@ -212,7 +212,7 @@ class SFRon:
             return engine.transport.broadcast(avg, like=g[0]).expand_as(g)
 
         holder_weights = np.isin(np.arange(engine.n_clients), holders).astype(np.float64)
-        F_f = hub_mean(self._rows(mean_ce, engine.params, forget_batch, rows) ** 2, holder_weights)
+        F_f = hub_mean(self._rows(mean_ce, engine.params, forget_set, rows) ** 2, holder_weights)
         g_r = engine.per_client(grad(mean_ce), engine.params, engine.full_batch())
         F_r = hub_mean(g_r ** 2, (remaining > 0).astype(np.float64))
         mask = saliency_mask(F_f[0], F_r[0], o.threshold)
@@ -221,24 +221,8 @@ class SFRon:
             g, _ = engine.gradients(params, engine.batch((30_000_000 + engine.round, t)))
             return hub_mean(g, remaining)
 
-        params = fast_slow(engine.params, forget_grad=lambda p, t: hub_mean(self._rows(adaptive, p, forget_batch, rows),
+        params = fast_slow(engine.params, forget_grad=lambda p, t: hub_mean(self._rows(adaptive, p, forget_set, rows),
                                                                             holder_weights),
                            remain_grad=remain_grad, mask=mask, options=o, after_step=request.observe)
         engine.set_params(params)
         return comm
-
-    @staticmethod
-    def _forget_batch(engine: "Engine", request: ForgetRequest) -> dict[str, torch.Tensor]:
-        """The forgotten samples of this process's clients, ``[n_local, b]`` with a mask."""
-        n_loc = engine.hi - engine.lo
-        width = max(max((len(v) for v in request.samples.values()), default=1), 1)
-        idx = np.zeros((n_loc, width), dtype=np.int64)
-        mask = np.zeros((n_loc, width))
-        for j, samples in request.samples.items():
-            if engine.lo <= j < engine.hi:
-                idx[j - engine.lo, :len(samples)] = samples
-                mask[j - engine.lo, :len(samples)] = 1.0
-        take = torch.as_tensor(idx, device=engine.device)
-        x = torch.stack([engine.x[i, take[i]] for i in range(n_loc)])
-        y = torch.stack([engine.y[i, take[i]] for i in range(n_loc)])
-        return {"x": x, "y": y, "mask": torch.as_tensor(mask, dtype=engine.dtype, device=engine.device)}
