@@ -4,7 +4,8 @@ method next to the Retrain reference and measures both.
 One method per module, each registered in :data:`~p2pforget.registry.METHODS` with its options
 dataclass (the keys of ``[unlearn.<method>]``): :mod:`.certified` (decentralized Newton/Fisher with
 calibrated noise), :mod:`.retrain` (the gold reference), :mod:`.foul` (FOUL), :mod:`.ease` (EASE, for CLIP), :mod:`.sfron` (SFR-on), and the baselines
-:mod:`.finetune`, :mod:`.gradient_ascent` and :mod:`.negation` (NoT).
+:mod:`.finetune`, :mod:`.gradient_ascent`, :mod:`.negation` (NoT), :mod:`.random_label` and
+:mod:`.salun` (SalUn).
 
 Example
 -------
@@ -179,6 +180,34 @@ def continue_training(engine: "Engine", rounds: int, request: ForgetRequest) -> 
         request.excluded["flops"] += (evaluated + 1) * flops
     sent = float(sum(engine.metrics["bytes_sent"][start:])) if engine.transport.is_root else None
     return engine.transport.bcast_object(sent)
+
+
+def rounds_with_local_change(engine: "Engine", rounds: int, request: ForgetRequest,
+                              change: Callable[[torch.Tensor, torch.Tensor, int], torch.Tensor], *, weights: np.ndarray,
+                              key: int) -> float:
+    """``rounds`` rounds in which every node trains its local steps on the data it still trains on,
+    ``change(params, local, r)`` turns those local models into the ones sent (e.g. adding a step on
+    the forgotten data at the nodes that hold them), and the result is averaged at the hub (star,
+    ``weights``, e.g. the sample counts before the forgotten data were excluded, so that the
+    nodes stepping on them count) or mixed with the neighbours (gossip); calls
+    ``request.observe`` after each round and returns the bytes sent. Batches are keyed by
+    ``key + round * 1000 + r`` so that they never repeat training's."""
+    from ..aggregate import weighted_average
+
+    comm = 0.0
+    for r in range(rounds):
+        local = change(engine.params, engine.local_steps(engine.params, key_round=key + engine.round * 1000 + r), r)
+        if engine.is_star:
+            full = engine.transport.gather(local)
+            avg = weighted_average(full, weights) if engine.transport.is_root else None
+            new = engine.transport.broadcast(avg, like=local[0]).expand_as(local)
+        else:
+            new = engine.mix(local, engine.base_mixing)
+        engine.set_params(new)
+        comm += engine.message_bytes(engine.base_mixing, 1)
+        if request.observe is not None:
+            request.observe(engine.params)
+    return comm
 
 
 @dataclass
@@ -393,4 +422,4 @@ def forget(engine: "Engine", *, clients=(), samples: dict | None = None, method:
     return result
 
 
-from . import certified, retrain, foul, finetune, gradient_ascent, negation, ease, sfron  # noqa: E402,F401  (register methods)
+from . import certified, retrain, foul, finetune, gradient_ascent, negation, ease, sfron, random_label, salun  # noqa: E402,F401  (register methods)

@@ -15,10 +15,9 @@ import numpy as np
 import torch
 from torch.func import grad
 
-from ..aggregate import weighted_average
 from ..config import bounded
 from ..registry import METHODS
-from . import ForgetRequest, Outcome
+from . import ForgetRequest, Outcome, rounds_with_local_change
 
 if TYPE_CHECKING:
     from ..engine import Engine
@@ -46,21 +45,13 @@ class GradientAscent:
         engine.exclude(samples=request.samples)  # nodes stay in the graph while they ascend
         batch = engine.full_batch() | {"mask": torch.as_tensor(forget_mask[engine.lo:engine.hi], dtype=engine.dtype)}
         ascent = grad(engine.task.data_loss)
-        comm = 0.0
-        for r in range(options.rounds):
-            g = engine.per_client(ascent, engine.params, batch)
-            norm = torch.linalg.vector_norm(g, dim=1, keepdim=True)
-            g = g * torch.clamp(options.clip / norm.clamp(min=1e-12), max=1.0) if options.clip > 0 else g
-            local = engine.local_steps(engine.params, key_round=20_000_000 + engine.round * 1000 + r) + lr * g
-            if engine.is_star:
-                full = engine.transport.gather(local)
-                avg = weighted_average(full, weights) if engine.transport.is_root else None
-                new = engine.transport.broadcast(avg, like=local[0]).expand_as(local)
-            else:
-                new = engine.mix(local, engine.base_mixing)
-            engine.set_params(new)
-            comm += engine.message_bytes(engine.base_mixing, 1)
-            if request.observe is not None:
-                request.observe(engine.params)
+
+        def step_up(params: torch.Tensor, local: torch.Tensor, r: int) -> torch.Tensor:
+            g = engine.per_client(ascent, params, batch)
+            if options.clip > 0:
+                g = g * torch.clamp(options.clip / torch.linalg.vector_norm(g, dim=1, keepdim=True).clamp(min=1e-12), max=1.0)
+            return local + lr * g
+
+        comm = rounds_with_local_change(engine, options.rounds, request, step_up, weights=weights, key=20_000_000)
         engine.exclude(removed=request.removed)
         return Outcome.plain(engine.params.clone(), comm_bytes=comm, rounds=options.rounds)

@@ -1,0 +1,79 @@
+"""SalUn: random-label fine-tuning restricted to the weights salient for the forgotten data.
+
+Fan, Liu, Zhang, Wei, Wong, Liu, "SalUn: Empowering Machine Unlearning via Gradient-based Weight
+Saliency in Both Image Classification and Generation" (ICLR 2024). The saliency mask keeps the
+weights whose forget-loss gradient at the trained model is largest in magnitude,
+``m = 1[|grad l_f(theta_o)| >= gamma]`` with ``gamma`` the ``(1 - fraction)`` quantile (the paper's
+default keeps half the weights); only those weights change, by random-label fine-tuning
+(:mod:`.random_label`).
+
+Federated form: each node holding forgotten samples computes its own mask from the gradient of
+the cross-entropy of its forgotten samples at its own model (no communication). Then, as in
+:mod:`.random_label`, ``rounds`` rounds of local steps on the retained data plus random-label steps
+on the forgotten data, averaged at the hub or gossiped; a holder's whole change in a round (both
+kinds of steps) is masked, the other nodes train as usual.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import torch
+from torch.func import grad
+
+from ..config import bounded
+from ..registry import METHODS
+from . import ForgetRequest, Outcome, forget_batch, rounds_with_local_change
+from .random_label import check_classifier, relabel_steps, relabelled
+
+if TYPE_CHECKING:
+    from ..engine import Engine
+
+
+@dataclass(frozen=True)
+class SalUnOptions:
+    """Keys of ``[unlearn.salun]``; ``lr = 0`` uses ``train.lr``."""
+
+    rounds: int = bounded(5, 1)
+    forget_steps: int = bounded(1, 1)
+    lr: float = bounded(0.0, 0.0)
+    fraction: float = bounded(0.5, 0.0, 1.0)  # share of the weights kept trainable
+
+
+def saliency_top(g: torch.Tensor, fraction: float) -> torch.Tensor:
+    """Boolean mask of each row's ``fraction`` largest ``|g|`` entries (ties at the threshold kept).
+
+    >>> saliency_top(torch.tensor([[0.1, -3.0, 2.0, 0.5]]), 0.5).tolist()
+    [[False, True, True, False]]
+    """
+    keep = max(1, round(fraction * g.shape[-1]))
+    gamma = torch.topk(g.abs(), keep, dim=-1).values[..., -1:]
+    return g.abs() >= gamma
+
+
+@METHODS.register("salun", options=SalUnOptions,
+                  help="SalUn (ICLR 2024): random-label fine-tuning of the forget-salient weights only")
+class SalUn:
+    """SalUn in rounds (see the module docstring)."""
+
+    def check(self, engine: "Engine", request: ForgetRequest, options: SalUnOptions) -> None:
+        check_classifier(engine, "salun")
+
+    def unlearn(self, engine: "Engine", request: ForgetRequest, options: SalUnOptions) -> Outcome:
+        lr = options.lr or engine.config.train.lr
+        plain = forget_batch(engine, request.samples)
+        batch = relabelled(engine, request, plain)
+        holders = plain["mask"].sum(dim=1) > 0
+        g = engine.per_client(grad(engine.task.data_loss), engine.params, plain)
+        # Rows without forgotten data keep every weight: they simply train.
+        mask = torch.where(holders[:, None], saliency_top(g, options.fraction), True).to(engine.dtype)
+        weights = engine.sample_counts.copy()  # before the exclusion: the forgotten nodes' steps count
+        engine.exclude(samples=request.samples)
+
+        def relabel(params: torch.Tensor, local: torch.Tensor, r: int) -> torch.Tensor:
+            moved = local + relabel_steps(engine, params, batch, lr=lr, steps=options.forget_steps) - params
+            return params + mask * (moved - params)
+
+        comm = rounds_with_local_change(engine, options.rounds, request, relabel, weights=weights, key=50_000_000)
+        engine.exclude(removed=request.removed)
+        return Outcome.plain(engine.params.clone(), comm_bytes=comm, rounds=options.rounds)
