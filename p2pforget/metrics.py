@@ -1,5 +1,6 @@
 """Unlearning metrics, named as in the papers: FA / RA / TA (accuracy on forgotten, retained and test
-data), MIA (membership-inference AUC x 100 of the loss-threshold attack, forgotten samples against
+data), FA_heldout (accuracy on the held-out split of the clients whose data are forgotten: what
+FOUL's official evaluation calls FA, the forgotten clients' test data), MIA (membership-inference AUC x 100 of the loss-threshold attack, forgotten samples against
 the same clients' held-out samples; 50 = the forgotten data look like data never trained on), and
 the distance of every node's model to Retrain. :mod:`p2pforget.audit` adds confidence intervals,
 LiRA and a relearning attack.
@@ -31,8 +32,8 @@ if TYPE_CHECKING:
 class EvalSets:
     """The samples unlearning is judged on: forgotten, retained (all remaining training data), test,
     and the non-members of the membership attack: the held-out samples of the clients whose data
-    are forgotten (the test set where the data have no held-out split). ``extras`` holds each
-    set's further per-sample inputs (e.g. caption tokens), by set name."""
+    are forgotten (the test set where the data have no held-out split; ``clients_heldout`` says
+    which). ``extras`` holds each set's further per-sample inputs (e.g. caption tokens), by set name."""
 
     x_forget: np.ndarray
     y_forget: np.ndarray
@@ -43,6 +44,7 @@ class EvalSets:
     x_heldout: np.ndarray
     y_heldout: np.ndarray
     extras: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)
+    clients_heldout: bool = False  # whether x_heldout is the forgotten clients' held-out split
 
     NAMES = ("forget", "retain", "test", "heldout")
 
@@ -51,7 +53,8 @@ class EvalSets:
         """Sets from boolean ``(n_clients, m)`` masks over the engine's training data."""
         d = engine.data
         clients = np.flatnonzero(forgotten.any(axis=1))
-        if d.x_holdout is not None and len(clients) and d.holdout_counts[clients].sum():
+        own = bool(d.x_holdout is not None and len(clients) and d.holdout_counts[clients].sum())
+        if own:
             held = np.arange(d.y_holdout.shape[1])[None, :] < d.holdout_counts[:, None]
             rows = np.zeros_like(held)
             rows[clients] = held[clients]
@@ -62,7 +65,7 @@ class EvalSets:
         extras = {"forget": {k: v[forgotten] for k, v in d.extras.items()},
                   "retain": {k: v[retained] for k, v in d.extras.items()}, "test": d.extras_test, "heldout": eh}
         return cls(x_forget=d.x[forgotten], y_forget=d.y[forgotten], x_retain=d.x[retained], y_retain=d.y[retained],
-                   x_test=d.x_test, y_test=d.y_test, x_heldout=xh, y_heldout=yh, extras=extras)
+                   x_test=d.x_test, y_test=d.y_test, x_heldout=xh, y_heldout=yh, extras=extras, clients_heldout=own)
 
     def batch(self, name: str, dtype: torch.dtype) -> dict[str, torch.Tensor]:
         """Set ``name`` (one of :attr:`NAMES`) as a task batch."""
@@ -106,8 +109,9 @@ def _summary(values: np.ndarray) -> dict[str, float]:
 
 def evaluate(engine: "Engine", params: torch.Tensor, sets: EvalSets, *, nodes: np.ndarray) -> dict | None:
     """FA, RA, TA (the task's score on the forgotten, retained and test sets: accuracy for a
-    classifier, R@1 for CLIP, each pair retrieved among the test pairs; mean/min/max over ``nodes``, in percent) and MIA (mean over
-    ``nodes``) of the stacked local ``params``; the dict at the root, ``None`` elsewhere."""
+    classifier, R@1 for CLIP, each pair retrieved among the test pairs; mean/min/max over ``nodes``, in percent),
+    FA_heldout (the same on the forgotten clients' held-out split; ``None`` without one) and MIA
+    (mean over ``nodes``) of the stacked local ``params``; the dict at the root, ``None`` elsewhere."""
     names = [n for n in EvalSets.NAMES if sets.size(n)]
     scores, member = [], []
     with torch.no_grad():
@@ -124,7 +128,8 @@ def evaluate(engine: "Engine", params: torch.Tensor, sets: EvalSets, *, nodes: n
     offsets = np.cumsum([len(names)] + [sets.size(n) for n in names])
     phi = {n: full[:, offsets[i]:offsets[i + 1]] for i, n in enumerate(names)}
     out = {"FA": _summary(100 * score["forget"]) if "forget" in score else None,
-           "RA": _summary(100 * score["retain"]), "TA": _summary(100 * score["test"])}
+           "RA": _summary(100 * score["retain"]), "TA": _summary(100 * score["test"]),
+           "FA_heldout": _summary(100 * score["heldout"]) if sets.clients_heldout and "heldout" in score else None}
     if "forget" in phi and "heldout" in phi:
         out["MIA"] = float(100 * auc(phi["forget"], phi["heldout"]).mean())
     return out

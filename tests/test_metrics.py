@@ -74,6 +74,17 @@ def test_evaluate_counts_accuracy_per_node():
     assert out["FA"]["max"] == pytest.approx(max(fa))
     assert len(sets.y_forget) == 4 and len(sets.y_retain) == 36
     assert 0 <= out["MIA"] <= 100
+    # FA_heldout: the forgotten client's own held-out samples (FOUL's evaluation calls this FA)
+    d = engine.data
+    x_h, y_h = d.x_holdout[1][:d.holdout_counts[1]], d.y_holdout[1][:d.holdout_counts[1]]
+    assert sets.clients_heldout and len(y_h) == 3  # 13 drawn so that 10 stay for training
+    held = [100 * np.mean(engine.model.forward(engine.params[i], torch.as_tensor(x_h)).argmax(-1).numpy() == y_h)
+            for i in (0, 2)]
+    assert out["FA_heldout"]["mean"] == pytest.approx(np.mean(held))
+    no_holdout = Engine(config=config.replace(cfg, data={"holdout_fraction": 0.0}))
+    sets = metrics.EvalSets.from_masks(no_holdout, forgotten, ~forgotten)
+    assert not sets.clients_heldout
+    assert metrics.evaluate(no_holdout, no_holdout.params, sets, nodes=np.array([0]))["FA_heldout"] is None
 
 
 def test_recall_at_k_against_a_direct_count():

@@ -52,9 +52,10 @@ def _cfg(kind, n):
                              "audit": {"after_forget": False}})
 
 
-def _grad_sq(engine, client, idx):
-    """The mean-CE gradient squared of ``client``'s samples ``idx``, by autograd on the module itself."""
-    theta = engine.params[client].clone().requires_grad_(True)
+def _grad_sq(engine, client, idx, params=None):
+    """The mean-CE gradient squared of ``client``'s samples ``idx`` at ``params`` (default: the
+    engine's), by autograd on the module itself."""
+    theta = (engine.params if params is None else params)[client].clone().requires_grad_(True)
     x = torch.as_tensor(engine.data.x[client][idx])
     y = torch.as_tensor(engine.data.y[client][idx])
     loss = torch.nn.functional.cross_entropy(engine.model.forward(theta, x), y)
@@ -92,6 +93,53 @@ def test_on_a_gossip_graph_only_the_node_holding_forget_data_changes():
     outcome = SFRon().unlearn(engine, request, SFRonOptions(steps=10))
     changed = (engine.params != before).any(dim=1).tolist()
     assert changed == [False, False, True, False, False, False] and outcome.comm_bytes == 0.0
+
+
+def test_every_node_placement_runs_at_the_nodes_that_stay_and_counts_requests_per_hop():
+    engine = Engine(config=_cfg("ring", 6))
+    engine.train(3, progress=False)
+    before = engine.params.clone()
+    request = ForgetRequest.build(engine, clients=[2])
+    o = SFRonOptions(steps=7, forget_every=3, placement="every_node")
+    outcome = SFRon().unlearn(engine, request, o)
+    changed = (engine.params != before).any(dim=1).tolist()
+    assert changed == [True, True, False, True, True, True]  # node 2 left with its model
+    # forget-gradient requests: the mask's, then steps 0, 3, 6; each 2 vectors per hop from node 2
+    # to the nodes that stay (hops 2, 1, 1, 2, 3); one gossip step per remain step on the path left
+    itemsize, d = 8, engine.dim
+    requests = 4 * 2 * d * itemsize * (2 + 1 + 1 + 2 + 3)
+    gossip = 7 * 8 * d * itemsize  # the 5-node path 3-4-5-0-1 has 4 edges, 8 directed messages
+    assert outcome.comm_bytes == pytest.approx(requests + gossip)
+
+
+def test_every_node_forget_gradient_is_the_holders_gradient_at_each_nodes_model(monkeypatch):
+    engine = Engine(config=_cfg("ring", 5))
+    engine.train(3, progress=False)
+    seen = {}
+    real = sfron.fast_slow
+
+    def spy(params, **kwargs):
+        seen["forget"] = kwargs["forget_grad"](params, 0)
+        seen["mask"] = kwargs["mask"]
+        return real(params, **kwargs)
+
+    monkeypatch.setattr(sfron, "fast_slow", spy)
+    idx = np.array([0, 3, 5])
+    start = engine.params.clone()
+    SFRon().unlearn(engine, ForgetRequest.build(engine, samples={1: idx}), SFRonOptions(steps=1, placement="every_node"))
+    x = torch.as_tensor(engine.data.x[1][idx], dtype=engine.dtype)
+    y = torch.as_tensor(engine.data.y[1][idx])
+    for i in range(5):
+        theta = start[i].clone().requires_grad_(True)
+        losses = torch.nn.functional.cross_entropy(engine.model.forward(theta, x), y, reduction="none")
+        c = 1.0 / (losses.detach() ** 0.5 + 1e-15)
+        g, = torch.autograd.grad((c * losses).sum() / c.sum(), theta)
+        torch.testing.assert_close(seen["forget"][i], g, rtol=1e-9, atol=1e-12)
+        # the mask: the holder's squared forget gradient against node i's own remaining data
+        mean_g, = torch.autograd.grad(torch.nn.functional.cross_entropy(engine.model.forward(theta, x), y), theta)
+        own = np.setdiff1d(np.arange(12), idx) if i == 1 else np.arange(12)
+        r_g = _grad_sq(engine, i, own, params=start)
+        assert torch.equal(seen["mask"][i], saliency_mask(mean_g ** 2, r_g, 1.0))
 
 
 def _mean_ce(engine, params, mask):

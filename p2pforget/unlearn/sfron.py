@@ -15,11 +15,16 @@ Enhancement" (NeurIPS 2024, arXiv 2409.19732), as its official classification co
   decay and a cosine learning-rate schedule. The official code's EMA (``beta = 1``) is the
   identity, so the interleaving is the whole fast-slow mechanism.
 
-Where it runs: on a gossip graph, at the nodes that hold the forgotten data, each on its own model
-with its own remaining data as the remain set (no other node changes; gossip resumes after). On the
-star, at the hub on the global model, with the clients' uploaded statistics: the forget gradients
-of the clients holding forgotten data, and the remaining clients' remain gradients and squared
-gradients averaged with FedAvg weights.
+Where it runs (``placement``): on a gossip graph, ``"holders"`` runs it at the nodes that hold the
+forgotten data, each on its own model with its own remaining data as the remain set (no other
+node changes; gossip resumes after). A node forgotten whole has no remain set and leaves with its
+model, so this placement cannot change what the others learned from it; ``"every_node"`` runs it
+at every node that stays, on its own model and remaining data, with the forget gradients at its
+model computed by the holders (its parameters travel to them and the gradient back, counted per
+hop), and the graph gossips after every remain step. On the star, at the hub on the global model,
+with the clients' uploaded statistics: the forget gradients of the clients holding forgotten
+data, and the remaining clients' remain gradients and squared gradients averaged with FedAvg
+weights.
 """
 from __future__ import annotations
 
@@ -27,13 +32,14 @@ import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Callable
 
+import networkx as nx
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch.func import grad
 
 from ..aggregate import weighted_average
-from ..config import bounded
+from ..config import bounded, choice
 from ..registry import METHODS
 from . import ForgetRequest, Outcome, forget_batch
 
@@ -56,6 +62,7 @@ class SFRonOptions:
     temperature: float = bounded(0.5, 0.0)   # lambda of the adaptive weights
     threshold: float = bounded(1.0, 0.0)     # gamma of the saliency mask
     max_norm: float = bounded(7.0, 0.0)      # gradient clipping of the forget step (0 = none)
+    placement: str = choice("holders", "holders", "every_node")  # on gossip graphs (see the module docstring)
 
 
 def saliency_mask(F_f: torch.Tensor, F_r: torch.Tensor, threshold: float) -> torch.Tensor:
@@ -136,6 +143,9 @@ class SFRon:
                              f"(model.kind = {engine.config.model.kind!r} defines its own losses)")
 
     def unlearn(self, engine: "Engine", request: ForgetRequest, options: SFRonOptions) -> Outcome:
+        if not engine.is_star and options.placement == "every_node":
+            comm = self._at_every_node(engine, request, options)
+            return Outcome.plain(engine.params.clone(), comm_bytes=comm, rounds=options.steps)
         batch = forget_batch(engine, request.samples)
         engine.exclude(samples=request.samples)  # the forgotten nodes stay in the graph while it runs
         run = self._at_hub if engine.is_star else self._at_holders
@@ -193,6 +203,59 @@ class SFRon:
         if request.observe is not None:
             request.observe(engine.params)
         return 0.0
+
+    def _at_every_node(self, engine: "Engine", request: ForgetRequest, o: SFRonOptions) -> float:
+        """Gossip graph, ``placement = "every_node"``: the forgotten nodes leave first; every node
+        that stays runs SFR-on on its own model and remaining data, the forget gradients at its
+        model coming from the holders of the forgotten samples; one gossip step after every remain
+        step. Bytes: per forget-gradient request 2 vectors times the hops between node and holder
+        (in the graph before anyone left), plus the gossip."""
+        adaptive, mean_ce = self._losses(engine, o)
+        hops = {j: nx.single_source_shortest_path_length(engine.graph, j) for j in request.clients}
+        # The holders' forgotten samples, one batch each; in the simulator every process can read
+        # them, which stands for each node asking the holder (the bytes are counted as such).
+        held = []
+        for j in request.clients:
+            idx = np.asarray(request.samples[j])
+            held.append({"x": torch.as_tensor(engine.data.x[j, idx], dtype=engine.dtype, device=engine.device),
+                         "y": torch.as_tensor(engine.data.y[j, idx], device=engine.device),
+                         "mask": torch.ones(len(idx), dtype=engine.dtype, device=engine.device)})
+        engine.exclude(samples=request.samples, removed=request.removed)
+        n_loc = engine.hi - engine.lo
+        running = torch.as_tensor(engine.members[engine.lo:engine.hi], device=engine.device)
+        stayers = np.flatnonzero(engine.members)
+        request_bytes = sum(2 * engine.dim * (torch.finfo(engine.dtype).bits // 8) * hops[j].get(int(i), 0)
+                            for j in request.clients for i in stayers)
+        comm = 0.0
+
+        def from_holders(fn, params, power=1):
+            """The holders' mean of ``grad(fn) ** power`` at every row of ``params``."""
+            nonlocal comm
+            comm += request_bytes
+            g = [engine.per_client(grad(fn), params, {k: v.expand(n_loc, *v.shape) for k, v in b.items()}) ** power
+                 for b in held]
+            return sum(g) / len(g)
+
+        F_f = from_holders(mean_ce, engine.params, power=2)
+        F_r = engine.per_client(grad(mean_ce), engine.params, engine.full_batch()) ** 2
+        mask = saliency_mask(F_f, F_r, o.threshold)
+
+        def remain_grad(params, t):
+            g, _ = engine.gradients(params, engine.batch((30_000_000 + engine.round, t)))
+            return g
+
+        def gossip(params):
+            nonlocal comm
+            comm += engine.message_bytes(engine.base_mixing, 1)
+            return engine.mix(params, engine.base_mixing)
+
+        start = engine.params
+        keep = (lambda p: torch.where(running[:, None], p, start))  # the nodes that left keep their model
+        observe = None if request.observe is None else (lambda p: request.observe(keep(p)))
+        params = fast_slow(start, forget_grad=lambda p, t: from_holders(adaptive, p), remain_grad=remain_grad,
+                           mask=mask, options=o, mix=gossip, after_step=observe)
+        engine.set_params(keep(params))
+        return comm
 
     def _at_hub(self, engine: "Engine", request: ForgetRequest, o: SFRonOptions, forget_set) -> float:
         """Star: the hub runs SFR-on on the global model; the forget gradients come from the

@@ -1,0 +1,90 @@
+"""How FOUL's kappa sets where FA settles on the PACS-like star: the calibration behind foul_pacs.toml.
+
+    .venv/bin/python benchmarks/foul_kappa.py [--seeds 0,1,2] [--kappas 0.5,1,1.5,2] [--rounds 20] [--jobs 2]
+
+FOUL's step is ``g_FL + kappa ||g_FL|| (conflict direction)``: the push away from the forgotten
+clients is proportional to the retain update, so once the retain clients agree the model stops
+moving and FA settles. This script trains the experiment of ``p2pforget/configs/foul_pacs.toml`` on
+the star for each *calibration* seed, runs FOUL (the config's settings, ``kappa`` varied) from the
+same trained state and Retrain beside it, and prints FA per round against Retrain's FA. The seeds
+used here are kept apart from those of the reported table (benchmarks/foul_table.py), so the
+choice of kappa is not fitted to the numbers it is judged on.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing as mp
+import os
+import sys
+import time
+from importlib import resources
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+KEYS = ("FA", "FA_heldout", "RA", "TA")
+
+
+def one_seed(args: tuple[int, tuple[float, ...], int]) -> dict:
+    seed, kappas, rounds = args
+    os.environ["OMP_NUM_THREADS"] = "1"
+    import torch
+
+    torch.set_num_threads(1)
+    from p2pforget import Engine, config, forget
+
+    cfg = config.loads(resources.files("p2pforget").joinpath("configs/foul_pacs.toml").read_text())
+    cfg = config.replace(cfg, run={"seed": seed, "eval_every": 0})
+    engine = Engine(config=cfg)
+    engine.train(cfg.run.rounds, progress=False)
+    state = engine.state()
+    clients = list(cfg.unlearn.clients)
+    out: dict = {"seed": seed, "kappa": {}}
+    for i, kappa in enumerate(kappas):
+        e = Engine(config=cfg)
+        e.load_state(state)
+        result = forget(e, clients=clients, method="foul", reference=(i == 0), progress=False, kappa=kappa, rounds=rounds)
+        m = result.metrics["unlearned"]
+        out["kappa"][str(kappa)] = {"trace": result.traces["unlearned"]} | {k: m[k]["mean"] for k in KEYS}
+        if i == 0:
+            out["retrain"] = {k: result.metrics["retrained"][k]["mean"] for k in KEYS}
+            out["trained"] = {k: result.metrics["trained"][k]["mean"] for k in KEYS}
+    return out
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--seeds", default="100,101,102")
+    p.add_argument("--kappas", default="0.5,1,1.5,2")
+    p.add_argument("--rounds", type=int, default=20)
+    p.add_argument("--jobs", type=int, default=2)
+    p.add_argument("--json", default=None, help="also write the raw results here")
+    args = p.parse_args()
+    kappas = tuple(float(k) for k in args.kappas.split(","))
+    start = time.perf_counter()
+    with mp.get_context("spawn").Pool(args.jobs) as pool:
+        cells = pool.map(one_seed, [(int(s), kappas, args.rounds) for s in args.seeds.split(",")], chunksize=1)
+    wall = time.perf_counter() - start
+    if args.json:
+        Path(args.json).write_text(json.dumps({"cells": cells, "wall_seconds": wall}, indent=1))
+    print(f"{len(cells)} seeds in {wall / 60:.1f} min")
+    print("| kappa | " + " | ".join(f"{k} - Retrain per seed | mean" for k in KEYS) + " |")
+    print("|---|" + "---|---|" * len(KEYS))
+    for k in map(str, kappas):
+        row = []
+        for key in KEYS:
+            d = [c["kappa"][k][key] - c["retrain"][key] for c in cells]
+            row += [", ".join(f"{x:+.1f}" for x in d), f"{np.mean(d):+.1f}"]
+        print(f"| {k} | " + " | ".join(row) + " |")
+    for c in cells:
+        print(f"seed {c['seed']}: trained FA {c['trained']['FA']:.1f} (held-out {c['trained']['FA_heldout']:.1f}), "
+              f"Retrain FA {c['retrain']['FA']:.1f} (held-out {c['retrain']['FA_heldout']:.1f})")
+        for k in map(str, kappas):
+            print(f"  kappa {k}: " + " ".join(f"{x:.0f}" for x in c["kappa"][k]["trace"]))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
