@@ -20,7 +20,7 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 TOPOLOGIES = "ring,torus,erdos_renyi,small_world,star"
-METHODS = "retrain,certified,finetune,sfron"
+METHODS = "retrain,certified,finetune,random_label,salun,sfron"
 SEEDS = "0,1,2"
 
 
@@ -43,6 +43,26 @@ def table(rows: list[dict]) -> str:
                          + " | ".join(_fmt([r[k] for r in mine]) for k, _ in cols)
                          + f" | {_fmt([str(float(r['comm_bytes']) / 1e6) for r in mine])} |")
     return "\n".join(lines)
+
+
+def sfron_checks(rows: list[dict], timing: list[dict]) -> list[str]:
+    """SFR-on on the ring and the star: FA, RA, TA within 3 points of Retrain's, the MIA gap within
+    5, at most 20% of Retrain's seconds (evaluation excluded from both), on the seed means."""
+    out = []
+    for t in ("ring", "star"):
+        def mean(method, key, table=rows):
+            return float(np.mean([float(r[key]) for r in table if r["topology"] == t and r["method"] == method]))
+
+        gaps = {k: mean("sfron", k) - mean("retrain", k) for k in ("FA", "RA", "TA", "MIA")}
+        ratio = float(np.mean([float(a["seconds"]) / float(b["seconds"]) for a in timing for b in timing
+                               if a["topology"] == b["topology"] == t and a["seed"] == b["seed"]
+                               and a["method"] == "sfron" and b["method"] == "retrain"]))
+        for k, limit in (("FA", 3), ("RA", 3), ("TA", 3), ("MIA", 5)):
+            ok = abs(gaps[k]) <= limit
+            out.append(f"- {t}: {'holds' if ok else 'FAILS'}: |{k} - Retrain's| = {abs(gaps[k]):.1f} <= {limit}")
+        out.append(f"- {t}: {'holds' if ratio <= 0.2 else 'FAILS'}: seconds / Retrain's = {ratio:.3f} <= 0.2 "
+                   "(this machine; timing.csv)")
+    return out
 
 
 def main() -> int:
@@ -79,8 +99,11 @@ def main() -> int:
         "then client 5 asks to be forgotten. Each topology × seed is trained once; every method starts",
         "from that state (`retrain` trains from scratch without client 5). `certified` is this project's",
         "Newton step used as a baseline on a non-convex model (noise off, no certificate); `finetune` trains",
-        "10 more rounds without client 5; `sfron` is SFR-on (50 steps; at client 5 on gossip graphs, at the",
-        "hub on the star, see docs/methods/sfron.md).",
+        "10 more rounds without client 5; `random_label` and `salun` train 5 rounds in which client 5 also",
+        "fits random labels on its data (SalUn: only the half of the weights its forget gradient moves most);",
+        "`sfron` is SFR-on (3 steps, forget weight 0.85, chosen on seeds 100-102 by",
+        "`benchmarks/sfron_alpha.py`; on gossip graphs at every node that stays, the forget gradients",
+        "coming from client 5 before it leaves; at the hub on the star; see docs/methods/sfron.md).",
         "",
         "The grid is resumable (a finished cell is never run again), runs under `mpirun` (the same",
         "`compare.csv` at any rank count) and as a SLURM job array, one task per topology × seed",
@@ -99,6 +122,10 @@ def main() -> int:
         f"Wall time of this grid: {wall / 60:.1f} min on 2 CPU cores (one process). Seconds per method (mean over",
         "cells, evaluation excluded; machine-dependent, so in `timing.csv`, not in the table): "
         + ", ".join(f"{m} {np.mean(v):.2f} s" for m, v in seconds.items()) + ".",
+        "",
+        "## SFR-on against its targets (seed means)",
+        "",
+        *sfron_checks(rows, timing),
         "",
         "![test accuracy vs round](compare/accuracy_vs_round.png)",
         "",
