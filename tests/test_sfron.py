@@ -112,6 +112,17 @@ def test_every_node_placement_runs_at_the_nodes_that_stay_and_counts_requests_pe
     assert outcome.comm_bytes == pytest.approx(requests + gossip)
 
 
+def test_every_node_gossip_carries_the_changes_not_the_models():
+    # With a zero learning rate no node changes its model, so nothing moves: gossiping the models
+    # themselves would have pulled the ring's (different) models towards each other.
+    engine = Engine(config=_cfg("ring", 6))
+    engine.train(3, progress=False)
+    before = engine.params.clone()
+    assert (before[0] != before[3]).any()
+    SFRon().unlearn(engine, ForgetRequest.build(engine, clients=[2]), SFRonOptions(steps=4, lr=0.0, placement="every_node"))
+    assert torch.equal(engine.params, before)
+
+
 def test_every_node_forget_gradient_is_the_holders_gradient_at_each_nodes_model(monkeypatch):
     engine = Engine(config=_cfg("ring", 5))
     engine.train(3, progress=False)

@@ -21,7 +21,9 @@ node changes; gossip resumes after). A node forgotten whole has no remain set an
 model, so this placement cannot change what the others learned from it; ``"every_node"`` runs it
 at every node that stays, on its own model and remaining data, with the forget gradients at its
 model computed by the holders (its parameters travel to them and the gradient back, counted per
-hop), and the graph gossips after every remain step. On the star, at the hub on the global model,
+hop); after every remain step the nodes average their *changes* with their neighbours (gossip of
+the updates, not of the models, which would also pull the models towards consensus: extra
+training that Retrain does not get). On the star, at the hub on the global model,
 with the clients' uploaded statistics: the forget gradients of the clients holding forgotten
 data, and the remaining clients' remain gradients and squared gradients averaged with FedAvg
 weights.
@@ -207,8 +209,8 @@ class SFRon:
     def _at_every_node(self, engine: "Engine", request: ForgetRequest, o: SFRonOptions) -> float:
         """Gossip graph, ``placement = "every_node"``: the forgotten nodes leave first; every node
         that stays runs SFR-on on its own model and remaining data, the forget gradients at its
-        model coming from the holders of the forgotten samples; one gossip step after every remain
-        step. Bytes: per forget-gradient request 2 vectors times the hops between node and holder
+        model coming from the holders of the forgotten samples; after every remain step one gossip
+        step of the changes since the last one (``anchor + W (params - anchor)``). Bytes: per forget-gradient request 2 vectors times the hops between node and holder
         (in the graph before anyone left), plus the gossip."""
         adaptive, mean_ce = self._losses(engine, o)
         hops = {j: nx.single_source_shortest_path_length(engine.graph, j) for j in request.clients}
@@ -244,10 +246,13 @@ class SFRon:
             g, _ = engine.gradients(params, engine.batch((30_000_000 + engine.round, t)))
             return g
 
+        anchor = engine.params  # the models as of the last gossip step
+
         def gossip(params):
-            nonlocal comm
+            nonlocal comm, anchor
             comm += engine.message_bytes(engine.base_mixing, 1)
-            return engine.mix(params, engine.base_mixing)
+            anchor = anchor + engine.mix(params - anchor, engine.base_mixing)
+            return anchor
 
         start = engine.params
         keep = (lambda p: torch.where(running[:, None], p, start))  # the nodes that left keep their model
