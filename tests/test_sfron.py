@@ -180,3 +180,35 @@ def test_sfron_on_the_star_raises_the_forget_loss_more_than_the_remain_loss_and_
                                            "model": {"kind": "clip"}, "train": {"batch_size": 2}}))
     with pytest.raises(ValueError, match="classifier"):
         forget(clip, clients=[1], method="sfron", progress=False)
+
+
+def test_a_class_level_request_runs_at_every_node_holding_the_class_and_forgets_that_class():
+    from p2pforget.unlearn import class_samples
+
+    cfg = config.from_dict({"run": {"seed": 3, "rounds": 10}, "topology": {"kind": "ring", "n_clients": 6},
+                            "data": {"kind": "digits", "n_samples_per_client": 40, "n_test": 60},
+                            "model": {"kind": "mlp", "hidden": 16}, "train": {"lr": 0.3, "local_steps": 3, "batch_size": 16},
+                            "audit": {"after_forget": False}})
+    engine = Engine(config=cfg)
+    engine.train(10, progress=False)
+    samples = class_samples(engine, [4])
+    expected = {j: np.flatnonzero((engine.data.y[j] == 4) & engine.retained[j]) for j in range(6)}
+    assert {j: v.tolist() for j, v in samples.items()} == {j: v.tolist() for j, v in expected.items() if len(v)}
+    four = np.isin(engine.data.y, [4]) & engine.retained
+    rest = engine.retained & ~four
+    before = engine.params.clone()
+    losses = [(_mean_ce_rows(engine, before, four), _mean_ce_rows(engine, before, rest))]
+    result = forget(engine, samples=samples, method="sfron", reference=False, progress=False, steps=20, lr=0.02, alpha=5.0)
+    changed = (engine.params != before).any(dim=1).numpy()
+    assert changed.tolist() == [j in samples for j in range(6)] and result.method == "sfron"
+    losses.append((_mean_ce_rows(engine, engine.params, four), _mean_ce_rows(engine, engine.params, rest)))
+    (f0, r0), (f1, r1) = losses
+    assert f1 - f0 > 1.0 and f1 - f0 > 3 * (r1 - r0)
+
+
+def _mean_ce_rows(engine, params, mask):
+    """Mean over nodes of each node's own-model cross-entropy on the samples ``mask`` marks, all clients' data."""
+    x = torch.as_tensor(engine.data.x[mask], dtype=engine.dtype)
+    y = torch.as_tensor(engine.data.y[mask])
+    with torch.no_grad():
+        return float(np.mean([float(torch.nn.functional.cross_entropy(engine.model.forward(p, x), y)) for p in params]))

@@ -135,6 +135,21 @@ class Unlearner(Protocol):
     # rule out; :func:`forget` calls it before any work.
 
 
+def class_samples(engine: "Engine", classes) -> dict[int, np.ndarray]:
+    """A class-level request as a sample-level one: client id -> indices of its samples still
+    trained on whose label is one of ``classes`` (clients without any are left out). Pass it as
+    ``forget(engine, samples=class_samples(engine, [3]))``.
+
+    >>> from p2pforget import Engine, config
+    >>> engine = Engine(config=config.from_dict({"topology": {"n_clients": 3}, "data": {"n_samples_per_client": 6}}))
+    >>> picked = class_samples(engine, [1])
+    >>> all((engine.data.y[j, idx] == 1).all() for j, idx in picked.items())
+    True
+    """
+    wanted = np.isin(engine.data.y, np.asarray(list(classes))) & engine.retained
+    return {j: np.flatnonzero(wanted[j]) for j in range(engine.n_clients) if wanted[j].any()}
+
+
 def forget_batch(engine: "Engine", samples: dict[int, np.ndarray]) -> dict[str, torch.Tensor]:
     """The given samples of this process's clients (client id -> indices) as one dense batch
     ``[n_local, b, ...]`` (``b`` = the most samples any client has), with their extras (e.g.
