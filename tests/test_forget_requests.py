@@ -117,3 +117,19 @@ def test_run_file_and_cli_forget(tmp_path, capsys):
     assert "only [unlearn] keys" in capsys.readouterr().err
     assert main(["report", str(tmp_path)]) == 0
     assert (tmp_path / "ledger.png").exists() and (tmp_path / "unlearning.png").exists()
+
+
+def test_retrain_flops_are_counted_once_on_one_round_and_match_a_direct_count():
+    from p2pforget.unlearn import measured
+
+    # 5 of 50 rounds, so that no round evaluates the metrics (which no side counts)
+    cfg = config.replace(_cfg(), run={"rounds": 50, "eval_every": 0})
+    engine = Engine(config=cfg)
+    engine.train(5, progress=False)
+    result = forget(engine, clients=[3], method="retrain", progress=False)
+    direct = Engine(config=cfg)
+    direct.exclude(removed=[3])
+    _, _, flops = measured(lambda: direct.train(5, progress=False))
+    assert flops > 0
+    assert result.cost["unlearn"].flops == pytest.approx(flops, rel=1e-12)
+    assert result.cost["retrain"].flops == pytest.approx(flops, rel=1e-12)

@@ -111,6 +111,7 @@ class Outcome:
     release: Callable[..., tuple[torch.Tensor, dict[str, Any] | None]]
     comm_bytes: float
     extra_flops: float = 0.0  # work the FLOP counter cannot see (dense solves)
+    counted_flops: float | None = None  # set by a method that counts its own FLOPs: it is not run again
     rounds: int = 1
     fallback: bool = False
 
@@ -371,7 +372,8 @@ def forget(engine: "Engine", *, clients=(), samples: dict | None = None, method:
     start = time.perf_counter()
     outcome = entry.obj().unlearn(engine, request, opts)
     seconds = time.perf_counter() - start
-    flops = _flops_from(engine, before, entry.obj(), request, opts)
+    flops = (outcome.counted_flops if outcome.counted_flops is not None
+             else _flops_from(engine, before, entry.obj(), request, opts))
     cost = Cost(seconds=seconds - spent["seconds"], flops=flops + outcome.extra_flops, comm_bytes=outcome.comm_bytes)
     retrain_trace: list[float] = []
     r_spent = {"seconds": 0.0, "flops": 0.0}

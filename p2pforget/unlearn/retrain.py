@@ -3,6 +3,7 @@ forgotten data. The gold reference every unlearning method is compared with (exa
 """
 from __future__ import annotations
 
+import dataclasses
 import time
 from dataclasses import dataclass
 from typing import Callable
@@ -21,20 +22,28 @@ def retrain(engine: Engine, *, rounds: int, progress: bool = True,
     ``observe(params)`` is called after every round (its time is in the returned seconds: the
     caller, who knows it, takes it out). The engine's per-round metric evaluation is left out of the
     cost, as for every unlearning method."""
-    fresh = Engine(config=engine.config, transport=engine.transport, aggregator=engine.aggregator)
-    fresh.exclude(samples={j: np.flatnonzero(~engine.retained[j]) for j in range(engine.n_clients)},
+    def remaining() -> Engine:
+        e = Engine(config=engine.config, transport=engine.transport, aggregator=engine.aggregator)
+        e.exclude(samples={j: np.flatnonzero(~engine.retained[j]) for j in range(engine.n_clients)},
                   removed=np.flatnonzero(~engine.members).tolist())
-    # Every round does the same work, so FLOPs are counted in the first round only: the counter
-    # slows small operations down several times and would distort the measured seconds.
-    start = time.perf_counter()
-    _, _, per_round = measured(lambda: fresh.train(min(rounds, 1), progress=False))
+        return e
+
+    # Every round after the first does the same work (the first may also initialize, e.g. gradient
+    # tracking's tracker), so FLOPs are counted on the first two rounds of a twin: the counter slows
+    # small operations down several times, so the timed run goes without it.
+    flops = 0.0
+    if rounds:
+        twin = remaining()
+        for r in range(min(rounds, 2)):
+            _, _, counted = measured(lambda: twin.train(1, progress=False))
+            counted -= evaluation_flops(twin) if twin.evaluates(r + 1) else 0.0
+            flops += counted * (1 if r == 0 else rounds - 1)
+    fresh = remaining()
     callback = None if observe is None else (lambda e: observe(e.params))
-    if callback is not None and rounds:
-        callback(fresh)
-    fresh.train(rounds - min(rounds, 1), progress=progress, desc="retrain", callback=callback)
+    start = time.perf_counter()
+    fresh.train(rounds, progress=progress, desc="retrain", callback=callback)
     seconds = time.perf_counter() - start - fresh.eval_seconds
-    per_round -= evaluation_flops(fresh) if rounds and fresh.evaluates(1) else 0.0
-    return fresh, Cost(seconds=seconds, flops=per_round * rounds, comm_bytes=float(sum(fresh.metrics["bytes_sent"])))
+    return fresh, Cost(seconds=seconds, flops=flops, comm_bytes=float(sum(fresh.metrics["bytes_sent"])))
 
 
 @dataclass(frozen=True)
@@ -49,4 +58,5 @@ class Retrain:
     def unlearn(self, engine: Engine, request: ForgetRequest, options: RetrainOptions) -> Outcome:
         engine.exclude(samples=request.samples, removed=request.removed)
         fresh, cost = retrain(engine, rounds=engine.round, progress=False)
-        return Outcome.plain(fresh.params, comm_bytes=cost.comm_bytes, rounds=engine.round)
+        outcome = Outcome.plain(fresh.params, comm_bytes=cost.comm_bytes, rounds=engine.round)
+        return dataclasses.replace(outcome, counted_flops=cost.flops)
