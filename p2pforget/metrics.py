@@ -33,7 +33,7 @@ class EvalSets:
     """The samples unlearning is judged on: forgotten, retained (all remaining training data), test,
     and the non-members of the membership attack: the held-out samples of the clients whose data
     are forgotten (the test set where the data have no held-out split; ``clients_heldout`` says
-    which). ``extras`` holds each set's further per-sample inputs (e.g. caption tokens), by set name."""
+    which); ``non_members`` picks those of the forgotten samples' classes. ``extras`` holds each set's further per-sample inputs (e.g. caption tokens), by set name."""
 
     x_forget: np.ndarray
     y_forget: np.ndarray
@@ -45,6 +45,7 @@ class EvalSets:
     y_heldout: np.ndarray
     extras: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)
     clients_heldout: bool = False  # whether x_heldout is the forgotten clients' held-out split
+    non_members: np.ndarray | None = None  # which held-out samples the attack uses (None: all)
 
     NAMES = ("forget", "retain", "test", "heldout")
 
@@ -62,10 +63,14 @@ class EvalSets:
             eh = {k: v[rows] for k, v in d.extras_holdout.items()}
         else:
             xh, yh, eh = d.x_test, d.y_test, d.extras_test
+        # The attack's non-members are of the members' classes only: after a class-level request,
+        # held-out samples of the other classes would tell classes apart, not members from non-members.
+        same = np.isin(yh, np.unique(d.y[forgotten]))
         extras = {"forget": {k: v[forgotten] for k, v in d.extras.items()},
                   "retain": {k: v[retained] for k, v in d.extras.items()}, "test": d.extras_test, "heldout": eh}
         return cls(x_forget=d.x[forgotten], y_forget=d.y[forgotten], x_retain=d.x[retained], y_retain=d.y[retained],
-                   x_test=d.x_test, y_test=d.y_test, x_heldout=xh, y_heldout=yh, extras=extras, clients_heldout=own)
+                   x_test=d.x_test, y_test=d.y_test, x_heldout=xh, y_heldout=yh, extras=extras, clients_heldout=own,
+                   non_members=same if same.any() else np.ones_like(same))
 
     def batch(self, name: str, dtype: torch.dtype) -> dict[str, torch.Tensor]:
         """Set ``name`` (one of :attr:`NAMES`) as a task batch."""
@@ -131,7 +136,8 @@ def evaluate(engine: "Engine", params: torch.Tensor, sets: EvalSets, *, nodes: n
            "RA": _summary(100 * score["retain"]), "TA": _summary(100 * score["test"]),
            "FA_heldout": _summary(100 * score["heldout"]) if sets.clients_heldout and "heldout" in score else None}
     if "forget" in phi and "heldout" in phi:
-        out["MIA"] = float(100 * auc(phi["forget"], phi["heldout"]).mean())
+        neg = phi["heldout"] if sets.non_members is None else phi["heldout"][:, sets.non_members]
+        out["MIA"] = float(100 * auc(phi["forget"], neg).mean())
     return out
 
 

@@ -71,8 +71,11 @@ class Task:
     def judge(self, flat: torch.Tensor, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
         """How a model does on a set of samples: its :meth:`score` on the set, and a per-sample
         membership score ``[m]`` (higher = looks more like training data): the module's own
-        ``membership(batch)`` if it has one, else the logit confidence ``log p_y - log(1 - p_y)``
-        (a monotone transform of the loss, Yeom et al. 2018), in float64."""
+        ``judge(batch)`` or ``membership(batch)`` if it has one, else the logit confidence
+        ``log p_y - log(1 - p_y)`` (a monotone transform of the loss, Yeom et al. 2018), in float64."""
+        if hasattr(self.model.module, "judge"):
+            score, member = self.model.call(flat, "judge", batch)
+            return score, member.double()
         if hasattr(self.model.module, "membership"):
             return self.score(flat, batch), self.model.call(flat, "membership", batch).double()
         logits = self.logits(flat, batch["x"]).double()

@@ -98,3 +98,29 @@ def test_recall_at_k_against_a_direct_count():
         t2i = np.mean([j // 5 in np.argsort(-sim[:, j])[:k] for j in range(150)])
         assert out[f"i2t_R@{k}"] == pytest.approx(100 * i2t) and out[f"t2i_R@{k}"] == pytest.approx(100 * t2i)
     assert out["i2t_R@1"] > 50 and out["t2i_R@10"] > out["t2i_R@1"]
+
+
+def test_membership_non_members_are_held_out_samples_of_the_forgotten_classes():
+    from p2pforget import Engine, config, unlearn
+
+    engine = Engine(config=config.from_dict({"topology": {"n_clients": 3},
+                                             "data": {"n_samples_per_client": 40, "n_classes": 3, "n_test": 30}}))
+    engine.train(3, progress=False)
+    d = engine.data
+    picked = unlearn.class_samples(engine, [1])
+    forgotten = np.zeros_like(engine.retained)
+    for j, idx in picked.items():
+        forgotten[j, idx] = True
+    sets = metrics.EvalSets.from_masks(engine, forgotten, engine.retained & ~forgotten)
+    held = np.arange(d.y_holdout.shape[1])[None, :] < d.holdout_counts[:, None]
+    clients = sorted(picked)
+    assert sets.clients_heldout and len(sets.y_heldout) == int(held[clients].sum())  # FA_heldout: all of them
+    assert 0 < sets.non_members.sum() < len(sets.y_heldout)
+    np.testing.assert_array_equal(sets.non_members, sets.y_heldout == 1)
+    # MIA = AUC of the members' scores against those non-members' only, node by node
+    out = metrics.evaluate(engine, engine.params, sets, nodes=np.arange(3))
+    x = {"forget": sets.x_forget, "heldout": sets.x_heldout[sets.non_members]}
+    y = {"forget": sets.y_forget, "heldout": sets.y_heldout[sets.non_members]}
+    phi = {k: np.stack([metrics.logit_confidence(engine.model.forward(p, torch.as_tensor(x[k], dtype=engine.dtype)).double().numpy(), y[k])
+                        for p in engine.params]) for k in x}
+    assert out["MIA"] == pytest.approx(100 * metrics.auc(phi["forget"], phi["heldout"]).mean(), rel=1e-9)

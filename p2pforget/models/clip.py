@@ -210,7 +210,13 @@ class ContrastiveCLIP(nn.Module):
         return {"infonce": infonce(self.similarities(batch), batch["mask"])}
 
     def score(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        """Mean of image-to-text and text-to-image R@1 (a fraction) of the batch's pairs with all
+        """:meth:`judge`'s score."""
+        return self.judge(batch)[0]
+
+    def judge(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """The score and :meth:`membership` of the batch's pairs, from one embedding of them.
+
+        The score is the mean of image-to-text and text-to-image R@1 (a fraction) of the batch's pairs with all
         their captions in the gallery. With ``gallery_x``/``gallery_tokens`` (the unlearning
         metrics pass the test pairs), each pair is instead retrieved among its own image or
         captions and the gallery's only, so that sets of different sizes and make-ups (one
@@ -236,7 +242,7 @@ class ContrastiveCLIP(nn.Module):
         i2t = (flat[sim.argmax(dim=1)][:, None] == key[:n]).any(dim=1).to(image.dtype).mean()
         sim = torch.where(allowed.repeat_interleave(c, dim=0), text[:n * c] @ image.T, low)
         t2i = (key[sim.argmax(dim=1)] == flat[:n * c, None]).any(dim=1).to(image.dtype).mean()
-        return 0.5 * (i2t + t2i)
+        return 0.5 * (i2t + t2i), self._membership(image[:n], text[:n * c].reshape(n, c, -1))
 
     def recall(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """``[i2t R@1, R@5, R@10, t2i R@1, R@5, R@10]`` (fractions) of the batch's pairs, a hit
@@ -261,8 +267,11 @@ class ContrastiveCLIP(nn.Module):
         model fitted to a pair scores it higher than pairs it never saw."""
         tokens = batch["tokens"]
         n, c = tokens.shape[0], tokens.shape[1]
-        text = self.embed_texts(tokens.reshape(n * c, -1)).reshape(n, c, -1).mean(dim=1)
-        return self.scale() * (self.embed_images(batch["x"]) * text).sum(-1)
+        return self._membership(self.embed_images(batch["x"]), self.embed_texts(tokens.reshape(n * c, -1)).reshape(n, c, -1))
+
+    def _membership(self, image: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
+        """``image [n, D]``, ``text [n, c, D]`` -> the scaled similarity of each image and its mean caption."""
+        return self.scale() * (image * text.mean(dim=1)).sum(-1)
 
 
 def _caption_keys(tokens: torch.Tensor) -> torch.Tensor:
