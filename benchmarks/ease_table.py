@@ -39,10 +39,11 @@ METHODS = {
     "ease": ("ease", {"rounds": EASE_ROUNDS}),
     "ease_one_branch": ("ease", {"rounds": EASE_ROUNDS, "displacement": "image"}),
     "ease_no_excision": ("ease", {"rounds": EASE_ROUNDS, "excision": False}),
-    "ease_no_lock": ("ease", {"rounds": EASE_ROUNDS, "lock": False}),
     "finetune": ("finetune", {"rounds": EASE_ROUNDS}),
     "gradient_ascent": ("gradient_ascent", {"rounds": EASE_ROUNDS}),
 }
+# EASE without the lock is EASE's own result (the lock acts only after the request) continued without it
+ORDER = ("trained", "retrain", "ease", "ease_one_branch", "ease_no_excision", "ease_no_lock", "finetune", "gradient_ascent")
 LABELS = {"trained": "Trained (before)", "retrain": f"Retrain ({ROUNDS} rounds)", "ease": f"EASE (a + b + c, {EASE_ROUNDS} rounds)",
           "ease_one_branch": "EASE, one-branch displacement (image only)", "ease_no_excision": "EASE without excision (b)",
           "ease_no_lock": "EASE without Forget Lock (c)", "finetune": f"Fine-tune ({EASE_ROUNDS} rounds)",
@@ -124,6 +125,20 @@ def one_cell(args: tuple[str, int, str]) -> dict:
     state = engine.state()
     samples = forget_request(engine)
     rows, drift = {}, {}
+    forgotten = np.zeros_like(engine.retained)
+    for j, idx in samples.items():
+        forgotten[j, idx] = True
+
+    def continued(e) -> list[float]:
+        """Continued federated training after the request: does forget R@1 drift back?"""
+        sets = metrics.EvalSets.from_masks(e, forgotten, e.retained & e.members[:, None])
+        nodes = np.flatnonzero(e.members)
+        trace = [metrics.forget_accuracy(e, e.params, sets, nodes=nodes)]
+        for _ in range(DRIFT):
+            e.train(1, progress=False)
+            trace.append(metrics.forget_accuracy(e, e.params, sets, nodes=nodes))
+        return trace
+
     for row, (method, options) in ({"retrain": ("retrain", {})} | METHODS).items():
         e = Engine(config=cfg)
         e.load_state(state)
@@ -131,18 +146,15 @@ def one_cell(args: tuple[str, int, str]) -> dict:
         rows[row] = _row(result, "unlearned", "unlearn")
         if row == "retrain":
             rows["trained"] = _row(result, "trained", None)
-        if row in ("ease", "ease_no_lock", "retrain"):
-            # Continued federated training after the request: does forget R@1 drift back?
-            forgotten = np.zeros_like(e.retained)
-            for j, idx in samples.items():
-                forgotten[j, idx] = True
-            sets = metrics.EvalSets.from_masks(e, forgotten, e.retained & e.members[:, None])
-            nodes = np.flatnonzero(e.members)
-            trace = [metrics.forget_accuracy(e, e.params, sets, nodes=nodes)]
-            for _ in range(DRIFT):
-                e.train(1, progress=False)
-                trace.append(metrics.forget_accuracy(e, e.params, sets, nodes=nodes))
-            drift[row] = trace
+        if row == "ease":
+            after_ease = e.state()
+        if row in ("ease", "retrain"):
+            drift[row] = continued(e)
+    e = Engine(config=cfg)
+    e.exclude(samples=samples)
+    e.load_state(after_ease)
+    e.lock = None
+    rows["ease_no_lock"], drift["ease_no_lock"] = rows["ease"], continued(e)
     return {"topology": kind, "seed": seed, "forgotten": {int(j): len(idx) for j, idx in samples.items()}, "rows": rows, "drift": drift, "seconds": time.perf_counter() - start}
 
 
@@ -157,7 +169,7 @@ def table(cells: list[dict], kind: str) -> str:
     mine = [c for c in cells if c["topology"] == kind]
     lines = ["| method | forget R@1 (FA) | retain R@1 (RA) | test R@1 (TA) | MIA | seconds | GFLOPs | Comm MB | "
              "FLOPs / Retrain's |", "|---|---|---|---|---|---|---|---|---|"]
-    for name in ("trained", "retrain", *METHODS):
+    for name in ORDER:
         col = lambda k: [c["rows"][name].get(k) for c in mine]  # noqa: E731
         ratio = [c["rows"][name]["GFLOPs"] / c["rows"]["retrain"]["GFLOPs"] if c["rows"][name]["GFLOPs"] else None
                  for c in mine]

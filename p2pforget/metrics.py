@@ -112,6 +112,14 @@ def _summary(values: np.ndarray) -> dict[str, float]:
     return {"mean": float(values.mean()), "min": float(values.min()), "max": float(values.max())}
 
 
+def _per_row(fn, params: torch.Tensor) -> list:
+    """``[fn(row) for row in params]``, calling ``fn`` once per distinct row (after FedAvg every
+    node holds the same model)."""
+    distinct, inverse = torch.unique(params.detach(), dim=0, return_inverse=True)
+    out = [fn(p) for p in distinct]
+    return [out[int(k)] for k in inverse]
+
+
 def evaluate(engine: "Engine", params: torch.Tensor, sets: EvalSets, *, nodes: np.ndarray) -> dict | None:
     """FA, RA, TA (the task's score on the forgotten, retained and test sets: accuracy for a
     classifier, R@1 for CLIP, each pair retrieved among the test pairs; mean/min/max over ``nodes``, in percent),
@@ -122,7 +130,7 @@ def evaluate(engine: "Engine", params: torch.Tensor, sets: EvalSets, *, nodes: n
     with torch.no_grad():
         for name in names:
             batch = sets.batch(name, engine.dtype)
-            judged = [engine.task.judge(p, batch) for p in params.detach()]
+            judged = _per_row(lambda p: engine.task.judge(p, batch), params)
             scores.append(torch.stack([j[0].double() for j in judged]))
             member.append(torch.stack([j[1] for j in judged]))
     full = engine.transport.gather(torch.cat([torch.stack(scores, dim=1)] + member, dim=1))
@@ -148,7 +156,7 @@ def forget_accuracy(engine: "Engine", params: torch.Tensor, sets: EvalSets, *, n
         return None
     batch = sets.batch("forget", engine.dtype)
     with torch.no_grad():
-        score = torch.stack([engine.task.score(p, batch).double() for p in params.detach()])
+        score = torch.stack([s.double() for s in _per_row(lambda p: engine.task.score(p, batch), params)])
     full = engine.transport.gather(score[:, None])
     return None if full is None else float(100 * full[nodes, 0].mean())
 

@@ -124,3 +124,10 @@ def test_membership_non_members_are_held_out_samples_of_the_forgotten_classes():
     phi = {k: np.stack([metrics.logit_confidence(engine.model.forward(p, torch.as_tensor(x[k], dtype=engine.dtype)).double().numpy(), y[k])
                         for p in engine.params]) for k in x}
     assert out["MIA"] == pytest.approx(100 * metrics.auc(phi["forget"], phi["heldout"]).mean(), rel=1e-9)
+
+
+def test_per_row_evaluates_each_distinct_model_once():
+    calls = []
+    params = torch.tensor([[1.0, 2.0], [0.0, 1.0], [1.0, 2.0], [1.0, 2.0]])
+    out = metrics._per_row(lambda p: calls.append(p.clone()) or float(p.sum()), params)
+    assert out == [3.0, 1.0, 3.0, 3.0] and len(calls) == 2
