@@ -214,3 +214,37 @@ def test_with_a_gallery_each_pair_faces_only_the_gallery_as_distractors():
             hits += [float(int((imgs @ text[i, j]).argmax()) == 0) for j in range(5)]
     expected = 0.5 * (np.mean(hits[:4]) + np.mean(hits[4:]))
     assert got == pytest.approx(expected, abs=1e-6)
+
+
+def test_anchored_displacement_loss_targets_anchor_columns_and_never_displaces_anchors():
+    r = np.random.default_rng(4)
+    sim = r.standard_normal((7, 7)) * 2  # 3 forget pairs, 1 padding, 3 anchor pairs
+    mask = np.array([1, 1, 1, 0, 0, 0, 0.0])
+    valid = np.array([1, 1, 1, 0, 1, 1, 1.0])
+    pi = torch.tensor([4, 5, 6, 3, 4, 5, 6])
+    keep = np.flatnonzero(valid)  # the padding row and column drop out
+    s = sim[np.ix_(keep, keep)]
+    rows, cols = np.arange(3), np.array([3, 4, 5])  # the anchors' positions among the kept
+    ref = 0.5 * (-_log_softmax(s)[rows, cols].mean() - _log_softmax(s.T)[rows, cols].mean())
+    got = displacement_loss(torch.as_tensor(sim), pi, torch.as_tensor(mask), torch.as_tensor(valid))
+    assert float(got) == pytest.approx(ref, rel=1e-12)
+    t = torch.as_tensor(sim).requires_grad_(True)
+    g, = torch.autograd.grad(displacement_loss(t, pi, torch.as_tensor(mask), torch.as_tensor(valid)), t)
+    assert float(g[4:, 4:].abs().max()) == 0.0  # anchor pairs among themselves: untouched
+
+
+def test_anchored_batches_pair_forget_pairs_with_the_clients_own_retained_pairs():
+    from p2pforget.unlearn.ease import _forget_batches
+
+    engine = Engine(config=_clip_cfg(data={"partition": "iid"}))
+    request = ForgetRequest.build(engine, samples={1: [0, 2, 4], 3: [1]})
+    engine.exclude(samples=request.samples)
+    batch = _forget_batches(engine, request, 1, anchored=True)[0]
+    width = 3  # the most forget pairs any client has
+    assert batch["x"].shape[1] == width + 3 and batch["mask"][:, width:].abs().max() == 0
+    kept = np.flatnonzero(engine.retained[1])[:3]
+    np.testing.assert_array_equal(batch["x"][1, width:].numpy(), engine.x[1, kept].numpy())
+    assert batch["partner"][1, :3].tolist() == [3, 4, 5] and batch["partner"][3, :1].tolist() == [3]
+    assert batch["valid"][3].tolist() == [1, 0, 0, 1, 0, 0]  # client 3: one forget pair, one anchor
+    plain = _forget_batches(engine, request, 1, anchored=False)[0]
+    assert plain["partner"][1, :3].tolist() == [1, 2, 0] and "valid" not in plain

@@ -63,6 +63,7 @@ class EASEOptions:
     lock: bool = True
     lock_mu: float = bounded(1.0, 0.0)
     clip: float = bounded(5.0, 0.0)
+    partners: str = choice("retained", "retained", "forget")
 
 
 def partners(n_valid: int, width: int) -> torch.Tensor:
@@ -78,10 +79,12 @@ def partners(n_valid: int, width: int) -> torch.Tensor:
     return idx
 
 
-def displacement_loss(sim: torch.Tensor, partner: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+def displacement_loss(sim: torch.Tensor, partner: torch.Tensor, mask: torch.Tensor,
+                      valid: torch.Tensor | None = None) -> torch.Tensor:
     """``1/2 [CE(S, pi) + CE(S^T, pi)]`` over the rows with ``mask = 1`` (see the module docstring);
-    padded rows and columns take no part."""
-    keep = mask > 0
+    rows and columns outside ``valid`` (default: ``mask > 0``; padding) take no part, so anchor
+    pairs (``valid`` but ``mask = 0``) are partners and competitors but not displaced."""
+    keep = mask > 0 if valid is None else valid > 0
     logits = torch.where(keep[:, None] & keep[None, :], sim, torch.full_like(sim, _FAR))
     i2t = torch.nn.functional.cross_entropy(logits, partner, reduction="none")
     t2i = torch.nn.functional.cross_entropy(logits.T, partner, reduction="none")
@@ -110,15 +113,31 @@ def excision_basis(G_f: torch.Tensor, G_r: torch.Tensor, sizes: list[int], *, ra
     return torch.cat(parts, dim=1) if parts else torch.zeros(d, 0, dtype=G_f.dtype)
 
 
-def _forget_batches(engine: "Engine", request: ForgetRequest, chunks: int) -> list[dict[str, torch.Tensor]]:
+def _forget_batches(engine: "Engine", request: ForgetRequest, chunks: int, *, anchored: bool) -> list[dict[str, torch.Tensor]]:
     """The forget pairs of this process's clients as dense batches with ``partner``: chunk ``c``
-    holds each client's forget pairs at positions ``c mod chunks`` (``chunks = 1``: all of them)."""
+    holds each client's forget pairs at positions ``c mod chunks`` (``chunks = 1``: all of them).
+    ``anchored``: as many of the client's retained pairs follow them (``valid``, weight 0) and each
+    forget pair's partner is one of those anchors; a client without retained pairs pairs its
+    forget pairs among themselves."""
     out = []
     for c in range(chunks):
-        batch = forget_batch(engine, {j: np.asarray(idx)[c::chunks] for j, idx in request.samples.items()})
+        picked = {j: np.asarray(idx)[c::chunks] for j, idx in request.samples.items()}
+        batch = forget_batch(engine, picked)
         counts = batch["mask"].sum(dim=1).long().tolist()
         width = batch["mask"].shape[1]
-        out.append(batch | {"partner": torch.stack([partners(n, width) for n in counts]).to(engine.device)})
+        pair = torch.stack([partners(n, width) for n in counts])
+        if anchored:
+            kept = {j: np.flatnonzero(engine.retained[j])[:len(idx)] for j, idx in picked.items()}
+            anchors = forget_batch(engine, kept)
+            for row, j in enumerate(range(engine.lo, engine.hi)):
+                n_a = len(kept.get(j, ()))
+                if n_a:
+                    pair[row, :counts[row]] = width + torch.arange(counts[row]) % n_a
+            pair = torch.cat([pair, width + torch.arange(anchors["mask"].shape[1]).expand(len(pair), -1)], dim=1)
+            batch = {k: torch.cat([batch[k], anchors[k]], dim=1) for k in batch if k != "mask"} | {
+                "mask": torch.cat([batch["mask"], torch.zeros_like(anchors["mask"])], dim=1),
+                "valid": torch.cat([batch["mask"], anchors["mask"]], dim=1)}
+        out.append(batch | {"partner": pair.to(engine.device)})
     return out
 
 
@@ -157,7 +176,7 @@ class EASE:
 
         def loss(flat, batch):
             sim = model.call(flat, "similarities", batch)
-            return displacement_loss(sim, batch["partner"], batch["mask"])
+            return displacement_loss(sim, batch["partner"], batch["mask"], batch.get("valid"))
 
         # Only the forget clients hosted here compute a displacement (one by one: there are few of
         # them, and a vmapped batch would pad them to run.vmap_width rows); every other row is zero.
@@ -177,7 +196,7 @@ class EASE:
         if options.excision:
             basis, sent = self._basis(engine, request, options, displacement, branch, forget_clients)
             comm += sent
-        whole = _forget_batches(engine, request, 1)[0]
+        whole = _forget_batches(engine, request, 1, anchored=options.partners == "retained")[0]
         for r in range(options.rounds):
             batch = whole | {"u": torch.full_like(whole["mask"], (r % 5 + 0.5) / 5)}
             g = displacement(engine.params, batch)
@@ -199,7 +218,7 @@ class EASE:
         """The excision basis (the same on every process) and the bytes it took: the forget
         clients' chunk gradients and every retained client's contrastive gradient gathered at the
         first forget client, the basis sent back to every node."""
-        chunks = _forget_batches(engine, request, options.rank)
+        chunks = _forget_batches(engine, request, options.rank, anchored=options.partners == "retained")
         # [n_local, rank * d]: one row per client, as the transport gathers them
         G_f = torch.cat([displacement(engine.params, c | {"u": torch.zeros_like(c["mask"])}) for c in chunks], dim=1)
         G_r, _ = engine.gradients(engine.params, engine.full_batch())
