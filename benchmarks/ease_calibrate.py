@@ -1,6 +1,6 @@
 """How EASE's displacement step size sets its forget R@1: the calibration behind ``benchmarks/ease_table.py``.
 
-    .venv/bin/python benchmarks/ease_calibrate.py [--seeds 100,101,102] [--topologies star,ring] [--lrs 0.5,1,2,4] [--jobs 2]
+    .venv/bin/python benchmarks/ease_calibrate.py [--seeds 100,101,102] [--topologies star,ring] [--lrs 0.1,0.2,0.5,1] [--jobs 2]
 
 For each topology and *calibration* seed (kept apart from the table's seeds 0, 1, 2, so that the
 choice is not fitted to the numbers it is judged on) it pretrains nothing new (the table's
@@ -59,7 +59,7 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--seeds", default="100,101,102")
     p.add_argument("--topologies", default="star,ring")
-    p.add_argument("--lrs", default="0.5,1,2,4")
+    p.add_argument("--lrs", default="0.1,0.2,0.5,1")
     p.add_argument("--jobs", type=int, default=2)
     p.add_argument("--pretrain-steps", type=int, default=800)
     args = p.parse_args()

@@ -35,10 +35,11 @@ ROUNDS, DRIFT = 30, 20
 FORGET_COLOUR = 4  # purple
 # row name -> (registered method, its [unlearn.<method>] options)
 EASE_ROUNDS = 3
+EASE_LR = 0.2  # the displacement step, from benchmarks/ease_calibrate.py on seeds 100-102 (not the table's)
 METHODS = {
-    "ease": ("ease", {"rounds": EASE_ROUNDS}),
-    "ease_one_branch": ("ease", {"rounds": EASE_ROUNDS, "displacement": "image"}),
-    "ease_no_excision": ("ease", {"rounds": EASE_ROUNDS, "excision": False}),
+    "ease": ("ease", {"rounds": EASE_ROUNDS, "lr": EASE_LR}),
+    "ease_one_branch": ("ease", {"rounds": EASE_ROUNDS, "lr": EASE_LR, "displacement": "image"}),
+    "ease_no_excision": ("ease", {"rounds": EASE_ROUNDS, "lr": EASE_LR, "excision": False}),
     "finetune": ("finetune", {"rounds": EASE_ROUNDS}),
     "gradient_ascent": ("gradient_ascent", {"rounds": EASE_ROUNDS}),
 }

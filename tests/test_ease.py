@@ -248,3 +248,18 @@ def test_anchored_batches_pair_forget_pairs_with_the_clients_own_retained_pairs(
     assert batch["valid"][3].tolist() == [1, 0, 0, 1, 0, 0]  # client 3: one forget pair, one anchor
     plain = _forget_batches(engine, request, 1, anchored=False)[0]
     assert plain["partner"][1, :3].tolist() == [1, 2, 0] and "valid" not in plain
+
+
+def test_dropping_a_clients_padding_leaves_its_displacement_loss_as_it_was():
+    from p2pforget.unlearn.ease import _own_pairs
+
+    r = np.random.default_rng(5)
+    sim = torch.as_tensor(r.standard_normal((7, 7)) * 2)
+    batch = {"mask": torch.tensor([1, 1, 1, 0, 0, 0, 0.0]), "valid": torch.tensor([1, 1, 1, 0, 1, 1, 0.0]),
+             "partner": torch.tensor([4, 5, 4, 3, 4, 5, 6]), "x": torch.arange(7)}
+    own = _own_pairs(batch)
+    keep = own["x"]
+    assert keep.tolist() == [0, 1, 2, 4, 5] and own["partner"].tolist() == [3, 4, 3, 3, 4]
+    full = displacement_loss(sim, batch["partner"], batch["mask"], batch["valid"])
+    trimmed = displacement_loss(sim[keep][:, keep], own["partner"], own["mask"], own["valid"])
+    assert float(trimmed) == pytest.approx(float(full), rel=1e-12)

@@ -141,6 +141,15 @@ def _forget_batches(engine: "Engine", request: ForgetRequest, chunks: int, *, an
     return out
 
 
+def _own_pairs(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """One client's displacement batch without its padding (which takes no part in the loss, so
+    leaving it out changes nothing but the work), partners renumbered to the kept columns."""
+    valid = batch.get("valid", batch["mask"]) > 0
+    where = torch.cumsum(valid, 0) - 1  # new position of every kept column
+    out = {k: v[valid] for k, v in batch.items() if k != "partner"}
+    return out | {"partner": where[batch["partner"][valid]]}
+
+
 def _tree_gather_bytes(engine: "Engine", root: int, sources: list[int], entries: int) -> float:
     """Bytes to bring one ``entries``-vector from each of ``sources`` to ``root`` (or back) along
     shortest paths of the graph, each hop forwarding it (on the star: up to the hub and down)."""
@@ -185,7 +194,7 @@ class EASE:
         def displacement(params, batch):
             g = torch.zeros_like(params)
             for i in rows:
-                g[i] = grad(loss)(params[i], {k: v[i] for k, v in batch.items()}) * branch
+                g[i] = grad(loss)(params[i], _own_pairs({k: v[i] for k, v in batch.items()})) * branch
             if options.clip > 0:
                 norm = torch.linalg.vector_norm(g, dim=1, keepdim=True)
                 g = g * torch.clamp(options.clip / norm.clamp(min=1e-12), max=1.0)
