@@ -1,11 +1,11 @@
 """How EASE's displacement step size sets its forget R@1: the calibration behind ``benchmarks/ease_table.py``.
 
-    .venv/bin/python benchmarks/ease_calibrate.py [--seeds 100,101,102] [--topologies star,ring] [--lrs 0.1,0.2,0.5,1] [--jobs 2]
+    .venv/bin/python benchmarks/ease_calibrate.py [--seeds 100,101,102] [--topologies star,ring] [--lrs 0.1,0.2,0.5,1] [--partners retained] [--jobs 2]
 
 For each topology and *calibration* seed (kept apart from the table's seeds 0, 1, 2, so that the
-choice is not fitted to the numbers it is judged on) it pretrains nothing new (the table's
-backbone recipe, built once), trains the table's experiment once, runs EASE with each displacement
-``lr`` from the same trained state, and Retrain beside it, and prints FA / RA / TA / MIA minus
+choice is not fitted to the numbers it is judged on) it trains the table's experiment once (on a
+backbone pretrained by the table's recipe), runs EASE with each displacement ``lr`` from the same
+trained state, and Retrain beside it, and prints FA / RA / TA / MIA minus
 Retrain's, per seed and on average, and EASE's FLOPs over Retrain's.
 """
 from __future__ import annotations
@@ -25,8 +25,8 @@ import ease_table  # noqa: E402  (the table's experiment, so that both use the s
 KEYS = ("FA", "RA", "TA", "MIA")
 
 
-def one_cell(args: tuple[str, int, str, tuple[float, ...]]) -> dict:
-    kind, seed, checkpoint, lrs = args
+def one_cell(args: tuple[str, int, str, tuple[float, ...], str]) -> dict:
+    kind, seed, checkpoint, lrs, partners = args
     os.environ["OMP_NUM_THREADS"] = "1"
     import warnings
 
@@ -47,7 +47,7 @@ def one_cell(args: tuple[str, int, str, tuple[float, ...]]) -> dict:
         e = Engine(config=cfg)
         e.load_state(state)
         result = forget(e, samples=samples, method="ease", reference=(i == 0), progress=False,
-                        **(ease_table.METHODS["ease"][1] | {"lr": lr}))
+                        **(ease_table.METHODS["ease"][1] | {"lr": lr, "partners": partners}))
         out["lr"][str(lr)] = value(result.metrics["unlearned"]) | {"flops": result.cost["unlearn"].flops}
         if i == 0:
             out["retrain"] = value(result.metrics["retrained"]) | {"flops": result.cost["retrain"].flops}
@@ -60,6 +60,7 @@ def main() -> int:
     p.add_argument("--seeds", default="100,101,102")
     p.add_argument("--topologies", default="star,ring")
     p.add_argument("--lrs", default="0.1,0.2,0.5,1")
+    p.add_argument("--partners", default="retained", choices=("retained", "forget"))
     p.add_argument("--jobs", type=int, default=2)
     p.add_argument("--pretrain-steps", type=int, default=800)
     args = p.parse_args()
@@ -68,7 +69,7 @@ def main() -> int:
     checkpoint = ease_table.ROOT / "runs" / "ease_calibrate_backbone.pt"
     checkpoint.parent.mkdir(exist_ok=True)
     ease_table.pretrain(checkpoint, steps=args.pretrain_steps)
-    jobs = [(k, int(s), str(checkpoint), lrs) for k in args.topologies.split(",") for s in args.seeds.split(",")]
+    jobs = [(k, int(s), str(checkpoint), lrs, args.partners) for k in args.topologies.split(",") for s in args.seeds.split(",")]
     with mp.get_context("spawn").Pool(args.jobs) as pool:
         cells = pool.map(one_cell, jobs, chunksize=1)
     print(f"{len(cells)} cells in {(time.perf_counter() - start) / 60:.1f} min")
