@@ -6,12 +6,15 @@ abstract and secondary descriptions of the paper are available; what follows is 
 reading of its three mechanisms, written out in ``docs/methods/ease.md``:
 
 (a) **Dual-modal displacement.** On the forget pairs, the matched image and caption embeddings are
-    moved apart, each towards a non-matching partner: with scaled similarities ``S`` of the forget
-    pairs (images as rows), the displacement loss is
-    ``L_d = 1/2 [CE(S, pi) + CE(S^T, pi)]`` where ``pi(i) = i + 1 mod n`` pairs every image with
-    another pair's caption and every caption with another pair's image. ``displacement = "dual"``
-    updates both towers; ``"image"`` only the image tower (the one-branch ablation). The
-    retained clients keep training on their contrastive loss in between, which holds the rest.
+    moved apart, each towards a non-matching partner: with scaled similarities ``S`` (images as
+    rows) the displacement loss is ``L_d = 1/2 [CE(S, pi) + CE(S^T, pi)]`` over the forget pairs,
+    where ``pi`` pairs every forget image with another pair's caption and every forget caption
+    with another pair's image. ``partners = "retained"`` takes that other pair from *anchors*, the
+    client's own retained pairs, which join ``S`` but are not displaced (a client with none, and
+    ``partners = "forget"``, use ``pi(i) = i + 1 mod n``, another forget pair).
+    ``displacement = "dual"`` updates both towers; ``"image"`` only the image tower (the
+    one-branch ablation). The retained clients keep training on their contrastive loss in
+    between, which holds the rest.
 (b) **Subspace excision.** Per parameter block (each LoRA factor, each weight), ``U_f`` is the
     top-``rank`` left singular basis of ``rank`` displacement gradients of the forget pairs (one
     per disjoint chunk) and ``U_r`` that of the retained clients' contrastive gradients. The

@@ -57,8 +57,9 @@ UNLEARN_CASES = {
     "ring5_ease_clip_one_branch": {"topology": {"kind": "ring", "n_clients": 5},
                                    "data": {"kind": "captions_synth", "n_samples_per_client": 6, "n_test": 10},
                                    "model": {"kind": "clip"}, "train": {"batch_size": 4, "lr": 0.1},
-                                   "unlearn": {"method": "ease", "clients": [1], "ease": {"rounds": 2, "rank": 2,
-                                                                                         "displacement": "image"}}},
+                                   "unlearn": {"method": "ease", "clients": [1], "samples": {"3": [0, 2]},
+                                               "ease": {"rounds": 2, "rank": 2,
+                                                        "displacement": "image"}}},
 }
 CASES = {
     "ring7": {"topology": {"kind": "ring", "n_clients": 7}},
