@@ -123,7 +123,8 @@ def test_large_sparse_ring_has_no_quadratic_arrays():
     assert e.base_mixing.nnz == 15_000
     e.step()
     s = e.topology_stats()
-    assert s.spectral_gap == pytest.approx(2 / 3 * (1 - np.cos(2 * np.pi / 5000)), rel=1e-6)
+    # ARPACK (random start vector, tol 1e-10 on eigenvalues near 1) pins a gap of 5e-7 to ~2e-4 relative
+    assert s.spectral_gap == pytest.approx(2 / 3 * (1 - np.cos(2 * np.pi / 5000)), rel=5e-4)
     assert not s.diameter_exact and s.diameter == 2500  # the 2-sweep bound is exact on a ring
 
 
