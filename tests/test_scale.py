@@ -123,7 +123,7 @@ def test_large_sparse_ring_has_no_quadratic_arrays():
     assert e.base_mixing.nnz == 15_000
     e.step()
     s = e.topology_stats()
-    # ARPACK (random start vector, tol 1e-10 on eigenvalues near 1) pins a gap of 5e-7 to ~2e-4 relative
+    # ARPACK's tol 1e-10 on eigenvalues near 1 pins a gap of 5e-7 to ~2e-4 relative
     assert s.spectral_gap == pytest.approx(2 / 3 * (1 - np.cos(2 * np.pi / 5000)), rel=5e-4)
     assert not s.diameter_exact and s.diameter == 2500  # the 2-sweep bound is exact on a ring
 
@@ -133,6 +133,12 @@ def test_sparse_spectral_gap_matches_dense():
     W = topology.mixing_matrix(g)
     dense = np.sort(np.abs(np.linalg.eigvalsh(W.toarray())))[::-1][1]
     assert topology.second_eigenvalue(W) == pytest.approx(dense, rel=1e-8)
+
+
+def test_sparse_spectral_gap_is_the_same_on_every_call():
+    W = topology.mixing_matrix(topology.build_graph("ring", 3000))
+    gaps = {topology.second_eigenvalue(W) for _ in range(3)}
+    assert len(gaps) == 1
 
 
 def test_device_selection(monkeypatch):
