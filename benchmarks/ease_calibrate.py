@@ -1,11 +1,12 @@
-"""How EASE's displacement step size sets its forget R@1: the calibration behind ``benchmarks/ease_table.py``.
+"""How EASE's displacement step size and excision set its forget R@1: the calibration behind ``benchmarks/ease_table.py``.
 
-    .venv/bin/python benchmarks/ease_calibrate.py [--seeds 100,101,102] [--topologies star,ring] [--lrs 0.1,0.2,0.5,1] [--partners retained] [--jobs 2]
+    .venv/bin/python benchmarks/ease_calibrate.py [--seeds 100,...,105] [--topologies star,ring] [--lrs 0.1,0.2,0.3]
+        [--excision entangled,exclusive] [--partners retained] [--jobs 2]
 
 For each topology and *calibration* seed (kept apart from the table's seeds 0, 1, 2, so that the
 choice is not fitted to the numbers it is judged on) it trains the table's experiment once (on a
-backbone pretrained by the table's recipe), runs EASE with each displacement ``lr`` from the same
-trained state, and Retrain beside it, and prints FA / RA / TA / MIA minus
+backbone pretrained by the table's recipe), runs EASE with each excision and displacement ``lr``
+from the same trained state, and Retrain beside it, and prints FA / RA / TA / MIA minus
 Retrain's, per seed and on average, and EASE's FLOPs over Retrain's.
 """
 from __future__ import annotations
@@ -17,16 +18,16 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+import calibration  # noqa: E402
 import ease_table  # noqa: E402  (the table's experiment, so that both use the same one)
 
 KEYS = ("FA", "RA", "TA", "MIA")
 
 
-def one_cell(args: tuple[str, int, str, tuple[float, ...], str]) -> dict:
-    kind, seed, checkpoint, lrs, partners = args
+def one_cell(args: tuple[str, int, str, tuple[tuple[str, float], ...], str]) -> dict:
+    kind, seed, checkpoint, variants, partners = args
     os.environ["OMP_NUM_THREADS"] = "1"
     import warnings
 
@@ -41,14 +42,14 @@ def one_cell(args: tuple[str, int, str, tuple[float, ...], str]) -> dict:
     engine.train(cfg.run.rounds, progress=False)
     state = engine.state()
     samples = ease_table.forget_request(engine)
-    out: dict = {"topology": kind, "seed": seed, "lr": {}}
+    out: dict = {"topology": kind, "seed": seed, "variant": {}}
     value = lambda m: {k: m[k]["mean"] if k != "MIA" else m[k] for k in KEYS}  # noqa: E731
-    for i, lr in enumerate(lrs):
+    for i, (excision, lr) in enumerate(variants):
         e = Engine(config=cfg)
         e.load_state(state)
         result = forget(e, samples=samples, method="ease", reference=(i == 0), progress=False,
-                        **(ease_table.METHODS["ease"][1] | {"lr": lr, "partners": partners}))
-        out["lr"][str(lr)] = value(result.metrics["unlearned"]) | {"flops": result.cost["unlearn"].flops}
+                        **(ease_table.METHODS["ease"][1] | {"lr": lr, "partners": partners, "excision": excision}))
+        out["variant"][f"{excision} {lr}"] = value(result.metrics["unlearned"]) | {"flops": result.cost["unlearn"].flops}
         if i == 0:
             out["retrain"] = value(result.metrics["retrained"]) | {"flops": result.cost["retrain"].flops}
             out["trained"] = value(result.metrics["trained"])
@@ -57,19 +58,20 @@ def one_cell(args: tuple[str, int, str, tuple[float, ...], str]) -> dict:
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--seeds", default="100,101,102")
+    p.add_argument("--seeds", default="100,101,102,103,104,105")
     p.add_argument("--topologies", default="star,ring")
-    p.add_argument("--lrs", default="0.1,0.2,0.5,1")
+    p.add_argument("--lrs", default="0.1,0.2,0.3")
+    p.add_argument("--excision", default="entangled,exclusive")
     p.add_argument("--partners", default="retained", choices=("retained", "forget"))
     p.add_argument("--jobs", type=int, default=2)
     p.add_argument("--pretrain-steps", type=int, default=800)
     args = p.parse_args()
-    lrs = tuple(float(a) for a in args.lrs.split(","))
+    variants = tuple((e, float(lr)) for e in args.excision.split(",") for lr in args.lrs.split(","))
     start = time.perf_counter()
     checkpoint = ease_table.ROOT / "runs" / "ease_calibrate_backbone.pt"
     checkpoint.parent.mkdir(exist_ok=True)
     ease_table.pretrain(checkpoint, steps=args.pretrain_steps)
-    jobs = [(k, int(s), str(checkpoint), lrs, args.partners) for k in args.topologies.split(",") for s in args.seeds.split(",")]
+    jobs = [(k, int(s), str(checkpoint), variants, args.partners) for k in args.topologies.split(",") for s in args.seeds.split(",")]
     with mp.get_context("spawn").Pool(args.jobs) as pool:
         cells = pool.map(one_cell, jobs, chunksize=1)
     print(f"{len(cells)} cells in {(time.perf_counter() - start) / 60:.1f} min")
@@ -77,15 +79,8 @@ def main() -> int:
         mine = [c for c in cells if c["topology"] == kind]
         print(f"\n{kind}: trained FA - Retrain's per seed: "
               + ", ".join(f"{c['trained']['FA'] - c['retrain']['FA']:+.1f}" for c in mine))
-        print("| lr | " + " | ".join(f"{k} - Retrain per seed | mean" for k in KEYS) + " | FLOPs / Retrain |")
-        print("|---|" + "---|---|" * len(KEYS) + "---|")
-        for lr in map(str, lrs):
-            row = []
-            for k in KEYS:
-                d = [c["lr"][lr][k] - c["retrain"][k] for c in mine]
-                row += [", ".join(f"{x:+.1f}" for x in d), f"{np.mean(d):+.1f}"]
-            ratio = np.mean([c["lr"][lr]["flops"] / c["retrain"]["flops"] for c in mine])
-            print(f"| {lr} | " + " | ".join(row) + f" | {ratio:.3f} |")
+        print(calibration.differences(mine, field="variant", names=[f"{e} {lr}" for e, lr in variants], keys=KEYS,
+                                      ratio="flops"))
     return 0
 
 

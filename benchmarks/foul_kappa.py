@@ -22,9 +22,10 @@ import time
 from importlib import resources
 from pathlib import Path
 
-import numpy as np
-
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "benchmarks"))
+import calibration  # noqa: E402
+
 KEYS = ("FA", "FA_heldout", "RA", "TA")
 
 
@@ -71,14 +72,7 @@ def main() -> int:
     if args.json:
         Path(args.json).write_text(json.dumps({"cells": cells, "wall_seconds": wall}, indent=1))
     print(f"{len(cells)} seeds in {wall / 60:.1f} min")
-    print("| kappa:rounds | " + " | ".join(f"{k} - Retrain per seed | mean" for k in KEYS) + " |")
-    print("|---|" + "---|---|" * len(KEYS))
-    for k in names:
-        row = []
-        for key in KEYS:
-            d = [c["kappa"][k][key] - c["retrain"][key] for c in cells]
-            row += [", ".join(f"{x:+.1f}" for x in d), f"{np.mean(d):+.1f}"]
-        print(f"| {k} | " + " | ".join(row) + " |")
+    print(calibration.differences(cells, field="kappa", names=names, keys=KEYS))
     for c in cells:
         print(f"seed {c['seed']}: trained FA {c['trained']['FA']:.1f} (held-out {c['trained']['FA_heldout']:.1f}), "
               f"Retrain FA {c['retrain']['FA']:.1f} (held-out {c['retrain']['FA_heldout']:.1f})")

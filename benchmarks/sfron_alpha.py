@@ -17,9 +17,11 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "benchmarks"))
+import calibration  # noqa: E402
+
 KEYS = ("FA", "RA", "TA", "MIA")
 
 
@@ -67,15 +69,7 @@ def main() -> int:
         mine = [c for c in cells if c["topology"] == kind]
         print(f"\n{kind}: trained FA - Retrain's per seed: "
               + ", ".join(f"{c['trained']['FA'] - c['retrain']['FA']:+.1f}" for c in mine))
-        print("| alpha | " + " | ".join(f"{k} - Retrain per seed | mean" for k in KEYS) + " | seconds / Retrain |")
-        print("|---|" + "---|---|" * len(KEYS) + "---|")
-        for a in map(str, alphas):
-            row = []
-            for k in KEYS:
-                d = [c["alpha"][a][k] - c["retrain"][k] for c in mine]
-                row += [", ".join(f"{x:+.1f}" for x in d), f"{np.mean(d):+.1f}"]
-            ratio = np.mean([c["alpha"][a]["seconds"] / c["retrain"]["seconds"] for c in mine])
-            print(f"| {a} | " + " | ".join(row) + f" | {ratio:.3f} |")
+        print(calibration.differences(mine, field="alpha", names=[str(a) for a in alphas], keys=KEYS, ratio="seconds"))
     return 0
 
 

@@ -10,6 +10,8 @@ a basis is a ``[d, r]`` matrix with orthonormal columns; principal angles are in
 - :func:`exclusive_directions`: the principal vectors of the forget subspace whose angle to the
   retained subspace exceeds a threshold: directions the forgotten data moved the model in that the
   retained data did not.
+- :func:`entangled_directions`: the principal vectors of both sides whose angle is at most the
+  threshold: directions the forgotten and the retained data share.
 - :func:`lock`: remove from an update its component along each locked direction only when that
   component points back towards the forgotten alignment (components that move away pass).
 - :func:`lock_penalty`: ``(mu/2) ||B^T (theta - anchor)||^2`` and its gradient, the client-side term
@@ -65,6 +67,22 @@ def exclusive_directions(U_f: torch.Tensor, U_r: torch.Tensor, threshold: float)
     rest = U_f - P_f @ (P_f.T @ U_f)
     extra = update_basis(rest, U_f.shape[1] - P_f.shape[1]) if U_f.shape[1] > P_f.shape[1] else rest[:, :0]
     return orthonormal(torch.cat([chosen, extra], dim=1)) if chosen.shape[1] + extra.shape[1] else chosen
+
+
+def entangled_directions(U_f: torch.Tensor, U_r: torch.Tensor, threshold: float) -> torch.Tensor:
+    """An orthonormal basis ``[d, s]`` of the directions the forget and retained subspaces share:
+    both principal vectors (``U_f``'s and ``U_r``'s) of every pair whose angle is at most
+    ``threshold`` (radians). Removing these from an update keeps it off what the retained data
+    also pull on, and leaves every forget-exclusive direction untouched: a principal vector of
+    ``U_f`` is orthogonal to every principal vector of the other pairs on both sides."""
+    if U_r.shape[1] == 0 or U_f.shape[1] == 0:
+        return U_f[:, :0]
+    angles, P_f, P_r = principal_angles(U_f, U_r)
+    close = angles <= threshold
+    if not bool(close.any()):
+        return U_f[:, :0]
+    # A pair at angle 0 spans one direction, not two: keep what the SVD says is there.
+    return update_basis(torch.cat([P_f[:, close], P_r[:, close]], dim=1), 2 * int(close.sum()))
 
 
 def projector(B: torch.Tensor) -> torch.Tensor:

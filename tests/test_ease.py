@@ -11,7 +11,7 @@ from p2pforget import config, history
 from p2pforget.engine import Engine
 from p2pforget.models.clip import infonce
 from p2pforget.unlearn import ForgetRequest, forget
-from p2pforget.unlearn.ease import EASE, EASEOptions, displacement_loss, excision_basis, partners
+from p2pforget.unlearn.ease import EASE, EASEOptions, displacement_loss, excision_bases, partners
 
 
 def _log_softmax(z):
@@ -57,8 +57,9 @@ def test_excision_basis_keeps_per_block_the_forget_directions_past_the_threshold
     G_f = torch.as_tensor(r.standard_normal((d, 2)))
     G_f[:5, 0] = G_r[:5, 0]  # block 0: one forget direction is a retained one (angle 0)
     threshold = math.radians(30)
-    B = excision_basis(G_f, G_r, sizes, rank=2, threshold=threshold)
+    B, E = excision_bases(G_f, G_r, sizes, rank=2, threshold=threshold)
     np.testing.assert_allclose((B.T @ B).numpy(), np.eye(B.shape[1]), atol=1e-10)
+    np.testing.assert_allclose((E.T @ B).numpy(), 0.0, atol=1e-10)  # the entangled ones never touch them
     start = 0
     for size in sizes:
         block = slice(start, start + size)
@@ -68,6 +69,10 @@ def test_excision_basis_keeps_per_block_the_forget_directions_past_the_threshold
         rows_outside = torch.ones(d, dtype=torch.bool)
         rows_outside[block] = False
         assert float(B[rows_outside][:, cols].abs().max()) == 0.0  # each direction stays in its block
+        shared = E[block].abs().amax(dim=0) > 0
+        assert float(E[rows_outside][:, shared].abs().sum()) == 0.0
+        close = int((angles <= threshold).sum())  # each entangled pair gives one or two directions
+        assert close <= int(shared.sum()) <= 2 * close
         start += size
     assert int((B[:5].abs().amax(dim=0) > 0).sum()) == 1  # the shared direction is not excised
 
@@ -128,7 +133,7 @@ def test_displacement_changes_only_its_branch_and_never_the_temperature(which):
 
     original = engine.network_sum
     engine.network_sum = spy
-    EASE().unlearn(engine, request, EASEOptions(rounds=1, excision=False, lock=False, displacement=which))
+    EASE().unlearn(engine, request, EASEOptions(rounds=1, excision="none", lock=False, displacement=which))
     g = seen["steps"][0]
     assert torch.count_nonzero(g[[0, 1, 3]]) == 0 and torch.count_nonzero(g[2]) > 0  # only the forget client
     image = model.mask("image")
@@ -138,6 +143,30 @@ def test_displacement_changes_only_its_branch_and_never_the_temperature(which):
         assert torch.count_nonzero(g[2][~image]) == 0
     else:
         assert torch.count_nonzero(g[2][~image & ~temperature]) > 0 and torch.count_nonzero(g[2][image]) > 0
+
+
+@pytest.mark.parametrize("excision", ["entangled", "exclusive"])
+def test_the_displacement_step_is_excised_as_chosen(excision, monkeypatch):
+    from p2pforget.unlearn import ease
+
+    engine = Engine(config=_clip_cfg())
+    engine.train(1, progress=False)
+    request = ForgetRequest.build(engine, samples={1: [0, 1, 2], 2: [0, 1]})
+    seen = {}
+    bases = ease.excision_bases
+    monkeypatch.setattr(ease, "excision_bases", lambda *a, **k: seen.setdefault("bases", bases(*a, **k)))
+    original = engine.network_sum
+    engine.network_sum = lambda rows, *a, **k: (seen.setdefault("step", rows.clone()), original(rows, *a, **k))[1]
+    EASE().unlearn(engine, request, EASEOptions(rounds=1, rank=2, lock=False, excision=excision))
+    B, E = seen["bases"]
+    g = seen["step"].double()
+    assert B.shape[1] > 0 and E.shape[1] > 0 and float(g.norm()) > 0
+    assert float((g @ E).abs().max()) <= 1e-5 * float(g.norm())  # nothing along an entangled direction
+    outside = float((g - (g @ B) @ B.T).norm())
+    if excision == "exclusive":  # nothing outside the forget-exclusive span
+        assert outside <= 1e-5 * float(g.norm())
+    else:  # the rest passes: most of the step lies outside the few excised directions
+        assert outside > 0.5 * float(g.norm())
 
 
 def test_ease_on_a_ring_records_r_at_1_and_run_file_keeps_the_lock(tmp_path):

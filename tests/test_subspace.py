@@ -57,6 +57,35 @@ def test_exclusive_directions_are_those_past_the_threshold():
     np.testing.assert_allclose(P.numpy(), P.numpy().T, atol=1e-12)
 
 
+def test_entangled_directions_on_a_constructed_example():
+    e = torch.eye(6, dtype=torch.float64)
+    tilted = torch.cos(torch.tensor(0.3)) * e[:, 1] + torch.sin(torch.tensor(0.3)) * e[:, 2]
+    U_f = torch.stack([e[:, 0], e[:, 1], e[:, 3]], dim=1)
+    U_r = subspace.orthonormal(torch.stack([e[:, 0], tilted], dim=1))
+    E = subspace.entangled_directions(U_f, U_r, threshold=0.5)  # e0 (angle 0) once, e1 and tilted (0.3)
+    np.testing.assert_allclose(subspace.projector(E).numpy(), np.diag([1.0, 1, 1, 0, 0, 0]), atol=1e-12)
+    E2 = subspace.entangled_directions(U_f, U_r, threshold=0.2)
+    np.testing.assert_allclose(subspace.projector(E2).numpy(), np.diag([1.0, 0, 0, 0, 0, 0]), atol=1e-12)
+    assert subspace.entangled_directions(U_f, U_r[:, :0], threshold=0.5).shape[1] == 0
+
+
+def test_entangled_directions_against_scipy_on_random_subspaces():
+    r = np.random.default_rng(7)
+    U_f = scipy.linalg.orth(r.standard_normal((20, 4)))
+    U_r = scipy.linalg.orth(r.standard_normal((20, 3)) + 0.7 * U_f[:, :3] @ r.standard_normal((3, 3)))
+    angles = np.sort(scipy.linalg.subspace_angles(U_f, U_r))
+    threshold = float(angles[1] + angles[2]) / 2  # two pairs are entangled
+    Y, _, Zt = np.linalg.svd(U_f.T @ U_r)
+    ref = scipy.linalg.orth(np.hstack([U_f @ Y[:, :2], U_r @ Zt.T[:, :2]]))
+    E = subspace.entangled_directions(torch.as_tensor(U_f), torch.as_tensor(U_r), threshold)
+    assert E.shape[1] == 4
+    np.testing.assert_allclose(subspace.projector(E).numpy(), ref @ ref.T, atol=1e-10)
+    # removing them leaves every forget-exclusive direction untouched
+    B = subspace.exclusive_directions(torch.as_tensor(U_f), torch.as_tensor(U_r), threshold)
+    assert B.shape[1] == 2
+    np.testing.assert_allclose((E.T @ B).numpy(), 0.0, atol=1e-10)
+
+
 def test_lock_removes_exactly_the_components_that_point_back():
     B = _basis(7, 3, 6)
     back = torch.tensor([1.0, -1.0, 1.0], dtype=torch.float64)

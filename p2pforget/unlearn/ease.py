@@ -19,9 +19,11 @@ reading of its three mechanisms, written out in ``docs/methods/ease.md``:
     top-``rank`` left singular basis of ``rank`` displacement gradients of the forget pairs (one
     per disjoint chunk) and ``U_r`` that of the retained clients' contrastive gradients. The
     principal angles between them (``scipy.linalg.subspace_angles``' definition, from the SVD of
-    ``U_f^T U_r``) pick the forget-exclusive directions: principal vectors of ``U_f`` whose angle
-    exceeds ``angle_threshold``. The displacement is projected onto their span, so it cannot move
-    the model along what the retained data also need.
+    ``U_f^T U_r``) split ``U_f`` into forget-exclusive directions ``B`` (angle above
+    ``angle_threshold``) and entangled ones; ``E`` holds the entangled principal vectors of both
+    sides. ``excision = "exclusive"`` keeps only the displacement's component in ``B``, so it
+    moves the model only along what the forgotten data alone pulled on; ``"entangled"`` (another
+    reading) removes ``E`` from it instead and lets the rest pass; ``"none"`` is the ablation.
 (c) **Forget Lock.** The exclusive directions are locked: in every later round each node's update
     loses its component along a locked direction when that component points back towards the
     trained (pre-unlearning) model, and local steps add ``(mu/2) ||B^T (theta - theta_u)||^2``
@@ -60,7 +62,7 @@ class EASEOptions:
     rounds: int = bounded(5, 1)
     lr: float = bounded(0.0, 0.0)
     displacement: str = choice("dual", "dual", "image")
-    excision: bool = True
+    excision: str = choice("exclusive", "exclusive", "entangled", "none")
     rank: int = bounded(4, 1)
     angle_threshold: float = bounded(45.0, 0.0, 90.0)  # degrees
     lock: bool = True
@@ -95,25 +97,32 @@ def displacement_loss(sim: torch.Tensor, partner: torch.Tensor, mask: torch.Tens
     return 0.5 * ((w * i2t).sum() + (w * t2i).sum()) / w.sum().clamp(min=1)
 
 
-def excision_basis(G_f: torch.Tensor, G_r: torch.Tensor, sizes: list[int], *, rank: int, threshold: float) -> torch.Tensor:
-    """The forget-exclusive directions ``[d, s]`` (orthonormal, block by block): per block of
-    ``sizes`` entries, the principal vectors of ``span G_f`` (forget gradients, columns) at an
-    angle above ``threshold`` (radians) to ``span G_r`` (retained gradients), each basis the
-    top-``rank`` singular directions of its gradients."""
-    parts, start = [], 0
+def excision_bases(G_f: torch.Tensor, G_r: torch.Tensor, sizes: list[int], *, rank: int,
+                   threshold: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """The forget-exclusive and the entangled directions, each ``[d, s]`` (orthonormal, block by
+    block): per block of ``sizes`` entries, with each basis the top-``rank`` singular directions of
+    its gradients, the principal vectors of ``span G_f`` (forget gradients, columns) at an angle
+    above ``threshold`` (radians) to ``span G_r`` (retained gradients), and the principal vectors
+    of both sides at or below it (:func:`~p2pforget.subspace.entangled_directions`)."""
     d = G_f.shape[0]
+    exclusive, entangled, start = [], [], 0
+
+    def place(chosen: torch.Tensor, parts: list[torch.Tensor], block: slice) -> None:
+        if chosen.shape[1]:
+            full = torch.zeros(d, chosen.shape[1], dtype=G_f.dtype)
+            full[block] = chosen
+            parts.append(full)
+
     for size in sizes:
         block = slice(start, start + size)
         U_f = subspace.update_basis(G_f[block], rank)
         if U_f.shape[1]:
             U_r = subspace.update_basis(G_r[block], rank) if G_r[block].abs().max() > 0 else G_r[block][:, :0]
-            chosen = subspace.exclusive_directions(U_f, U_r, threshold)
-            if chosen.shape[1]:
-                full = torch.zeros(d, chosen.shape[1], dtype=G_f.dtype)
-                full[block] = chosen
-                parts.append(full)
+            place(subspace.exclusive_directions(U_f, U_r, threshold), exclusive, block)
+            place(subspace.entangled_directions(U_f, U_r, threshold), entangled, block)
         start += size
-    return torch.cat(parts, dim=1) if parts else torch.zeros(d, 0, dtype=G_f.dtype)
+    stack = lambda parts: torch.cat(parts, dim=1) if parts else torch.zeros(d, 0, dtype=G_f.dtype)  # noqa: E731
+    return stack(exclusive), stack(entangled)
 
 
 def _forget_batches(engine: "Engine", request: ForgetRequest, chunks: int, *, anchored: bool) -> list[dict[str, torch.Tensor]]:
@@ -204,16 +213,18 @@ class EASE:
             return g
 
         comm = 0.0
-        basis = None
-        if options.excision:
-            basis, sent = self._basis(engine, request, options, displacement, branch, forget_clients)
+        basis = entangled = None
+        if options.excision != "none":
+            basis, entangled, sent = self._bases(engine, request, options, displacement, branch, forget_clients)
             comm += sent
         whole = _forget_batches(engine, request, 1, anchored=options.partners == "retained")[0]
         for r in range(options.rounds):
             batch = whole | {"u": torch.full_like(whole["mask"], (r % 5 + 0.5) / 5)}
             g = displacement(engine.params, batch)
-            if basis is not None:
+            if options.excision == "exclusive":
                 g = (g.double() @ basis) @ basis.T
+            elif options.excision == "entangled":
+                g = g.double() - (g.double() @ entangled) @ entangled.T
             total, sent, _ = engine.network_sum(g.to(engine.dtype), progress=False)
             comm += sent
             engine.set_params(engine.params - lr * total / len(forget_clients))
@@ -225,29 +236,31 @@ class EASE:
         return Outcome.plain(engine.params.clone(), comm_bytes=comm, rounds=options.rounds)
 
     @staticmethod
-    def _basis(engine: "Engine", request: ForgetRequest, options: EASEOptions, displacement, branch: torch.Tensor,
-               forget_clients: list[int]) -> tuple[torch.Tensor, float]:
-        """The excision basis (the same on every process) and the bytes it took: the forget
-        clients' chunk gradients and every retained client's contrastive gradient gathered at the
-        first forget client, the basis sent back to every node."""
+    def _bases(engine: "Engine", request: ForgetRequest, options: EASEOptions, displacement, branch: torch.Tensor,
+               forget_clients: list[int]) -> tuple[torch.Tensor, torch.Tensor, float]:
+        """The forget-exclusive and the entangled bases (the same on every process) and the bytes
+        they took: the forget clients' chunk gradients and every retained client's contrastive
+        gradient gathered at the first forget client, the bases sent back to every node (the
+        entangled one only when the displacement uses it)."""
         chunks = _forget_batches(engine, request, options.rank, anchored=options.partners == "retained")
         # [n_local, rank * d]: one row per client, as the transport gathers them
         G_f = torch.cat([displacement(engine.params, c | {"u": torch.zeros_like(c["mask"])}) for c in chunks], dim=1)
         G_r, _ = engine.gradients(engine.params, engine.full_batch())
         G_r = G_r * branch * engine.active[:, None].to(G_r.dtype)
         full_f, full_r = engine.transport.gather(G_f), engine.transport.gather(G_r)
-        basis = None
+        bases = None
         if engine.transport.is_root:
             full_f = full_f.reshape(-1, engine.dim)
             keep_f = full_f.abs().amax(dim=1) > 0
             keep_r = full_r.abs().amax(dim=1) > 0
-            basis = excision_basis(full_f[keep_f].double().T, full_r[keep_r].double().T, engine.model.sizes,
+            bases = excision_bases(full_f[keep_f].double().T, full_r[keep_r].double().T, engine.model.sizes,
                                    rank=options.rank, threshold=math.radians(options.angle_threshold))
-            basis = basis.cpu().numpy()
-        basis = torch.as_tensor(engine.transport.bcast_object(basis), device=engine.device)
+            bases = [b.cpu().numpy() for b in bases]
+        basis, entangled = (torch.as_tensor(b, device=engine.device) for b in engine.transport.bcast_object(bases))
+        columns = basis.shape[1] + (entangled.shape[1] if options.excision == "entangled" else 0)
         root = forget_clients[0]
         members = [int(i) for i in np.flatnonzero(engine.members)]
         sent = _tree_gather_bytes(engine, root, members, engine.dim)                               # retained gradients
         sent += _tree_gather_bytes(engine, root, forget_clients, options.rank * engine.dim)       # forget chunks
-        sent += _tree_gather_bytes(engine, root, members, basis.shape[1] * engine.dim)            # the basis
-        return basis, sent
+        sent += _tree_gather_bytes(engine, root, members, columns * engine.dim)                   # the bases
+        return basis, entangled, sent
