@@ -19,3 +19,22 @@ def small_cfg():
         "data": {"n_samples_per_client": 20, "n_test": 40, "n_features": 4, "n_classes": 3},
         "train": {"dtype": "float64", "lr": 0.3},
     })
+
+
+@pytest.fixture
+def trained_digits():
+    """Build and train a small digits MLP experiment (40 samples per client, hidden 16):
+    ``trained_digits(kind, n_clients, seed=..., rounds=..., local_steps=...)`` -> trained Engine."""
+    from p2pforget.engine import Engine
+
+    def build(kind: str, n_clients: int, *, seed: int, rounds: int, local_steps: int) -> Engine:
+        cfg = config.from_dict({"run": {"seed": seed, "rounds": rounds}, "topology": {"kind": kind, "n_clients": n_clients},
+                                "data": {"kind": "digits", "n_samples_per_client": 40, "n_test": 60},
+                                "model": {"kind": "mlp", "hidden": 16},
+                                "train": {"lr": 0.3, "local_steps": local_steps, "batch_size": 16},
+                                "audit": {"after_forget": False}})
+        engine = Engine(config=cfg)
+        engine.train(rounds, progress=False)
+        return engine
+
+    return build

@@ -160,13 +160,8 @@ def _mean_ce(engine, params, mask):
         return float(torch.nn.functional.cross_entropy(engine.model.forward(params[0], x), y))
 
 
-def test_sfron_on_the_star_raises_the_forget_loss_more_than_the_remain_loss_and_rejects_clip():
-    cfg = config.from_dict({"run": {"seed": 1, "rounds": 8}, "topology": {"kind": "star", "n_clients": 8},
-                            "data": {"kind": "digits", "n_samples_per_client": 40, "n_test": 60},
-                            "model": {"kind": "mlp", "hidden": 16}, "train": {"lr": 0.3, "local_steps": 5, "batch_size": 16},
-                            "audit": {"after_forget": False}})
-    engine = Engine(config=cfg)
-    engine.train(8, progress=False)
+def test_sfron_on_the_star_raises_the_forget_loss_more_than_the_remain_loss(trained_digits):
+    engine = trained_digits("star", 8, seed=1, rounds=8, local_steps=5)
     forgotten = np.zeros_like(engine.retained)
     forgotten[0] = engine.retained[0]
     remain = engine.retained & ~forgotten
@@ -175,22 +170,12 @@ def test_sfron_on_the_star_raises_the_forget_loss_more_than_the_remain_loss_and_
     after = (_mean_ce(engine, engine.params, forgotten), _mean_ce(engine, engine.params, remain))
     assert result.method == "sfron" and result.certificate is None
     assert after[0] - before[0] > 2.0 and after[0] - before[0] > 2 * (after[1] - before[1])
-    clip = Engine(config=config.from_dict({"topology": {"kind": "star", "n_clients": 3},
-                                           "data": {"kind": "captions_synth", "n_samples_per_client": 4, "n_test": 6},
-                                           "model": {"kind": "clip"}, "train": {"batch_size": 2}}))
-    with pytest.raises(ValueError, match="classifier"):
-        forget(clip, clients=[1], method="sfron", progress=False)
 
 
-def test_a_class_level_request_runs_at_every_node_holding_the_class_and_forgets_that_class():
+def test_a_class_level_request_runs_at_every_node_holding_the_class_and_forgets_that_class(trained_digits):
     from p2pforget.unlearn import class_samples
 
-    cfg = config.from_dict({"run": {"seed": 3, "rounds": 10}, "topology": {"kind": "ring", "n_clients": 6},
-                            "data": {"kind": "digits", "n_samples_per_client": 40, "n_test": 60},
-                            "model": {"kind": "mlp", "hidden": 16}, "train": {"lr": 0.3, "local_steps": 3, "batch_size": 16},
-                            "audit": {"after_forget": False}})
-    engine = Engine(config=cfg)
-    engine.train(10, progress=False)
+    engine = trained_digits("ring", 6, seed=3, rounds=10, local_steps=3)
     samples = class_samples(engine, [4])
     expected = {j: np.flatnonzero((engine.data.y[j] == 4) & engine.retained[j]) for j in range(6)}
     assert {j: v.tolist() for j, v in samples.items()} == {j: v.tolist() for j, v in expected.items() if len(v)}

@@ -209,20 +209,24 @@ class ContrastiveCLIP(nn.Module):
     def loss_terms(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         return {"infonce": infonce(self.similarities(batch), batch["mask"])}
 
-    def score(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        """:meth:`judge`'s score."""
-        return self.judge(batch)[0]
-
     def judge(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-        """The score and :meth:`membership` of the batch's pairs, from one embedding of them.
+        """:meth:`score` and :meth:`membership` of the batch's pairs, from one embedding of them."""
+        score, image, text = self._retrieve(batch)
+        n, c = batch["tokens"].shape[:2]
+        return score, self._membership(image[:n], text[:n * c].reshape(n, c, -1))
 
-        The score is the mean of image-to-text and text-to-image R@1 (a fraction) of the batch's pairs with all
+    def score(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """The mean of image-to-text and text-to-image R@1 (a fraction) of the batch's pairs with all
         their captions in the gallery. With ``gallery_x``/``gallery_tokens`` (the unlearning
         metrics pass the test pairs), each pair is instead retrieved among its own image or
         captions and the gallery's only, so that sets of different sizes and make-ups (one
         client's similar pairs) are scored against the same distractors. A retrieved caption with
         the very words of one of the image's own captions counts as a hit (template captions
         repeat across images; for Flickr30K-style captions this is plain R@1)."""
+        return self._retrieve(batch)[0]
+
+    def _retrieve(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """:meth:`score`, and the image and caption embeddings it was computed from."""
         x, tokens = batch["x"], batch["tokens"]
         n, c = tokens.shape[0], tokens.shape[1]
         own = torch.ones(n, n, dtype=torch.bool, device=x.device)
@@ -242,7 +246,7 @@ class ContrastiveCLIP(nn.Module):
         i2t = (flat[sim.argmax(dim=1)][:, None] == key[:n]).any(dim=1).to(image.dtype).mean()
         sim = torch.where(allowed.repeat_interleave(c, dim=0), text[:n * c] @ image.T, low)
         t2i = (key[sim.argmax(dim=1)] == flat[:n * c, None]).any(dim=1).to(image.dtype).mean()
-        return 0.5 * (i2t + t2i), self._membership(image[:n], text[:n * c].reshape(n, c, -1))
+        return 0.5 * (i2t + t2i), image, text
 
     def recall(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """``[i2t R@1, R@5, R@10, t2i R@1, R@5, R@10]`` (fractions) of the batch's pairs, a hit

@@ -151,6 +151,14 @@ def class_samples(engine: "Engine", classes) -> dict[int, np.ndarray]:
     return {j: np.flatnonzero(wanted[j]) for j in range(engine.n_clients) if wanted[j].any()}
 
 
+def require_classifier(engine: "Engine", method: str) -> None:
+    """Refuse a model that defines its own losses (CLIP's contrastive loss, a model with its own
+    ``score``): methods that relabel samples or ascend their cross-entropy need a classifier."""
+    if engine.task.has_terms or hasattr(engine.model.module, "score"):
+        raise ValueError(f"unlearn.method = {method!r} needs a classifier trained with cross-entropy; "
+                         f"model.kind = {engine.config.model.kind!r} defines its own losses")
+
+
 def forget_batch(engine: "Engine", samples: dict[int, np.ndarray]) -> dict[str, torch.Tensor]:
     """The given samples of this process's clients (client id -> indices) as one dense batch
     ``[n_local, b, ...]`` (``b`` = the most samples any client has), with their extras (e.g.

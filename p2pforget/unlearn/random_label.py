@@ -23,7 +23,7 @@ from torch.func import grad
 
 from ..config import bounded
 from ..registry import METHODS
-from . import ForgetRequest, Outcome, forget_batch, rounds_with_local_change
+from . import ForgetRequest, Outcome, forget_batch, require_classifier, rounds_with_local_change
 
 if TYPE_CHECKING:
     from ..engine import Engine
@@ -73,19 +73,13 @@ def relabel_steps(engine: "Engine", params: torch.Tensor, batch: dict[str, torch
     return params
 
 
-def check_classifier(engine: "Engine", method: str) -> None:
-    if engine.task.has_terms or hasattr(engine.model.module, "score"):
-        raise ValueError(f"unlearn.method = {method!r} relabels samples, so it needs a classifier trained with "
-                         f"cross-entropy; model.kind = {engine.config.model.kind!r} defines its own losses")
-
-
 @METHODS.register("random_label", options=RandomLabelOptions,
                   help="fine-tune with random labels on the forgotten samples and true labels on the rest")
 class RandomLabel:
     """Random-label fine-tuning in rounds (see the module docstring)."""
 
     def check(self, engine: "Engine", request: ForgetRequest, options: RandomLabelOptions) -> None:
-        check_classifier(engine, "random_label")
+        require_classifier(engine, "random_label")
 
     def unlearn(self, engine: "Engine", request: ForgetRequest, options: RandomLabelOptions) -> Outcome:
         lr = options.lr or engine.config.train.lr

@@ -23,8 +23,8 @@ from torch.func import grad
 
 from ..config import bounded
 from ..registry import METHODS
-from . import ForgetRequest, Outcome, forget_batch, rounds_with_local_change
-from .random_label import check_classifier, relabel_steps, relabelled
+from . import ForgetRequest, Outcome, forget_batch, require_classifier, rounds_with_local_change
+from .random_label import relabel_steps, relabelled
 
 if TYPE_CHECKING:
     from ..engine import Engine
@@ -57,7 +57,7 @@ class SalUn:
     """SalUn in rounds (see the module docstring)."""
 
     def check(self, engine: "Engine", request: ForgetRequest, options: SalUnOptions) -> None:
-        check_classifier(engine, "salun")
+        require_classifier(engine, "salun")
 
     def unlearn(self, engine: "Engine", request: ForgetRequest, options: SalUnOptions) -> Outcome:
         lr = options.lr or engine.config.train.lr

@@ -43,7 +43,7 @@ from torch.func import grad
 from ..aggregate import weighted_average
 from ..config import bounded, choice
 from ..registry import METHODS
-from . import ForgetRequest, Outcome, forget_batch
+from . import ForgetRequest, Outcome, forget_batch, require_classifier
 
 if TYPE_CHECKING:
     from ..engine import Engine
@@ -140,9 +140,7 @@ class SFRon:
     """SFR-on at every node (see the module docstring)."""
 
     def check(self, engine: "Engine", request: ForgetRequest, options: SFRonOptions) -> None:
-        if engine.task.has_terms:
-            raise ValueError("unlearn.method = 'sfron' needs a classifier trained with cross-entropy "
-                             f"(model.kind = {engine.config.model.kind!r} defines its own losses)")
+        require_classifier(engine, "sfron")
 
     def unlearn(self, engine: "Engine", request: ForgetRequest, options: SFRonOptions) -> Outcome:
         if not engine.is_star and options.placement == "every_node":
