@@ -7,11 +7,11 @@ a basis is a ``[d, r]`` matrix with orthonormal columns; principal angles are in
 - :func:`update_basis`: the top-``rank`` left singular vectors of a set of updates (one per column).
 - :func:`principal_angles`: angles and principal vectors between two subspaces, from the SVD of
   ``U_f^T U_r`` (Bjorck & Golub 1973); ``cos theta_i`` are its singular values.
-- :func:`exclusive_directions`: the principal vectors of the forget subspace whose angle to the
-  retained subspace exceeds a threshold: directions the forgotten data moved the model in that the
-  retained data did not.
-- :func:`entangled_directions`: the principal vectors of both sides whose angle is at most the
-  threshold: directions the forgotten and the retained data share.
+- :func:`split_directions`: from one SVD, the forget-exclusive directions (principal vectors of
+  the forget subspace whose angle to the retained subspace exceeds a threshold: what the forgotten
+  data moved the model in and the retained data did not) and the entangled ones (principal vectors
+  of both sides at or below it: what both share); :func:`exclusive_directions` and
+  :func:`entangled_directions` return one of the two.
 - :func:`lock`: remove from an update its component along each locked direction only when that
   component points back towards the forgotten alignment (components that move away pass).
 - :func:`lock_penalty`: ``(mu/2) ||B^T (theta - anchor)||^2`` and its gradient, the client-side term
@@ -54,35 +54,47 @@ def principal_angles(U_f: torch.Tensor, U_r: torch.Tensor) -> tuple[torch.Tensor
     return angles, U_f @ Y, U_r @ Zt.T
 
 
-def exclusive_directions(U_f: torch.Tensor, U_r: torch.Tensor, threshold: float) -> torch.Tensor:
-    """An orthonormal basis ``[d, s]`` of the forget subspace's directions that make an angle above
-    ``threshold`` (radians) with the retained subspace: the principal vectors of ``U_f`` past the
-    threshold, plus the part of ``U_f`` outside every principal pair (when ``U_f`` has more
-    columns than ``U_r``; those directions are at pi/2)."""
-    if U_r.shape[1] == 0:
-        return U_f
-    angles, P_f, _ = principal_angles(U_f, U_r)
+def split_directions(U_f: torch.Tensor, U_r: torch.Tensor, threshold: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """The forget-exclusive and the entangled directions of two orthonormal bases, from one
+    principal-angle SVD: ``(exclusive [d, s], entangled [d, t])``.
+
+    ``exclusive`` spans the principal vectors of ``U_f`` whose angle to ``U_r`` is above
+    ``threshold`` (radians), plus the part of ``U_f`` outside every principal pair (when ``U_f``
+    has more columns than ``U_r``; those directions are at pi/2). ``entangled`` spans both principal
+    vectors (``U_f``'s and ``U_r``'s) of every pair at or below the threshold. Removing
+    ``entangled`` from an update keeps it off what the retained data also pull on and leaves every
+    exclusive direction untouched: a principal vector of ``U_f`` is orthogonal to every principal
+    vector of the other pairs on both sides.
+
+    >>> e = torch.eye(3)
+    >>> B, E = split_directions(e[:, :2], e[:, 1:], threshold=0.5)  # e0 is exclusive, e1 shared
+    >>> B.abs().round().T.tolist(), E.abs().round().T.tolist()
+    ([[1.0, 0.0, 0.0]], [[0.0, 1.0, 0.0]])
+    """
+    if U_r.shape[1] == 0 or U_f.shape[1] == 0:
+        return U_f, U_f[:, :0]
+    angles, P_f, P_r = principal_angles(U_f, U_r)
     chosen = P_f[:, angles > threshold]
-    # Directions of U_f not paired with any of U_r's (when p > q) are orthogonal to it.
     rest = U_f - P_f @ (P_f.T @ U_f)
     extra = update_basis(rest, U_f.shape[1] - P_f.shape[1]) if U_f.shape[1] > P_f.shape[1] else rest[:, :0]
-    return orthonormal(torch.cat([chosen, extra], dim=1)) if chosen.shape[1] + extra.shape[1] else chosen
+    exclusive = orthonormal(torch.cat([chosen, extra], dim=1)) if chosen.shape[1] + extra.shape[1] else chosen
+    close = angles <= threshold
+    # A pair at angle 0 spans one direction, not two: keep what the SVD says is there.
+    entangled = (update_basis(torch.cat([P_f[:, close], P_r[:, close]], dim=1), 2 * int(close.sum()))
+                 if bool(close.any()) else U_f[:, :0])
+    return exclusive, entangled
+
+
+def exclusive_directions(U_f: torch.Tensor, U_r: torch.Tensor, threshold: float) -> torch.Tensor:
+    """The forget-exclusive part of :func:`split_directions`: directions the forgotten data moved
+    the model in that the retained data did not."""
+    return split_directions(U_f, U_r, threshold)[0]
 
 
 def entangled_directions(U_f: torch.Tensor, U_r: torch.Tensor, threshold: float) -> torch.Tensor:
-    """An orthonormal basis ``[d, s]`` of the directions the forget and retained subspaces share:
-    both principal vectors (``U_f``'s and ``U_r``'s) of every pair whose angle is at most
-    ``threshold`` (radians). Removing these from an update keeps it off what the retained data
-    also pull on, and leaves every forget-exclusive direction untouched: a principal vector of
-    ``U_f`` is orthogonal to every principal vector of the other pairs on both sides."""
-    if U_r.shape[1] == 0 or U_f.shape[1] == 0:
-        return U_f[:, :0]
-    angles, P_f, P_r = principal_angles(U_f, U_r)
-    close = angles <= threshold
-    if not bool(close.any()):
-        return U_f[:, :0]
-    # A pair at angle 0 spans one direction, not two: keep what the SVD says is there.
-    return update_basis(torch.cat([P_f[:, close], P_r[:, close]], dim=1), 2 * int(close.sum()))
+    """The entangled part of :func:`split_directions`: directions the forgotten and the retained
+    data share."""
+    return split_directions(U_f, U_r, threshold)[1]
 
 
 def projector(B: torch.Tensor) -> torch.Tensor:

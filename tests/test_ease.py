@@ -154,11 +154,13 @@ def test_the_displacement_step_is_excised_as_chosen(excision, monkeypatch):
     request = ForgetRequest.build(engine, samples={1: [0, 1, 2], 2: [0, 1]})
     seen = {}
     bases = ease.excision_bases
-    monkeypatch.setattr(ease, "excision_bases", lambda *a, **k: seen.setdefault("bases", bases(*a, **k)))
+    monkeypatch.setattr(ease, "excision_bases", lambda *a, **k: seen.setdefault("call", (a, k, bases(*a, **k)))[2])
     original = engine.network_sum
     engine.network_sum = lambda rows, *a, **k: (seen.setdefault("step", rows.clone()), original(rows, *a, **k))[1]
     EASE().unlearn(engine, request, EASEOptions(rounds=1, rank=2, lock=False, excision=excision))
-    B, E = seen["bases"]
+    args, kwargs, (_, sent_E) = seen["call"]
+    B, E = bases(*args, **kwargs | {"entangled": True})  # both sets, whatever the method asked for
+    assert sent_E.shape[1] == (E.shape[1] if excision == "entangled" else 0)  # E is built only when used
     g = seen["step"].double()
     assert B.shape[1] > 0 and E.shape[1] > 0 and float(g.norm()) > 0
     assert float((g @ E).abs().max()) <= 1e-5 * float(g.norm())  # nothing along an entangled direction

@@ -97,32 +97,31 @@ def displacement_loss(sim: torch.Tensor, partner: torch.Tensor, mask: torch.Tens
     return 0.5 * ((w * i2t).sum() + (w * t2i).sum()) / w.sum().clamp(min=1)
 
 
-def excision_bases(G_f: torch.Tensor, G_r: torch.Tensor, sizes: list[int], *, rank: int,
-                   threshold: float) -> tuple[torch.Tensor, torch.Tensor]:
+def excision_bases(G_f: torch.Tensor, G_r: torch.Tensor, sizes: list[int], *, rank: int, threshold: float,
+                   entangled: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
     """The forget-exclusive and the entangled directions, each ``[d, s]`` (orthonormal, block by
     block): per block of ``sizes`` entries, with each basis the top-``rank`` singular directions of
     its gradients, the principal vectors of ``span G_f`` (forget gradients, columns) at an angle
     above ``threshold`` (radians) to ``span G_r`` (retained gradients), and the principal vectors
-    of both sides at or below it (:func:`~p2pforget.subspace.entangled_directions`)."""
+    of both sides at or below it (:func:`~p2pforget.subspace.split_directions`).
+    ``entangled = False`` leaves the second basis empty (``[d, 0]``) for callers that need only
+    the first."""
     d = G_f.shape[0]
-    exclusive, entangled, start = [], [], 0
-
-    def place(chosen: torch.Tensor, parts: list[torch.Tensor], block: slice) -> None:
-        if chosen.shape[1]:
-            full = torch.zeros(d, chosen.shape[1], dtype=G_f.dtype)
-            full[block] = chosen
-            parts.append(full)
-
+    parts: tuple[list[torch.Tensor], list[torch.Tensor]] = ([], [])
+    start = 0
     for size in sizes:
         block = slice(start, start + size)
         U_f = subspace.update_basis(G_f[block], rank)
         if U_f.shape[1]:
             U_r = subspace.update_basis(G_r[block], rank) if G_r[block].abs().max() > 0 else G_r[block][:, :0]
-            place(subspace.exclusive_directions(U_f, U_r, threshold), exclusive, block)
-            place(subspace.entangled_directions(U_f, U_r, threshold), entangled, block)
+            for chosen, out in zip(subspace.split_directions(U_f, U_r, threshold)[:1 + entangled], parts):
+                if chosen.shape[1]:
+                    full = torch.zeros(d, chosen.shape[1], dtype=G_f.dtype, device=G_f.device)
+                    full[block] = chosen
+                    out.append(full)
         start += size
-    stack = lambda parts: torch.cat(parts, dim=1) if parts else torch.zeros(d, 0, dtype=G_f.dtype)  # noqa: E731
-    return stack(exclusive), stack(entangled)
+    return tuple(torch.cat(out, dim=1) if out else torch.zeros(d, 0, dtype=G_f.dtype, device=G_f.device)
+                 for out in parts)
 
 
 def _forget_batches(engine: "Engine", request: ForgetRequest, chunks: int, *, anchored: bool) -> list[dict[str, torch.Tensor]]:
@@ -174,6 +173,20 @@ def _tree_gather_bytes(engine: "Engine", root: int, sources: list[int], entries:
     return float(hops * entries * itemsize)
 
 
+def _unchanged(g: torch.Tensor) -> torch.Tensor:
+    return g
+
+
+def _onto(B: torch.Tensor):
+    """Rows of ``g`` projected onto the span of ``B``'s orthonormal columns (in float64)."""
+    return lambda g: ((g.double() @ B) @ B.T).to(g.dtype)
+
+
+def _off(E: torch.Tensor):
+    """Rows of ``g`` with their component in the span of ``E``'s orthonormal columns removed."""
+    return lambda g: (g.double() - (g.double() @ E) @ E.T).to(g.dtype)
+
+
 @METHODS.register("ease", options=EASEOptions,
                   help="EASE for CLIP: dual-modal displacement, subspace excision, Forget Lock")
 class EASE:
@@ -213,19 +226,17 @@ class EASE:
             return g
 
         comm = 0.0
-        basis = entangled = None
+        basis = None
+        project = _unchanged
         if options.excision != "none":
             basis, entangled, sent = self._bases(engine, request, options, displacement, branch, forget_clients)
             comm += sent
+            project = _onto(basis) if options.excision == "exclusive" else _off(entangled)
         whole = _forget_batches(engine, request, 1, anchored=options.partners == "retained")[0]
         for r in range(options.rounds):
             batch = whole | {"u": torch.full_like(whole["mask"], (r % 5 + 0.5) / 5)}
-            g = displacement(engine.params, batch)
-            if options.excision == "exclusive":
-                g = (g.double() @ basis) @ basis.T
-            elif options.excision == "entangled":
-                g = g.double() - (g.double() @ entangled) @ entangled.T
-            total, sent, _ = engine.network_sum(g.to(engine.dtype), progress=False)
+            g = project(displacement(engine.params, batch))
+            total, sent, _ = engine.network_sum(g, progress=False)
             comm += sent
             engine.set_params(engine.params - lr * total / len(forget_clients))
             comm += continue_training(engine, 1, request)  # the retained clients' loss holds the rest
@@ -241,7 +252,7 @@ class EASE:
         """The forget-exclusive and the entangled bases (the same on every process) and the bytes
         they took: the forget clients' chunk gradients and every retained client's contrastive
         gradient gathered at the first forget client, the bases sent back to every node (the
-        entangled one only when the displacement uses it)."""
+        entangled one is computed only when the displacement uses it, else it is empty)."""
         chunks = _forget_batches(engine, request, options.rank, anchored=options.partners == "retained")
         # [n_local, rank * d]: one row per client, as the transport gathers them
         G_f = torch.cat([displacement(engine.params, c | {"u": torch.zeros_like(c["mask"])}) for c in chunks], dim=1)
@@ -254,10 +265,11 @@ class EASE:
             keep_f = full_f.abs().amax(dim=1) > 0
             keep_r = full_r.abs().amax(dim=1) > 0
             bases = excision_bases(full_f[keep_f].double().T, full_r[keep_r].double().T, engine.model.sizes,
-                                   rank=options.rank, threshold=math.radians(options.angle_threshold))
+                                   rank=options.rank, threshold=math.radians(options.angle_threshold),
+                                   entangled=options.excision == "entangled")
             bases = [b.cpu().numpy() for b in bases]
         basis, entangled = (torch.as_tensor(b, device=engine.device) for b in engine.transport.bcast_object(bases))
-        columns = basis.shape[1] + (entangled.shape[1] if options.excision == "entangled" else 0)
+        columns = basis.shape[1] + entangled.shape[1]
         root = forget_clients[0]
         members = [int(i) for i in np.flatnonzero(engine.members)]
         sent = _tree_gather_bytes(engine, root, members, engine.dim)                               # retained gradients
