@@ -256,22 +256,61 @@ def plot(cells: list[dict], path: Path) -> None:
     plt.close(fig)
 
 
+def seed_list(text: str) -> list[int]:
+    """Seeds from ``"0-5,8"``-style text.
+
+    >>> seed_list("0-2,6")
+    [0, 1, 2, 6]
+    """
+    out: list[int] = []
+    for part in text.split(","):
+        lo, _, hi = part.partition("-")
+        out += list(range(int(lo), int(hi or lo) + 1))
+    return out
+
+
+def seed_label(seeds: list[int]) -> str:
+    """``[0, 1, 2, 6]`` -> ``"0–2, 6"``.
+
+    >>> seed_label([0, 1, 2, 6, 8, 9])
+    '0–2, 6, 8, 9'
+    """
+    runs: list[list[int]] = []
+    for s in sorted(seeds):
+        if runs and s == runs[-1][-1] + 1:
+            runs[-1].append(s)
+        else:
+            runs.append([s])
+    return ", ".join(f"{r[0]}–{r[-1]}" if len(r) > 2 else ", ".join(map(str, r)) for r in runs)
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--seeds", default="0,1,2")
+    p.add_argument("--seeds", default="0,1,2", help="e.g. 0,1,2 or 0-5")
     p.add_argument("--acceptance-seeds", default="0,1,2",
-                   help="the seeds the acceptance checks are read on; the other --seeds get checks of their own too")
+                   help="the seeds the acceptance checks are judged on (e.g. 0-11)")
+    p.add_argument("--also-check", default="",
+                   help="further seed groups to print the checks for, separated by ';' (e.g. '0-2;6-11')")
     p.add_argument("--topologies", default="star,ring")
     p.add_argument("--jobs", type=int, default=2, help="processes (one thread each)")
     p.add_argument("--pretrain-steps", type=int, default=800)
     p.add_argument("--out", default=str(ROOT / "docs" / "results" / "ease.md"))
-    p.add_argument("--from-json", help="rewrite the page from an ease_cells.json of an earlier run (no training)")
+    p.add_argument("--from-json", help="rewrite the page from the ease_cells.json of earlier runs, comma-separated "
+                                       "(no training; their cells are pooled)")
     args = p.parse_args()
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     if args.from_json:
-        saved = json.loads(Path(args.from_json).read_text())
-        cells, wall, pretrain_seconds = saved["cells"], saved["wall_seconds"], saved["pretrain_seconds"]
+        cells, runs = [], []
+        for path in args.from_json.split(","):
+            saved = json.loads(Path(path).read_text())
+            cells += saved["cells"]
+            runs += ([(r["seeds"], r["wall_seconds"], r["pretrain_seconds"]) for r in saved["runs"]] if "runs" in saved
+                     else [(sorted({c["seed"] for c in saved["cells"]}), saved["wall_seconds"], saved["pretrain_seconds"])])
+        pooled = out.with_name(f"{out.stem}_cells.json")
+        if len(runs) > 1:
+            pooled.write_text(json.dumps({"cells": cells, "runs": [{"seeds": s, "wall_seconds": w, "pretrain_seconds": b}
+                                                                   for s, w, b in runs]}, indent=1))
     else:
         start = time.perf_counter()
         checkpoint = out.with_name(f"{out.stem}_tiny_backbone.pt")
@@ -280,24 +319,29 @@ def main() -> int:
         torch.set_num_threads(args.jobs)
         pretrain(checkpoint, steps=args.pretrain_steps)
         pretrain_seconds = time.perf_counter() - start
-        jobs = [(k, int(s), str(checkpoint)) for k in args.topologies.split(",") for s in args.seeds.split(",")]
+        jobs = [(k, s, str(checkpoint)) for k in args.topologies.split(",") for s in seed_list(args.seeds)]
         with mp.get_context("spawn").Pool(args.jobs) as pool:
             cells = pool.map(one_cell, jobs, chunksize=1)
         checkpoint.unlink()
         wall = time.perf_counter() - start
+        runs = [(seed_list(args.seeds), wall, pretrain_seconds)]
         out.with_name(f"{out.stem}_cells.json").write_text(json.dumps({"cells": cells, "wall_seconds": wall,
                                                                "pretrain_seconds": pretrain_seconds}, indent=1))
     plot(cells, out.with_name(f"{out.stem}_drift.png"))
-    seeds = [int(x) for x in args.seeds.split(",")]
-    accepted = [x for x in seeds if x in {int(y) for y in args.acceptance_seeds.split(",")}]
-    groups = [(f"seeds {', '.join(map(str, accepted))}", accepted)] if accepted else []
-    if set(seeds) - set(accepted):
+    seeds = sorted({c["seed"] for c in cells})
+    judged = [s for s in seed_list(args.acceptance_seeds) if s in seeds]
+    groups = [(f"judged: seeds {seed_label(judged)}", judged)] if judged else []
+    for text in filter(None, args.also_check.split(";")):
+        group = [s for s in seed_list(text) if s in seeds]
+        groups += [(f"seeds {seed_label(group)}", group)] if group else []
+    if all(set(g) != set(seeds) for _, g in groups):
         groups.append((f"all {len(seeds)} seeds", seeds))
+    made = "; ".join(f"seeds {seed_label(s)} in {w / 60:.1f} min (backbone pretraining {b:.0f} s)" for s, w, b in runs)
     text = [
         "# EASE on synthetic captions with a tiny CLIP",
         "",
-        f"Produced by `python benchmarks/ease_table.py --seeds {args.seeds} --topologies {args.topologies} --jobs {args.jobs}` "
-        f"in {wall / 60:.1f} min on 2 CPU cores (backbone pretraining {pretrain_seconds:.0f} s, then {args.jobs} processes, one thread each).",
+        f"Produced by `python benchmarks/ease_table.py --seeds SEEDS --topologies {args.topologies} --jobs {args.jobs}` "
+        f"on 2 CPU cores ({args.jobs} processes, one thread each), {len(runs)} run{'s' if len(runs) > 1 else ''}: {made}.",
         "",
         f"Setup: tiny open_clip CLIP (`p2pforget/configs/clip/tiny.json`), backbone pretrained centrally for {args.pretrain_steps} "
         "AdamW steps on the non-purple pairs among 3,000 synthetic pairs of another seed and loaded from a local checkpoint; LoRA adapters (rank 4) and the "
@@ -306,7 +350,7 @@ def main() -> int:
         "from the same trained state (a class-level request), so only the forgotten pairs ever taught purple. R@1 = mean of image->text "
         "and text->image R@1 in percent, each pair retrieved among its own image or captions and the 100 test pairs' (5 captions "
         "each; a caption with the same words as one of the image's own counts as a hit); mean ± std over seeds "
-        f"{args.seeds.replace(',', ', ')}; cost excludes evaluation for every method alike.",
+        f"{seed_label(seeds)}; cost excludes evaluation for every method alike.",
         "",
     ]
     for kind in args.topologies.split(","):
