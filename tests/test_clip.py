@@ -89,3 +89,14 @@ def test_pretrained_weights_only_from_a_local_file(tmp_path):
     assert torch.equal(loaded.text_projection, source.text_projection)
     with pytest.raises(ValueError, match="not an open_clip config"):
         clip.build_clip(ModelConfig(kind="clip", clip_config="no-such-model"))
+
+
+def test_shorter_token_rows_are_padded_to_the_text_context_and_longer_ones_are_refused():
+    model = clip.ContrastiveCLIP(clip.build_clip(ModelConfig(kind="clip")))
+    _, tokens = _batch()                                   # [4, 16]: the tiny model's context
+    end = int((tokens != 0).sum(dim=1).max())              # the longest caption's length, end token included
+    with torch.no_grad():
+        full, short = model.embed_texts(tokens), model.embed_texts(tokens[:, :end])
+    assert end < 16 and torch.allclose(short, full, atol=1e-6)
+    with pytest.raises(ValueError, match="data.context_length = 16"):
+        model.embed_texts(torch.cat([tokens, tokens[:, :2]], dim=1))

@@ -193,6 +193,15 @@ class ContrastiveCLIP(nn.Module):
         return self.clip.encode_image(images, normalize=True)
 
     def embed_texts(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Normalized caption embeddings of ``tokens [b, L]``. Shorter token rows than the text
+        tower's context are padded with zeros (the tokenizer's own padding; under the causal mask
+        the end-of-text token never sees it), so data tokenized for a small model serve a larger one."""
+        context = self.clip.context_length
+        if tokens.shape[-1] > context:
+            raise ValueError(f"captions have {tokens.shape[-1]} tokens but the model's text tower reads at most "
+                             f"{context}: set data.context_length = {context} (or less)")
+        if tokens.shape[-1] < context:
+            tokens = torch.nn.functional.pad(tokens, (0, context - tokens.shape[-1]))
         return self.clip.encode_text(tokens, normalize=True)
 
     def chosen_tokens(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
