@@ -261,16 +261,20 @@ class Engine:
             try:
                 return fixed_width_value_and_grad(fn, self.width, params, *args, update=update)
             except (RuntimeError, NotImplementedError) as e:
-                self._no_vmap(e)
+                return self._unbatched(e, fixed_width_value_and_grad, fn, self.width, params, *args, loop=True,
+                                       update=update)
         return fixed_width_value_and_grad(fn, self.width, params, *args, loop=True, update=update)
 
-    def _no_vmap(self, e: Exception) -> None:
-        """Switch to the row-by-row fallback after vmap failed (re-raise any other error)."""
-        if "vmap" not in str(e).lower() and "batching rule" not in str(e).lower():
-            raise e
+    def _unbatched(self, error: Exception, compute: Callable, *args, **kwargs):
+        """``vmap`` failed with ``error``: ``compute(*args, **kwargs)`` clients one by one instead
+        and stay row by row from now on, reported once. vmap's own errors do not always say so
+        (torch 2.11 rejects a batched attention mask as "attn_bias: wrong shape"), so any error is
+        retried; one that the row-by-row computation raises too is the model's and propagates."""
+        out = compute(*args, **kwargs)
         self.vectorized = False
         warnings.warn(f"model.kind = {self.config.model.kind!r} cannot be vectorized by torch.func.vmap "
-                      f"({' '.join(str(e).split())[:160]}); computing clients one by one (slower)", stacklevel=3)
+                      f"({' '.join(str(error).split())[:160]}); computing clients one by one (slower)", stacklevel=3)
+        return out
 
     def per_client(self, fn: Callable, *args) -> torch.Tensor:
         """``fn(*row_args)`` for every local client, vmapped in the engine's fixed-width chunks
@@ -279,7 +283,7 @@ class Engine:
             try:
                 return fixed_width_vmap(fn, self.width, *args)
             except (RuntimeError, NotImplementedError) as e:
-                self._no_vmap(e)
+                return self._unbatched(e, row_by_row, fn, *args)
         return row_by_row(fn, *args)
 
     def full_batch(self, dtype: torch.dtype | None = None) -> Batch:

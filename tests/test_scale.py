@@ -166,6 +166,38 @@ class _Branchy(nn.Module):
         return out if out.sum() > 0 else -out
 
 
+class _RefusesBatches(nn.Module):
+    """Fails under vmap with a message that does not name vmap, as torch 2.11's attention does
+    ("attn_bias: wrong shape (batch dimension)"); ``broken`` fails always: a model's own bug."""
+
+    def __init__(self, n_features, n_classes, *, broken=False):
+        super().__init__()
+        self.lin = nn.Linear(n_features, n_classes)
+        self.broken = broken
+
+    def forward(self, x):
+        if self.broken or torch._C._functorch.is_batchedtensor(x):
+            raise RuntimeError("attn_bias: wrong shape (batch dimension)")
+        return self.lin(x.reshape(x.shape[0], -1))
+
+
+def test_any_vmap_failure_falls_back_and_a_models_own_error_still_surfaces():
+    for name, broken in (("refuses_batches_test", False), ("broken_test", True)):
+        if name not in MODELS.names():
+            MODELS.register(name)(lambda cfg, input_shape, n_classes, broken=broken:
+                                  _RefusesBatches(int(np.prod(input_shape)), n_classes, broken=broken))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        e = Engine(config=_cfg(model={"kind": "refuses_batches_test"}))
+        e.train(2, progress=False)
+    assert not e.vectorized and e.round == 2 and np.isfinite(e.metrics["loss_mean"][-1])
+    assert sum("cannot be vectorized" in str(w.message) and "attn_bias" in str(w.message) for w in caught) == 1
+    e = Engine(config=_cfg(model={"kind": "broken_test"}))
+    with pytest.raises(RuntimeError, match="attn_bias"):
+        e.train(1, progress=False)
+    assert e.vectorized  # the loop failed too: nothing was switched
+
+
 def test_models_vmap_cannot_batch_fall_back_to_a_loop_once():
     if "branchy_test" not in MODELS.names():
         MODELS.register("branchy_test")(lambda cfg, input_shape, n_classes: _Branchy(int(np.prod(input_shape)), n_classes))
