@@ -75,7 +75,7 @@ def gossip_mix(X: torch.Tensor, idx: torch.Tensor | np.ndarray, weight: torch.Te
 
 def weighted_average(X: torch.Tensor, weights: torch.Tensor | np.ndarray) -> torch.Tensor:
     """``sum_i w_i x_i / sum_i w_i`` over the rows of ``X``."""
-    w = torch.as_tensor(weights, dtype=X.dtype)
+    w = torch.as_tensor(weights, dtype=X.dtype, device=X.device)
     return ((w / w.sum())[:, None] * X).sum(dim=0)
 
 

@@ -72,8 +72,8 @@ class EvalSets:
                    x_test=d.x_test, y_test=d.y_test, x_heldout=xh, y_heldout=yh, extras=extras, clients_heldout=own,
                    non_members=same if same.any() else np.ones_like(same))
 
-    def batch(self, name: str, dtype: torch.dtype) -> dict[str, torch.Tensor]:
-        """Set ``name`` (one of :attr:`NAMES`) as a task batch."""
+    def batch(self, name: str, dtype: torch.dtype, device: torch.device | str = "cpu") -> dict[str, torch.Tensor]:
+        """Set ``name`` (one of :attr:`NAMES`) as a task batch on ``device``."""
         out = {"x": torch.as_tensor(getattr(self, f"x_{name}"), dtype=dtype), "y": torch.as_tensor(getattr(self, f"y_{name}"))}
         extras = self.extras.get(name, {})
         out |= {k: torch.as_tensor(v) for k, v in extras.items()}
@@ -82,7 +82,7 @@ class EvalSets:
             # the same distractors, whatever its size and make-up (one client's similar pairs).
             out |= {"gallery_x": torch.as_tensor(self.x_test, dtype=dtype)}
             out |= {f"gallery_{k}": torch.as_tensor(v) for k, v in self.extras["test"].items()}
-        return out
+        return {k: v.to(device) for k, v in out.items()}
 
     def size(self, name: str) -> int:
         return len(getattr(self, f"y_{name}"))
@@ -129,14 +129,14 @@ def evaluate(engine: "Engine", params: torch.Tensor, sets: EvalSets, *, nodes: n
     scores, member = [], []
     with torch.no_grad():
         for name in names:
-            batch = sets.batch(name, engine.dtype)
+            batch = sets.batch(name, engine.dtype, engine.device)
             judged = _per_row(lambda p: engine.task.judge(p, batch), params)
             scores.append(torch.stack([j[0].double() for j in judged]))
             member.append(torch.stack([j[1] for j in judged]))
     full = engine.transport.gather(torch.cat([torch.stack(scores, dim=1)] + member, dim=1))
     if full is None:
         return None
-    full = full.numpy()[nodes]
+    full = full.cpu().numpy()[nodes]
     score = dict(zip(names, full[:, :len(names)].T))
     offsets = np.cumsum([len(names)] + [sets.size(n) for n in names])
     phi = {n: full[:, offsets[i]:offsets[i + 1]] for i, n in enumerate(names)}
@@ -154,7 +154,7 @@ def forget_accuracy(engine: "Engine", params: torch.Tensor, sets: EvalSets, *, n
     elsewhere or when nothing was forgotten."""
     if not sets.size("forget"):
         return None
-    batch = sets.batch("forget", engine.dtype)
+    batch = sets.batch("forget", engine.dtype, engine.device)
     with torch.no_grad():
         score = torch.stack([s.double() for s in _per_row(lambda p: engine.task.score(p, batch), params)])
     full = engine.transport.gather(score[:, None])

@@ -26,6 +26,7 @@ Example
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import shutil
@@ -202,7 +203,8 @@ class ContrastiveCLIP(nn.Module):
                              f"{context}: set data.context_length = {context} (or less)")
         if tokens.shape[-1] < context:
             tokens = torch.nn.functional.pad(tokens, (0, context - tokens.shape[-1]))
-        return self.clip.encode_text(tokens, normalize=True)
+        with _batchable_attention(tokens.device):
+            return self.clip.encode_text(tokens, normalize=True)
 
     def chosen_tokens(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         tokens = batch["tokens"]
@@ -285,6 +287,17 @@ class ContrastiveCLIP(nn.Module):
     def _membership(self, image: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
         """``image [n, D]``, ``text [n, c, D]`` -> the scaled similarity of each image and its mean caption."""
         return self.scale() * (image * text.mean(dim=1)).sum(-1)
+
+
+def _batchable_attention(device: torch.device):
+    """On CUDA, attention by the flash or the math kernel only: the memory-efficient kernel rejects
+    the text tower's causal mask once vmap batches the clients ("attn_bias: wrong shape (batch
+    dimension)", seen with torch 2.11 on an H200), which would send the engine row by row."""
+    if device.type != "cuda":
+        return contextlib.nullcontext()
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    return sdpa_kernel([SDPBackend.FLASH_ATTENTION, SDPBackend.MATH])
 
 
 def _caption_keys(tokens: torch.Tensor) -> torch.Tensor:
