@@ -191,7 +191,8 @@ class ContrastiveCLIP(nn.Module):
         return self.clip.logit_scale.clamp(max=MAX_LOGIT_SCALE).exp()
 
     def embed_images(self, images: torch.Tensor) -> torch.Tensor:
-        return self.clip.encode_image(images, normalize=True)
+        with _batchable_attention(images.device):
+            return self.clip.encode_image(images, normalize=True)
 
     def embed_texts(self, tokens: torch.Tensor) -> torch.Tensor:
         """Normalized caption embeddings of ``tokens [b, L]``. Shorter token rows than the text
@@ -290,14 +291,15 @@ class ContrastiveCLIP(nn.Module):
 
 
 def _batchable_attention(device: torch.device):
-    """On CUDA, attention by the flash or the math kernel only: the memory-efficient kernel rejects
-    the text tower's causal mask once vmap batches the clients ("attn_bias: wrong shape (batch
-    dimension)", seen with torch 2.11 on an H200), which would send the engine row by row."""
+    """On CUDA, attention by the math kernel only. Once vmap batches the clients, the
+    memory-efficient kernel rejects the text tower's causal mask ("attn_bias: wrong shape (batch
+    dimension)") and the fused kernels' backward rejects the batched layout ("LSE is not correctly
+    aligned"), seen with torch 2.11 on an H200; either would send the engine row by row."""
     if device.type != "cuda":
         return contextlib.nullcontext()
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
-    return sdpa_kernel([SDPBackend.FLASH_ATTENTION, SDPBackend.MATH])
+    return sdpa_kernel([SDPBackend.MATH])
 
 
 def _caption_keys(tokens: torch.Tensor) -> torch.Tensor:
