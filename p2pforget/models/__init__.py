@@ -142,12 +142,16 @@ class FlatModel:
         return torch.cat(parts)
 
     def init_vector(self, generator_seed: int, dtype: torch.dtype) -> torch.Tensor:
-        """Flat parameters from the modules' own ``reset_parameters`` under a fixed seed."""
+        """Flat parameters from the modules' own ``reset_parameters`` under a fixed seed, drawn on
+        the CPU wherever the module lives (a GPU's generator draws other numbers from the same
+        seed), so every device starts from the same model."""
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(generator_seed)
             for m in self.module.modules():
                 if hasattr(m, "reset_parameters") and _trainable(m):
-                    m.reset_parameters()
+                    device = next(m.parameters()).device
+                    m.to("cpu").reset_parameters()
+                    m.to(device)
             return torch.cat([p.detach().reshape(-1) for p in self.module.parameters() if p.requires_grad]).to(dtype)
 
 
