@@ -25,10 +25,14 @@ import argparse
 import json
 import multiprocessing as mp
 import os
+import sys
 import time
 from pathlib import Path
 
 import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from calibration import mean_std  # noqa: E402  (printing shared by the benchmark tables)
 
 ROOT = Path(__file__).resolve().parents[1]
 ROUNDS, DRIFT = 30, 20
@@ -162,13 +166,6 @@ def one_cell(args: tuple[str, int, str]) -> dict:
     return {"topology": kind, "seed": seed, "forgotten": {int(j): len(idx) for j, idx in samples.items()}, "rows": rows, "drift": drift, "seconds": time.perf_counter() - start}
 
 
-def _fmt(values: list, digits: int = 1) -> str:
-    vals = [v for v in values if v is not None]
-    if not vals:
-        return "-"
-    return f"{np.mean(vals):.{digits}f} ± {np.std(vals):.{digits}f}" if len(vals) > 1 else f"{vals[0]:.{digits}f}"
-
-
 def table(cells: list[dict], kind: str) -> str:
     mine = [c for c in cells if c["topology"] == kind]
     lines = ["| method | forget R@1 (FA) | retain R@1 (RA) | test R@1 (TA) | MIA | seconds | GFLOPs | Comm MB | "
@@ -177,9 +174,9 @@ def table(cells: list[dict], kind: str) -> str:
         col = lambda k: [c["rows"][name].get(k) for c in mine]  # noqa: E731
         ratio = [c["rows"][name]["GFLOPs"] / c["rows"]["retrain"]["GFLOPs"] if c["rows"][name]["GFLOPs"] else None
                  for c in mine]
-        lines.append(f"| {LABELS[name]} | " + " | ".join(_fmt(col(k), 2 if k == "GFLOPs" else 1)
+        lines.append(f"| {LABELS[name]} | " + " | ".join(mean_std(col(k), 2 if k == "GFLOPs" else 1)
                                                          for k in ("FA", "RA", "TA", "MIA", "seconds", "GFLOPs", "comm_MB"))
-                     + f" | {_fmt(ratio, 3)} |")
+                     + f" | {mean_std(ratio, 3)} |")
     return "\n".join(lines)
 
 
@@ -190,7 +187,7 @@ def drift_table(cells: list[dict]) -> str:
         part = []
         for name in ("ease", "ease_no_lock", "retrain"):
             first, last = [c["drift"][name][0] for c in mine], [c["drift"][name][-1] for c in mine]
-            part.append(f"{_fmt(first)} -> {_fmt(last)}")
+            part.append(f"{mean_std(first)} -> {mean_std(last)}")
         lines.append(f"| {kind} | " + " | ".join(part) + " |")
     return "\n".join(lines)
 

@@ -23,6 +23,9 @@ from pathlib import Path
 
 import numpy as np
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from calibration import mean_std  # noqa: E402  (printing shared by the benchmark tables)
+
 ROOT = Path(__file__).resolve().parents[1]
 # row name -> (registered method, overrides of its [unlearn.<method>] table in foul_pacs.toml)
 METHODS = {"foul": ("foul", {}),
@@ -73,23 +76,14 @@ def one_cell(args: tuple[str, int]) -> dict:
     return {"topology": kind, "seed": seed, "rows": rows, "traces": traces, "seconds": time.perf_counter() - start}
 
 
-def _fmt(values: list, digits: int = 1) -> str:
-    vals = [v for v in values if v is not None]
-    if not vals:
-        return "-"
-    if len(vals) < len(values):
-        return f"{np.mean(vals):.{digits}f} ({len(vals)}/{len(values)} seeds)"
-    return f"{np.mean(vals):.{digits}f} ± {np.std(vals):.{digits}f}" if len(vals) > 1 else f"{vals[0]:.{digits}f}"
-
-
 def table(cells: list[dict], kind: str) -> str:
     mine = [c for c in cells if c["topology"] == kind]
     head = "| method | FA | RA | TA | MIA | Comm MB | GFLOPs | T2F rounds | FA drop / round |\n|---|---|---|---|---|---|---|---|---|"
     lines = [head]
     for name in ("trained", "retrain", *METHODS):
         col = lambda k: [c["rows"][name].get(k) for c in mine]  # noqa: E731
-        lines.append(f"| {LABELS[name]} | " + " | ".join(_fmt(col(k), 2 if k in ("GFLOPs",) else 1) for k in
-                     ("FA", "RA", "TA", "MIA", "comm_MB", "GFLOPs")) + f" | {_fmt(col('T2F_rounds'), 0)} | {_fmt(col('FA_drop_per_round'), 2)} |")
+        lines.append(f"| {LABELS[name]} | " + " | ".join(mean_std(col(k), 2 if k in ("GFLOPs",) else 1) for k in
+                     ("FA", "RA", "TA", "MIA", "comm_MB", "GFLOPs")) + f" | {mean_std(col('T2F_rounds'), 0)} | {mean_std(col('FA_drop_per_round'), 2)} |")
     return "\n".join(lines)
 
 
