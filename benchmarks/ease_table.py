@@ -1,6 +1,11 @@
 """EASE vs Retrain, the baselines and its ablations on synthetic captions with a tiny CLIP.
 
     .venv/bin/python benchmarks/ease_table.py [--seeds 0,1,2] [--topologies star,ring] [--jobs 2]
+        [--acceptance-seeds 0,1,2] [--also-check "0-2;6-11"] [--out PAGE.md] [--from-json A.json,B.json]
+
+docs/results/ease.md pools two runs (``--seeds 0-5`` and ``--seeds 6-11 --out runs/…/ease.md``)
+with ``--from-json`` their two ``*_cells.json`` ``--acceptance-seeds 0-11 --also-check "0-2;6-11"``:
+the FA item is judged on the 12-seed mean (docs/methods/ease.md says why).
 
 Setup: a tiny open_clip CLIP (``clip_config = "tiny"``) whose backbone is first pretrained
 centrally (AdamW, on a disjoint pool of synthetic captions drawn with another seed) and saved as a
