@@ -92,15 +92,16 @@ class Targets:
     extras_forget: dict[str, np.ndarray] = field(default_factory=dict)   # e.g. caption tokens
     extras_heldout: dict[str, np.ndarray] = field(default_factory=dict)
 
-    def batch(self, side: str, dtype: torch.dtype, pick: np.ndarray | None = None) -> dict[str, torch.Tensor]:
-        """``side`` (``forget`` or ``heldout``), or its rows ``pick``, as a task batch."""
+    def batch(self, side: str, dtype: torch.dtype, pick: np.ndarray | None = None,
+              device: torch.device | str = "cpu") -> dict[str, torch.Tensor]:
+        """``side`` (``forget`` or ``heldout``), or its rows ``pick``, as a task batch on ``device``."""
         pick = slice(None) if pick is None else pick
         x, y = getattr(self, f"x_{side}")[pick], getattr(self, f"y_{side}")[pick]
         out = {"x": torch.as_tensor(x, dtype=dtype), "y": torch.as_tensor(y), "mask": torch.ones(len(y), dtype=dtype)}
         extras = getattr(self, f"extras_{side}")
         if extras:
             out |= {k: torch.as_tensor(v[pick]) for k, v in extras.items()} | {"u": torch.zeros(len(y), dtype=dtype)}
-        return out
+        return {k: v.to(device) for k, v in out.items()}
 
     @classmethod
     def of(cls, engine: "Engine", forgotten: dict[int, np.ndarray]) -> "Targets":
@@ -127,9 +128,10 @@ def _phi(engine: "Engine", params: np.ndarray, targets: Targets, side: str) -> n
     """``phi [K, m]`` (the task's membership score, float64) of the K models ``params [K, d]`` on
     the ``side`` examples."""
     dtype = _dtype(engine)
-    batch = targets.batch(side, dtype)
+    batch = targets.batch(side, dtype, device=engine.device)
     with torch.no_grad():
-        return torch.stack([engine.task.judge(torch.as_tensor(p, dtype=dtype), batch)[1] for p in params]).numpy()
+        return torch.stack([engine.task.judge(torch.as_tensor(p, dtype=dtype, device=engine.device), batch)[1]
+                            for p in params]).cpu().numpy()
 
 
 def _accuracy(engine: "Engine", theta: torch.Tensor, batch: dict[str, torch.Tensor]) -> float:
@@ -151,13 +153,14 @@ def shadow_models(engine: "Engine", count: int, *, seed: int, steps: int = 0) ->
     d = engine.data
     dtype = _dtype(engine)
     keep = engine.retained & engine.members[:, None]
-    x = torch.as_tensor(d.x[keep], dtype=dtype)
-    y = torch.as_tensor(d.y[keep])
-    extras = {k: torch.as_tensor(v[keep]) for k, v in d.extras.items()}
-    init = engine.model.init_vector(seeding.int_seed(engine.seed, purpose="init"), dtype)
+    dev = engine.device
+    x = torch.as_tensor(d.x[keep], dtype=dtype, device=dev)
+    y = torch.as_tensor(d.y[keep], device=dev)
+    extras = {k: torch.as_tensor(v[keep], device=dev) for k, v in d.extras.items()}
+    init = engine.model.init_vector(seeding.int_seed(engine.seed, purpose="init"), dtype).to(dev)
     steps = steps or max(1, engine.round * engine.config.train.local_steps)
     lr, b = engine.config.train.lr, engine.config.train.batch_size
-    one = torch.tensor(1.0, dtype=dtype)
+    one = torch.tensor(1.0, dtype=dtype, device=dev)
     out = []
     for s in range(count):
         r = seeding.rng(seed, purpose="audit/shadow", counters=(s,))
@@ -165,12 +168,13 @@ def shadow_models(engine: "Engine", count: int, *, seed: int, steps: int = 0) ->
         theta = init.clone()
         for _ in range(steps):
             # minibatches of train.batch_size, as the audited models were trained (0: full batch)
-            pick = torch.as_tensor(subset if not b or b >= len(subset) else r.choice(subset, b, replace=False))
-            batch = {"x": x[pick], "y": y[pick], "mask": torch.ones(len(pick), dtype=dtype)}
+            pick = torch.as_tensor(subset if not b or b >= len(subset) else r.choice(subset, b, replace=False), device=dev)
+            batch = {"x": x[pick], "y": y[pick], "mask": torch.ones(len(pick), dtype=dtype, device=dev)}
             if extras:
-                batch |= {k: v[pick] for k, v in extras.items()} | {"u": torch.as_tensor(r.random(len(pick)), dtype=dtype)}
+                batch |= {k: v[pick] for k, v in extras.items()} | {"u": torch.as_tensor(r.random(len(pick)), dtype=dtype,
+                                                                                          device=dev)}
             theta = theta - lr * torch.func.grad(engine.task.objective)(theta, batch, one)
-        out.append(theta.numpy())
+        out.append(theta.cpu().numpy())
     return np.stack(out)
 
 
@@ -182,12 +186,13 @@ def relearn(engine: "Engine", theta: np.ndarray, targets: Targets, *, samples: i
     k = min(samples, len(targets.y_forget))
     pick = np.sort(seeding.rng(seed, purpose="audit/relearn").choice(len(targets.y_forget), k, replace=False))
     dtype = _dtype(engine)
-    batch = targets.batch("forget", dtype, pick)
-    everything = targets.batch("forget", dtype)
-    th = torch.as_tensor(theta, dtype=dtype)
+    batch = targets.batch("forget", dtype, pick, device=engine.device)
+    everything = targets.batch("forget", dtype, device=engine.device)
+    th = torch.as_tensor(theta, dtype=dtype, device=engine.device)
+    one = torch.tensor(1.0, dtype=dtype, device=engine.device)
     fa = [_accuracy(engine, th, everything)]
     for _ in range(steps):
-        th = th - engine.config.train.lr * torch.func.grad(engine.task.objective)(th, batch, torch.tensor(1.0, dtype=dtype))
+        th = th - engine.config.train.lr * torch.func.grad(engine.task.objective)(th, batch, one)
         fa.append(_accuracy(engine, th, everything))
     hit = next((t for t, v in enumerate(fa) if v >= target_fa - 1.0), None)
     return {"steps_to_recover": hit, "fa_before": fa[0], "fa_after": fa[-1]}
@@ -217,8 +222,8 @@ def audit(engine: "Engine", *, forgotten: dict[int, np.ndarray], models: dict[st
                               "tpr_at_1pct_fpr": float(np.mean([tpr_at_fpr(a, b) for a, b in zip(s_pos, s_neg)]))}
     if options.relearn_steps and "trained" in models:
         node = int(nodes[0])
-        target_fa = _accuracy(engine, torch.as_tensor(models["trained"][node], dtype=_dtype(engine)),
-                              targets.batch("forget", _dtype(engine)))
+        target_fa = _accuracy(engine, torch.as_tensor(models["trained"][node], dtype=_dtype(engine), device=engine.device),
+                              targets.batch("forget", _dtype(engine), device=engine.device))
         out["relearn"] = {"node": node, "samples": min(options.relearn_samples, len(targets.y_forget)),
                           "steps": options.relearn_steps, "trained_fa": target_fa}
         for k, v in models.items():

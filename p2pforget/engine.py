@@ -242,6 +242,7 @@ class Engine:
         if mask is None:
             g, values = self._value_and_grad(self.task.data_loss, params, batch)
         else:
+            mask = mask.to(params.device)
             idx = torch.nonzero(mask).squeeze(1)
 
             def partial(sub, frozen, b):
@@ -342,6 +343,7 @@ class Engine:
         """
         cfg = self.config.train
         key_round = self.round if key_round is None else key_round
+        grad_mask = None if grad_mask is None else grad_mask.to(params.device)
         lr = optim.learning_rate(cfg, key_round, self.config.run.rounds)
         plain = optim.is_plain_sgd(cfg)
         decay = self.task.weight_decay and not optim.decouples_decay(cfg)

@@ -84,8 +84,8 @@ def influence_weights(engine: "Engine", forgotten: list[int]) -> torch.Tensor:
     """``omega [n_local, len(forgotten)]``: how strongly each local node holds each forgotten client."""
     n_local = engine.hi - engine.lo
     if engine.is_star or engine.config.train.algorithm == "gradient_tracking" or engine.round == 0:
-        return torch.ones(n_local, len(forgotten), dtype=torch.float64)
-    return int(engine.members.sum()) * engine.ledger_shares(forgotten).cpu()
+        return torch.ones(n_local, len(forgotten), dtype=torch.float64, device=engine.device)
+    return int(engine.members.sum()) * engine.ledger_shares(forgotten).to(engine.device)
 
 
 def ledger_bytes(engine: "Engine") -> float:
@@ -104,9 +104,10 @@ def remaining_objective(engine: "Engine", dtype: torch.dtype | None = None):
     evaluate the certificate), in ``dtype`` (default: the training dtype)."""
     d = engine.data
     dtype = dtype or engine.dtype
-    batch = {"x": torch.as_tensor(d.x, dtype=dtype), "y": torch.as_tensor(d.y),
-             "mask": torch.as_tensor(engine.retained & engine.members[:, None], dtype=dtype)}
-    a = torch.as_tensor(engine.objective_weights(), dtype=dtype)
+    dev = engine.device
+    batch = {"x": torch.as_tensor(d.x, dtype=dtype, device=dev), "y": torch.as_tensor(d.y, device=dev),
+             "mask": torch.as_tensor(engine.retained & engine.members[:, None], dtype=dtype, device=dev)}
+    a = torch.as_tensor(engine.objective_weights(), dtype=dtype, device=dev)
     wd = engine.config.train.weight_decay
     per_client = vmap(engine.task.data_loss, in_dims=(None, 0))
 
@@ -128,7 +129,7 @@ def remaining_optimum(engine: "Engine", start: np.ndarray) -> np.ndarray | None:
     if hessian_lipschitz(engine) is None or engine.config.train.weight_decay <= 0 or engine.dim > OPTIMUM_MAX_DIM:
         return None
     phi = remaining_objective(engine, torch.float64)
-    x = torch.as_tensor(start, dtype=torch.float64)
+    x = torch.as_tensor(start, dtype=torch.float64, device=engine.device)
     for _ in range(100):
         g = grad(phi)(x)
         if float(torch.linalg.vector_norm(g)) < 1e-12 * max(1.0, float(torch.linalg.vector_norm(x))):
@@ -138,7 +139,7 @@ def remaining_optimum(engine: "Engine", start: np.ndarray) -> np.ndarray | None:
         while float(phi(x - t * step)) > f0 and t > 1e-10:
             t /= 2
         x = x - t * step
-    return x.numpy()
+    return x.cpu().numpy()
 
 
 def softmax_curvature_lipschitz(n_classes: int) -> float:
@@ -194,7 +195,8 @@ def certificate(engine: "Engine", before: np.ndarray, step: np.ndarray, per_node
     M = hessian_lipschitz(engine)
     norms, bounds, sizes = [], [], []
     for i in nodes:
-        t, s, p, u = (torch.as_tensor(v[i], dtype=torch.float64) for v in (before, step, per_node, released))
+        t, s, p, u = (torch.as_tensor(v[i], dtype=torch.float64, device=engine.device)
+                      for v in (before, step, per_node, released))
         norms.append(float(torch.linalg.vector_norm(g_phi(u))))
         sizes.append(float(torch.linalg.vector_norm(u)))
         if torch.equal(p, u):
@@ -309,13 +311,13 @@ class CertifiedNewton:
         first = first_step(engine, options)
         # 1. g_j = a_j grad f_j - a'_j grad f'_j at client j's own model, before and after the exclusion.
         if first != "none":
-            a_before = torch.as_tensor(engine.objective_weights()[lo:hi, None], dtype=f64)
+            a_before = torch.as_tensor(engine.objective_weights()[lo:hi, None], dtype=f64, device=engine.device)
             g_before = engine.gradients(theta, engine.full_batch(f64))[0] * a_before
         engine.exclude(samples=request.samples, removed=request.removed)
         batch = engine.full_batch(f64)
-        a_after = torch.as_tensor(engine.objective_weights()[lo:hi, None], dtype=f64)
+        a_after = torch.as_tensor(engine.objective_weights()[lo:hi, None], dtype=f64, device=engine.device)
         n_nodes = int(engine.members.sum())
-        member_rows = torch.as_tensor(engine.members[lo:hi])[:, None]
+        member_rows = torch.as_tensor(engine.members[lo:hi], device=engine.device)[:, None]
         state = _NewtonState(engine=engine, request=request, options=options, batch=batch, a=a_after,
                              member_rows=member_rows, n_nodes=n_nodes)
 
@@ -326,10 +328,10 @@ class CertifiedNewton:
             g_after = engine.gradients(theta, batch)[0] * a_after
             full = engine.transport.gather(g_before - g_after)
             G = full[torch.as_tensor(forgotten)] if engine.transport.is_root else None
-            G = engine.transport.broadcast(G, like=torch.zeros(len(forgotten), engine.dim, dtype=f64))
+            G = engine.transport.broadcast(G, like=torch.zeros(len(forgotten), engine.dim, dtype=f64, device=engine.device))
             state.comm += float(len(forgotten) * n_nodes * engine.dim * 8)
             omega = (influence_weights(engine, forgotten) if first == "ledger"
-                     else torch.ones(hi - lo, len(forgotten), dtype=f64))
+                     else torch.ones(hi - lo, len(forgotten), dtype=f64, device=engine.device))
             if first == "ledger":
                 state.comm += ledger_bytes(engine)
             # Elementwise, one forgotten client at a time: a matrix product's rounding could depend
@@ -393,7 +395,7 @@ class CertifiedNewton:
                 gen = seeding.torch_generator(options.noise_seed, client=client, purpose="unlearn/noise", counters=(request,))
             else:
                 gen.manual_seed(int.from_bytes(os.urandom(8), "little") >> 1)
-            return torch.randn(d, generator=gen, dtype=torch.float64).to(like.dtype)
+            return torch.randn(d, generator=gen, dtype=torch.float64).to(device=like.device, dtype=like.dtype)
 
         members = torch.as_tensor(engine.members[engine.lo:engine.hi], device=like.device)[:, None]
         if options.noise_scope == "shared":
@@ -614,7 +616,7 @@ def _solve(H: torch.Tensor, rhs: torch.Tensor, damping: float, *, active: np.nda
     if H.dim() == 2:
         out[rows] = -rhs[rows] / (H[rows] + damping)
         return out, float(len(rows) * d)
-    eye = damping * torch.eye(d, dtype=H.dtype)
+    eye = damping * torch.eye(d, dtype=H.dtype, device=H.device)
     groups: list[list[int]] = []
     for r in rows:
         for g in groups:

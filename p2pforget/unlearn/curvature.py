@@ -57,7 +57,7 @@ def _ggn(engine: "Engine", params: torch.Tensor) -> torch.Tensor:
     def one(flat, batch, active):
         J, A = _output_curvature(engine, flat, batch["x"], batch["mask"])
         G = torch.einsum("scd,sce,sef->df", J, A, J)
-        return G + active * wd * torch.eye(flat.shape[0], dtype=flat.dtype)
+        return G + active * wd * torch.eye(flat.shape[0], dtype=flat.dtype, device=flat.device)
 
     return engine.per_client(one, params.detach(), engine.full_batch(params.dtype), engine.active)
 
@@ -80,7 +80,7 @@ def _kfac(engine: "Engine", params: torch.Tensor) -> torch.Tensor:
     wd = engine.config.train.weight_decay
     module = copy.deepcopy(engine.model.module).to(params.dtype)  # the engine's own module stays as it is
     d = engine.dim
-    out = torch.zeros(params.shape[0], d, d, dtype=params.dtype)
+    out = torch.zeros(params.shape[0], d, d, dtype=params.dtype, device=params.device)
     batch = engine.full_batch(params.dtype)
     x, y, mask = batch["x"], batch["y"], batch["mask"]
     for r in range(params.shape[0]):
@@ -92,7 +92,8 @@ def _kfac(engine: "Engine", params: torch.Tensor) -> torch.Tensor:
                 p.copy_(v.view_as(p))
         op = KFACLinearOperator(module, torch.nn.CrossEntropyLoss(), list(module.parameters()), [(x[r][keep], y[r][keep])],
                                 fisher_type="type-2", check_deterministic=False)
-        out[r] = op @ torch.eye(d, dtype=params.dtype) + wd * torch.eye(d, dtype=params.dtype)
+        eye = torch.eye(d, dtype=params.dtype, device=params.device)
+        out[r] = op @ eye + wd * eye
     return out
 
 

@@ -95,7 +95,7 @@ def solve_gamma(retain: torch.Tensor, forget: torch.Tensor, *, kappa: float, bet
     steps on :func:`gamma_objective` from uniform weights, keeping the best iterate. Only the
     uploaded updates are used (``U`` numbers, ``U`` = clients, much fewer than parameters)."""
     retain, forget = retain.detach().to(torch.float64), forget.detach().to(torch.float64)
-    z = torch.zeros(len(retain) + len(forget), dtype=torch.float64, requires_grad=True)
+    z = torch.zeros(len(retain) + len(forget), dtype=torch.float64, device=retain.device, requires_grad=True)
     opt = torch.optim.SGD([z], lr=lr, momentum=momentum)
     best, best_z = float("inf"), z.detach().clone()
     for _ in range(steps + 1):
@@ -139,7 +139,7 @@ class FOULAggregator:
     fl_clients: str = "all"
 
     def direction(self, updates: torch.Tensor, weights: np.ndarray, forget: np.ndarray) -> torch.Tensor:
-        keep = torch.as_tensor(~forget)
+        keep = torch.as_tensor(~forget, device=updates.device)
         retain, forgot = updates[keep], updates[~keep]
         if self.fl_clients == "all":
             g_fl = weighted_average(updates, weights)
@@ -163,9 +163,9 @@ class FOUL:
 
     def unlearn(self, engine: "Engine", request: ForgetRequest, options: FOULOptions) -> Outcome:
         if options.params == "v":
-            mask = engine.model.mask("V")
+            mask = engine.model.mask("V").to(engine.device)
         else:
-            mask = torch.ones(engine.dim, dtype=torch.bool)
+            mask = torch.ones(engine.dim, dtype=torch.bool, device=engine.device)
         rule = FOULAggregator(kappa=options.kappa, beta=options.beta, solver_steps=options.solver_steps,
                               solver_lr=options.solver_lr, meta_lr=options.meta_lr, mask=mask,
                               fl_clients=options.fl_clients)

@@ -43,7 +43,8 @@ class GradientAscent:
             forget_mask[j, idx] = True
         weights = engine.sample_counts.copy()
         engine.exclude(samples=request.samples)  # nodes stay in the graph while they ascend
-        batch = engine.full_batch() | {"mask": torch.as_tensor(forget_mask[engine.lo:engine.hi], dtype=engine.dtype)}
+        batch = engine.full_batch() | {"mask": torch.as_tensor(forget_mask[engine.lo:engine.hi], dtype=engine.dtype,
+                                                              device=engine.device)}
         ascent = grad(engine.task.data_loss)
 
         def step_up(params: torch.Tensor, local: torch.Tensor, r: int) -> torch.Tensor:

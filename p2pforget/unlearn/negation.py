@@ -47,7 +47,7 @@ class Negation:
     does it to its own copy), exclude the forgotten data, fine-tune for ``rounds`` rounds."""
 
     def unlearn(self, engine: "Engine", request: ForgetRequest, options: NegationOptions) -> Outcome:
-        sign = 1.0 - 2.0 * first_layers_mask(engine, options.layers).to(engine.dtype)
+        sign = 1.0 - 2.0 * first_layers_mask(engine, options.layers).to(device=engine.device, dtype=engine.dtype)
         engine.set_params(engine.params * sign)
         engine.exclude(samples=request.samples, removed=request.removed)
         comm = continue_training(engine, options.rounds, request)
