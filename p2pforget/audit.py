@@ -92,8 +92,8 @@ class Targets:
     extras_forget: dict[str, np.ndarray] = field(default_factory=dict)   # e.g. caption tokens
     extras_heldout: dict[str, np.ndarray] = field(default_factory=dict)
 
-    def batch(self, side: str, dtype: torch.dtype, pick: np.ndarray | None = None,
-              device: torch.device | str = "cpu") -> dict[str, torch.Tensor]:
+    def batch(self, side: str, dtype: torch.dtype, pick: np.ndarray | None = None, *,
+              device: torch.device | str) -> dict[str, torch.Tensor]:
         """``side`` (``forget`` or ``heldout``), or its rows ``pick``, as a task batch on ``device``."""
         pick = slice(None) if pick is None else pick
         x, y = getattr(self, f"x_{side}")[pick], getattr(self, f"y_{side}")[pick]

@@ -72,7 +72,7 @@ class EvalSets:
                    x_test=d.x_test, y_test=d.y_test, x_heldout=xh, y_heldout=yh, extras=extras, clients_heldout=own,
                    non_members=same if same.any() else np.ones_like(same))
 
-    def batch(self, name: str, dtype: torch.dtype, device: torch.device | str = "cpu") -> dict[str, torch.Tensor]:
+    def batch(self, name: str, dtype: torch.dtype, device: torch.device | str) -> dict[str, torch.Tensor]:
         """Set ``name`` (one of :attr:`NAMES`) as a task batch on ``device``."""
         out = {"x": torch.as_tensor(getattr(self, f"x_{name}"), dtype=dtype), "y": torch.as_tensor(getattr(self, f"y_{name}"))}
         extras = self.extras.get(name, {})

@@ -252,7 +252,7 @@ class EASE:
         """The forget-exclusive and the entangled bases (the same on every process) and the bytes
         they took: the forget clients' chunk gradients and every retained client's contrastive
         gradient gathered at the first forget client, the bases sent back to every node (the
-        entangled one is computed only when the displacement uses it, else it is empty)."""
+        entangled one only when the displacement uses it; else it is left empty)."""
         chunks = _forget_batches(engine, request, options.rank, anchored=options.partners == "retained")
         # [n_local, rank * d]: one row per client, as the transport gathers them
         G_f = torch.cat([displacement(engine.params, c | {"u": torch.zeros_like(c["mask"])}) for c in chunks], dim=1)
