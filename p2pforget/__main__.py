@@ -87,8 +87,9 @@ def forget_table(report: dict) -> str:
         text += (f"\ncertificate: epsilon={info['epsilon']}, delta={info['delta']}, sigma={info['sigma']:.3g} "
                  f"(budget {info['budget']:.3g}), residual bound={info['residual_bound']:.3g}, "
                  f"Newton steps={info.get('newton_steps_taken')}, certified={info['certified']}")
-        if info.get("fallback") == "retrain":
-            text += "\nthe bound stayed above the budget: the request fell back to Retrain (charged to it)"
+        if info.get("fallback") == "exact":
+            text += ("\nthe bound stayed above the budget: exact Newton steps followed until it held "
+                     "(fallback, charged to unlearning)")
         if info.get("cumulative_epsilon") is not None and len(report.get("requests", [])) > 1:
             text += f"\nall certified releases of this run: epsilon={info['cumulative_epsilon']:.3g}, delta={info['cumulative_delta']:.3g}"
         if not info["certified"] and info.get("not_certified_because"):

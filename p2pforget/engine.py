@@ -186,6 +186,7 @@ class Engine:
         self._ext_pos = np.full(self.n_clients, -1, dtype=np.int64)
         self._ext_pos[ext_ids] = np.arange(len(ext_ids))
         self._rows_of: tuple = (None, None, None)
+        self._round_mixing_of: tuple = (None, None)
         self._local_mask = torch.as_tensor(self.retained[self.lo:self.hi], dtype=self.dtype, device=self.device)
         self._local_active = torch.as_tensor(self.has_data[self.lo:self.hi], dtype=self.dtype, device=self.device)
 
@@ -407,6 +408,18 @@ class Engine:
         idx, weight = self._mixing_rows(W)
         return aggregate.gossip_mix(ext, idx, weight)
 
+    def round_mixing(self, W: sp.csr_array | None) -> sp.csr_array | None:
+        """The matrix the round rule actually mixes with, given the graph's ``W`` for the round:
+        ``W`` itself, or what the rule's registry entry derives from it (``mixing`` meta, e.g.
+        push-sum's column-stochastic matrix); cached while ``W`` stays the same. The influence
+        ledger follows this matrix."""
+        derive = ROUNDS.entry(self.round_name).meta.get("mixing")
+        if derive is None or W is None:
+            return W
+        if self._round_mixing_of[0] is not W:
+            self._round_mixing_of = (W, derive(W, self.n_clients))
+        return self._round_mixing_of[1]
+
     def _mixing_rows(self, W: sp.csr_array) -> tuple[torch.Tensor, torch.Tensor]:
         """This process's rows of ``W`` as padded neighbour lists: positions in ``[local rows,
         halo rows]`` and weights (cached: a static graph mixes with the same matrix every round)."""
@@ -472,7 +485,7 @@ class Engine:
             self.set_params(self.lock.apply(before, self.params), keep_optimizer_state=True, copy=False)
         sent = self.message_bytes(W, vectors)
         if self.ledger is not None:
-            self._update_ledger(W)
+            self._update_ledger(self.round_mixing(W))
         self.round += 1
         if self.transport.is_root:
             self.metrics["bytes_sent"].append(sent)
@@ -505,7 +518,9 @@ class Engine:
         return torch.as_tensor(ledger_mod.shares(self.ledger.cpu().numpy())[:, clients], device=self.device)
 
     def _update_ledger(self, W: sp.csr_array | None) -> None:
-        """``C <- W (C + I)`` with this round's mixing matrix (on a star, FedAvg's)."""
+        """``C <- W (C + I)`` with the matrix this round mixed with (on a star, FedAvg's; for push-sum
+        the column-stochastic push matrix: the de-biased model divides a row by its weight, which
+        leaves the row's shares as they are)."""
         if isinstance(self.ledger, ledger_mod.SparseRows):
             L, keep = self.ledger, self.config.ledger.keep
             if self.is_star:

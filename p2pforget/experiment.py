@@ -393,10 +393,11 @@ def record_forget(engine: Engine, writer: RunWriter, result: ForgetResult) -> di
             arrays[f"unlearn/fa_trace/{name}"] = np.asarray(trace, dtype=np.float64)
         cert = dict(result.certificate or {})
         if "epsilon" in cert:
-            # Basic composition (Dwork & Roth 2014, Thm. 3.16) over this run's certified releases.
-            # A release without noise has no finite epsilon: then neither has the sum (None).
-            releases = [r["unlearn"] for r in records.requests if "epsilon" in r["unlearn"]] + [cert]
-            finite = all(r.get("noise", True) for r in releases)
+            # Basic composition (Dwork & Roth 2014, Thm. 3.16) over this run's releases. One release
+            # that is not certified (no noise, a bound over the budget, another method) has no
+            # finite epsilon: from then on neither has the sum (None), whatever follows.
+            releases = [r["unlearn"] for r in records.requests] + [cert]
+            finite = all(r.get("certified", False) for r in releases)
             cert["cumulative_epsilon"] = sum(r["epsilon"] for r in releases) if finite else None
             cert["cumulative_delta"] = sum(r["delta"] for r in releases) if finite else None
         cost = {name: vars(c) for name, c in result.cost.items()}

@@ -100,7 +100,8 @@ def choco(engine: "Engine", W: np.ndarray) -> float:
     return sent / (d * itemsize)
 
 
-@ROUNDS.register("push_sum", help="push-sum (subgradient-push) over the graph's edges oriented one way: directed, time-varying")
+@ROUNDS.register("push_sum", help="push-sum (subgradient-push) over the graph's edges oriented one way: directed, time-varying",
+                 mixing=topology.push_matrix)
 def push_sum(engine: "Engine", W: np.ndarray) -> float:
     """Subgradient-push (Nedic & Olshevsky, IEEE TAC 2015) on the directed graph of
     :func:`~p2pforget.topology.push_matrix` (the round's edges, so edge dropout makes it
@@ -109,7 +110,7 @@ def push_sum(engine: "Engine", W: np.ndarray) -> float:
     of ``(x_i, y_i)`` to itself and its out-neighbours. The column-stochastic mixing needs no
     doubly stochastic weights. Returns the vectors-equivalent of the bytes sent (one directed
     message per edge, ``d + 1`` numbers)."""
-    A = topology.push_matrix(W, engine.n_clients)
+    A = engine.round_mixing(W)
     state = engine.optimizer_state
     if "pushsum/x" not in state:
         ids = np.flatnonzero(engine.members)

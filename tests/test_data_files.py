@@ -1,4 +1,5 @@
 """MNIST IDX and CIFAR-10 python-batch loaders on small files written in those exact formats."""
+import dataclasses
 import gzip
 import pickle
 
@@ -89,14 +90,14 @@ def test_normalize_standard_and_unit_norm():
     base = DataConfig(kind="digits", n_samples_per_client=40, n_test=50)
     raw = build(base, n_clients=5, seed=0)
     std = build(DataConfig(kind="digits", n_samples_per_client=40, n_test=50, normalize="standard"), n_clients=5, seed=0)
-    train = std.x[std.valid].reshape(-1, 64)
-    varying = raw.x[raw.valid].reshape(-1, 64).std(axis=0) > 0
-    np.testing.assert_allclose(train.mean(axis=0), 0.0, atol=1e-12)
-    np.testing.assert_allclose(train.std(axis=0)[varying], 1.0, atol=1e-12)
-    # the test and held-out inputs go through the same map
-    mu = raw.x[raw.valid].reshape(-1, 64).mean(axis=0)
-    sd = np.where(varying, raw.x[raw.valid].reshape(-1, 64).std(axis=0), 1.0)
-    np.testing.assert_allclose(std.x_test.reshape(-1, 64), (raw.x_test.reshape(-1, 64) - mu) / sd, atol=1e-12)
+    # Statistics of the public test split: it is standardized, and every other input goes through its map.
+    test = std.x_test.reshape(-1, 64)
+    varying = raw.x_test.reshape(-1, 64).std(axis=0) > 0
+    np.testing.assert_allclose(test.mean(axis=0), 0.0, atol=1e-12)
+    np.testing.assert_allclose(test.std(axis=0)[varying], 1.0, atol=1e-12)
+    mu = raw.x_test.reshape(-1, 64).mean(axis=0)
+    sd = np.where(varying, raw.x_test.reshape(-1, 64).std(axis=0), 1.0)
+    np.testing.assert_allclose(std.x[std.valid].reshape(-1, 64), (raw.x[raw.valid].reshape(-1, 64) - mu) / sd, atol=1e-12)
     np.testing.assert_allclose(std.x_holdout.reshape(-1, 64)[:3], (raw.x_holdout.reshape(-1, 64)[:3] - mu) / sd, atol=1e-12)
     unit = build(DataConfig(kind="digits", n_samples_per_client=40, n_test=50, normalize="unit_norm"), n_clients=5, seed=0)
     np.testing.assert_allclose(np.linalg.norm(unit.x[unit.valid].reshape(-1, 64), axis=1), 1.0, atol=1e-12)
@@ -147,3 +148,53 @@ def test_dirichlet_client_sizes_sum_to_the_total_and_skew_with_small_concentrati
     fd = build(DataConfig(kind="digits", n_samples_per_client=30, n_test=50, quantity_dirichlet=0.3, holdout_fraction=0.0),
                n_clients=10, seed=0)
     assert fd.counts.sum() == 300 and len(set(fd.counts.tolist())) > 3
+
+
+@pytest.fixture
+def client_2_scaled():
+    """The synthetic dataset with only client 2's raw inputs changed (times 3, plus 5)."""
+    from p2pforget.data import DATASETS, register
+
+    synthetic = DATASETS.get("gaussian_logistic")
+
+    @register("synthetic_client_2_scaled")
+    def scaled(cfg, n_clients, seed):
+        fd = synthetic(cfg, n_clients, seed)
+        x = fd.x.copy()
+        x[2, :fd.counts[2]] = 3.0 * x[2, :fd.counts[2]] + 5.0
+        return dataclasses.replace(fd, x=x)
+
+    yield "synthetic_client_2_scaled"
+    DATASETS.unregister("synthetic_client_2_scaled")
+
+
+def test_standard_normalization_does_not_depend_on_the_forgotten_client(client_2_scaled):
+    """Changing only the forgotten client's raw data changes neither Retrain's models nor the
+    remaining optimum, and each certified release lies within its bound of that one optimum."""
+    from p2pforget import config
+    from p2pforget.engine import Engine
+    from p2pforget.unlearn import forget
+    from p2pforget.unlearn.certified import remaining_optimum
+
+    out = {}
+    for kind in ("gaussian_logistic", client_2_scaled):
+        cfg = config.from_dict({"run": {"seed": 0}, "topology": {"kind": "ring", "n_clients": 6},
+                                "data": {"kind": kind, "n_samples_per_client": 30, "n_test": 100, "normalize": "standard"},
+                                "model": {"kind": "logistic"},
+                                "train": {"lr": 0.05, "dtype": "float64", "weight_decay": 0.01},
+                                "audit": {"after_forget": False}})
+        engine = Engine(config=cfg)
+        engine.train(10, progress=False)
+        r = forget(engine, clients=[2], progress=False)
+        out[kind] = (engine, r, remaining_optimum(engine, np.zeros(engine.dim)))
+    (e0, r0, opt0), (e1, r1, opt1) = out.values()
+    keep = np.arange(6) != 2
+    assert not np.array_equal(e0.data.x[2], e1.data.x[2])  # the forgotten client's data did change ...
+    np.testing.assert_array_equal(e0.data.x[keep], e1.data.x[keep])  # ... and no other client's features
+    assert not np.array_equal(r0.params["trained"], r1.params["trained"])
+    np.testing.assert_array_equal(r0.params["retrained"], r1.params["retrained"])
+    np.testing.assert_allclose(opt0, opt1, atol=1e-12, rtol=0)
+    for r in (r0, r1):
+        assert r.certificate["certified"], r.certificate["not_certified_because"]
+        gap = np.linalg.norm(r.params["unlearned_noiseless"][keep] - opt0, axis=1).max()
+        assert gap <= r.certificate["residual_bound"]

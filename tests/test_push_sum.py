@@ -51,3 +51,19 @@ def test_push_sum_reaches_the_average_where_plain_column_mixing_does_not():
     first = ring.params.numpy().copy()
     ring.train(300, progress=False)
     np.testing.assert_allclose(ring.params.numpy(), np.broadcast_to(first.mean(axis=0), first.shape), atol=1e-8)
+
+
+@pytest.mark.parametrize("kind,extra", [("ring", {}), ("erdos_renyi", {"p": 0.6})])
+def test_the_influence_ledger_follows_the_push_matrix(kind, extra):
+    """The ledger is updated with the matrix push-sum mixes with, ``C <- A (C + I)``; its shares
+    match explicit numpy products of the push matrices, not of the undirected Metropolis ones."""
+    cfg = config.replace(_cfg(kind, 7, **extra), ledger={"kind": "full"})
+    engine = Engine(config=cfg)
+    A = topology.push_matrix(engine.base_mixing, 7).toarray()
+    W = engine.base_mixing.toarray()
+    C, wrong = np.zeros((7, 7)), np.zeros((7, 7))
+    for _ in range(5):
+        engine.step()
+        C, wrong = A @ (C + np.eye(7)), W @ (wrong + np.eye(7))
+    np.testing.assert_allclose(engine.ledger.numpy(), C, atol=1e-12, rtol=0)
+    assert np.abs(C - wrong).max() > 0.1  # the two ledgers differ: the test tells them apart

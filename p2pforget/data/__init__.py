@@ -100,9 +100,12 @@ def build(cfg: DataConfig, *, n_clients: int, seed: int) -> FederatedData:
 
 def normalize(data: FederatedData, kind: str) -> FederatedData:
     """Inputs rescaled: ``standard`` = every feature to mean 0 and standard deviation 1 over the
-    clients' training samples (the same affine map applied to the test and held-out inputs; a
-    constant feature is only centred), ``unit_norm`` = every sample to Euclidean norm 1 (the
-    certified constants grow with ``max ||x||``: this bounds it), ``none`` = as loaded."""
+    shared test split, a public sample that holds no client's data (the same affine map applied
+    to the clients' training and held-out inputs; a feature constant on the test split is only
+    centred). Statistics over the clients' own samples would make every client's features depend
+    on the data of a client that later asks to be forgotten, and Retrain would not be free of
+    them. ``unit_norm`` = every sample to Euclidean norm 1 (per sample, so it depends on no other
+    data; the certified constants grow with ``max ||x||``: this bounds it), ``none`` = as loaded."""
     if kind == "none":
         return data
 
@@ -115,8 +118,8 @@ def normalize(data: FederatedData, kind: str) -> FederatedData:
         def f(x):
             return unit(x.reshape(-1, *data.input_shape)).reshape(x.shape)
     elif kind == "standard":
-        train = data.x[data.valid].reshape(int(data.valid.sum()), -1)
-        mean, std = train.mean(axis=0), train.std(axis=0)
+        public = data.x_test.reshape(len(data.x_test), -1)
+        mean, std = public.mean(axis=0), public.std(axis=0)
         std = np.where(std > 0, std, 1.0)
 
         def f(x):

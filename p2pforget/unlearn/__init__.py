@@ -98,13 +98,10 @@ def _check_client(engine: "Engine", j: int) -> None:
 class Outcome:
     """What an unlearning method produces (local rows of this process).
 
-    ``release(models=None)`` returns the models to publish and the certificate (``None`` for a
-    method that issues none), from ``noiseless`` or from the ``models`` given. It runs outside the
-    cost measurement: the simulator evaluates a certificate with global knowledge of the data.
-    ``noiseless`` is each node's private state (the released models for a method that adds no
-    noise); ``rounds`` is how many communication rounds the method ran. ``fallback``: the method
-    could not meet its guarantee and asks for Retrain; :func:`forget` retrains (charged to the
-    method, and used as the reference too) and releases the retrained models through ``release``.
+    ``release()`` returns the models to publish and the certificate (``None`` for a method that
+    issues none), drawn from ``noiseless``; it runs outside the cost measurement. ``noiseless`` is
+    each node's private state (the released models for a method that adds no noise); ``rounds``
+    is how many communication rounds the method ran.
     """
 
     noiseless: torch.Tensor
@@ -113,12 +110,11 @@ class Outcome:
     extra_flops: float = 0.0  # work the FLOP counter cannot see (dense solves)
     counted_flops: float | None = None  # set by a method that counts its own FLOPs: it is not run again
     rounds: int = 1
-    fallback: bool = False
 
     @classmethod
     def plain(cls, params: torch.Tensor, *, comm_bytes: float, rounds: int = 1) -> "Outcome":
         """The outcome of a method that publishes its models as they are, with no certificate."""
-        return cls(noiseless=params, release=lambda models=None: (params if models is None else models, None),
+        return cls(noiseless=params, release=lambda: (params, None),
                    comm_bytes=comm_bytes, rounds=rounds)
 
 
@@ -390,19 +386,12 @@ def forget(engine: "Engine", *, clients=(), samples: dict | None = None, method:
     optimum = _remaining_optimum(engine) if reference else None
     traced = engine.transport.bcast_object(optimum is not None)  # every rank takes part in the trace's gathers
     retrain_distances: list[float] | None = [] if traced else None
-    if reference or outcome.fallback:
-        # Retrain: the reference, and for a method that falls back, its result (charged to it).
+    if reference:
         fresh, r_cost = retrain(engine, rounds=rounds, progress=progress,
                                 observe=_observer(engine, sets, nodes, retrain_trace, r_spent, optimum=optimum,
                                                   distances=retrain_distances))
         r_cost.seconds -= r_spent["seconds"]  # the FA trace is left out of both sides' cost alike
-    if outcome.fallback:
-        cost = Cost(seconds=cost.seconds + r_cost.seconds, flops=cost.flops + r_cost.flops,
-                    comm_bytes=cost.comm_bytes + r_cost.comm_bytes)
-        outcome.noiseless = fresh.params
-        released, certificate = outcome.release(fresh.params)
-    else:
-        released, certificate = outcome.release()
+    released, certificate = outcome.release()
     # Nodes continue from their noiseless models and publish noised ones, so that later requests
     # start from the exact correction (sequential deletion as in Sekhari et al. 2021) ...
     engine.set_params(outcome.noiseless)

@@ -29,8 +29,11 @@ remaining data. At a stationary point of ``Phi``, ``grad Phi'(theta) = -g`` with
 4. The nodes agree on their mean model and sum their remaining gradients and objective values at
    it; further Newton steps, each with backtracking on the summed remaining objective, follow
    until ``newton_steps`` are done and the strong-convexity bound ``||grad Phi'|| / (A lambda)`` is
-   within ``budget``; after ``max_newton_steps`` the request falls back to Retrain
-   (``fallback``). Everything runs in float64, whatever the training dtype.
+   within ``budget``. The certificate's own bound decides whether that worked; if not, the
+   ``fallback = "exact"`` (default) takes up to ``max_fallback_steps`` more exact Newton steps
+   (exact curvature, exact sums) until it holds. Every branch is certified against the same
+   reference, the remaining optimum. Everything runs in float64, whatever the training dtype, on
+   the inputs as trained on (:func:`trained_inputs`).
 5. Gaussian noise is added with ``sigma`` from the analytic Gaussian mechanism (Balle & Wang, ICML
    2018; :mod:`.gaussian`) for the declared sensitivity ``budget`` (so sigma does not depend on
    which data were forgotten). ``noise_scope = "shared"`` (default): the nodes first agree on their
@@ -44,6 +47,7 @@ remaining data. At a stationary point of ``Phi``, ``grad Phi'(theta) = -g`` with
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 import warnings
@@ -99,13 +103,24 @@ def ledger_bytes(engine: "Engine") -> float:
     return float(engine.round * topology.message_count(engine.base_mixing) * entries * 8)
 
 
+def trained_inputs(engine: "Engine") -> np.ndarray:
+    """Every client's inputs as the engine trains on them: rounded to the training dtype, then held
+    in float64. The Newton steps, Retrain and the certificate all see these values, so that the
+    optimum the certificate measures against is the one the steps converge to (a float32 run's
+    optimum on the unrounded float64 inputs lies ~1e-8 away, which the bound would divide by
+    lambda)."""
+    x = engine.data.x
+    return x if engine.dtype == torch.float64 else torch.as_tensor(x, dtype=engine.dtype).to(torch.float64).numpy()
+
+
 def remaining_objective(engine: "Engine", dtype: torch.dtype | None = None):
-    """``Phi'(theta) = sum_k a'_k f'_k(theta)`` over all remaining data, from the task's loss (used to
-    evaluate the certificate), in ``dtype`` (default: the training dtype)."""
+    """``Phi'(theta) = sum_k a'_k f'_k(theta)`` over all remaining data (the inputs as trained on,
+    :func:`trained_inputs`), from the task's loss (used to evaluate the certificate), in ``dtype``
+    (default: the training dtype)."""
     d = engine.data
     dtype = dtype or engine.dtype
     dev = engine.device
-    batch = {"x": torch.as_tensor(d.x, dtype=dtype, device=dev), "y": torch.as_tensor(d.y, device=dev),
+    batch = {"x": torch.as_tensor(trained_inputs(engine), dtype=dtype, device=dev), "y": torch.as_tensor(d.y, device=dev),
              "mask": torch.as_tensor(engine.retained & engine.members[:, None], dtype=dtype, device=dev)}
     a = torch.as_tensor(engine.objective_weights(), dtype=dtype, device=dev)
     wd = engine.config.train.weight_decay
@@ -162,13 +177,13 @@ def hessian_lipschitz(engine: "Engine") -> float | None:
         return None
     d = engine.data
     keep = engine.retained & engine.members[:, None]
-    x = d.x[keep].reshape(int(keep.sum()), -1).astype(np.float64)
+    x = trained_inputs(engine)[keep].reshape(int(keep.sum()), -1)
     norm = np.sqrt((x * x).sum(axis=1) + 1.0).max()
     return softmax_curvature_lipschitz(d.n_classes) * norm ** 3 * float(engine.objective_weights().sum())
 
 
 def certificate(engine: "Engine", before: np.ndarray, step: np.ndarray, per_node: np.ndarray, released: np.ndarray,
-                opts: "CertifiedOptions", *, fallback: bool = False) -> dict:
+                opts: "CertifiedOptions", *, steps: int, fallback_from: int | None = None) -> dict:
     """The (epsilon, delta) certificate of the noiseless ``released`` models, evaluated at the root
     in float64 (``per_node = before + step`` are the models the last Newton step produced).
 
@@ -184,8 +199,9 @@ def certificate(engine: "Engine", before: np.ndarray, step: np.ndarray, per_node
       ``(residual_norm + rounding) / lambda`` (strong convexity) bounds ``||u_i - theta'*||``, the
       distance to the remaining optimum (Retrain's model at convergence).
 
-    ``fallback``: the released models are Retrain's (the bound stayed above the budget); their
-    noised release is the reference distribution itself.
+    ``steps`` Newton steps were taken, the last ``steps - fallback_from`` of them exact fallback
+    steps (``fallback_from = None``: no fallback). Every branch is certified against the same
+    reference, the remaining optimum ``theta'*``.
     """
     phi = remaining_objective(engine, torch.float64)
     g_phi = grad(phi)
@@ -227,10 +243,19 @@ def certificate(engine: "Engine", before: np.ndarray, step: np.ndarray, per_node
     if opts.budget <= 0:
         reasons.append("sigma was computed from a bound that depends on the forgotten data: declare "
                        "unlearn.certified.budget")
-    elif not fallback and not residual_bound <= opts.budget:
-        reasons.append(f"the bound {residual_bound:.3g} exceeds the declared budget {opts.budget:.3g} after "
-                       f"{opts.max_newton_steps} Newton steps: raise max_newton_steps or the budget, or set "
-                       "fallback = \"retrain\"")
+    elif not residual_bound <= opts.budget:
+        floor = roundoff / wd if wd > 0 else math.inf
+        taken = f"{steps} Newton steps" + ("" if fallback_from is None else
+                                           f" ({steps - fallback_from} of them exact fallback steps)")
+        if floor > opts.budget:
+            reasons.append(f"the bound {residual_bound:.3g} exceeds the declared budget {opts.budget:.3g} after {taken}; "
+                           f"float64 rounding alone allows {floor:.3g} at weight decay {wd:g}: raise the budget "
+                           "or train.weight_decay")
+        else:
+            hint = ("raise max_fallback_steps or the budget" if fallback_from is not None
+                    else "raise max_newton_steps or the budget, or set fallback = \"exact\"")
+            reasons.append(f"the bound {residual_bound:.3g} exceeds the declared budget {opts.budget:.3g} after {taken}: "
+                           + hint)
     return {
         "method": "certified", "epsilon": opts.epsilon, "delta": opts.delta, "noise": opts.noise,
         "sigma": single * scale, "sigma_single_release": single, "sensitivity": float(sensitivity),
@@ -240,7 +265,7 @@ def certificate(engine: "Engine", before: np.ndarray, step: np.ndarray, per_node
         "residual_norm": float(residual_norm), "strong_convexity": wd,
         "hessian_lipschitz": float(M) if M is not None else float("nan"),
         "certified": convex and not reasons, "not_certified_because": "; ".join(reasons),
-        "fallback": "retrain" if fallback else "none",
+        "fallback": "none" if fallback_from is None else "exact", "reference": "remaining optimum",
         "curvature": opts.curvature, "newton_steps": opts.newton_steps, "first_step": first_step(engine, opts),
     }
 
@@ -255,7 +280,8 @@ class CertifiedOptions:
     newton_steps: int = bounded(1, 1)
     max_newton_steps: int = bounded(20, 1)
     first_step: str = choice("auto", "auto", "ledger", "uniform", "none")
-    fallback: str = choice("retrain", "retrain", "none")
+    fallback: str = choice("exact", "exact", "none")
+    max_fallback_steps: int = bounded(20, 1)
     noise: bool = True
     damping: float = bounded(0.0, 0.0)
     finetune_rounds: int = bounded(0, 0)
@@ -347,39 +373,64 @@ class CertifiedNewton:
         # 3-4. Newton steps at the nodes' common model with backtracking on the remaining objective,
         # until newton_steps are done and the network-summed gradient bound is within the budget.
         theta, last = state.iterate(theta, last)
+        theta, per_node, cert = self._finish(engine, state, theta, last)
+        if (options.fallback == "exact" and strongly_convex(engine) and options.budget > 0
+                and not cert["residual_bound"] <= options.budget):
+            # The certificate's own bound decides: exact Newton steps (exact curvature, exact sums)
+            # from the nodes' common model until the bound holds, charged to the request.
+            state.fallback_from = state.steps
+            state.options = dataclasses.replace(
+                options, curvature="exact", averaging="tree", topk=0, newton_steps=state.steps + 1,
+                max_newton_steps=state.steps + options.max_fallback_steps)
+            theta, last = state.iterate(theta, last)
+            theta, per_node, cert = self._finish(engine, state, theta, last)
+        noiseless = theta
+
+        def release() -> tuple[torch.Tensor, dict]:
+            if not options.noise:
+                return noiseless.to(engine.dtype), cert
+            z = self._noise(engine, noiseless, options)
+            _warn_if_noise_dominates(engine, noiseless, cert["sigma"])
+            # Rounding the release to the training dtype is post-processing: it keeps the guarantee.
+            return (noiseless + cert["sigma"] * z).to(engine.dtype), cert
+
+        return Outcome(noiseless=noiseless.to(engine.dtype), release=release, comm_bytes=state.comm,
+                       extra_flops=state.flops, rounds=state.steps)
+
+    @staticmethod
+    def _finish(engine: "Engine", state: "_NewtonState", theta: torch.Tensor, last) -> tuple:
+        """The models to release and their certificate: with shared noise the nodes first agree on
+        their mean model exactly ("perturb, then broadcast", charged), so that one noise draw is
+        released by every node. Returns ``(released, per_node, certificate)``; ``per_node`` are the
+        models the last Newton step produced. The certificate is the simulator's check with global
+        knowledge of the data: its seconds and FLOPs are not the method's (``request.excluded``)."""
+        from . import measured
+
+        options, request = state.options, state.request
         if not bool(torch.isfinite(theta).all()):
             raise UnlearningDiverged("certified unlearning diverged (non-finite models after "
                                      f"{state.steps} Newton steps): raise unlearn.certified.damping or weight decay")
-        fallback = state.needs_fallback()
         per_node = theta
         if options.noise and options.noise_scope == "shared" and not state.agreed:
-            # "Perturb, then broadcast": the nodes agree on one model exactly (charged), and one
-            # noise draw is released by every node.
             total, sent, _ = engine.network_sum(theta, averaging="tree", progress=request.progress)
-            theta = torch.where(member_rows, total / n_nodes, theta)
+            theta = torch.where(state.member_rows, total / state.n_nodes, theta)
             state.comm += sent
-        noiseless = theta
-        before, delta = last if last is not None else (theta, torch.zeros_like(theta))
+            state.agreed = True
+        before, step = last if last is not None else (theta, torch.zeros_like(theta))
 
-        def release(models: torch.Tensor | None = None) -> tuple[torch.Tensor, dict]:
-            # ``models``: Retrain's, when the request fell back to it (then released the same way).
-            base = noiseless if models is None else models.to(f64)
-            last_from, last_step = (before, delta) if models is None else (base, torch.zeros_like(base))
-            gathered = [engine.gather_params(v) for v in (last_from, last_step, base if models is not None else per_node, base)]
-            cert = certificate(engine, *gathered, options, fallback=models is not None) if engine.transport.is_root else None
-            cert = engine.transport.bcast_object(cert)
-            cert |= {"gossip_rounds_per_average": state.rounds[0] if state.rounds else 0,
-                     "newton_steps_taken": state.steps, "network_gradient_bound": state.bound,
-                     "solver": options.solver, "cg_iterations": state.cg_iterations}
-            if not options.noise:
-                return base.to(engine.dtype), cert
-            z = self._noise(engine, base, options)
-            _warn_if_noise_dominates(engine, base, cert["sigma"])
-            # Rounding the release to the training dtype is post-processing: it keeps the guarantee.
-            return (base + cert["sigma"] * z).to(engine.dtype), cert
+        def evaluate() -> dict:
+            gathered = [engine.gather_params(v) for v in (before, step, per_node, theta)]
+            cert = (certificate(engine, *gathered, options, steps=state.steps, fallback_from=state.fallback_from)
+                    if engine.transport.is_root else None)
+            return engine.transport.bcast_object(cert)
 
-        return Outcome(noiseless=noiseless.to(engine.dtype), release=release, comm_bytes=state.comm,
-                       extra_flops=state.flops, rounds=state.steps, fallback=fallback)
+        cert, seconds, flops = measured(evaluate)
+        request.excluded["seconds"] += seconds
+        request.excluded["flops"] += flops
+        cert |= {"gossip_rounds_per_average": state.rounds[0] if state.rounds else 0,
+                 "newton_steps_taken": state.steps, "network_gradient_bound": state.bound,
+                 "solver": options.solver, "cg_iterations": state.cg_iterations}
+        return theta, per_node, cert
 
     @staticmethod
     def _noise(engine: "Engine", like: torch.Tensor, options: "CertifiedOptions") -> torch.Tensor:
@@ -463,6 +514,7 @@ class _NewtonState:
     cg_iterations: list = field(default_factory=list)   # conjugate-gradient iterations of each step
     agreed: bool = False       # every node holds the same model
     bound: float = math.inf    # the last network-summed gradient bound on the distance to the optimum
+    fallback_from: int | None = None  # the step count when exact fallback steps began
 
     def net_sum(self, rows: torch.Tensor, *, exact: bool = False) -> torch.Tensor:
         total, sent, _ = self.engine.network_sum(rows, tol=self.options.gossip_tol, progress=self.request.progress,
@@ -583,12 +635,6 @@ class _NewtonState:
             theta, f = trial, f_trial
             self.steps += 1
             g = self.net_sum(g_loc) if self.agreed else None
-
-    def needs_fallback(self) -> bool:
-        """The bound still exceeds the budget after ``max_newton_steps``: Retrain this request."""
-        o = self.options
-        return (o.fallback == "retrain" and strongly_convex(self.engine) and o.budget > 0
-                and not self.bound <= o.budget)
 
 
 def _warn_if_noise_dominates(engine: "Engine", noiseless: torch.Tensor, sigma: float) -> None:
