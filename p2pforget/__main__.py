@@ -61,7 +61,18 @@ def _print_final(report: dict, out: Path) -> None:
                  "comm MB", "seconds"],
                 [[report["rounds_done"], f["loss_mean"], f["test_acc_mean"], f["test_acc_min"], f.get("test_acc_of_mean"),
                   f["consensus_distance"], report["bytes_total"] / 1e6, report["seconds"]]]))
-    print(f"run files: {out}/history.h5, {out}/report.json")
+    print(_files(out))
+
+
+def _files(out: Path, verb: str = "run files") -> str:
+    """Where the run's files are: the private record and, once a request released models, the
+    published release/ folder."""
+    out = Path(out)
+    parts = [f"{out}/{name}" for name in ("history.h5", "report.json") if (out / name).exists()]
+    text = f"{verb}: " + (", ".join(parts) + " (private record)" if parts else "no private record (run.keep_private = false)")
+    if (out / "release" / "release.json").exists():
+        text += f"; published: {out}/release/ (models.h5, release.json)"
+    return text
 
 
 def forget_table(report: dict) -> str:
@@ -129,7 +140,7 @@ def cmd_forget(args: argparse.Namespace) -> int:
                                    overrides=args.set or [], reference=not args.no_retrain)
     if report:
         print(forget_table(report))
-        print(f"updated: {args.run_dir}/history.h5, {args.run_dir}/report.json")
+        print(_files(args.run_dir, "updated"))
     return 0
 
 
@@ -159,7 +170,7 @@ def cmd_audit(args: argparse.Namespace) -> int:
 
     result = experiment.audit_run(args.run_dir, overrides=args.set or [])
     print(audit_table(result))
-    print(f"updated: {args.run_dir}/history.h5, {args.run_dir}/report.json")
+    print(_files(args.run_dir, "updated"))
     return 0
 
 
@@ -186,7 +197,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         print()
         print(forget_table(result.report))
     pngs = report.report_run(out) + [report.plot_graph(result.engine.graph, out / "topology.png", title=f"{t.kind}, n={t.n_clients}")]
-    print(f"run files: {out}/history.h5, {out}/report.json; plots: {', '.join(str(p) for p in pngs)}")
+    print(f"{_files(out)}; plots: {', '.join(str(p) for p in pngs)}")
     return 0
 
 

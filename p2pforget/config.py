@@ -54,6 +54,7 @@ class RunConfig:
     device: str = choice("cpu", "cpu", "cuda", "auto")
     transport: str = choice("auto", "auto", "local", "mpi")
     plugins: tuple[str, ...] = ()
+    keep_private: bool = True
 
 
 @dataclass(frozen=True)

@@ -22,7 +22,7 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 
-from . import config as config_mod, history
+from . import config as config_mod, history, release
 from .config import Config
 from .engine import EVAL_METRICS, DivergenceError, Engine
 from . import transport as transport_mod
@@ -109,7 +109,7 @@ def _sparse_stack(mixings: list) -> dict[str, np.ndarray]:
 
 def _comparable(cfg: Config) -> dict[str, Any]:
     d = config_mod.to_dict(cfg)
-    for key in ("rounds", "out", "checkpoint_every", "transport"):
+    for key in ("rounds", "out", "checkpoint_every", "transport", "keep_private"):
         d["run"].pop(key)
     return d
 
@@ -119,7 +119,7 @@ def _check_resumable(cfg: Config, stored_toml: str) -> None:
     diffs = [f"{s}.{k}: {old[s][k]!r} -> {new[s][k]!r}" for s in new for k in new[s] if old[s][k] != new[s][k]]
     if diffs:
         raise ResumeError("cannot resume: the config differs from the stored run in " + "; ".join(diffs)
-                          + " (only run.rounds, run.out, run.checkpoint_every and run.transport may change)")
+                          + " (only run.rounds, run.out, run.checkpoint_every, run.transport and run.keep_private may change)")
 
 
 class RunWriter:
@@ -283,8 +283,7 @@ def writing(transport: Transport, out: Path, *, resume: bool = False, overwrite:
             raise ResumeError(f"{out} already holds a run; continue it with --resume {out}, give another --out, "
                               "or pass --overwrite to replace it")
         if resume and not exists:
-            raise history.RunFileError(f"no run file at {str(out / 'history.h5')!r}; pass the directory of a run "
-                                       "(it holds history.h5)")
+            history.read_h5(out / "history.h5")  # raises the error that says what the directory holds
     try:
         _at_root(transport, acquire)
         yield
@@ -358,6 +357,8 @@ def run(cfg: Config, *, out: str | Path | None = None, resume: bool = False, ove
         if (clients or samples) and not writer.records.requests:
             result = forget(engine, clients=clients, samples=samples, progress=progress)
             report = record_forget(engine, writer, result)
+        if not cfg.run.keep_private and engine.transport.is_root:
+            release.drop_private(out)
     return RunResult(engine=engine, out=out, report=report or {})
 
 
@@ -380,7 +381,10 @@ def record_forget(engine: Engine, writer: RunWriter, result: ForgetResult) -> di
 
     def released(state: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         kept = {k: v for k, v in state.items() if k == "round" or k.startswith(("ledger", "metrics/", "lock/"))}
-        return kept | {"params": result.params["unlearned"]}  # the optimizer state restarts from the released models
+        # The optimizer state restarts from the released models; a node that left released none
+        # and keeps its own (it takes no further part).
+        rel, own = result.params["unlearned"], result.params["unlearned_noiseless"]
+        return kept | {"params": np.where(np.isnan(rel), own, rel)}
 
     if engine.transport.is_root:
         arrays = dict(records.arrays)
@@ -388,6 +392,11 @@ def record_forget(engine: Engine, writer: RunWriter, result: ForgetResult) -> di
         arrays["params/before_request"] = result.params["trained"]  # the checkpoint's params/trained moves on
         arrays["unlearn/retained"] = engine.retained
         arrays["unlearn/members"] = engine.members
+        # What this request publishes, kept with the private record so that release/ is always
+        # rebuilt from it (release.publish) and can never disagree with it.
+        k = len(records.requests)
+        arrays[f"unlearn/released/{k}/nodes"] = np.flatnonzero(engine.members)
+        arrays[f"unlearn/released/{k}/models"] = result.params["unlearned"][engine.members]
         arrays = {k: v for k, v in arrays.items() if not k.startswith("unlearn/fa_trace/")}
         for name, trace in result.traces.items():
             arrays[f"unlearn/fa_trace/{name}"] = np.asarray(trace, dtype=np.float64)
@@ -417,7 +426,10 @@ def record_forget(engine: Engine, writer: RunWriter, result: ForgetResult) -> di
         writer.records = Records(arrays=arrays, group_attrs={"unlearn": attrs},
                                  attrs={"unlearned": True, "unlearn_round": int(engine.round),
                                         "requests_json": history.json_text(records.requests + [entry])})
-    return writer.snapshot(rounds_total=engine.round, complete=True, adjust=released)
+    report = writer.snapshot(rounds_total=engine.round, complete=True, adjust=released)
+    if engine.transport.is_root:
+        release.publish(writer.out, writer.records.requests, writer.records.arrays, n_clients=engine.n_clients)
+    return report
 
 
 def load_run(run_dir: str | Path, *, overrides: list[str] = (), transport: Transport | None = None) -> tuple[Engine, RunWriter]:
@@ -452,6 +464,9 @@ def load_run(run_dir: str | Path, *, overrides: list[str] = (), transport: Trans
         engine.set_params(torch.as_tensor(records.arrays["params/unlearned_noiseless"][engine.lo:engine.hi], dtype=engine.dtype))
     writer = RunWriter(engine, run_dir)
     writer.records, writer.seconds_before = records, seconds
+    if engine.transport.is_root and f"unlearn/released/{len(records.requests) - 1}/models" in records.arrays:
+        # A run killed between writing its record and its release publishes what it recorded.
+        release.publish(run_dir, records.requests, records.arrays, n_clients=engine.n_clients)
     return engine, writer
 
 

@@ -109,6 +109,10 @@ def read_h5(path: str | Path) -> RunFile:
     """
     path = Path(path)
     if not path.is_file():
+        if (path.parent / "release").is_dir():
+            raise RunFileError(f"{str(path.parent)!r} holds only a run's published release/ (run.keep_private = false "
+                               "deleted its private record, history.h5): it cannot be resumed, forgotten from or "
+                               "audited; rerun the experiment with run.keep_private = true for that")
         raise RunFileError(f"no run file at {str(path)!r}; pass the directory of a run (it holds history.h5)")
     if path.stat().st_size == 0:
         raise RunFileError(f"{path} is empty (a write was cut off before p2pforget wrote atomically?); "

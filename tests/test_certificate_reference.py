@@ -53,3 +53,23 @@ def test_the_exact_fallback_is_certified_against_the_same_optimum():
     # The stated bound is not vacuous: the step count made a real difference to the distance.
     trained_gap = np.linalg.norm(r.params["trained"][nodes] - theta, axis=1).max()
     assert trained_gap > 1e3 * c["residual_bound"]
+
+
+def test_auto_solver_is_matrix_free_above_the_size_and_certified():
+    from p2pforget.unlearn.certified import CG_ABOVE_DIM, CertifiedOptions, solver
+
+    def engine(features, model="logistic"):
+        return Engine(config=config.from_dict({"topology": {"n_clients": 6}, "model": {"kind": model},
+                                               "data": {"n_samples_per_client": 20, "n_features": features,
+                                                        "n_classes": 10}}))
+
+    small, large = engine(99), engine(100)
+    assert small.dim == CG_ABOVE_DIM < large.dim
+    auto = CertifiedOptions()
+    assert solver(small, auto) == "direct" and solver(large, auto) == "cg"
+    assert solver(large, CertifiedOptions(curvature="ggn")) == "direct"  # CG multiplies by the exact Hessian
+    assert solver(large, CertifiedOptions(first_step="ledger")) == "direct"
+    assert solver(large, CertifiedOptions(solver="direct")) == "direct"
+    large.train(10, progress=False)
+    c = forget(large, clients=[2], reference=False, progress=False).certificate
+    assert c["solver"] == "cg" and c["certified"] and len(c["cg_iterations"]) == c["newton_steps_taken"]

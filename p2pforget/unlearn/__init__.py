@@ -423,6 +423,8 @@ def forget(engine: "Engine", *, clients=(), samples: dict | None = None, method:
     result = ForgetResult(method=name, forgotten={j: v.tolist() for j, v in request.samples.items()},
                           mode=mode, certificate=certificate, cost=cost)
     if engine.transport.is_root:
+        # A node that left the graph releases nothing: its row of the released models is NaN.
+        gathered["unlearned"] = np.where(members_after[:, None], gathered["unlearned"], np.nan)
         result.params = gathered
         result.metrics = evaluated
         fa_trained = evaluated["trained"]["FA"]["mean"] if evaluated["trained"]["FA"] else None

@@ -289,7 +289,7 @@ class CertifiedOptions:
     noise_seed: int = bounded(-1, -1)
     budget: float = bounded(1e-6, 0.0)
     averaging: str = choice("tree", "tree", "gossip")
-    solver: str = choice("direct", "direct", "cg")
+    solver: str = choice("auto", "auto", "direct", "cg")
     topk: int = bounded(0, 0)
     cg_tol: float = bounded(1e-12, 1e-16, 1e-1)
     cg_max_iter: int = bounded(500, 1)
@@ -327,6 +327,7 @@ class CertifiedNewton:
                               f"{options.newton_steps}; set it to at least {options.newton_steps}")
 
     def unlearn(self, engine: "Engine", request: ForgetRequest, options: CertifiedOptions) -> Outcome:
+        options = dataclasses.replace(options, solver=solver(engine, options))
         # Curvature, steps and certificate run in float64 whatever the training dtype: float32
         # rounding alone would dwarf any useful sensitivity.
         f64 = torch.float64
@@ -379,9 +380,10 @@ class CertifiedNewton:
             # The certificate's own bound decides: exact Newton steps (exact curvature, exact sums)
             # from the nodes' common model until the bound holds, charged to the request.
             state.fallback_from = state.steps
-            state.options = dataclasses.replace(
-                options, curvature="exact", averaging="tree", topk=0, newton_steps=state.steps + 1,
-                max_newton_steps=state.steps + options.max_fallback_steps)
+            exact = dataclasses.replace(options, curvature="exact", averaging="tree", topk=0, first_step="none",
+                                        solver="auto", newton_steps=state.steps + 1,
+                                        max_newton_steps=state.steps + options.max_fallback_steps)
+            state.options = dataclasses.replace(exact, solver=solver(engine, exact))
             theta, last = state.iterate(theta, last)
             theta, per_node, cert = self._finish(engine, state, theta, last)
         noiseless = theta
@@ -484,11 +486,31 @@ def first_step(engine: "Engine", options: "CertifiedOptions") -> str:
     ``ledger`` otherwise. Matrix-free steps (``solver = "cg"``) always start at the nodes' mean
     model: a step at their different models would need every node's curvature at every other
     node's model."""
-    if options.solver == "cg":
+    if solver(engine, options) == "cg":
         return "none"
     if options.first_step == "auto":
         return "none" if strongly_convex(engine) else "ledger"
     return options.first_step
+
+
+CG_ABOVE_DIM = 1000
+"""``solver = "auto"`` multiplies by the Hessian matrix-free (CG) above this many parameters.
+A dense step costs every node a d x d curvature message and ``d^3 / 3`` FLOPs; CG costs one
+d-vector sum and one Hessian-vector product (``~4 m d`` FLOPs for m samples) per iteration, about
+180 iterations per step on the benchmarks (docs/benchmarks.md): dense is cheaper only for
+d below a few hundred, CG from about a thousand on (docs/results/certified_cost.md)."""
+
+
+def solver(engine: "Engine", options: "CertifiedOptions") -> str:
+    """The Newton system's solver actually used: ``auto`` is ``cg`` (matrix-free) for a strongly
+    convex model with more than :data:`CG_ABOVE_DIM` parameters, exact curvature and no first step
+    at the nodes' own models (CG needs a positive definite Hessian at one common model), and
+    ``direct`` otherwise."""
+    if options.solver != "auto":
+        return options.solver
+    matrix_free = (engine.dim > CG_ABOVE_DIM and options.curvature == "exact" and strongly_convex(engine)
+                   and options.first_step in ("auto", "none"))
+    return "cg" if matrix_free else "direct"
 
 
 def strongly_convex(engine: "Engine") -> bool:
