@@ -20,6 +20,9 @@ TOPOLOGY_HELP = {
     "file": "edge list or GraphML file at topology.path (see topologies/)",
 }
 
+PLUGINS_HELP = ("plug-in modules to import for a run that names them in run.plugins (comma-separated; a run directory "
+                "is data, so its own list is never imported)")
+
 
 def demo_config() -> config_mod.Config:
     return config_mod.loads(resources.files("p2pforget").joinpath("configs/demo.toml").read_text())
@@ -133,11 +136,16 @@ def _parse_samples(items: list[str]) -> dict[int, list[int]]:
     return out
 
 
+def _plugins(args: argparse.Namespace) -> tuple[str, ...]:
+    """The plug-in modules the user trusts for a stored run (``--plugins a.py,pkg.mod``)."""
+    return tuple(p.strip() for p in (args.plugins or "").split(",") if p.strip())
+
+
 def cmd_forget(args: argparse.Namespace) -> int:
     from . import experiment
 
     report = experiment.forget_run(args.run_dir, clients=args.clients or (), samples=_parse_samples(args.samples or []),
-                                   overrides=args.set or [], reference=not args.no_retrain)
+                                   overrides=args.set or [], reference=not args.no_retrain, plugins=_plugins(args))
     if report:
         print(forget_table(report))
         print(_files(args.run_dir, "updated"))
@@ -168,7 +176,7 @@ def audit_table(result: dict) -> str:
 def cmd_audit(args: argparse.Namespace) -> int:
     from . import experiment
 
-    result = experiment.audit_run(args.run_dir, overrides=args.set or [])
+    result = experiment.audit_run(args.run_dir, overrides=args.set or [], plugins=_plugins(args))
     print(audit_table(result))
     print(_files(args.run_dir, "updated"))
     return 0
@@ -326,11 +334,13 @@ def parser() -> argparse.ArgumentParser:
                    help="override an [unlearn] key, e.g. unlearn.method=foul or unlearn.certified.epsilon=0.5, "
                         "or a moved file: data.path, topology.path, topology.mixing_path")
     f.add_argument("--no-retrain", action="store_true", help="skip the Retrain reference")
+    f.add_argument("--plugins", metavar="A,B", help=PLUGINS_HELP)
     f.set_defaults(fn=cmd_forget)
 
     a = sub.add_parser("audit", help="membership and relearning attacks on a run's latest forget request")
     a.add_argument("run_dir")
     a.add_argument("--set", action="append", metavar="audit.KEY=VALUE", help="override an [audit] key, e.g. audit.shadow_models=8")
+    a.add_argument("--plugins", metavar="A,B", help=PLUGINS_HELP)
     a.set_defaults(fn=cmd_audit)
 
     rep = sub.add_parser("report", help="plots of a run directory (PNG, or --format png,pdf,svg)")
@@ -350,6 +360,13 @@ def _abort_other_ranks(code: int) -> None:
         mpi.COMM_WORLD.Abort(code)
 
 
+def _close_progress_bars() -> None:
+    """End any progress bar's line, so that an error starts on a line of its own."""
+    tqdm = sys.modules.get("tqdm")
+    for bar in list(getattr(getattr(tqdm, "tqdm", None), "_instances", ()) or ()):
+        bar.close()
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     try:
@@ -357,6 +374,7 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, OSError) as e:
         message = str(e) if not isinstance(e, OSError) or not e.strerror else f"{e.strerror}: {e.filename or ''}".rstrip(": ")
         if not getattr(e, "reported_by_root", False):
+            _close_progress_bars()
             print(f"p2pforget: error: {'; '.join(line.strip() for line in message.splitlines() if line.strip())}", file=sys.stderr)
         _abort_other_ranks(2)
         return 2

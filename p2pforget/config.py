@@ -16,6 +16,7 @@ import dataclasses
 import importlib
 import importlib.util
 import json
+import math
 import sys
 import tomllib
 import typing
@@ -34,8 +35,11 @@ def choice(default: str, *choices: str) -> Any:
     return field(default=default, metadata={"choices": choices})
 
 
-def bounded(default: Any, lo: float | None = None, hi: float | None = None) -> Any:
-    return field(default=default, metadata={"range": (lo, hi)})
+def bounded(default: Any, lo: float | None = None, hi: float | None = None, *, lo_open: bool = False,
+            hi_open: bool = False) -> Any:
+    """A number in ``[lo, hi]`` (``lo_open`` / ``hi_open``: that end excluded); floats must also be
+    finite (NaN and inf are never a valid setting)."""
+    return field(default=default, metadata={"range": (lo, hi), "open": (lo_open, hi_open)})
 
 
 def registered(default: str, which: str) -> Any:
@@ -120,19 +124,19 @@ class TrainConfig:
     dtype: str = choice("float32", "float32", "float64")
     same_init: bool = True
     optimizer: str = registered("sgd", "optimizer")
-    momentum: float = bounded(0.0, 0.0, 1.0)
+    momentum: float = bounded(0.0, 0.0, 1.0, hi_open=True)
     nesterov: bool = False
-    beta1: float = bounded(0.9, 0.0, 1.0)
-    beta2: float = bounded(0.999, 0.0, 1.0)
-    eps: float = bounded(1e-8, 0.0)
+    beta1: float = bounded(0.9, 0.0, 1.0, hi_open=True)
+    beta2: float = bounded(0.999, 0.0, 1.0, hi_open=True)
+    eps: float = bounded(1e-8, 0.0, lo_open=True)
     schedule: str = choice("constant", "constant", "step", "cosine")
     warmup_rounds: int = bounded(0, 0)
     step_every: int = bounded(10, 1)
     step_gamma: float = bounded(0.5, 0.0)
     compression: str = choice("topk", "topk", "qsgd")
-    compression_ratio: float = bounded(0.1, 0.0, 1.0)
+    compression_ratio: float = bounded(0.1, 0.0, 1.0, lo_open=True)
     quantization_levels: int = bounded(16, 1)
-    consensus_step: float = bounded(0.5, 0.0, 1.0)
+    consensus_step: float = bounded(0.5, 0.0, 1.0, lo_open=True)
 
 
 @dataclass(frozen=True)
@@ -228,7 +232,7 @@ def _check_value(where: str, f: dataclasses.Field, value: Any, ftype: Any) -> An
     if origin is tuple:
         return _str_list(where, value) if typing.get_args(ftype)[0] is str else _int_list(where, value)
     if origin is dict:
-        if not isinstance(value, dict) or not all(str(k).isdigit() for k in value):
+        if not isinstance(value, dict) or not all(str(k).isascii() and str(k).isdigit() for k in value):
             raise ConfigError(f"{where} must map client ids to sample indices, e.g. {{ 3 = [0, 5, 7] }}, got {value!r}")
         return {str(int(k)): _int_list(f"{where}.{k}", v) for k, v in value.items()}
     if ftype is float and isinstance(value, int) and not isinstance(value, bool):
@@ -241,11 +245,24 @@ def _check_value(where: str, f: dataclasses.Field, value: Any, ftype: Any) -> An
     if choices and value not in choices:
         raise ConfigError(f"{where} = {value!r} is not valid; choose one of: {', '.join(choices)}"
                           + (" (or register your own in a run.plugins module)" if "registry" in f.metadata else ""))
+    if ftype is float and not math.isfinite(value):
+        lo, hi = f.metadata.get("range", (None, None))
+        raise ConfigError(f"{where} = {value!r} is not a finite number; give a number"
+                          + (f" in {_interval(f)}" if lo is not None or hi is not None else "")
+                          + f" (the default is {f.default!r})")
     lo, hi = f.metadata.get("range", (None, None))
-    if lo is not None and value < lo or hi is not None and value > hi:
-        bounds = f"[{lo}, {'inf' if hi is None else hi}]"
-        raise ConfigError(f"{where} = {value!r} is out of range; allowed {bounds}")
+    lo_open, hi_open = f.metadata.get("open", (False, False))
+    if (lo is not None and (value < lo or lo_open and value == lo)
+            or hi is not None and (value > hi or hi_open and value == hi)):
+        raise ConfigError(f"{where} = {value!r} is out of range; allowed {_interval(f)} (the default is {f.default!r})")
     return value
+
+
+def _interval(f: dataclasses.Field) -> str:
+    lo, hi = f.metadata.get("range", (None, None))
+    lo_open, hi_open = f.metadata.get("open", (False, False))
+    return (("(" if lo_open else "[") + f"{'-inf' if lo is None else lo}, {'inf' if hi is None else hi}"
+            + (")" if hi_open or hi is None else "]"))
 
 
 def method_options() -> dict[str, type]:
@@ -298,26 +315,39 @@ def load_plugins(modules: tuple[str, ...] | list[str], *, base: Path | None = No
             spec = importlib.util.spec_from_file_location(name, path)
             module = importlib.util.module_from_spec(spec)
             sys.modules[name] = module
-            spec.loader.exec_module(module)
+            try:
+                spec.loader.exec_module(module)
+            except Exception as e:  # a plug-in's own bug: one line naming it, not a traceback
+                del sys.modules[name]
+                raise ConfigError(f"run.plugins: importing {str(path)!r} failed: {_plugin_error(e)}; fix the module") from None
         else:
-            if "" not in sys.path and "." not in sys.path:
-                sys.path.insert(0, "")
+            # Only what is on sys.path already (installed packages, PYTHONPATH): the current
+            # directory is not added, so a module lying there cannot shadow one by name.
             try:
                 importlib.import_module(entry)
             except ModuleNotFoundError as e:
                 raise ConfigError(f"run.plugins: cannot import {entry!r} ({e}); put the module on PYTHONPATH "
                                   "or give the path of its .py file") from None
+            except Exception as e:
+                raise ConfigError(f"run.plugins: importing {entry!r} failed: {_plugin_error(e)}; fix the module") from None
 
 
-def from_dict(data: dict[str, Any], *, base: Path | None = None) -> Config:
+def _plugin_error(e: Exception) -> str:
+    if isinstance(e, SyntaxError):
+        return f"SyntaxError at line {e.lineno}: {e.msg}"
+    return f"{type(e).__name__}: {e}"
+
+
+def from_dict(data: dict[str, Any], *, base: Path | None = None, import_plugins: bool = True) -> Config:
     """Build a :class:`Config` from nested dicts (missing keys take defaults). ``run.plugins`` are
-    imported first, so the kinds they register are valid choices."""
+    imported first, so the kinds they register are valid choices (``import_plugins = False``:
+    not imported; the kinds must be registered already)."""
     sections = {f.name: typing.get_type_hints(Config)[f.name] for f in dataclasses.fields(Config)}
     unknown = sorted(set(data) - set(sections))
     if unknown:
         raise ConfigError(f"unknown section [{unknown[0]}]; valid sections: {', '.join(sections)}")
     run = data.get("run", {})
-    if isinstance(run, dict) and "plugins" in run:
+    if import_plugins and isinstance(run, dict) and "plugins" in run:
         load_plugins(_str_list("run.plugins", run["plugins"]), base=base)
     return Config(**{name: _build_section(name, cls, data.get(name, {})) for name, cls in sections.items()})
 
@@ -376,8 +406,35 @@ def resolve_paths(cfg: Config, *, base: str | Path | None = None) -> Config:
 
 
 def loads(text: str) -> Config:
-    """Parse TOML text into a :class:`Config`."""
+    """Parse TOML text into a :class:`Config` (importing its ``run.plugins``: for text you wrote)."""
     return from_dict(tomllib.loads(text))
+
+
+def loads_stored(text: str, *, where: str, plugins: tuple[str, ...] | list[str] = ()) -> Config:
+    """Parse a config stored in a run file (``where`` names it) **without** importing the
+    plug-ins it names: a run directory is data, and another user's run can name any module.
+    The modules the caller trusts and lists in ``plugins`` (``--plugins`` on the command line)
+    are imported instead; every one the stored config names must be among them.
+
+    >>> loads_stored('[run]\nseed = 3', where="history.h5").run.seed
+    3
+    """
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"{where}: the stored config is not valid TOML ({e}); the run file is damaged: restore it "
+                          "from a copy or rerun the experiment") from None
+    named = data.get("run", {}).get("plugins", []) if isinstance(data.get("run"), dict) else []
+    missing = [m for m in _str_list("run.plugins", named) if m not in plugins]
+    if missing:
+        raise ConfigError(f"{where} names plug-in modules in run.plugins ({', '.join(missing)}); a run directory is "
+                          "data, so they are not imported from it: if you trust them, pass --plugins "
+                          f"{','.join(missing)} (or plugins=[...] in Python)")
+    load_plugins(list(plugins))
+    try:
+        return from_dict(data, import_plugins=False)
+    except ConfigError as e:
+        raise ConfigError(f"{where}: {e}") from None
 
 
 def _parse_override_value(raw: str) -> Any:

@@ -78,6 +78,12 @@ class Engine:
         self.seed = cfg.run.seed
         self.aggregator = aggregator or AGGREGATORS.get(cfg.train.aggregator)()
 
+        # Before anything is allocated (the graph of a million nodes takes a while already).
+        need = datasets.estimated_bytes(cfg.data, n_clients=n)
+        if need is not None:
+            devices.check_memory(need, f"the data of topology.n_clients = {n} clients x data.n_samples_per_client = "
+                                 f"{cfg.data.n_samples_per_client} ({cfg.data.kind})",
+                                 "use fewer clients or samples per client")
         t = cfg.topology
         self.graph = topology.build_graph(t.kind, n, seed=self.seed, p=t.p, k=t.k, beta=t.beta, degree=t.degree, path=t.path)
         self.is_star = t.kind == "star"
@@ -667,7 +673,9 @@ class Engine:
                       for k, v in self.metrics.items()}
 
     def load_state(self, state: dict[str, np.ndarray]) -> None:
-        """Restore a :meth:`state` (every process passes the same full dict)."""
+        """Restore a :meth:`state` (every process passes the same full dict), checked against this
+        engine's shapes first (a damaged or foreign checkpoint is refused, naming the array)."""
+        self._check_state(state)
         rows = slice(self.lo, self.hi)
         self.round = int(state["round"])
         self.params = torch.as_tensor(state["params"][rows], dtype=self.dtype).to(self.device).clone()
@@ -693,6 +701,36 @@ class Engine:
                          for k in PER_NODE}
         if not self.metrics["round"] and self.metrics["loss_mean"]:  # run files written before eval_every
             self.metrics["round"] = list(range(1, len(self.metrics["loss_mean"]) + 1))
+
+    def _check_state(self, state: dict[str, np.ndarray]) -> None:
+        fix = "the checkpoint does not belong to this config or is damaged: restore the run file from a copy or rerun"
+
+        def bad(key: str, what: str) -> ValueError:
+            return ValueError(f"checkpoint/{key} {what}; {fix}")
+
+        for key in ("round", "params"):
+            if key not in state:
+                raise bad(key, "is missing")
+        r = np.asarray(state["round"])
+        if r.shape != () or not np.issubdtype(r.dtype, np.integer) or int(r) < 0:
+            raise bad("round", f"must be one integer >= 0, got {r.tolist()!r}")
+        n, d = self.n_clients, self.dim
+        params = np.asarray(state["params"])
+        if params.shape != (n, d):
+            raise bad("params", f"has shape {params.shape}, but this config's model has {n} clients x {d} parameters")
+        if not np.issubdtype(params.dtype, np.floating):
+            raise bad("params", f"holds {params.dtype}, not floating-point numbers")
+        finite = np.isfinite(params).all(axis=1)
+        if not finite[self.members].all():
+            raise bad("params", f"holds NaN or inf at clients {np.flatnonzero(~finite & self.members)[:5].tolist()}")
+        for key, value in state.items():
+            if key in ("round", "params") or key.startswith(("metrics/", "lock/")):
+                continue
+            value = np.asarray(value)
+            if key == "ledger" and value.shape != (n, n):
+                raise bad(key, f"has shape {value.shape}, not ({n}, {n})")
+            if value.ndim == 0 or value.shape[0] != n:
+                raise bad(key, f"has shape {value.shape}: its first axis must hold the {n} clients")
 
     def member_graph(self):
         """The graph of the nodes still in it (and a star's hub)."""

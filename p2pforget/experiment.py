@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import time
+import zlib
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -115,7 +116,9 @@ def _comparable(cfg: Config) -> dict[str, Any]:
 
 
 def _check_resumable(cfg: Config, stored_toml: str) -> None:
-    old, new = _comparable(config_mod.loads(stored_toml)), _comparable(cfg)
+    # The stored config may name only plug-ins the user's own config imports (it is data).
+    stored = config_mod.loads_stored(stored_toml, where="the stored run", plugins=cfg.run.plugins)
+    old, new = _comparable(stored), _comparable(cfg)
     diffs = [f"{s}.{k}: {old[s][k]!r} -> {new[s][k]!r}" for s in new for k in new[s] if old[s][k] != new[s][k]]
     if diffs:
         raise ResumeError("cannot resume: the config differs from the stored run in " + "; ".join(diffs)
@@ -133,6 +136,8 @@ class RunWriter:
         self.seconds_before = 0.0
         self.records = Records()
         self.checkpoint_round: int | None = None
+        self.written = time.perf_counter()  # when this writer last wrote the run files
+        self.fingerprint = fingerprint(engine)  # before any forget request changes the graph
         self._static: dict[str, np.ndarray] | None = None
 
     def snapshot(self, *, rounds_total: int, complete: bool,
@@ -148,6 +153,7 @@ class RunWriter:
             init = e.gather_params(e.init_params)
             self._static = _static_arrays(e, rounds_total) | {"params/init": init} if e.transport.is_root else {}
         self.checkpoint_round = int(e.round)
+        self.written = time.perf_counter()
         if not e.transport.is_root:
             return None
         seconds = self.seconds_before + time.perf_counter() - self.started
@@ -172,7 +178,7 @@ class RunWriter:
             "rounds_done": e.round,
             "complete": complete,
             "seconds": seconds,
-        } | self.records.attrs
+        } | self.fingerprint | self.records.attrs
         report = build_report(e, seconds=seconds, complete=complete) | self.records.report()
         if retrieval is not None:
             report["retrieval"] = retrieval
@@ -298,8 +304,10 @@ def _read_checkpoint(engine: Engine, cfg: Config, out: Path, writer: RunWriter) 
         _check_resumable(cfg, stored.attrs["config_toml"])
         payload = {k.removeprefix("checkpoint/"): v for k, v in stored.arrays.items() if k.startswith("checkpoint/")}
         payload |= {k: v for k, v in stored.arrays.items() if k.startswith("metrics/")}
-        return payload, Records.of(stored), float(stored.attrs.get("seconds", 0.0))
-    state, records, writer.seconds_before = _at_root(engine.transport, read)
+        prints = {k: stored.attrs[k] for k in ("data_crc32", "graph_crc32") if k in stored.attrs}
+        return payload, Records.of(stored), float(stored.attrs.get("seconds", 0.0)), prints
+    state, records, writer.seconds_before, prints = _at_root(engine.transport, read)
+    _check_same_run(engine, prints, where=str(out / "history.h5"), overrides=[])
     return state, records
 
 
@@ -342,7 +350,10 @@ def run(cfg: Config, *, out: str | Path | None = None, resume: bool = False, ove
         every = checkpoint_interval(cfg)
 
         def after_round(e: Engine) -> None:
-            if e.round % every == 0 and e.round < cfg.run.rounds:
+            # Every `every` rounds, and at least every CHECKPOINT_SECONDS of training whatever
+            # run.rounds says (the decision is the root's, so all processes take part together).
+            due = e.round % 16 == 0 and e.transport.bcast_object(time.perf_counter() - writer.written > CHECKPOINT_SECONDS)
+            if (e.round % every == 0 or due) and e.round < cfg.run.rounds:
                 writer.snapshot(rounds_total=cfg.run.rounds, complete=False)
             if callback is not None:
                 callback(e)
@@ -362,10 +373,23 @@ def run(cfg: Config, *, out: str | Path | None = None, resume: bool = False, ove
     return RunResult(engine=engine, out=out, report=report or {})
 
 
+MAX_CHECKPOINT_GAP = 1000
+"""With ``run.checkpoint_every = 0``, checkpoints are at most this many rounds apart."""
+
+CHECKPOINT_SECONDS = 600.0
+"""A run also checkpoints once this many seconds have passed since its last write."""
+
+
 def checkpoint_interval(cfg: Config) -> int:
     """Rounds between checkpoints: ``run.checkpoint_every``, or with 0 (the default) about 20
-    checkpoints per run; every checkpoint rewrites the run file atomically."""
-    return cfg.run.checkpoint_every or max(1, cfg.run.rounds // 20)
+    checkpoints per run, at most :data:`MAX_CHECKPOINT_GAP` rounds apart; every checkpoint rewrites
+    the run file atomically.
+
+    >>> from p2pforget import config
+    >>> [checkpoint_interval(config.from_dict({"run": {"rounds": r}})) for r in (10, 400, 10**12)]
+    [1, 20, 1000]
+    """
+    return cfg.run.checkpoint_every or min(max(1, cfg.run.rounds // 20), MAX_CHECKPOINT_GAP)
 
 
 def forget_request(cfg: Config) -> tuple[tuple[int, ...], dict[int, tuple[int, ...]]]:
@@ -432,7 +456,8 @@ def record_forget(engine: Engine, writer: RunWriter, result: ForgetResult) -> di
     return report
 
 
-def load_run(run_dir: str | Path, *, overrides: list[str] = (), transport: Transport | None = None) -> tuple[Engine, RunWriter]:
+def load_run(run_dir: str | Path, *, overrides: list[str] = (), transport: Transport | None = None,
+             plugins: tuple[str, ...] = ()) -> tuple[Engine, RunWriter]:
     """Rebuild the engine of a finished run (its last checkpoint, and any forgetting already done),
     and a writer that adds to the run's files.
 
@@ -447,14 +472,23 @@ def load_run(run_dir: str | Path, *, overrides: list[str] = (), transport: Trans
         raise ValueError(f"only [unlearn] keys and the paths data.path, topology.path, topology.mixing_path can change "
                          f"on a finished run; got {bad[0]!r}")
 
+    where = f"{run_dir / 'history.h5'}"
+
     def read():
         stored = history.read_run(run_dir / "history.h5")
+        if not stored.attrs.get("complete"):
+            raise ResumeError(f"{run_dir} is not finished (it stopped at round {stored.attrs.get('rounds_done')}); "
+                              f"continue it first with `p2pforget run CONFIG --resume {run_dir}`: forgetting from an "
+                              "unfinished run would take a partly trained model for the result")
         keep = ("checkpoint/", "metrics/")
         state = {k: v for k, v in stored.arrays.items() if k.startswith(keep)}
-        return stored.attrs["config_toml"], state, Records.of(stored), float(stored.attrs.get("seconds", 0.0))
-    toml, arrays, records, seconds = read() if transport is None else _at_root(transport, read)
-    cfg = config_mod.with_overrides(config_mod.loads(toml), list(overrides))
+        prints = {k: stored.attrs[k] for k in ("data_crc32", "graph_crc32") if k in stored.attrs}
+        return stored.attrs["config_toml"], state, Records.of(stored), float(stored.attrs.get("seconds", 0.0)), prints
+    toml, arrays, records, seconds, prints = read() if transport is None else _at_root(transport, read)
+    stored = config_mod.loads_stored(toml, where=where, plugins=plugins)
+    cfg = config_mod.with_overrides(stored, list(overrides))
     engine = Engine(config=cfg, transport=transport)
+    _check_same_run(engine, prints, where=where, overrides=overrides)
     state = {k.removeprefix("checkpoint/"): v for k, v in arrays.items() if k.startswith("checkpoint/")}
     engine.load_state(state | {k: v for k, v in arrays.items() if k.startswith("metrics/")})
     _apply_exclusions(engine, records)
@@ -464,28 +498,63 @@ def load_run(run_dir: str | Path, *, overrides: list[str] = (), transport: Trans
         engine.set_params(torch.as_tensor(records.arrays["params/unlearned_noiseless"][engine.lo:engine.hi], dtype=engine.dtype))
     writer = RunWriter(engine, run_dir)
     writer.records, writer.seconds_before = records, seconds
+    writer.fingerprint = {k: int(v) for k, v in prints.items()}  # of the run as trained, not after its requests
     if engine.transport.is_root and f"unlearn/released/{len(records.requests) - 1}/models" in records.arrays:
         # A run killed between writing its record and its release publishes what it recorded.
         release.publish(run_dir, records.requests, records.arrays, n_clients=engine.n_clients)
     return engine, writer
 
 
+def fingerprint(engine: Engine) -> dict[str, int]:
+    """CRC-32s of what a run trains on, as ``engine`` built it (before any forget request):
+    ``data_crc32`` of every client's inputs and labels and the test split, ``graph_crc32`` of the
+    graph's edges and its mixing matrix. Stored in the run file and checked when a run is rebuilt."""
+    def crc(arrays) -> int:
+        out = 0
+        for a in arrays:
+            out = zlib.crc32(np.ascontiguousarray(a).tobytes(), out)
+        return out
+
+    d = engine.data
+    graph = [engine.edges()]
+    if engine.base_mixing is not None:
+        W = sp.coo_array(engine.base_mixing)
+        order = np.lexsort((W.col, W.row))
+        graph += [W.row[order].astype(np.int64), W.col[order].astype(np.int64), W.data[order].astype(np.float64)]
+    return {"data_crc32": crc([d.x, d.y, d.x_test, d.y_test]), "graph_crc32": crc(graph)}
+
+
+def _check_same_run(engine: Engine, stored: dict[str, Any], *, where: str, overrides: list[str]) -> None:
+    """Refuse an engine rebuilt for a stored run whose data, graph or mixing differ from what the run
+    was trained on (a moved data folder pointed at other files, another graph or matrix file)."""
+    changed = f" (overridden here: {', '.join(overrides)})" if overrides else ""
+    now = fingerprint(engine)
+    if stored.get("data_crc32") is not None and now["data_crc32"] != int(stored["data_crc32"]):
+        raise ResumeError(f"{where}: the data built now differ from the data the run was trained on{changed}; "
+                          "point data.path at the files the run used")
+    if stored.get("graph_crc32") is not None and now["graph_crc32"] != int(stored["graph_crc32"]):
+        raise ResumeError(f"{where}: the graph or mixing matrix built now differs from the run's{changed}; point "
+                          "topology.path and topology.mixing_path at the files the run used")
+
+
 def forget_run(run_dir: str | Path, *, clients=(), samples: dict | None = None, overrides: list[str] = (),
-               reference: bool = True, progress: bool = True, transport: Transport | None = None) -> dict[str, Any] | None:
+               reference: bool = True, progress: bool = True, transport: Transport | None = None,
+               plugins: tuple[str, ...] = ()) -> dict[str, Any] | None:
     """Forget ``clients``/``samples`` in the finished run at ``run_dir`` (holding its lock) and add
     the request to its files, all or nothing; returns the updated report at the root."""
     run_dir = Path(run_dir)
     if transport is None:
-        stored = config_mod.loads(transport_mod.at_launch_root(lambda: history.read_run(run_dir / "history.h5").attrs["config_toml"]))
+        toml = transport_mod.at_launch_root(lambda: history.read_run(run_dir / "history.h5").attrs["config_toml"])
+        stored = config_mod.loads_stored(toml, where=f"{run_dir / 'history.h5'}", plugins=plugins)
         transport = transport_mod.make(stored.run.transport, n_clients=stored.topology.n_clients)
     # The lock is taken before the run is read, so that two requests cannot both start from the same state.
     with writing(transport, run_dir, resume=True, command=f"p2pforget forget {run_dir}"):
-        engine, writer = load_run(run_dir, overrides=overrides, transport=transport)
+        engine, writer = load_run(run_dir, overrides=overrides, transport=transport, plugins=plugins)
         result = forget(engine, clients=clients, samples=samples or {}, reference=reference, progress=progress)
         return record_forget(engine, writer, result)
 
 
-def audit_run(run_dir: str | Path, *, overrides: list[str] = ()) -> dict[str, Any]:
+def audit_run(run_dir: str | Path, *, overrides: list[str] = (), plugins: tuple[str, ...] = ()) -> dict[str, Any]:
     """Audit the latest forget request of the run at ``run_dir`` (see :mod:`p2pforget.audit`) with
     its ``[audit]`` options (``overrides`` may change them), and add the result to the run files
     (``audit_json`` in the run file's ``unlearn`` group and the request's entry in
@@ -501,13 +570,17 @@ def audit_run(run_dir: str | Path, *, overrides: list[str] = ()) -> dict[str, An
         records = Records.of(stored)
         if not records.requests:
             raise ValueError(f"{run_dir} holds no forget request to audit: run `p2pforget forget {run_dir} --clients ID` first")
-        cfg = config_mod.with_overrides(config_mod.loads(stored.attrs["config_toml"]), list(overrides))
-        engine, _ = load_run(run_dir)
+        where = f"{run_dir / 'history.h5'}"
+        cfg = config_mod.with_overrides(config_mod.loads_stored(stored.attrs["config_toml"], where=where, plugins=plugins),
+                                        list(overrides))
+        engine, _ = load_run(run_dir, plugins=plugins)
         last = records.requests[-1]
         forgotten = {int(j): np.asarray(v, dtype=np.int64) for j, v in last["unlearn"]["forgotten"].items()}
         models = {name: stored.arrays[f"params/{key}"] for name, key in
                   (("trained", "before_request"), ("unlearned", "unlearned"), ("retrained", "retrained"))
                   if f"params/{key}" in stored.arrays}
+        report_path = run_dir / "report.json"
+        report = history.read_json(report_path) if report_path.exists() else {}  # refuse a damaged one before any work
         result = audit(engine, forgotten=forgotten, models=models, nodes=np.flatnonzero(engine.members),
                        options=cfg.audit, seed=engine.seed)
         requests = records.requests
@@ -516,7 +589,5 @@ def audit_run(run_dir: str | Path, *, overrides: list[str] = ()) -> dict[str, An
         group_attrs["unlearn"] = dict(group_attrs.get("unlearn", {})) | {"audit_json": history.json_text(result)}
         history.write_h5(run_dir / "history.h5", attrs=dict(stored.attrs) | {"requests_json": history.json_text(requests)},
                          arrays=stored.arrays, group_attrs=group_attrs)
-        report_path = run_dir / "report.json"
-        report = json.loads(report_path.read_text()) if report_path.exists() else {}
         history.write_json(report_path, report | {"audit": result, "requests": requests})
     return result

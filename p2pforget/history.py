@@ -15,8 +15,9 @@ Example
 """
 from __future__ import annotations
 
-import fcntl
 import csv
+import fcntl
+import io
 import json
 import math
 import os
@@ -24,6 +25,7 @@ import socket
 import sys
 import tempfile
 import time
+import zlib
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,7 +35,7 @@ import h5py
 import numpy as np
 import scipy.sparse as sparse
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 LOCK_NAME = ".lock"
 
 
@@ -70,34 +72,61 @@ def _atomic(path: Path, write) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     for stale in path.parent.glob(f".{path.name}.*.tmp"):  # left by a killed writer (one writer: the lock)
         stale.unlink(missing_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
+    tmp = None
     try:
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        os.close(fd)
         write(Path(tmp))
         with open(tmp, "rb") as f:
             os.fsync(f.fileno())
         os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; run files are ordinary files
         os.replace(tmp, path)
         _fsync_dir(path.parent)
+    except OSError as e:
+        if tmp is not None:
+            Path(tmp).unlink(missing_ok=True)
+        raise RunFileError(f"could not write {path}: {e.strerror or e}; the previous {path.name} (if any) is "
+                           "unchanged: free space or fix the disk, then rerun (or --resume)") from None
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        if tmp is not None:
+            Path(tmp).unlink(missing_ok=True)
         raise
+
+
+CHECKSUM = "crc32"
+"""Every dataset carries the CRC-32 of its bytes, and every group of attributes the CRC-32 of
+their canonical JSON, under this attribute; :func:`read_h5` checks them all."""
+
+
+def _crc(arr: np.ndarray) -> int:
+    return zlib.crc32(np.ascontiguousarray(arr).tobytes())
+
+
+def _attrs_crc(attrs: dict[str, Any]) -> int:
+    plain = {k: _plain(v) for k, v in attrs.items() if k != CHECKSUM}
+    return zlib.crc32(json.dumps(plain, sort_keys=True, default=repr).encode())
 
 
 def write_h5(path: str | Path, *, attrs: dict[str, Any], arrays: dict[str, np.ndarray],
              group_attrs: dict[str, dict[str, Any]] | None = None) -> None:
-    """Atomically write root ``attrs``, ``arrays`` keyed by HDF5 path, and attributes of groups."""
-    def write(tmp: Path) -> None:
-        with h5py.File(tmp, "w") as f:
-            for k, v in attrs.items():
-                f.attrs[k] = v
-            for name, arr in arrays.items():
-                f.create_dataset(name, data=np.asarray(arr))
-            for group, gattrs in (group_attrs or {}).items():
-                g = f.require_group(group)
-                for k, v in gattrs.items():
-                    g.attrs[k] = v
-    _atomic(Path(path), write)
+    """Atomically write root ``attrs``, ``arrays`` keyed by HDF5 path, and attributes of groups,
+    each with its checksum. The file is built in memory and written as plain bytes, so a full
+    disk or an I/O error meets an ordinary file write (nothing of HDF5 is left open on it)."""
+    buffer = io.BytesIO()
+    with h5py.File(buffer, "w") as f:
+        for name, arr in arrays.items():
+            arr = np.asarray(arr)
+            f.create_dataset(name, data=arr).attrs[CHECKSUM] = _crc(arr)
+        for group, gattrs in (group_attrs or {}).items():
+            g = f.require_group(group)
+            for k, v in gattrs.items():
+                g.attrs[k] = v
+            g.attrs[CHECKSUM] = _attrs_crc(dict(g.attrs))
+        for k, v in attrs.items():
+            f.attrs[k] = v
+        f.attrs[CHECKSUM] = _attrs_crc(dict(f.attrs))
+    image = buffer.getvalue()
+    _atomic(Path(path), lambda tmp: tmp.write_bytes(image))
 
 
 def read_h5(path: str | Path) -> RunFile:
@@ -128,16 +157,31 @@ def read_h5(path: str | Path) -> RunFile:
                 raise RunFileError(f"{path} links to data outside its own datasets ({outside[0]!r}); "
                                    "p2pforget run files hold only their own data: refusing to read it")
             attrs = {k: _plain(v) for k, v in f.attrs.items()}
+            checked = int(attrs.get("version", 0)) >= 2  # run files from version 2 on carry checksums
+            _check_attrs(path, "the root attributes", attrs, checked)
 
             def visit(name: str, obj) -> None:
                 if isinstance(obj, h5py.Dataset):
                     if obj.external or obj.is_virtual:
                         raise RunFileError(f"{path}: dataset {name!r} stores its data in another file; "
                                            "p2pforget run files hold only their own data: refusing to read it")
+                    declared = int(obj.size) * obj.dtype.itemsize
+                    if declared > obj.id.get_storage_size() + 1024 or declared > MAX_DATASET_BYTES:
+                        raise RunFileError(f"{path}: dataset {name!r} declares {obj.shape} {obj.dtype} "
+                                           f"({declared / 2**30:.3g} GiB) but stores {obj.id.get_storage_size()} bytes: "
+                                           "the file is damaged or was not written by p2pforget; refusing to read it")
                     arrays[name] = obj[()]
+                    stored = obj.attrs.get(CHECKSUM)
+                    if stored is None and checked or stored is not None and int(stored) != _crc(arrays[name]):
+                        raise RunFileError(f"{path}: dataset {name!r} fails its checksum (the file is damaged: a "
+                                           "changed bit, a cut write); restore it from a copy, or delete the run "
+                                           "directory and rerun")
                 elif len(obj.attrs):
-                    group_attrs[name] = {k: _plain(v) for k, v in obj.attrs.items()}
+                    group = {k: _plain(v) for k, v in obj.attrs.items()}
+                    _check_attrs(path, f"the attributes of {name!r}", group, checked)
+                    group_attrs[name] = {k: v for k, v in group.items() if k != CHECKSUM}
             f.visititems(visit)
+            attrs.pop(CHECKSUM, None)
     except RunFileError:
         raise
     except (OSError, KeyError, ValueError, RuntimeError, UnicodeDecodeError) as e:
@@ -145,6 +189,17 @@ def read_h5(path: str | Path) -> RunFile:
         raise RunFileError(f"{path} is not a readable HDF5 run file (truncated or damaged: {detail}); "
                            "restore it from a copy, or delete the run directory and rerun") from None
     return RunFile(attrs=attrs, arrays=arrays, group_attrs=group_attrs)
+
+
+MAX_DATASET_BYTES = 64 * 2**30
+"""No dataset of a run file is read into memory above this size (64 GiB)."""
+
+
+def _check_attrs(path: Path, what: str, attrs: dict[str, Any], checked: bool) -> None:
+    stored = attrs.get(CHECKSUM)
+    if stored is None and checked or stored is not None and int(stored) != _attrs_crc(attrs):
+        raise RunFileError(f"{path}: {what} fail their checksum (the file is damaged); restore it from a copy, "
+                           "or delete the run directory and rerun")
 
 
 def read_run(path: str | Path) -> RunFile:
@@ -204,6 +259,16 @@ def strict(obj: Any) -> Any:
     if isinstance(obj, float) and not math.isfinite(obj):
         return None
     return obj
+
+
+def read_json(path: str | Path) -> Any:
+    """Read a JSON run file, or raise :class:`RunFileError` naming it when it is damaged."""
+    path = Path(path)
+    try:
+        return json.loads(path.read_text())
+    except (ValueError, UnicodeDecodeError) as e:
+        raise RunFileError(f"{path} is not valid JSON (truncated or damaged: {e}); delete it: the next "
+                           "`p2pforget forget` on the run writes it anew from history.h5") from None
 
 
 def write_json(path: str | Path, obj: Any) -> None:

@@ -130,6 +130,9 @@ def shards(labels: np.ndarray, sizes: np.ndarray, *, seed: int, shards_per_clien
     [[0, 2], [1, 3]]
     """
     n, k = len(sizes), shards_per_client
+    if len(sizes) and k > int(sizes.min()):
+        raise ValueError(f"data.shards_per_client = {k} is more than the {int(sizes.min())} samples of the smallest "
+                         f"client: every shard needs a sample; set data.shards_per_client to at most {int(sizes.min())}")
     tie = seeding.rng(seed, purpose="partition/shards/order").random(len(labels))
     order = np.lexsort((tie, labels))
     want = np.stack([np.full(k, s // k) + (np.arange(k) < s % k) for s in sizes])          # [n, k]

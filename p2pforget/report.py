@@ -223,7 +223,7 @@ def report_run(run_dir: str | Path, *, formats: Sequence[str] = FORMATS) -> list
                                              formats=formats))
     report_file = run_dir / "report.json"
     if report_file.exists():
-        report = json.loads(report_file.read_text())
+        report = history.read_json(report_file)
         if "metrics" in report:
             pngs.append(plot_unlearning(report["metrics"], run_dir / "unlearning.png", formats=formats))
         if report.get("traces"):

@@ -58,13 +58,21 @@ def files(tmp):
     _write_config(tmp / "gt.toml", BASE | {"train": {"algorithm": "gradient_tracking", "local_steps": 2}})
 
 
+def _without_config(f):
+    """A run file without its config, checksummed anew (written so by another tool, not damaged)."""
+    from p2pforget import history
+
+    f.attrs.__delitem__("config_toml")
+    f.attrs[history.CHECKSUM] = history._attrs_crc(dict(f.attrs))
+
+
 def _damage(finished, tmp):
     """Damaged copies of a finished run's history.h5."""
     src = finished / "history.h5"
     data = src.read_bytes()
     (tmp / "truncated" / "history.h5").write_bytes(data[: len(data) // 3])
     for name, edit in {"nockpt": lambda f: f.__delitem__("checkpoint"),
-                       "noconfig": lambda f: f.attrs.__delitem__("config_toml"),
+                       "noconfig": _without_config,
                        "extlink": lambda f: f.__setitem__("params/other", h5py.ExternalLink(str(src), "/params/init")),
                        "extstore": lambda f: f.create_dataset("params/leak", shape=(4,), dtype="u1",
                                                               external=[(str(tmp / "afile"), 0, 4)])}.items():

@@ -63,7 +63,7 @@ def test_auto_solver_is_matrix_free_above_the_size_and_certified():
                                                "data": {"n_samples_per_client": 20, "n_features": features,
                                                         "n_classes": 10}}))
 
-    small, large = engine(99), engine(100)
+    small, large = engine(19), engine(20)
     assert small.dim == CG_ABOVE_DIM < large.dim
     auto = CertifiedOptions()
     assert solver(small, auto) == "direct" and solver(large, auto) == "cg"

@@ -29,7 +29,7 @@ def test_unknown_key_lists_valid_keys():
 
 @pytest.mark.parametrize("override,message", [
     ("topology.kind=tree", "choose one of: ring, torus, star"),
-    ("run.rounds=-3", r"out of range; allowed \[0, inf\]"),
+    ("run.rounds=-3", r"out of range; allowed \[0, inf\)"),
     ("topology.p=1.5", r"allowed \[0.0, 1.0\]"),
     ("train.local_steps=2.5", "must be of type int"),
     ("data.save=yes", "must be of type bool"),

@@ -92,6 +92,21 @@ def shard(x: np.ndarray, y: np.ndarray, cfg: DataConfig, n_clients: int, seed: i
     return out
 
 
+def estimated_bytes(cfg: DataConfig, *, n_clients: int) -> int | None:
+    """About how many bytes :func:`build` will hold for ``n_clients`` (float64 inputs of every
+    client's training and held-out samples, before anything is allocated), from the builder's
+    ``sample_numbers`` (numbers per input sample); ``None`` for a builder that does not say.
+
+    >>> estimated_bytes(DataConfig(n_samples_per_client=80, n_features=10, holdout_fraction=0.2), n_clients=1000)
+    8000000
+    """
+    numbers = DATASETS.entry(cfg.kind).meta.get("sample_numbers")
+    if numbers is None:
+        return None
+    per_client = math.ceil(cfg.n_samples_per_client / (1.0 - cfg.holdout_fraction))
+    return int(n_clients * per_client * numbers(cfg) * 8)
+
+
 def build(cfg: DataConfig, *, n_clients: int, seed: int) -> FederatedData:
     """Build the dataset registered as ``cfg.kind``, with each client's held-out split, its inputs
     normalized by ``cfg.normalize``."""

@@ -12,7 +12,7 @@ from ..config import DataConfig
 from . import FederatedData, register, shard
 
 
-@register("digits", help="scikit-learn's bundled 8x8 handwritten digits (real data, offline)")
+@register("digits", help="scikit-learn's bundled 8x8 handwritten digits (real data, offline)", sample_numbers=lambda cfg: 64)
 def digits(cfg: DataConfig, n_clients: int, seed: int) -> FederatedData:
     from sklearn.datasets import load_digits
 

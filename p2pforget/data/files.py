@@ -94,7 +94,7 @@ def _dataset(x: np.ndarray, y: np.ndarray, x_test: np.ndarray, y_test: np.ndarra
     return FederatedData(**shard(x, y, cfg, n_clients, seed), x_test=x_test[pick], y_test=y_test[pick], n_classes=n_classes)
 
 
-@register("mnist", help="MNIST / Fashion-MNIST / EMNIST (FEMNIST) IDX files in data.path")
+@register("mnist", help="MNIST / Fashion-MNIST / EMNIST (FEMNIST) IDX files in data.path", sample_numbers=lambda cfg: 784)
 def mnist(cfg: DataConfig, n_clients: int, seed: int) -> FederatedData:
     folder = _folder(cfg)
     parts = {}
@@ -109,14 +109,37 @@ def mnist(cfg: DataConfig, n_clients: int, seed: int) -> FederatedData:
     return _dataset(*parts["train"], *parts["test"], cfg, n_clients, seed)
 
 
+_PICKLE_ALLOWED = {(module, name) for module in ("numpy.core.multiarray", "numpy._core.multiarray")
+                   for name in ("_reconstruct", "scalar")} | {("numpy", "ndarray"), ("numpy", "dtype")}
+"""What a CIFAR batch may name: the pieces numpy pickles an array, a dtype or a scalar with."""
+
+
+class _ArraysOnly(pickle.Unpickler):
+    """An unpickler that builds only plain containers and numpy arrays: a data folder is data,
+    and a crafted "batch" that names any other callable is refused before anything runs."""
+
+    def find_class(self, module: str, name: str):
+        if (module, name) in _PICKLE_ALLOWED:
+            return super().find_class(module, name)
+        raise pickle.UnpicklingError(f"it names {module}.{name}, which a CIFAR-10 batch never holds")
+
+
 def _cifar_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
-    with open(path, "rb") as f:
-        batch = pickle.load(f, encoding="bytes")
+    try:
+        with open(path, "rb") as f:
+            batch = _ArraysOnly(f, encoding="bytes").load()
+    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, IndexError) as e:
+        raise ValueError(f"{path} is not a CIFAR-10 python batch ({e}); point data.path at the cifar-10-batches-py "
+                         "folder") from None
+    if not isinstance(batch, dict) or b"data" not in batch or b"labels" not in batch:
+        raise ValueError(f"{path} is not a CIFAR-10 python batch (no b'data' and b'labels' entries); point data.path "
+                         "at the cifar-10-batches-py folder")
     data = np.asarray(batch[b"data"], dtype=np.uint8)
     return data.reshape(-1, 3, 32, 32), np.asarray(batch[b"labels"], dtype=np.int64)
 
 
-@register("cifar10", help="CIFAR-10 python batches (data_batch_1..5, test_batch) in data.path")
+@register("cifar10", help="CIFAR-10 python batches (data_batch_1..5, test_batch) in data.path",
+          sample_numbers=lambda cfg: 3072)
 def cifar10(cfg: DataConfig, n_clients: int, seed: int) -> FederatedData:
     folder = _folder(cfg)
     train = sorted(folder.glob("data_batch_*"))

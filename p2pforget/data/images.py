@@ -106,7 +106,8 @@ def standardize(x: np.ndarray) -> np.ndarray:
     return (x - 0.5) / 0.25
 
 
-@register("pacs_like", help="synthetic PACS-like images: 4 domains (styles) x 7 classes (shapes), RGB")
+@register("pacs_like", help="synthetic PACS-like images: 4 domains (styles) x 7 classes (shapes), RGB",
+          sample_numbers=lambda cfg: 3 * cfg.image_size ** 2)
 def pacs_like(cfg: DataConfig, n_clients: int, seed: int) -> FederatedData:
     pool_n = n_clients * cfg.n_samples_per_client
     r = seeding.rng(seed, purpose="data/pacs_like")

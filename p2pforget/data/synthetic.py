@@ -19,7 +19,8 @@ def gaussian_mixture(n: int, *, means: np.ndarray, rng: np.random.Generator) -> 
     return x, y.astype(np.int64)
 
 
-@register("gaussian_logistic", help="class-conditional Gaussians in data.n_features dimensions")
+@register("gaussian_logistic", help="class-conditional Gaussians in data.n_features dimensions",
+          sample_numbers=lambda cfg: cfg.n_features)
 def gaussian_logistic(cfg: DataConfig, n_clients: int, seed: int) -> FederatedData:
     r = seeding.rng(seed, purpose="data/means")
     means = r.standard_normal((cfg.n_classes, cfg.n_features))

@@ -20,7 +20,10 @@ def block(n_clients: int, size: int, rank: int) -> tuple[int, int]:
     [(0, 3), (3, 5), (5, 7)]
     """
     if size > n_clients:
-        raise ValueError(f"{size} ranks but only {n_clients} clients; launch at most {n_clients} ranks or add clients")
+        error = ValueError(f"{size} ranks but only {n_clients} clients; launch at most {n_clients} ranks or add clients")
+        # Every rank finds the same: the command line prints it once, at the root.
+        error.reported_by_root = rank != 0
+        raise error
     base, extra = divmod(n_clients, size)
     lo = rank * base + min(rank, extra)
     return lo, lo + base + (rank < extra)

@@ -84,6 +84,12 @@ class ForgetRequest:
         if not out or not any(len(v) for v in out.values()):
             raise ValueError("nothing to forget: give clients (e.g. --clients 3) or samples (e.g. --samples 3:0,5)")
         whole = tuple(sorted(j for j in out if len(out[j]) == engine.retained[j].sum()))
+        left = engine.retained & engine.members[:, None]
+        for j, idx in out.items():
+            left[j, idx] = False
+        if not left.any():
+            raise ValueError("this request would forget every sample still trained on, leaving nothing to train or "
+                             "unlearn towards; keep at least one client's data (forget fewer clients)")
         return cls(samples=out, whole_clients=whole, mode=mode)
 
 

@@ -297,8 +297,9 @@ class CertifiedOptions:
     curvature_tol: float = bounded(1e-4, 1e-16, 1e-1)
 
 
-class UnlearningDiverged(RuntimeError):
-    """The Newton iteration produced non-finite models: no certificate can be issued."""
+class UnlearningDiverged(ValueError):
+    """The Newton iteration produced non-finite models: no certificate can be issued (a value
+    error: the command line prints it as one line, with the fix)."""
 
 
 LINE_SEARCH_HALVINGS = 30
@@ -493,12 +494,13 @@ def first_step(engine: "Engine", options: "CertifiedOptions") -> str:
     return options.first_step
 
 
-CG_ABOVE_DIM = 1000
+CG_ABOVE_DIM = 200
 """``solver = "auto"`` multiplies by the Hessian matrix-free (CG) above this many parameters.
-A dense step costs every node a d x d curvature message and ``d^3 / 3`` FLOPs; CG costs one
-d-vector sum and one Hessian-vector product (``~4 m d`` FLOPs for m samples) per iteration, about
-180 iterations per step on the benchmarks (docs/benchmarks.md): dense is cheaper only for
-d below a few hundred, CG from about a thousand on (docs/results/certified_cost.md)."""
+A dense step costs every node a d x d curvature message and ``d^3 / 3`` FLOPs for its
+factorization; a CG iteration one d-vector sum and one Hessian-vector product (``~4 m d`` FLOPs
+for m samples), 20-60 iterations per step on the benchmarks. With m = 20 the FLOPs cross near
+d = 100 and the bytes near d = 40; the cost table (docs/results/certified_cost.md) showed the
+dense solver at d = 1,000 spending 44x the FLOPs CG spends at d = 10,000."""
 
 
 def solver(engine: "Engine", options: "CertifiedOptions") -> str:
