@@ -416,7 +416,7 @@ def loads_stored(text: str, *, where: str, plugins: tuple[str, ...] | list[str] 
     The modules the caller trusts and lists in ``plugins`` (``--plugins`` on the command line)
     are imported instead; every one the stored config names must be among them.
 
-    >>> loads_stored('[run]\nseed = 3', where="history.h5").run.seed
+    >>> loads_stored('run = { seed = 3 }', where="history.h5").run.seed
     3
     """
     try:

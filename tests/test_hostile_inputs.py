@@ -268,15 +268,21 @@ def test_hostile_input_is_one_clear_line(argv, expected, tmp_path, runs, capsys,
 
 
 def test_a_stored_plugin_is_imported_only_when_the_user_names_it(runs, tmp_path):
-    """In a fresh process (so nothing is imported already): forget on a run whose config names a
-    plug-in does not import it; with --plugins it does, and the request goes through."""
+    """In fresh processes (so nothing is imported already): forget, audit and resume on a run whose
+    config names a plug-in do not import it; forget with --plugins does, and the request goes
+    through."""
     run = tmp_path / "run"
     shutil.copytree(runs["plugin"], run)
     marker = tmp_path / "marker"
     env = ENV | {"P2PF_MARKER": str(marker)}
+    cfg = tmp_path / "exp.toml"
+    cfg.write_text(config.dumps(_cfg()))
     cli = [sys.executable, "-m", "p2pforget", "forget", str(run), "--clients", "2", "--no-retrain"]
-    refused = subprocess.run(cli, env=env, capture_output=True, text=True)
-    assert refused.returncode == 2 and "--plugins" in refused.stderr and not marker.exists()
+    for argv in (cli, [sys.executable, "-m", "p2pforget", "audit", str(run)],
+                 [sys.executable, "-m", "p2pforget", "run", str(cfg), "--resume", str(run)]):
+        refused = subprocess.run(argv, env=env, capture_output=True, text=True)
+        assert refused.returncode == 2 and "names plug-in modules" in refused.stderr, refused.stderr
+        assert not marker.exists(), argv[3]
     plugin = str(runs["top"] / "marker_plugin.py")
     done = subprocess.run(cli + ["--plugins", plugin], env=env, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
@@ -344,3 +350,40 @@ def test_checkpoints_come_at_least_every_thousand_rounds():
     assert experiment.checkpoint_interval(config.from_dict({"run": {"rounds": 10**15}})) == experiment.MAX_CHECKPOINT_GAP
     assert experiment.checkpoint_interval(config.from_dict({"run": {"rounds": 10**15, "checkpoint_every": 7}})) == 7
     assert experiment.CHECKPOINT_SECONDS <= 600
+
+
+def _mount_tmpfs(folder: Path, size: str) -> bool:
+    folder.mkdir(parents=True, exist_ok=True)
+    try:
+        return subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(folder)],
+                              capture_output=True).returncode == 0
+    except OSError:
+        return False
+
+
+def test_a_real_full_disk_keeps_the_finished_run(runs, tmp_path):
+    """On a small tmpfs filled up after the run finished: `forget` (a fresh process, so a crash
+    would show as a signal) exits 2 with one line, the run stays readable and unchanged, and no
+    temporary file is left."""
+    disk = tmp_path / "disk"
+    if not _mount_tmpfs(disk, "4m"):
+        pytest.skip("cannot mount a tmpfs here (needs root); the simulated ENOSPC tests cover the same path")
+    try:
+        run = disk / "run"
+        shutil.copytree(runs["finished"], run)
+        before = _contents(run)
+        with open(disk / "filler", "wb", buffering=0) as f:  # take every byte that is left
+            try:
+                while True:
+                    f.write(b"\0" * 4096)
+            except OSError:
+                pass
+        done = subprocess.run([sys.executable, "-m", "p2pforget", "forget", str(run), "--clients", "1"], env=ENV,
+                              capture_output=True, text=True)
+        assert done.returncode == 2, (done.returncode, done.stderr[-2000:])
+        errors = [line for line in done.stderr.splitlines() if "error:" in line]
+        assert len(errors) == 1 and "No space left on device" in errors[0] and "Traceback" not in done.stderr
+        assert _contents(run) == before and not list(run.glob(".*.tmp"))
+        assert history.read_run(run / "history.h5").attrs["complete"]
+    finally:
+        subprocess.run(["umount", str(disk)], capture_output=True)

@@ -122,3 +122,16 @@ def test_damaged_run_file_under_mpirun_is_one_clear_line(tmp_path, command):
     assert "Traceback" not in res.stderr
     errors = [line for line in res.stderr.splitlines() if line.startswith("p2pforget: error:")]
     assert len(errors) == 1 and "history.h5 is not a readable HDF5 run file" in errors[0], res.stderr
+
+
+def test_more_ranks_than_clients_is_printed_once(tmp_path):
+    """Every rank finds "3 ranks but only 2 clients"; the job prints it once and exits 2."""
+    path = tmp_path / "exp.toml"
+    path.write_text(config.dumps(config.from_dict({"run": {"rounds": 1}, "topology": {"n_clients": 2},
+                                                   "data": {"n_samples_per_client": 4, "n_test": 5}})))
+    res = subprocess.run([str(MPIRUN), "-n", "3", "--oversubscribe", sys.executable, "-m", "p2pforget", "run", str(path),
+                          "--out", str(tmp_path / "out")], env=ENV, capture_output=True, text=True, timeout=120)
+    assert res.returncode == 2, res.stderr
+    errors = [line for line in res.stderr.splitlines() if line.startswith("p2pforget: error:")]
+    assert len(errors) == 1 and "3 ranks but only 2 clients" in errors[0], res.stderr
+    assert "Traceback" not in res.stderr

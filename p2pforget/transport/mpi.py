@@ -34,7 +34,8 @@ class MPITransport(Transport):
         self.n_clients = n_clients
         self.rank = self.comm.Get_rank()
         self.size = self.comm.Get_size()
-        blocks = [block(n_clients, self.size, r) for r in range(self.size)]  # raises when size > n_clients
+        block(n_clients, self.size, self.rank)  # raises when size > n_clients (printed by the root only)
+        blocks = [block(n_clients, self.size, r) for r in range(self.size)]
         self._sizes = np.array([hi - lo for lo, hi in blocks])
         self._owner = np.repeat(np.arange(self.size), self._sizes)
         self.comm_seconds = 0.0  # wall time inside MPI calls
