@@ -47,23 +47,43 @@ def bootstrap_auc(pos: np.ndarray, neg: np.ndarray, *, reference: tuple[np.ndarr
                   rounds: int, seed: int, level: float = 0.95) -> dict:
     """Mean over models (rows) of the AUC x 100 of ``pos [K, p]`` vs ``neg [K, q]`` and its percentile
     bootstrap CI over examples; with ``reference`` (another model set's scores on the same
-    examples), the gap ``mean - reference mean`` and its paired CI."""
+    examples), the gap ``mean - reference mean`` and its paired CI.
+
+    Each round resamples the examples with replacement (one stream: positives, then negatives);
+    the resample's AUC is computed from how often it holds each example (:func:`resampled_auc`)."""
     r = seeding.rng(seed, purpose="audit/bootstrap")
     value = 100 * float(auc(pos, neg).mean())
     ref = 100 * float(auc(*reference).mean()) if reference is not None else None
-    draws, gaps = [], []
-    for _ in range(rounds):
-        i = r.integers(0, pos.shape[1], pos.shape[1])
-        j = r.integers(0, neg.shape[1], neg.shape[1])
-        a = 100 * float(auc(pos[:, i], neg[:, j]).mean())
-        draws.append(a)
-        if reference is not None:
-            gaps.append(a - 100 * float(auc(reference[0][:, i], reference[1][:, j]).mean()))
+    p, q = pos.shape[1], neg.shape[1]
+    P, N = np.empty((rounds, p)), np.empty((rounds, q))
+    for b in range(rounds):
+        P[b] = np.bincount(r.integers(0, p, p), minlength=p)
+        N[b] = np.bincount(r.integers(0, q, q), minlength=q)
+    draws = resampled_auc(pos, neg, P, N)
     tail = 100 * (1 - level) / 2
     out = {"mean": value, "ci": [float(np.percentile(draws, tail)), float(np.percentile(draws, 100 - tail))]}
     if reference is not None:
+        gaps = draws - resampled_auc(*reference, P, N)
         out["gap"] = {"mean": value - ref, "ci": [float(np.percentile(gaps, tail)), float(np.percentile(gaps, 100 - tail))]}
     return out
+
+
+def resampled_auc(pos: np.ndarray, neg: np.ndarray, P: np.ndarray, N: np.ndarray) -> np.ndarray:
+    """Mean over models of the AUC x 100 of each resample ``b``, which holds positive ``a``
+    ``P[b, a]`` times and negative ``c`` ``N[b, c]`` times: the Mann-Whitney statistic with repeated
+    examples, ``P_b C N_b^T / (p q)`` with ``C[a, c] = [pos_a > neg_c] + [pos_a = neg_c] / 2`` (the
+    same number :func:`~p2pforget.metrics.auc` gives on the resampled scores, for all resamples at
+    once).
+
+    >>> pos, neg = np.array([[0.9, 0.4]]), np.array([[0.5, 0.1, 0.4]])
+    >>> float(resampled_auc(pos, neg, np.array([[2.0, 0.0]]), np.array([[1.0, 1.0, 1.0]]))[0])
+    100.0
+    """
+    total = np.zeros(len(P))
+    for k in range(pos.shape[0]):
+        C = (pos[k][:, None] > neg[k][None, :]) + 0.5 * (pos[k][:, None] == neg[k][None, :])
+        total += ((P @ C) * N).sum(axis=1)
+    return 100 * total / (pos.shape[0] * pos.shape[1] * neg.shape[1])
 
 
 def lira_offline(phi_target: np.ndarray, phi_shadow: np.ndarray) -> np.ndarray:

@@ -95,3 +95,26 @@ def test_audit_command_updates_the_run(tmp_path, capsys):
     assert again["audit"]["mia"]["unlearned"]["mean"] == report["audit"]["mia"]["unlearned"]["mean"]  # same models
     assert main(["audit", str(tmp_path), "--set", "train.lr=1"]) == 2
     assert "only [audit] keys" in capsys.readouterr().err
+
+
+def test_bootstrap_counts_give_the_same_aucs_as_resampling_the_scores():
+    """The vectorized bootstrap against resampling the scores and ranking them (metrics.auc), for
+    the very same draws, ties included."""
+    from p2pforget import seeding
+    from p2pforget.audit import bootstrap_auc
+    from p2pforget.metrics import auc
+
+    rng = np.random.default_rng(0)
+    pos, neg = np.round(rng.normal(0.3, 1, (3, 40)), 1), np.round(rng.normal(0, 1, (3, 55)), 1)  # rounded: ties
+    ref = (np.round(rng.normal(0, 1, (3, 40)), 1), np.round(rng.normal(0, 1, (3, 55)), 1))
+    out = bootstrap_auc(pos, neg, reference=ref, rounds=200, seed=5)
+    r = seeding.rng(5, purpose="audit/bootstrap")
+    draws, gaps = [], []
+    for _ in range(200):
+        i, j = r.integers(0, 40, 40), r.integers(0, 55, 55)
+        a = 100 * auc(pos[:, i], neg[:, j]).mean()
+        draws.append(a)
+        gaps.append(a - 100 * auc(ref[0][:, i], ref[1][:, j]).mean())
+    np.testing.assert_allclose(out["ci"], [np.percentile(draws, 2.5), np.percentile(draws, 97.5)], atol=1e-9)
+    np.testing.assert_allclose(out["gap"]["ci"], [np.percentile(gaps, 2.5), np.percentile(gaps, 97.5)], atol=1e-9)
+    assert out["ci"][0] < out["mean"] < out["ci"][1]
