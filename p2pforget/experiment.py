@@ -486,6 +486,7 @@ def load_run(run_dir: str | Path, *, overrides: list[str] = (), transport: Trans
         return stored.attrs["config_toml"], state, Records.of(stored), float(stored.attrs.get("seconds", 0.0)), prints
     toml, arrays, records, seconds, prints = read() if transport is None else _at_root(transport, read)
     stored = config_mod.loads_stored(toml, where=where, plugins=plugins)
+    _check_paths_are_read(stored, overrides, where=where)
     cfg = config_mod.with_overrides(stored, list(overrides))
     engine = Engine(config=cfg, transport=transport)
     _check_same_run(engine, prints, where=where, overrides=overrides)
@@ -503,6 +504,20 @@ def load_run(run_dir: str | Path, *, overrides: list[str] = (), transport: Trans
         # A run killed between writing its record and its release publishes what it recorded.
         release.publish(run_dir, records.requests, records.arrays, n_clients=engine.n_clients)
     return engine, writer
+
+
+def _check_paths_are_read(cfg: Config, overrides: list[str], *, where: str) -> None:
+    """Refuse a path override the stored run never reads (it would be recorded as if it had been
+    used): ``topology.path`` needs ``topology.kind = "file"``, ``topology.mixing_path`` needs
+    ``topology.mixing = "file"``, ``data.path`` a dataset read from files."""
+    used = {"topology.path": cfg.topology.kind == "file", "topology.mixing_path": cfg.topology.mixing == "file",
+            "data.path": bool(cfg.data.path)}
+    for o in overrides:
+        key = o.strip().split("=", 1)[0].strip()
+        if key in used and not used[key]:
+            raise ResumeError(f"{where}: the run does not read {key} (topology.kind = {cfg.topology.kind!r}, "
+                              f"topology.mixing = {cfg.topology.mixing!r}, data.kind = {cfg.data.kind!r}); drop "
+                              f"--set {key}=...: it would be recorded as if the run had used it")
 
 
 def fingerprint(engine: Engine) -> dict[str, int]:

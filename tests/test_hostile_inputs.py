@@ -231,6 +231,9 @@ CASES = [
      "the graph or mixing matrix built now differs from the run's"),
     (["forget", "{filemix}", "--clients", "1", S, "topology.mixing_path='{tmp}/lazy_ring5.txt'"],
      "the graph or mixing matrix built now differs from the run's"),
+    (FORGET + [S, "topology.mixing_path='{tmp}/lazy_ring5.txt'"], "the run does not read topology.mixing_path"),
+    (FORGET + [S, "topology.path='{tmp}/other_ring5.edgelist'"], "the run does not read topology.path"),
+    (FORGET + [S, "data.path='{tmp}/mnist_b'"], "the run does not read data.path"),
     (["forget", "{mnist}", "--clients", "1", S, "data.path='{tmp}/mnist_b'"],
      "the data built now differ from the data the run was trained on"),
 ] + [(["forget", f"{{tmp}}/flip_{d.replace('/', '_')}", "--clients", "1"], f"dataset {d!r} fails its checksum")
