@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import time
-import zlib
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -129,7 +128,7 @@ class RunWriter:
     """Writes ``history.h5`` (with a resumable checkpoint) and ``report.json`` for one engine,
     keeping the run's forget :class:`Records`."""
 
-    def __init__(self, engine: Engine, out: Path) -> None:
+    def __init__(self, engine: Engine, out: Path, *, fingerprint: dict[str, int] | None = None) -> None:
         self.engine = engine
         self.out = out
         self.started = time.perf_counter()
@@ -137,7 +136,8 @@ class RunWriter:
         self.records = Records()
         self.checkpoint_round: int | None = None
         self.written = time.perf_counter()  # when this writer last wrote the run files
-        self.fingerprint = fingerprint(engine)  # before any forget request changes the graph
+        # Of the run as trained: taken before any forget request changes the graph.
+        self.fingerprint = fingerprint if fingerprint is not None else run_fingerprint(engine)
         self._static: dict[str, np.ndarray] | None = None
 
     def snapshot(self, *, rounds_total: int, complete: bool,
@@ -307,7 +307,7 @@ def _read_checkpoint(engine: Engine, cfg: Config, out: Path, writer: RunWriter) 
         prints = {k: stored.attrs[k] for k in ("data_crc32", "graph_crc32") if k in stored.attrs}
         return payload, Records.of(stored), float(stored.attrs.get("seconds", 0.0)), prints
     state, records, writer.seconds_before, prints = _at_root(engine.transport, read)
-    _check_same_run(engine, prints, where=str(out / "history.h5"), overrides=[])
+    _check_same_run(writer.fingerprint, prints, where=str(out / "history.h5"), overrides=[])
     return state, records
 
 
@@ -489,7 +489,8 @@ def load_run(run_dir: str | Path, *, overrides: list[str] = (), transport: Trans
     _check_paths_are_read(stored, overrides, where=where)
     cfg = config_mod.with_overrides(stored, list(overrides))
     engine = Engine(config=cfg, transport=transport)
-    _check_same_run(engine, prints, where=where, overrides=overrides)
+    built = run_fingerprint(engine)  # before the exclusions below change the graph
+    _check_same_run(built, prints, where=where, overrides=overrides)
     state = {k.removeprefix("checkpoint/"): v for k, v in arrays.items() if k.startswith("checkpoint/")}
     engine.load_state(state | {k: v for k, v in arrays.items() if k.startswith("metrics/")})
     _apply_exclusions(engine, records)
@@ -497,9 +498,8 @@ def load_run(run_dir: str | Path, *, overrides: list[str] = (), transport: Trans
         # No training since the last request: the nodes continue from their private noiseless
         # models, so that the next request starts from the exact correction (sequential deletion).
         engine.set_params(torch.as_tensor(records.arrays["params/unlearned_noiseless"][engine.lo:engine.hi], dtype=engine.dtype))
-    writer = RunWriter(engine, run_dir)
+    writer = RunWriter(engine, run_dir, fingerprint=built)
     writer.records, writer.seconds_before = records, seconds
-    writer.fingerprint = {k: int(v) for k, v in prints.items()}  # of the run as trained, not after its requests
     if engine.transport.is_root and f"unlearn/released/{len(records.requests) - 1}/models" in records.arrays:
         # A run killed between writing its record and its release publishes what it recorded.
         release.publish(run_dir, records.requests, records.arrays, n_clients=engine.n_clients)
@@ -520,30 +520,24 @@ def _check_paths_are_read(cfg: Config, overrides: list[str], *, where: str) -> N
                               f"--set {key}=...: it would be recorded as if the run had used it")
 
 
-def fingerprint(engine: Engine) -> dict[str, int]:
+def run_fingerprint(engine: Engine) -> dict[str, int]:
     """CRC-32s of what a run trains on, as ``engine`` built it (before any forget request):
     ``data_crc32`` of every client's inputs and labels and the test split, ``graph_crc32`` of the
     graph's edges and its mixing matrix. Stored in the run file and checked when a run is rebuilt."""
-    def crc(arrays) -> int:
-        out = 0
-        for a in arrays:
-            out = zlib.crc32(np.ascontiguousarray(a).tobytes(), out)
-        return out
-
     d = engine.data
     graph = [engine.edges()]
     if engine.base_mixing is not None:
         W = sp.coo_array(engine.base_mixing)
         order = np.lexsort((W.col, W.row))
         graph += [W.row[order].astype(np.int64), W.col[order].astype(np.int64), W.data[order].astype(np.float64)]
-    return {"data_crc32": crc([d.x, d.y, d.x_test, d.y_test]), "graph_crc32": crc(graph)}
+    return {"data_crc32": history.checksum(d.x, d.y, d.x_test, d.y_test), "graph_crc32": history.checksum(*graph)}
 
 
-def _check_same_run(engine: Engine, stored: dict[str, Any], *, where: str, overrides: list[str]) -> None:
-    """Refuse an engine rebuilt for a stored run whose data, graph or mixing differ from what the run
-    was trained on (a moved data folder pointed at other files, another graph or matrix file)."""
+def _check_same_run(now: dict[str, int], stored: dict[str, Any], *, where: str, overrides: list[str]) -> None:
+    """Refuse a rebuilt run (its :func:`run_fingerprint` ``now``) whose data, graph or mixing differ from
+    what the stored run was trained on (a moved data folder pointed at other files, another graph or
+    matrix file)."""
     changed = f" (overridden here: {', '.join(overrides)})" if overrides else ""
-    now = fingerprint(engine)
     if stored.get("data_crc32") is not None and now["data_crc32"] != int(stored["data_crc32"]):
         raise ResumeError(f"{where}: the data built now differ from the data the run was trained on{changed}; "
                           "point data.path at the files the run used")

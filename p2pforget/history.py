@@ -98,11 +98,16 @@ CHECKSUM = "crc32"
 their canonical JSON, under this attribute; :func:`read_h5` checks them all."""
 
 
-def _crc(arr: np.ndarray) -> int:
-    return zlib.crc32(np.ascontiguousarray(arr).tobytes())
+def checksum(*arrays: np.ndarray) -> int:
+    """CRC-32 of the arrays' bytes, in order (a dataset's checksum, or a fingerprint of several)."""
+    out = 0
+    for a in arrays:
+        out = zlib.crc32(np.ascontiguousarray(a).tobytes(), out)
+    return out
 
 
-def _attrs_crc(attrs: dict[str, Any]) -> int:
+def attrs_checksum(attrs: dict[str, Any]) -> int:
+    """CRC-32 of a group's attribute values (its own checksum attribute left out)."""
     plain = {k: _plain(v) for k, v in attrs.items() if k != CHECKSUM}
     return zlib.crc32(json.dumps(plain, sort_keys=True, default=repr).encode())
 
@@ -116,15 +121,15 @@ def write_h5(path: str | Path, *, attrs: dict[str, Any], arrays: dict[str, np.nd
     with h5py.File(buffer, "w") as f:
         for name, arr in arrays.items():
             arr = np.asarray(arr)
-            f.create_dataset(name, data=arr).attrs[CHECKSUM] = _crc(arr)
+            f.create_dataset(name, data=arr).attrs[CHECKSUM] = checksum(arr)
         for group, gattrs in (group_attrs or {}).items():
             g = f.require_group(group)
             for k, v in gattrs.items():
                 g.attrs[k] = v
-            g.attrs[CHECKSUM] = _attrs_crc(dict(g.attrs))
+            g.attrs[CHECKSUM] = attrs_checksum(dict(g.attrs))
         for k, v in attrs.items():
             f.attrs[k] = v
-        f.attrs[CHECKSUM] = _attrs_crc(dict(f.attrs))
+        f.attrs[CHECKSUM] = attrs_checksum(dict(f.attrs))
     image = buffer.getvalue()
     _atomic(Path(path), lambda tmp: tmp.write_bytes(image))
 
@@ -172,7 +177,7 @@ def read_h5(path: str | Path) -> RunFile:
                                            "the file is damaged or was not written by p2pforget; refusing to read it")
                     arrays[name] = obj[()]
                     stored = obj.attrs.get(CHECKSUM)
-                    if stored is None and checked or stored is not None and int(stored) != _crc(arrays[name]):
+                    if stored is None and checked or stored is not None and int(stored) != checksum(arrays[name]):
                         raise RunFileError(f"{path}: dataset {name!r} fails its checksum (the file is damaged: a "
                                            "changed bit, a cut write); restore it from a copy, or delete the run "
                                            "directory and rerun")
@@ -197,7 +202,7 @@ MAX_DATASET_BYTES = 64 * 2**30
 
 def _check_attrs(path: Path, what: str, attrs: dict[str, Any], checked: bool) -> None:
     stored = attrs.get(CHECKSUM)
-    if stored is None and checked or stored is not None and int(stored) != _attrs_crc(attrs):
+    if stored is None and checked or stored is not None and int(stored) != attrs_checksum(attrs):
         raise RunFileError(f"{path}: {what} fail their checksum (the file is damaged); restore it from a copy, "
                            "or delete the run directory and rerun")
 

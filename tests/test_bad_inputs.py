@@ -63,7 +63,7 @@ def _without_config(f):
     from p2pforget import history
 
     f.attrs.__delitem__("config_toml")
-    f.attrs[history.CHECKSUM] = history._attrs_crc(dict(f.attrs))
+    f.attrs[history.CHECKSUM] = history.attrs_checksum(dict(f.attrs))
 
 
 def _damage(finished, tmp):
