@@ -16,8 +16,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
-from . import config as config_mod, experiment, history, report, topology
+from . import config as config_mod, experiment, history, report, stats, topology
 from .config import Config
+from .unlearn.stopping import STATUSES
+
+EQUIVALENCE_MARGIN = 5.0
+"""Points of FA_heldout within which a method counts as equivalent to Retrain (docs/methods/stopping.md)."""
 
 TRAIN_HEADERS = ["topology", "spectral gap", "loss", "test acc (mean)", "test acc (min)", "consensus", "comm MB"]
 UNLEARN_HEADERS = ["FA", "RA", "TA", "MIA", "dist. to Retrain (rel.)", "sigma", "time / Retrain", "bytes / Retrain"]
@@ -60,9 +64,10 @@ def compare(cfg: Config, topologies: Sequence[str], *, out: str | Path, progress
 
 
 # ---------------------------------------------------------------------------------------- the grid
-GRID_FIELDS = ["topology", "method", "seed", "spectral_gap", "rounds_trained", "FA", "RA", "TA", "MIA",
-               "FA_trained", "TA_trained", "MIA_trained", "comm_bytes", "method_rounds",
-               "FA_gap_to_retrain", "MIA_gap_to_retrain", "bytes_ratio_to_retrain"]
+GRID_FIELDS = ["topology", "method", "seed", "status", "flagged", "spectral_gap", "rounds_trained", "FA", "FA_heldout",
+               "RA", "TA", "MIA", "FA_trained", "FA_heldout_trained", "RA_trained", "TA_trained", "MIA_trained",
+               "heldout_n", "comm_bytes", "method_rounds", "FA_gap_to_retrain", "FA_heldout_gap_to_retrain",
+               "RA_gap_to_retrain", "MIA_gap_to_retrain", "bytes_ratio_to_retrain"]
 """Columns of ``compare.csv``: deterministic numbers only (the same at any rank count). Seconds and
 FLOPs, which vary between runs and with the rank count, go to ``timing.csv``."""
 
@@ -114,14 +119,20 @@ def run_group(cfg: Config, grid: Grid, topology: str, seed: int, *, out: Path, t
             m = result.metrics
             u, t = m["unlearned"], m["trained"]
             cost = result.cost["unlearn"]
+            mean = (lambda d, k: d[k]["mean"] if d.get(k) else None)  # noqa: E731
+            forgotten = sorted(int(j) for j in result.forgotten)
             history.write_json(path, {
-                "topology": topology, "method": method, "seed": seed,
+                "topology": topology, "method": method, "seed": seed, "status": result.status["status"],
+                "flagged": bool(result.status["flagged"]),
                 "spectral_gap": engine.topology_stats().spectral_gap, "rounds_trained": int(kind_cfg.run.rounds),
-                "FA": u["FA"]["mean"] if u["FA"] else None, "RA": u["RA"]["mean"], "TA": u["TA"]["mean"], "MIA": u.get("MIA"),
-                "FA_trained": t["FA"]["mean"] if t["FA"] else None, "TA_trained": t["TA"]["mean"], "MIA_trained": t.get("MIA"),
+                "FA": mean(u, "FA"), "FA_heldout": mean(u, "FA_heldout"), "RA": u["RA"]["mean"], "TA": u["TA"]["mean"],
+                "MIA": u.get("MIA"), "FA_trained": mean(t, "FA"), "FA_heldout_trained": mean(t, "FA_heldout"),
+                "RA_trained": t["RA"]["mean"], "TA_trained": t["TA"]["mean"], "MIA_trained": t.get("MIA"),
+                "heldout_n": (int(engine.data.holdout_counts[forgotten].sum())
+                              if engine.data.holdout_counts is not None else 0),
                 "comm_bytes": cost.comm_bytes, "method_rounds": len(result.traces.get("unlearned", [])),
                 "seconds": cost.seconds, "flops": cost.flops, "trained_test_acc": trained_ta,
-                "forgotten_clients": sorted(int(j) for j in result.forgotten)})
+                "forgotten_clients": forgotten})
 
 
 def _complete(run_dir: Path) -> str:
@@ -132,9 +143,10 @@ def _complete(run_dir: Path) -> str:
         return "missing"
 
 
-def merge(grid: Grid, *, out: Path) -> list[dict]:
+def merge(grid: Grid, *, out: Path, margin: float = EQUIVALENCE_MARGIN) -> list[dict]:
     """Read every cell of the grid and write ``compare.csv``, ``timing.csv``, ``compare.md`` (mean ±
-    std over seeds) and the figures; returns the rows. Cells not yet computed are listed in an error."""
+    std over seeds, statuses, FA_heldout verdicts), ``verdicts.json`` and the figures; returns the
+    rows. Cells not yet computed are listed in an error."""
     missing = [c for c in grid.cells() if not _cell_file(out, *c).exists()]
     if missing:
         raise FileNotFoundError(f"{len(missing)} cell(s) of the grid are not done yet, e.g. {missing[0]}; run the "
@@ -143,13 +155,19 @@ def merge(grid: Grid, *, out: Path) -> list[dict]:
     by_key = {(r["topology"], r["method"], r["seed"]): r for r in rows}
     for r in rows:
         ref = by_key.get((r["topology"], "retrain", r["seed"]))
-        gap = (lambda k: None if ref is None or r[k] is None or ref[k] is None else r[k] - ref[k])  # noqa: E731
-        r["FA_gap_to_retrain"], r["MIA_gap_to_retrain"] = gap("FA"), gap("MIA")
+        gap = (lambda k, of=r: None if ref is None or of.get(k) is None or ref.get(k) is None else of[k] - ref[k])  # noqa: E731
+        for k in ("FA", "FA_heldout", "RA", "MIA"):
+            r[f"{k}_gap_to_retrain"] = gap(k)
+        # the do-nothing model of the same seed, against the same Retrain
+        r["FA_heldout_trained_gap_to_retrain"] = (None if ref is None or r.get("FA_heldout_trained") is None
+                                                  or ref.get("FA_heldout") is None
+                                                  else r["FA_heldout_trained"] - ref["FA_heldout"])
         r["bytes_ratio_to_retrain"] = r["comm_bytes"] / ref["comm_bytes"] if ref and ref["comm_bytes"] else None
-    history.write_csv(out / "compare.csv", GRID_FIELDS, [[_csv(r[k]) for k in GRID_FIELDS] for r in rows])
+    history.write_csv(out / "compare.csv", GRID_FIELDS, [[_csv(r.get(k)) for k in GRID_FIELDS] for r in rows])
+    history.write_json(out / "verdicts.json", verdicts(rows, grid, margin=margin))
     history.write_csv(out / "timing.csv", ["topology", "method", "seed", "seconds", "flops"],
                       [[r["topology"], r["method"], r["seed"], r["seconds"], r["flops"]] for r in rows])
-    (out / "compare.md").write_text(grid_table(rows, grid) + "\n")
+    (out / "compare.md").write_text(grid_table(rows, grid, margin=margin) + "\n")
     report.plot_grid(rows, grid.topologies, grid.methods, grid.seeds, out=out)
     return rows
 
@@ -158,9 +176,31 @@ def _csv(v):
     return "" if v is None else v
 
 
-def grid_table(rows: list[dict], grid: Grid) -> str:
-    """Markdown: one line per topology x method, mean ± std over seeds."""
+def verdicts(rows: list[dict], grid: Grid, *, margin: float = EQUIVALENCE_MARGIN) -> dict[str, dict]:
+    """``"<topology>/<method>"`` -> the FA_heldout equivalence verdict against Retrain over the
+    grid's seeds (:func:`p2pforget.stats.equivalence`), with the flagged seeds counted."""
+    out = {}
+    for t in grid.topologies:
+        for m in grid.methods:
+            if m == "retrain":
+                continue
+            mine = sorted((r for r in rows if r["topology"] == t and r["method"] == m), key=lambda r: r["seed"])
+            v = stats.equivalence([r.get("FA_heldout_gap_to_retrain") for r in mine],
+                                  [r.get("FA_heldout_trained_gap_to_retrain") for r in mine], margin=margin)
+            v["flagged"] = sum(bool(r.get("flagged")) for r in mine)
+            v["statuses"] = {k: sum(r.get("status", "ok") == k for r in mine) for k in STATUSES}
+            v["reason"] = stats.reason(v)
+            out[f"{t}/{m}"] = v
+    return out
+
+
+def grid_table(rows: list[dict], grid: Grid, *, margin: float = EQUIVALENCE_MARGIN) -> str:
+    """Markdown: one line per topology x method, mean ± std over seeds, how many seeds were
+    flagged (rolled back or collapsed: such a line is marked, never a normal row) and the
+    FA_heldout verdict against Retrain."""
     import numpy as np
+
+    judged = verdicts(rows, grid, margin=margin)
 
     def fmt(values):
         vals = [v for v in values if v is not None]
@@ -168,21 +208,29 @@ def grid_table(rows: list[dict], grid: Grid) -> str:
             return "-"
         return f"{np.mean(vals):.1f} ± {np.std(vals):.1f}" if len(vals) > 1 else f"{vals[0]:.1f}"
 
-    cols = [("FA", "FA"), ("RA", "RA"), ("TA", "TA"), ("MIA", "MIA"), ("FA_gap_to_retrain", "FA − Retrain"),
+    cols = [("FA", "FA"), ("FA_heldout", "FA held-out"), ("RA", "RA"), ("TA", "TA"), ("MIA", "MIA"),
+            ("FA_gap_to_retrain", "FA − Retrain"), ("RA_gap_to_retrain", "RA − Retrain"),
             ("MIA_gap_to_retrain", "MIA − Retrain")]
-    lines = ["| topology | spectral gap | method | " + " | ".join(c[1] for c in cols) + " | Comm MB | seconds |",
-             "|---|---|---|" + "---|" * len(cols) + "---|---|"]
+    lines = ["| topology | spectral gap | method | " + " | ".join(c[1] for c in cols)
+             + f" | Comm MB | seconds | flagged | FA held-out − Retrain, 90% CI: verdict (±{margin:g}) |",
+             "|---|---|---|" + "---|" * len(cols) + "---|---|---|---|"]
     for t in grid.topologies:
         for m in grid.methods:
             mine = [r for r in rows if r["topology"] == t and r["method"] == m]
             gap = mine[0]["spectral_gap"]
-            lines.append(f"| {t} | {gap:.3g} | {m} | " + " | ".join(fmt([r[k] for r in mine]) for k, _ in cols)
-                         + f" | {fmt([r['comm_bytes'] / 1e6 for r in mine])} | {fmt([r['seconds'] for r in mine])} |")
+            flagged = [r for r in mine if r.get("flagged")]
+            name = f"**{m} (flagged)**" if flagged else m
+            v = judged.get(f"{t}/{m}")
+            verdict = "reference" if v is None else f"{v['verdict']}: {v['reason']}"
+            what = (f"{len(flagged)}/{len(mine)}: " + ", ".join(sorted({r['status'] for r in flagged}))) if flagged else "0"
+            lines.append(f"| {t} | {gap:.3g} | {name} | " + " | ".join(fmt([r.get(k) for r in mine]) for k, _ in cols)
+                         + f" | {fmt([r['comm_bytes'] / 1e6 for r in mine])} | {fmt([r['seconds'] for r in mine])}"
+                         f" | {what} | {verdict} |")
     return "\n".join(lines)
 
 
 def grid(cfg: Config, grid_spec: Grid, *, out: str | Path, task: int | None = None, merge_only: bool = False,
-         progress: bool = False) -> list[dict] | None:
+         progress: bool = False, margin: float = EQUIVALENCE_MARGIN) -> list[dict] | None:
     """Run the grid (every group, or only group ``task``: an array task), then merge at the root
     (not after a single task: merge once every task is done, with ``merge_only``). Finished cells
     are never run again, so a killed grid resumes where it stopped."""
@@ -202,4 +250,4 @@ def grid(cfg: Config, grid_spec: Grid, *, out: str | Path, task: int | None = No
                 run_group(cfg, grid_spec, kind, seed, out=out, transport=transport, progress=progress)
     if task is not None and not merge_only:
         return None
-    return merge(grid_spec, out=out) if transport.is_root else None
+    return merge(grid_spec, out=out, margin=margin) if transport.is_root else None

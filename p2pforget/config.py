@@ -192,6 +192,22 @@ class AuditConfig:
 
 
 @dataclass(frozen=True)
+class StoppingConfig:
+    """When an iterative unlearning method stops (``rule = "plateau"``: its FA on the forgotten
+    samples has dropped by at most ``plateau_points`` over the last ``plateau_rounds`` checks, or its
+    round budget is spent; ``"budget"``: the whole budget),
+    and the collapse guard: with ``guard``, a method whose validation accuracy (the staying clients'
+    held-out split) falls more than ``guard_points`` below the trained model's stops and rolls back
+    (see :mod:`p2pforget.unlearn.stopping` and docs/methods/stopping.md)."""
+
+    rule: str = choice("plateau", "plateau", "budget")  # budget: always run the method's whole round budget
+    plateau_rounds: int = bounded(3, 1)
+    plateau_points: float = bounded(1.0, 0.0)
+    guard: bool = True
+    guard_points: float = bounded(5.0, 0.0)
+
+
+@dataclass(frozen=True)
 class LogConfig:
     """Extra logs next to the run files, rewritten at every checkpoint: ``csv`` writes
     ``metrics.csv`` (one row per evaluated round) and ``metrics_per_node.csv`` (one row per round
@@ -212,6 +228,7 @@ class Config:
     ledger: LedgerConfig = field(default_factory=LedgerConfig)
     unlearn: UnlearnConfig = field(default_factory=UnlearnConfig)
     audit: AuditConfig = field(default_factory=AuditConfig)
+    stopping: StoppingConfig = field(default_factory=StoppingConfig)
     log: LogConfig = field(default_factory=LogConfig)
 
 

@@ -195,6 +195,13 @@ class Engine:
         self._round_mixing_of: tuple = (None, None)
         self._local_mask = torch.as_tensor(self.retained[self.lo:self.hi], dtype=self.dtype, device=self.device)
         self._local_active = torch.as_tensor(self.has_data[self.lo:self.hi], dtype=self.dtype, device=self.device)
+        # Training computes the rows of clients that hold data only: a node that left, or a relay,
+        # has a zero gradient, so computing (and charging) its row would be work nobody does. The
+        # vmap width follows the clients that train, the same at any rank count.
+        holding = np.flatnonzero(self.has_data[self.lo:self.hi])
+        self._training_rows = (None if len(holding) == self.hi - self.lo
+                               else torch.as_tensor(holding, dtype=torch.long, device=self.device))
+        self.training_width = min(self.config.run.vmap_width, max(int(self.has_data.sum()), 1))
 
     def exclude(self, *, samples: dict[int, np.ndarray] | None = None, removed: Iterable[int] = ()) -> None:
         """Take data out of training, and nodes out of the graph, for every later round.
@@ -236,7 +243,8 @@ class Engine:
         """One client's objective (the task's loss plus weight decay); see :class:`~p2pforget.tasks.Task`."""
         return self.task.objective(flat, batch, active)
 
-    def gradients(self, params: torch.Tensor, batch: Batch, *, mask: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    def gradients(self, params: torch.Tensor, batch: Batch, *, mask: torch.Tensor | None = None,
+                  loss: Callable | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Per-client gradients and objective values of stacked ``params`` on a stacked ``batch``
         (see :meth:`full_batch`). With a boolean ``mask`` (``[d]``, whole parameter tensors, e.g.
         ``model.mask("V")``) only those entries are differentiated (the rest of the gradient is 0),
@@ -245,15 +253,17 @@ class Engine:
         The clients' objectives are independent, so one backward pass of their sum through the
         vmapped forward gives every client's own gradient (the same numbers as a vmapped
         ``torch.func.grad``, with less overhead); the weight decay's gradient is added in closed
-        form (:meth:`~p2pforget.tasks.Task.decay`)."""
+        form (:meth:`~p2pforget.tasks.Task.decay`). ``loss(flat, batch)`` replaces the task's data
+        loss (e.g. an unlearning method's own)."""
+        loss = self.task.data_loss if loss is None else loss
         if mask is None:
-            g, values = self._value_and_grad(self.task.data_loss, params, batch)
+            g, values = self._value_and_grad(loss, params, batch)
         else:
             mask = mask.to(params.device)
             idx = torch.nonzero(mask).squeeze(1)
 
             def partial(sub, frozen, b):
-                return self.task.data_loss(self.model.compose(frozen, sub, mask), b)
+                return loss(self.model.compose(frozen, sub, mask), b)
 
             g_sub, values = self._value_and_grad(partial, params[:, idx], params.detach(), batch)
             g = torch.zeros_like(params)
@@ -264,14 +274,39 @@ class Engine:
             g = g + (grad if mask is None else grad * mask.to(grad.dtype))
         return g, values
 
-    def _value_and_grad(self, fn: Callable, params: torch.Tensor, *args, update=None):
+    def _value_and_grad(self, fn: Callable, params: torch.Tensor, *args, update=None, width: int | None = None):
+        width = self.width if width is None else width
         if self.vectorized:
             try:
-                return fixed_width_value_and_grad(fn, self.width, params, *args, update=update)
+                return fixed_width_value_and_grad(fn, width, params, *args, update=update)
             except (RuntimeError, NotImplementedError) as e:
-                return self._unbatched(e, fixed_width_value_and_grad, fn, self.width, params, *args, loop=True,
+                return self._unbatched(e, fixed_width_value_and_grad, fn, width, params, *args, loop=True,
                                        update=update)
-        return fixed_width_value_and_grad(fn, self.width, params, *args, loop=True, update=update)
+        return fixed_width_value_and_grad(fn, width, params, *args, loop=True, update=update)
+
+    def training_gradients(self, params: torch.Tensor, batch: Batch, *, update=None, loss: Callable | None = None):
+        """Like :meth:`gradients` without a mask (data loss only: the caller adds the weight decay),
+        for a training step: only the rows of clients that hold data are computed; the others'
+        gradients are zero, as their objective is. With ``update``, the full gradient is handed to
+        ``update(slice(0, n_local), g)`` and the values are returned. ``loss`` as in :meth:`gradients`."""
+        rows = self._training_rows
+        loss = self.task.data_loss if loss is None else loss
+        if rows is None:
+            return self._value_and_grad(loss, params, batch, update=update, width=self.training_width)
+        n_loc = params.shape[0]
+        sub = {k: v[rows] for k, v in batch.items()}
+        g = torch.zeros_like(params)
+        values = torch.zeros(n_loc, dtype=params.dtype, device=params.device)
+        if len(rows):
+            def collect(part: slice, grad: torch.Tensor) -> None:
+                g[rows[part]] = grad
+
+            values[rows] = self._value_and_grad(loss, params[rows], sub, update=collect,
+                                                width=self.training_width).to(values.dtype)
+        if update is not None:
+            update(slice(0, n_loc), g)
+            return values
+        return g, values
 
     def _unbatched(self, error: Exception, compute: Callable, *args, **kwargs):
         """``vmap`` failed with ``error``: ``compute(*args, **kwargs)`` clients one by one instead
@@ -340,13 +375,14 @@ class Engine:
                 | self._extras_batch(extras, (n_loc, b), key))
 
     def local_steps(self, params: torch.Tensor, *, grad_mask: torch.Tensor | None = None,
-                    key_round: int | None = None) -> torch.Tensor:
+                    key_round: int | None = None, loss: Callable | None = None) -> torch.Tensor:
         """``train.local_steps`` steps of ``train.optimizer`` (plain SGD by default) at the round's
         learning rate (``train.lr`` and its schedule) of every local client from ``params``; the
         optimizer's state (momentum, Adam moments) is kept per client in :attr:`optimizer_state`.
 
         ``grad_mask`` (boolean ``[d]``) trains only those parameters (the others are frozen and not
-        differentiated); batches are keyed by ``(key_round, step)`` (default: the current round).
+        differentiated); batches are keyed by ``(key_round, step)`` (default: the current round);
+        ``loss(flat, batch)`` replaces the task's data loss (default).
         """
         cfg = self.config.train
         key_round = self.round if key_round is None else key_round
@@ -369,7 +405,7 @@ class Engine:
         for s in range(cfg.local_steps):
             batch = self.batch((key_round, s))
             if grad_mask is not None:
-                g, _ = self.gradients(params, batch, mask=grad_mask)
+                g, _ = self.gradients(params, batch, mask=grad_mask, loss=loss)
                 if not decay and self.task.weight_decay:  # gradients() added it: decoupled instead
                     g = g - self.task.decay(params.detach(), self._local_active)[1] * grad_mask.to(g.dtype)
                 if self.lock is not None:
@@ -390,7 +426,7 @@ class Engine:
                     g = g + self.lock.penalty_gradient(old[rows].detach(), self.lock.anchor[rows])
                 update(rows, old[rows].detach(), g, new[rows])
 
-            self._value_and_grad(self.task.data_loss, params, batch, update=step)
+            self.training_gradients(params, batch, update=step, loss=loss)
             params = new
         return params
 
@@ -470,12 +506,17 @@ class Engine:
         messages = topology.message_count(W)
         return (len(nodes) * x).reshape(rows.shape), float(R * messages * flat.shape[1] * itemsize), R
 
-    def message_bytes(self, W: sp.csr_array | None, vectors: int, *, entries: int | None = None) -> float:
+    def message_bytes(self, W: sp.csr_array | None, vectors: int, *, entries: int | None = None,
+                      senders: int | None = None) -> float:
         """Bytes one exchange of ``vectors`` vectors of ``entries`` numbers (default: the model size)
-        moves over ``W``'s edges (on a star: up to the hub and back)."""
+        moves over ``W``'s edges (on a star: up to the hub from the clients that hold data, and back
+        down to every member; ``senders``: that many clients upload instead, e.g. forgotten clients
+        that still step on their data during unlearning)."""
         itemsize = torch.finfo(self.dtype).bits // 8
         if self.is_star:
-            messages = 2 * self.n_clients
+            # down to every client still in the federation, up from those that hold data: a client
+            # that left sends and receives nothing
+            messages = int(self.members.sum()) + (int(self.has_data.sum()) if senders is None else senders)
         else:
             messages = topology.message_count(W)
         return float(messages * vectors * (self.dim if entries is None else entries) * itemsize)

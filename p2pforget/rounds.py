@@ -40,15 +40,23 @@ def gradient_tracking(engine: "Engine", W: np.ndarray) -> int:
     ``x <- W x - lr y``; ``y <- W y + g(x_new) - g(x)``; converges to the exact optimum with a constant step."""
     state = engine.optimizer_state
     if "tracker" not in state:
-        state["last_grad"], _ = engine.gradients(engine.params, engine.batch((0, 0)))
+        state["last_grad"] = _gradients(engine, engine.params, engine.batch((0, 0)))
         state["tracker"] = state["last_grad"].clone()
     d = engine.dim
     mixed = engine.mix(torch.cat([engine.params, state["tracker"]], dim=1), W)
     engine.set_params(mixed[:, :d] - engine.config.train.lr * state["tracker"], keep_optimizer_state=True)
-    g, _ = engine.gradients(engine.params, engine.batch((engine.round + 1, 0)))
+    g = _gradients(engine, engine.params, engine.batch((engine.round + 1, 0)))
     state["tracker"] = mixed[:, d:] + g - state["last_grad"]
     state["last_grad"] = g
     return 2
+
+
+def _gradients(engine: "Engine", params: torch.Tensor, batch) -> torch.Tensor:
+    """The objective's gradient of every local row, computed for the clients that hold data only."""
+    g, _ = engine.training_gradients(params, batch)
+    if engine.task.weight_decay:
+        g = g + engine.task.decay(params.detach(), engine.active)[1]
+    return g
 
 
 @ROUNDS.register("star", hub=True, help="centralized FL: clients upload, the hub's aggregator (FedAvg) answers")

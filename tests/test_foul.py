@@ -82,10 +82,13 @@ def test_foul_direction_equals_numpy_theorem_1():
     kappa, beta = 0.7, 2.0
     conflict = gr @ retain - beta * gf @ forgot
     want = g_fl + kappa * np.linalg.norm(g_fl) / np.linalg.norm(conflict) * conflict
-    got = foul_direction(*(torch.as_tensor(v) for v in (g_fl, retain, forgot, gr, gf)), kappa=kappa, beta=beta)
+    args = [torch.as_tensor(v) for v in (g_fl, retain, forgot, gr, gf)]
+    got = foul_direction(*args, kappa=kappa, beta=beta, scaled=False)
     np.testing.assert_allclose(got.numpy(), want, rtol=1e-12)
     # the conflict term always has norm kappa ||g_FL||
     assert np.linalg.norm(got.numpy() - g_fl) == pytest.approx(kappa * np.linalg.norm(g_fl), rel=1e-12)
+    # the official step (the default) is the same direction divided by 1 + kappa^2, as in CAGrad
+    np.testing.assert_allclose(foul_direction(*args, kappa=kappa, beta=beta).numpy(), want / (1 + kappa ** 2), rtol=1e-12)
 
 
 def test_gamma_objective_and_solver():
@@ -108,6 +111,36 @@ def test_gamma_objective_and_solver():
     assert float(gamma_objective(z, retain, forgot, kappa=kappa, beta=beta)) < want - 1e-3
 
 
+UNMONITORED = config.StoppingConfig(rule="budget", guard=False)  # the method's own mechanics, its whole budget
+
+
+def test_cross_entropy_is_the_default_unlearning_loss(monkeypatch):
+    """FOUL's clients train the classifier's cross-entropy while unlearning (as the official
+    code), the L2U loss with loss = "l2u"."""
+    seen = []
+    real = Engine.local_steps
+
+    def spy(self, params, **kw):
+        seen.append(kw.get("loss"))
+        return real(self, params, **kw)
+
+    monkeypatch.setattr(Engine, "local_steps", spy)
+    for loss in ("cross_entropy", "l2u"):
+        engine = Engine(config=_foul_cfg(loss=loss))
+        engine.train(1, progress=False)
+        seen.clear()
+        forget(engine, clients=[5], reference=False, progress=False, stopping=UNMONITORED)
+        assert len(seen) >= 2  # two rounds (the FLOP count runs them again)
+        if loss == "l2u":
+            assert set(seen) == {None}
+            continue
+        b = engine.batch((0, 0))
+        flat = engine.params[0]
+        ce = torch.nn.functional.cross_entropy(engine.task.logits(flat, b["x"][0]), b["y"][0], reduction="none")
+        want = float((ce * b["mask"][0]).sum() / b["mask"][0].sum())
+        assert float(seen[0](flat, {k: v[0] for k, v in b.items()})) == pytest.approx(want, rel=1e-6)
+
+
 def _foul_cfg(kind="star", **foul):
     return config.from_dict({
         "run": {"seed": 1},
@@ -124,7 +157,7 @@ def test_foul_changes_theta_v_only(kind):
     engine = Engine(config=_foul_cfg(kind))
     engine.train(2, progress=False)
     before = engine.params.clone()
-    result = forget(engine, clients=[5], reference=False, progress=False)
+    result = forget(engine, clients=[5], reference=False, progress=False, stopping=UNMONITORED)
     nodes = torch.as_tensor(engine.members)  # client 5 left the graph: it releases nothing (NaN row)
     after, before = torch.as_tensor(result.params["unlearned"])[nodes], before[nodes]
     v = engine.model.mask("V")
@@ -138,7 +171,8 @@ def test_foul_all_params_moves_more_than_theta_v():
     engine = Engine(config=_foul_cfg(params="all"))
     engine.train(2, progress=False)
     before = engine.params.clone()
-    after = torch.as_tensor(forget(engine, clients=[5], reference=False, progress=False).params["unlearned"])
+    after = torch.as_tensor(forget(engine, clients=[5], reference=False, progress=False,
+                                   stopping=UNMONITORED).params["unlearned"])
     nodes = torch.as_tensor(engine.members)
     assert (after[nodes][:, ~engine.model.mask("V")] - before[nodes][:, ~engine.model.mask("V")]).abs().max() > 1e-4
 
@@ -146,7 +180,7 @@ def test_foul_all_params_moves_more_than_theta_v():
 def test_star_foul_bytes_are_theta_v_up_and_down():
     engine = Engine(config=_foul_cfg(rounds=3))
     engine.train(1, progress=False)
-    result = forget(engine, clients=[4, 5], reference=False, progress=False)
+    result = forget(engine, clients=[4, 5], reference=False, progress=False, stopping=UNMONITORED)
     assert result.cost["unlearn"].comm_bytes == 3 * 2 * 6 * int(engine.model.mask("V").sum()) * 4
 
 

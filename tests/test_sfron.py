@@ -44,6 +44,9 @@ def test_adaptive_weights_favour_the_samples_still_remembered():
     np.testing.assert_allclose(g.numpy(), w, rtol=1e-12)
 
 
+UNMONITORED = config.StoppingConfig(rule="budget", guard=False)  # the method's own mechanics, its whole budget
+
+
 def _cfg(kind, n):
     return config.from_dict({"run": {"seed": 4, "rounds": 5}, "topology": {"kind": kind, "n_clients": n},
                              "data": {"n_samples_per_client": 12, "n_test": 20, "n_features": 5},
@@ -63,6 +66,27 @@ def _grad_sq(engine, client, idx, params=None):
     return (g ** 2).detach()
 
 
+def _minibatch_sq(engine, theta, x, y, size):
+    """The mean over consecutive mini-batches of ``size`` samples of the squared mean-CE gradient."""
+    out = []
+    for k in range(0, len(y), size):
+        t = theta.clone().requires_grad_(True)
+        g, = torch.autograd.grad(torch.nn.functional.cross_entropy(engine.model.forward(t, x[k:k + size]), y[k:k + size]), t)
+        out.append(g ** 2)
+    return sum(out) / len(out)
+
+
+def _remain_sq(engine, client, theta, key):
+    """The mean over the engine's remain mini-batches ``(key, s)`` (enough of them to cover 12
+    samples once) of the squared mean-CE gradient of ``client``'s batch."""
+    out = []
+    for s in range(3):  # 12 samples in batches of 4
+        b = engine.batch((key, s))
+        real = b["mask"][client] > 0
+        out.append(_minibatch_sq(engine, theta, b["x"][client][real], b["y"][client][real], 4))
+    return sum(out) / len(out)
+
+
 def test_saliency_mask_on_the_star_matches_a_direct_computation(monkeypatch):
     engine = Engine(config=_cfg("star", 4))
     engine.train(3, progress=False)
@@ -75,11 +99,14 @@ def test_saliency_mask_on_the_star_matches_a_direct_computation(monkeypatch):
 
     monkeypatch.setattr(sfron, "fast_slow", spy)
     forgotten = np.arange(5)
-    F_f = _grad_sq(engine, 1, forgotten)
-    rest = [np.setdiff1d(np.arange(12), forgotten) if c == 1 else np.arange(12) for c in range(4)]
-    F_r = sum(_grad_sq(engine, c, rest[c]) for c in range(4)) / 4  # a plain mean over the clients' statistics
+    start = engine.params.clone()
+    # the forget set in consecutive mini-batches of train.batch_size = 4: samples 0-3, then 4
+    F_f = _minibatch_sq(engine, start[1], torch.as_tensor(engine.data.x[1][forgotten]),
+                        torch.as_tensor(engine.data.y[1][forgotten]), 4)
     request = ForgetRequest.build(engine, samples={1: forgotten})
     SFRon().unlearn(engine, request, SFRonOptions(steps=1))
+    # the remain statistics: each client's mean over its mini-batches, then a plain mean over clients
+    F_r = sum(_remain_sq(engine, c, start[c], 35_000_000 + engine.round) for c in range(4)) / 4
     direct = (F_f + 1e-15) / (F_r + 1e-15) >= 1.0
     assert torch.equal(seen["mask"], direct) and 0 < int(direct.sum()) < direct.numel()
     assert torch.equal(saliency_mask(F_f, F_r, 1.0), direct)
@@ -104,10 +131,11 @@ def test_every_node_placement_runs_at_the_nodes_that_stay_and_counts_requests_pe
     outcome = SFRon().unlearn(engine, request, o)
     changed = (engine.params != before).any(dim=1).tolist()
     assert changed == [True, True, False, True, True, True]  # node 2 left with its model
-    # forget-gradient requests: the mask's, then steps 0, 3, 6; each 2 vectors per hop from node 2
-    # to the nodes that stay (hops 2, 1, 1, 2, 3); one gossip step per remain step on the path left
+    # forget-gradient requests: the mask's three (12 samples in mini-batches of 4), then steps 0, 3,
+    # 6; each 2 vectors per hop from node 2 to the nodes that stay (hops 2, 1, 1, 2, 3); one gossip
+    # step per remain step on the path left
     itemsize, d = 8, engine.dim
-    requests = 4 * 2 * d * itemsize * (2 + 1 + 1 + 2 + 3)
+    requests = 6 * 2 * d * itemsize * (2 + 1 + 1 + 2 + 3)
     gossip = 7 * 8 * d * itemsize  # the 5-node path 3-4-5-0-1 has 4 edges, 8 directed messages
     assert outcome.comm_bytes == pytest.approx(requests + gossip)
 
@@ -146,11 +174,11 @@ def test_every_node_forget_gradient_is_the_holders_gradient_at_each_nodes_model(
         c = 1.0 / (losses.detach() ** 0.5 + 1e-15)
         g, = torch.autograd.grad((c * losses).sum() / c.sum(), theta)
         torch.testing.assert_close(seen["forget"][i], g, rtol=1e-9, atol=1e-12)
-        # the mask: the holder's squared forget gradient against node i's own remaining data
+        # the mask: the holder's squared forget gradient (3 samples: one mini-batch) against node
+        # i's own remaining data in mini-batches
         mean_g, = torch.autograd.grad(torch.nn.functional.cross_entropy(engine.model.forward(theta, x), y), theta)
-        own = np.setdiff1d(np.arange(12), idx) if i == 1 else np.arange(12)
-        r_g = _grad_sq(engine, i, own, params=start)
-        assert torch.equal(seen["mask"][i], saliency_mask(mean_g ** 2, r_g, 1.0))
+        r_g = _remain_sq(engine, i, start[i], 35_000_000 + engine.round)
+        torch.testing.assert_close(saliency_mask(mean_g ** 2, r_g, 1.0).float(), seen["mask"][i].float(), rtol=0, atol=0)
 
 
 def _mean_ce(engine, params, mask):
@@ -166,7 +194,8 @@ def test_sfron_on_the_star_raises_the_forget_loss_more_than_the_remain_loss(trai
     forgotten[0] = engine.retained[0]
     remain = engine.retained & ~forgotten
     before = (_mean_ce(engine, engine.params, forgotten), _mean_ce(engine, engine.params, remain))
-    result = forget(engine, clients=[0], method="sfron", reference=False, progress=False, steps=50, lr=0.05)
+    result = forget(engine, clients=[0], method="sfron", reference=False, progress=False, steps=50, lr=0.05,
+                    stopping=UNMONITORED)
     after = (_mean_ce(engine, engine.params, forgotten), _mean_ce(engine, engine.params, remain))
     assert result.method == "sfron" and result.certificate is None
     assert after[0] - before[0] > 2.0 and after[0] - before[0] > 2 * (after[1] - before[1])
@@ -183,7 +212,8 @@ def test_a_class_level_request_runs_at_every_node_holding_the_class_and_forgets_
     rest = engine.retained & ~four
     before = engine.params.clone()
     losses = [(_mean_ce_rows(engine, before, four), _mean_ce_rows(engine, before, rest))]
-    result = forget(engine, samples=samples, method="sfron", reference=False, progress=False, steps=20, lr=0.02, alpha=5.0)
+    result = forget(engine, samples=samples, method="sfron", reference=False, progress=False, steps=20, lr=0.02, alpha=5.0,
+                    stopping=UNMONITORED)
     changed = (engine.params != before).any(dim=1).numpy()
     assert changed.tolist() == [j in samples for j in range(6)] and result.method == "sfron"
     losses.append((_mean_ce_rows(engine, engine.params, four), _mean_ce_rows(engine, engine.params, rest)))

@@ -42,10 +42,12 @@ class ForgetRequest:
     """What to forget: whole clients and/or some samples of clients, and what happens to a forgotten
     client's node (``remove``: it leaves the graph; ``keep_relay``: it stays, holding no data).
 
-    A method that works in rounds calls ``observe(params)`` after each of its rounds (when set), so
-    the caller can trace forgetting over time (time-to-forget). ``excluded`` collects the seconds and
-    FLOPs of such measurement work (the trace, the engine's per-round metrics), which the caller
-    takes out of the method's cost, as it does for Retrain.
+    A method that works in rounds calls :meth:`after_round` after each of them and stops when it
+    returns ``True``: it calls ``observe(params)`` (when set), so the caller can trace forgetting
+    over time (time-to-forget), and asks the ``monitor`` (the stopping rule and collapse guard of
+    :mod:`.stopping`, whose work is the method's). ``excluded`` collects the seconds and FLOPs of
+    measurement work (the trace, the engine's per-round metrics), which the caller takes out of the
+    method's cost, as it does for Retrain.
     """
 
     samples: dict[int, np.ndarray]   # client id -> indices of its samples to forget
@@ -54,6 +56,18 @@ class ForgetRequest:
     observe: Callable[[torch.Tensor], None] | None = field(default=None, compare=False)
     excluded: dict[str, float] = field(default_factory=lambda: {"seconds": 0.0, "flops": 0.0}, compare=False)
     progress: bool = field(default=True, compare=False)  # whether the method may show progress bars
+    monitor: Any = field(default=None, compare=False)  # a stopping.Monitor, or None: the method runs its budget
+
+    def after_round(self, params: torch.Tensor) -> bool:
+        """Call after each of the method's rounds with the current models: ``True`` means stop."""
+        if self.observe is not None:
+            self.observe(params)
+        return self.monitor is not None and self.monitor.check(params)
+
+    @property
+    def stopped(self) -> bool:
+        """Whether the monitor has stopped the method (for a loop whose rounds call a helper)."""
+        return self.monitor is not None and self.monitor.stopped
 
     @property
     def clients(self) -> list[int]:
@@ -190,14 +204,16 @@ def evaluated_rounds(engine: "Engine", start: int, rounds: int) -> int:
 
 
 def continue_training(engine: "Engine", rounds: int, request: ForgetRequest) -> float:
-    """Train ``rounds`` more rounds with the engine's own algorithm (after the exclusion: the
-    forgotten data take no part), calling ``request.observe`` after each; returns the bytes sent.
-    The per-round metric evaluation goes to ``request.excluded``."""
+    """Train up to ``rounds`` more rounds with the engine's own algorithm (after the exclusion: the
+    forgotten data take no part), calling ``request.after_round`` after each and stopping when it
+    says so; returns the bytes sent. The per-round metric evaluation goes to ``request.excluded``."""
     start, eval_seconds = engine.round, engine.eval_seconds
-    callback = None if request.observe is None else (lambda e: request.observe(e.params))
-    engine.train(rounds, progress=False, desc="unlearn", callback=callback)
+    for _ in range(rounds):
+        engine.train(1, progress=False, desc="unlearn")
+        if request.after_round(engine.params):
+            break
     request.excluded["seconds"] += engine.eval_seconds - eval_seconds
-    evaluated = evaluated_rounds(engine, start, rounds)
+    evaluated = evaluated_rounds(engine, start, engine.round - start)
     if evaluated:
         # Measuring one evaluation is itself an evaluation, inside the caller's measurement: it is
         # left out too.
@@ -216,7 +232,7 @@ def rounds_with_local_change(engine: "Engine", rounds: int, request: ForgetReque
     the forgotten data at the nodes that hold them), and the result is averaged at the hub (star,
     ``weights``, e.g. the sample counts before the forgotten data were excluded, so that the
     nodes stepping on them count) or mixed with the neighbours (gossip); calls
-    ``request.observe`` after each round and returns the bytes sent. Batches are keyed by
+    ``request.after_round`` after each round (stopping when it says so) and returns the bytes sent. Batches are keyed by
     ``key + round * 1000 + r`` so that they never repeat training's."""
     from ..aggregate import weighted_average
 
@@ -230,9 +246,9 @@ def rounds_with_local_change(engine: "Engine", rounds: int, request: ForgetReque
         else:
             new = engine.mix(local, engine.base_mixing)
         engine.set_params(new)
-        comm += engine.message_bytes(engine.base_mixing, 1)
-        if request.observe is not None:
-            request.observe(engine.params)
+        comm += engine.message_bytes(engine.base_mixing, 1, senders=int((np.asarray(weights) > 0).sum()))
+        if request.after_round(engine.params):
+            break
     return comm
 
 
@@ -256,6 +272,7 @@ class ForgetResult:
     metrics: dict[str, dict] = field(default_factory=dict)
     traces: dict[str, list[float]] = field(default_factory=dict)  # FA after each unlearning / retraining round
     audit: dict[str, Any] | None = None  # see p2pforget.audit; at the root, when [audit] after_forget
+    status: dict[str, Any] = field(default_factory=lambda: {"status": "ok", "flagged": False})  # see .stopping
 
 
 def measured(fn):
@@ -286,9 +303,18 @@ def _flops_from(engine: "Engine", before: dict[str, Any], method: "Unlearner", r
     twin.exclude(samples={j: np.flatnonzero(~before["retained"][j]) for j in range(engine.n_clients)},
                  removed=np.flatnonzero(~before["members"]).tolist())
     twin.load_state(before["state"])
-    quiet = dataclasses.replace(request, observe=None, excluded={"seconds": 0.0, "flops": 0.0}, progress=False)
-    _, _, flops = measured(lambda: method.unlearn(twin, quiet, opts))
+    quiet = dataclasses.replace(request, observe=None, excluded={"seconds": 0.0, "flops": 0.0}, progress=False,
+                                monitor=None if request.monitor is None else request.monitor.fresh())
+    _, _, flops = measured(lambda: _run_method(method, twin, quiet, opts))
     return flops - quiet.excluded["flops"]
+
+
+def _run_method(method: "Unlearner", engine: "Engine", request: ForgetRequest, opts) -> Outcome:
+    """The method on the request, its monitor (stopping rule and guard) started first: the
+    guard's look at the starting models is the method's work too."""
+    if request.monitor is not None:
+        request.monitor.begin(engine.params)
+    return method.unlearn(engine, request, opts)
 
 
 def _observer(engine: "Engine", sets: metrics.EvalSets, nodes: np.ndarray, trace: list[float], spent: dict[str, float],
@@ -348,10 +374,13 @@ def check_request(engine: "Engine", *, clients=(), samples: dict | None = None, 
 
 
 def forget(engine: "Engine", *, clients=(), samples: dict | None = None, method: str | None = None,
-           mode: str | None = None, reference: bool = True, progress: bool = True, **options) -> ForgetResult:
+           mode: str | None = None, reference: bool = True, progress: bool = True,
+           stopping: "config_mod.StoppingConfig | None" = None, **options) -> ForgetResult:
     """Forget ``clients`` and/or ``samples`` (client id -> indices) with ``method`` (default
     ``unlearn.method``; ``options`` override keys of its ``[unlearn.<method>]`` table), and train
-    the Retrain reference next to it (unless ``reference=False``).
+    the Retrain reference next to it (unless ``reference=False``). ``stopping`` (default
+    ``[stopping]`` of the config) is the stopping rule and collapse guard (:mod:`.stopping`); the
+    result's ``status`` says how the method ended.
 
     Afterwards ``engine`` trains without the forgotten data, from the noiseless unlearned models
     (each node's private state; the released, noised models are in the result) or, with a
@@ -372,7 +401,13 @@ def forget(engine: "Engine", *, clients=(), samples: dict | None = None, method:
     sets = metrics.EvalSets.from_masks(engine, forgotten_mask, retained_after & members_after[:, None])
     trace: list[float] = []
     spent = request.excluded
-    request = dataclasses.replace(request, observe=_observer(engine, sets, nodes, trace, spent), progress=progress)
+    from .stopping import Monitor
+
+    # Retrain is the reference: it runs as configured, unguarded and unstopped.
+    monitor = None if name == "retrain" else Monitor.build(engine, stopping or engine.config.stopping,
+                                                           forgotten=request.samples, nodes=nodes)
+    request = dataclasses.replace(request, observe=_observer(engine, sets, nodes, trace, spent), progress=progress,
+                                  monitor=monitor)
 
     trained = engine.params.clone()
     rounds = engine.round
@@ -380,7 +415,11 @@ def forget(engine: "Engine", *, clients=(), samples: dict | None = None, method:
     import torch._dynamo  # noqa: F401  (imported on first use of torch.func: not the method's time)
 
     start = time.perf_counter()
-    outcome = entry.obj().unlearn(engine, request, opts)
+    outcome = _run_method(entry.obj(), engine, request, opts)
+    if monitor is not None and monitor.roll_back:
+        # The guard saw the models collapse: they go back to the last check that passed.
+        outcome = Outcome.plain(monitor.last_good.clone(), comm_bytes=outcome.comm_bytes, rounds=outcome.rounds)
+        engine.set_params(outcome.noiseless)
     seconds = time.perf_counter() - start
     flops = (outcome.counted_flops if outcome.counted_flops is not None
              else _flops_from(engine, before, entry.obj(), request, opts))
@@ -412,6 +451,12 @@ def forget(engine: "Engine", *, clients=(), samples: dict | None = None, method:
         cost.flops += flops - evaluated_rounds(engine, start, finetune) * evaluation_flops(engine)
         cost.comm_bytes += float(sum(engine.metrics["bytes_sent"][rounds:])) if engine.transport.is_root else 0.0
         released = engine.params.clone()
+    status = {"status": "ok", "flagged": False}
+    if monitor is not None:
+        # The guard's last look, at what is released, is the method's work too.
+        status, seconds, flops = measured(lambda: monitor.final(released))
+        cost.seconds += seconds
+        cost.flops += flops
     cost = {"unlearn": cost}
 
     evaluated = {"trained": metrics.evaluate(engine, trained, sets, nodes=nodes),
@@ -427,7 +472,7 @@ def forget(engine: "Engine", *, clients=(), samples: dict | None = None, method:
 
     gathered = {k: engine.gather_params(v) for k, v in local.items()}
     result = ForgetResult(method=name, forgotten={j: v.tolist() for j, v in request.samples.items()},
-                          mode=mode, certificate=certificate, cost=cost)
+                          mode=mode, certificate=certificate, cost=cost, status=status)
     if engine.transport.is_root:
         # A node that left the graph releases nothing: its row of the released models is NaN.
         gathered["unlearned"] = np.where(members_after[:, None], gathered["unlearned"], np.nan)
@@ -470,4 +515,4 @@ def forget(engine: "Engine", *, clients=(), samples: dict | None = None, method:
     return result
 
 
-from . import certified, retrain, foul, finetune, gradient_ascent, negation, ease, sfron, random_label, salun  # noqa: E402,F401  (register methods)
+from . import certified, retrain, foul, finetune, gradient_ascent, negation, ease, sfron, random_label, salun, stopping  # noqa: E402,F401  (register methods)

@@ -240,6 +240,8 @@ class EASE:
             comm += sent
             engine.set_params(engine.params - lr * total / len(forget_clients))
             comm += continue_training(engine, 1, request)  # the retained clients' loss holds the rest
+            if request.stopped:
+                break
         engine.exclude(removed=request.removed)
         if options.lock and basis is not None and basis.shape[1]:
             back = torch.sign((trained_mean - engine.member_mean(engine.params)) @ basis)

@@ -25,8 +25,13 @@ What is implemented, exactly (see docs/methods/foul.md for the reasons):
   group, ``c = kappa sqrt(mean Gram + 1e-4)``; ``solver_steps`` momentum-SGD steps on ``z`` from 0
   (lr ``solver_lr``, momentum 0.5), keeping the best iterate. Unlike the code, the norm includes the
   retain-forget cross terms, so it is the norm of the combined direction.
-- ``g = g_FL + kappa ||g_FL|| / ||g_GR - g_GF|| (g_GR - g_GF)`` with ``g_GR = sum w_R r`` and
-  ``g_GF = beta sum w_F f`` (Theorem 1 as quoted; ``beta`` is the code's weight on the forget side).
+- ``g = (g_FL + kappa ||g_FL|| / ||g_GR - g_GF|| (g_GR - g_GF)) / (1 + kappa^2)`` with
+  ``g_GR = sum w_R r`` and ``g_GF = beta sum w_F f`` (Theorem 1 as quoted; ``beta`` is the code's
+  weight on the forget side; the ``1 / (1 + kappa^2)`` step scaling is the official code's, from
+  CAGrad). ``scaling = "unscaled"`` drops it (the step is then ``1 + kappa^2`` times longer).
+- During unlearning the clients train the classifier's cross-entropy, as the official code does
+  (``loss = "cross_entropy"``); ``loss = "l2u"`` trains the full L2U loss of training instead.
+- Every round ends with the request's stopping rule and collapse guard (:mod:`.stopping`).
 
 On a gossip graph (beyond the paper) node i applies the same rule to what it holds: its own and its
 neighbours' updates (retain side, Metropolis-weighted), and the forgotten clients' updates, which
@@ -40,11 +45,13 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from .. import topology
 from ..aggregate import Uploads, weighted_average
 from ..config import bounded, choice
 from ..registry import AGGREGATORS, METHODS
+from ..tasks import masked_mean
 from . import ForgetRequest, Outcome
 
 if TYPE_CHECKING:
@@ -54,23 +61,25 @@ NORM_EPS = 1e-4  # the official code's stabilizer inside square roots
 
 
 def foul_direction(g_fl: torch.Tensor, retain: torch.Tensor, forget: torch.Tensor, gamma_r: torch.Tensor,
-                   gamma_f: torch.Tensor, *, kappa: float, beta: float = 1.0) -> torch.Tensor:
-    """Theorem 1: ``g_FL + kappa ||g_FL|| / ||g_GR - g_GF|| (g_GR - g_GF)``.
+                   gamma_f: torch.Tensor, *, kappa: float, beta: float = 1.0, scaled: bool = True) -> torch.Tensor:
+    """Theorem 1: ``g_FL + kappa ||g_FL|| / ||g_GR - g_GF|| (g_GR - g_GF)``, divided by
+    ``1 + kappa^2`` when ``scaled`` (the official code's step, as in CAGrad).
 
     ``retain [R, d]`` and ``forget [F, d]`` are update vectors, ``gamma_r [R]`` and ``gamma_f [F]``
     their weights; ``g_GR = sum gamma_r r``, ``g_GF = beta sum gamma_f f``. If the conflict
-    direction is zero, ``g_FL`` is returned.
+    direction is zero, ``g_FL`` (scaled alike) is returned.
 
     >>> g = foul_direction(torch.tensor([1.0, 0.0]), torch.tensor([[0.0, 2.0]]), torch.tensor([[0.0, -2.0]]),
-    ...                    torch.tensor([1.0]), torch.tensor([1.0]), kappa=0.5)
+    ...                    torch.tensor([1.0]), torch.tensor([1.0]), kappa=0.5, scaled=False)
     >>> g.tolist()
     [1.0, 0.5]
     """
+    scale = 1.0 / (1.0 + kappa ** 2) if scaled else 1.0
     conflict = gamma_r @ retain - beta * (gamma_f @ forget) if len(forget) else gamma_r @ retain
     norm = torch.linalg.vector_norm(conflict)
     if float(norm) == 0.0:
-        return g_fl.clone()
-    return g_fl + kappa * torch.linalg.vector_norm(g_fl) / norm * conflict
+        return g_fl * scale
+    return (g_fl + kappa * torch.linalg.vector_norm(g_fl) / norm * conflict) * scale
 
 
 def gamma_objective(z: torch.Tensor, retain: torch.Tensor, forget: torch.Tensor, *, kappa: float, beta: float) -> torch.Tensor:
@@ -111,7 +120,8 @@ def solve_gamma(retain: torch.Tensor, forget: torch.Tensor, *, kappa: float, bet
 
 @dataclass(frozen=True)
 class FOULOptions:
-    """Keys of ``[unlearn.foul]`` (defaults as the official code, except ``rounds``)."""
+    """Keys of ``[unlearn.foul]`` (defaults as the official code, except ``rounds``, a budget the
+    stopping rule may cut short)."""
 
     kappa: float = bounded(0.5, 0.0)
     beta: float = bounded(2.0, 0.0)
@@ -121,6 +131,18 @@ class FOULOptions:
     meta_lr: float = bounded(0.5, 0.0)
     params: str = choice("v", "v", "all")
     fl_clients: str = choice("all", "all", "retain")
+    scaling: str = choice("official", "official", "unscaled")
+    loss: str = choice("cross_entropy", "cross_entropy", "l2u")
+
+
+def cross_entropy_loss(engine: "Engine"):
+    """The classifier's masked mean cross-entropy ``loss(flat, batch)`` (FOUL's unlearning loss)."""
+    task = engine.task
+
+    def loss(flat, batch):
+        ce = F.cross_entropy(task.logits(flat, batch["x"]), batch["y"], reduction="none")
+        return masked_mean(ce, batch["mask"])
+    return loss
 
 
 @AGGREGATORS.register("foul", help="FOUL's server rule: FedAvg plus the retain-minus-forget conflict term")
@@ -137,6 +159,7 @@ class FOULAggregator:
     meta_lr: float = 0.5
     mask: torch.Tensor | None = None
     fl_clients: str = "all"
+    scaled: bool = True
 
     def direction(self, updates: torch.Tensor, weights: np.ndarray, forget: np.ndarray) -> torch.Tensor:
         keep = torch.as_tensor(~forget, device=updates.device)
@@ -148,7 +171,7 @@ class FOULAggregator:
         gamma_r, gamma_f = solve_gamma(retain, forgot, kappa=self.kappa, beta=self.beta, steps=self.solver_steps,
                                        lr=self.solver_lr)
         return foul_direction(g_fl, retain, forgot, gamma_r.to(updates.dtype), gamma_f.to(updates.dtype),
-                              kappa=self.kappa, beta=self.beta)
+                              kappa=self.kappa, beta=self.beta, scaled=self.scaled)
 
     def aggregate(self, uploads: Uploads) -> torch.Tensor:
         g = self.direction(uploads.updates, uploads.weights, uploads.forget)
@@ -168,16 +191,18 @@ class FOUL:
             mask = torch.ones(engine.dim, dtype=torch.bool, device=engine.device)
         rule = FOULAggregator(kappa=options.kappa, beta=options.beta, solver_steps=options.solver_steps,
                               solver_lr=options.solver_lr, meta_lr=options.meta_lr, mask=mask,
-                              fl_clients=options.fl_clients)
+                              fl_clients=options.fl_clients, scaled=options.scaling == "official")
+        loss = cross_entropy_loss(engine) if options.loss == "cross_entropy" else None
         forget = np.zeros(engine.n_clients, dtype=bool)
         forget[request.clients] = True
         weights = engine.sample_counts.copy()  # before the exclusion: forget clients still train
         itemsize = torch.finfo(engine.dtype).bits // 8
         entries = int(mask.sum())
         comm = 0.0
+        done = 0
         for r in range(options.rounds):
             key = 10_000_000 + engine.round * 1000 + r  # batches of unlearning rounds never repeat training's
-            local = engine.local_steps(engine.params, grad_mask=mask, key_round=key)
+            local = engine.local_steps(engine.params, grad_mask=mask, key_round=key, loss=loss)
             updates = local - engine.params
             if engine.is_star:
                 new, sent = self._star_round(engine, rule, updates, weights, forget)
@@ -185,10 +210,11 @@ class FOUL:
                 new, sent = self._gossip_round(engine, rule, updates, weights, forget, mask)
             engine.set_params(new)
             comm += sent * entries * itemsize
-            if request.observe is not None:
-                request.observe(engine.params)
+            done += 1
+            if request.after_round(engine.params):
+                break
         engine.exclude(samples=request.samples, removed=request.removed)
-        return Outcome.plain(engine.params.clone(), comm_bytes=comm, rounds=options.rounds)
+        return Outcome.plain(engine.params.clone(), comm_bytes=comm, rounds=done)
 
     @staticmethod
     def _star_round(engine: "Engine", rule: FOULAggregator, updates: torch.Tensor, weights: np.ndarray,
@@ -199,7 +225,8 @@ class FOUL:
             new = rule.aggregate(Uploads(global_params=engine.params[0], client_params=engine.params[0] + full,
                                          weights=weights, forget=forget, round=engine.round))
         new = engine.transport.broadcast(new, like=engine.params[0])
-        return new.expand(engine.hi - engine.lo, -1), 2 * engine.n_clients  # up and down, theta_V only
+        # up from every client (the forget clients too: they still hold their data) and down, theta_V only
+        return new.expand(engine.hi - engine.lo, -1), int(engine.members.sum()) + int(engine.has_data.sum())
 
     @staticmethod
     def _gossip_round(engine: "Engine", rule: FOULAggregator, updates: torch.Tensor, weights: np.ndarray,
@@ -223,9 +250,9 @@ class FOUL:
             gamma_r, gamma_f = solve_gamma(retain, flood, kappa=rule.kappa, beta=rule.beta, steps=rule.solver_steps,
                                            lr=rule.solver_lr)
             g = foul_direction(g_fl, retain, flood, gamma_r.to(retain.dtype), gamma_f.to(retain.dtype),
-                               kappa=rule.kappa, beta=rule.beta)
+                               kappa=rule.kappa, beta=rule.beta, scaled=rule.scaled)
             out[r] = out[r] + rule.meta_lr * g * mask.to(g.dtype)
         edges = topology.message_count(W)
-        tree = engine.n_clients - 1
+        tree = int(engine.members.sum()) - 1
         # one exchange of updates and one of models with the neighbours, plus the flood of forget updates
         return out, 2 * edges + len(ids) * tree

@@ -5,8 +5,10 @@ Enhancement" (NeurIPS 2024, arXiv 2409.19732), as its official classification co
 (``Classification/unlearn/sfron.py``; see ``docs/methods/sfron.md``):
 
 - **S**, the weight saliency: ``F_f`` and ``F_r``, the mean squared mini-batch gradients of the
-  forget and remain losses at the trained model (empirical diagonal Fishers), give the mask
-  ``m = 1[(F_f + 1e-15) / (F_r + 1e-15) >= threshold]``, computed once.
+  forget and remain losses at the trained model (empirical diagonal Fishers: the forget set in
+  consecutive mini-batches of ``train.batch_size``, the remain set in as many of the engine's
+  mini-batches as cover it once), give the mask ``m = 1[(F_f + 1e-15) / (F_r + 1e-15) >= threshold]``,
+  computed once.
 - **F**, weighted forgetting: per forget sample ``c_i = 1 / (l_i^lambda + 1e-15)`` (detached), the
   forget loss ``-alpha_t sum_i c_i l_i / sum_j c_j``: samples still remembered (low loss) weigh
   more; ``alpha_t = alpha (1 + cos(pi t / T)) / 2``.
@@ -18,7 +20,8 @@ Enhancement" (NeurIPS 2024, arXiv 2409.19732), as its official classification co
 Where it runs (``placement``): on a gossip graph, ``"holders"`` runs it at the nodes that hold the
 forgotten data, each on its own model with its own remaining data as the remain set (no other
 node changes; gossip resumes after). A node forgotten whole has no remain set and leaves with its
-model, so this placement cannot change what the others learned from it; ``"every_node"`` runs it
+model, so this placement cannot change what the others learned from it: ``"auto"`` (the default)
+is ``"every_node"`` when a whole client is forgotten and ``"holders"`` otherwise. ``"every_node"`` runs it
 at every node that stays, on its own model and remaining data, with the forget gradients at its
 model computed by the holders (its parameters travel to them and the gradient back, counted per
 hop); after every remain step the nodes average their *changes* with their neighbours (gossip of
@@ -27,6 +30,9 @@ training that Retrain does not get). On the star, at the hub on the global model
 with the clients' uploaded statistics: the forget gradients of the clients holding forgotten
 data, and the remaining clients' remain gradients and squared gradients averaged with FedAvg
 weights.
+
+Every ``check_every`` steps the request's stopping rule and collapse guard look at the models
+(:mod:`.stopping`).
 """
 from __future__ import annotations
 
@@ -64,7 +70,59 @@ class SFRonOptions:
     temperature: float = bounded(0.5, 0.0)   # lambda of the adaptive weights
     threshold: float = bounded(1.0, 0.0)     # gamma of the saliency mask
     max_norm: float = bounded(7.0, 0.0)      # gradient clipping of the forget step (0 = none)
-    placement: str = choice("holders", "holders", "every_node")  # on gossip graphs (see the module docstring)
+    placement: str = choice("auto", "auto", "holders", "every_node")  # on gossip graphs (see the module docstring)
+    check_every: int = bounded(10, 1)        # steps between two looks of the stopping rule and guard
+
+
+def chunk_fisher(gradient, params: torch.Tensor, batch: dict[str, torch.Tensor], size: int) -> torch.Tensor:
+    """Each row's mean over consecutive mini-batches of ``size`` samples (0 = one batch) of the
+    squared ``gradient(params, part)`` (``[n, d]``) on ``batch`` (``[n, w, ...]``, real samples
+    first, as :func:`~p2pforget.unlearn.forget_batch` lays them out); rows without samples get zero.
+
+    >>> g = lambda p, b: b["x"].sum(dim=1, keepdim=True).expand_as(p)  # a stand-in "gradient"
+    >>> batch = {"x": torch.tensor([[1.0, 2.0, 3.0]]), "mask": torch.tensor([[1.0, 1.0, 1.0]])}
+    >>> chunk_fisher(g, torch.zeros(1, 1), batch, 2).item()  # ((1 + 2)^2 + 3^2) / 2
+    9.0
+    """
+    width = batch["mask"].shape[1]
+    size = width if size <= 0 else size
+    total, count = torch.zeros_like(params), torch.zeros(params.shape[0], dtype=params.dtype, device=params.device)
+    for k in range(0, width, size):
+        part = {key: v[:, k:k + size] for key, v in batch.items()}
+        present = (part["mask"].sum(dim=1) > 0).to(params.dtype)
+        if not present.any():
+            break
+        total = total + gradient(params, part) ** 2
+        count = count + present
+    return total / count.clamp(min=1)[:, None]
+
+
+def remain_fisher(engine: "Engine", gradient, params: torch.Tensor, *, key: int,
+                  rows: list[int] | None = None) -> torch.Tensor:
+    """Each row's mean squared ``gradient(params, batch)`` over the engine's mini-batches ``(key, s)``,
+    ``s = 0 .. K-1``, ``K`` = enough batches of ``train.batch_size`` to cover the largest client's
+    remaining data once (``rows``: these local rows only)."""
+    b = engine.config.train.batch_size
+    most = int(engine.retained[engine.lo:engine.hi].sum(axis=1).max(initial=0))
+    batches = 1 if b == 0 or b >= most else math.ceil(most / b)
+    total = torch.zeros_like(params)
+    for s in range(batches):
+        part = engine.batch((key, s))
+        if rows is not None:
+            part = {k: v[rows] for k, v in part.items()}
+        total = total + gradient(params, part) ** 2
+    return total / batches
+
+
+def _looks(request: ForgetRequest, every: int, full: Callable[[torch.Tensor], torch.Tensor] = lambda p: p):
+    """``after_step(params, t)`` for :func:`fast_slow`: the request's trace after every step, its
+    stopping rule and guard every ``every`` steps, on the whole models ``full(params)``."""
+    def after(params: torch.Tensor, t: int) -> bool:
+        models = full(params)
+        if request.observe is not None:
+            request.observe(models)
+        return request.monitor is not None and (t + 1) % every == 0 and request.monitor.check(models)
+    return after
 
 
 def saliency_mask(F_f: torch.Tensor, F_r: torch.Tensor, threshold: float) -> torch.Tensor:
@@ -114,11 +172,12 @@ def sgd_step(params: torch.Tensor, g: torch.Tensor, buf: torch.Tensor | None, *,
 def fast_slow(params: torch.Tensor, *, forget_grad: Callable[[torch.Tensor, int], torch.Tensor],
               remain_grad: Callable[[torch.Tensor, int], torch.Tensor], mask: torch.Tensor, options: SFRonOptions,
               mix: Callable[[torch.Tensor], torch.Tensor] = lambda p: p,
-              after_step: Callable[[torch.Tensor], None] | None = None) -> torch.Tensor:
+              after_step: Callable[[torch.Tensor, int], bool] | None = None) -> torch.Tensor:
     """SFR-on's interleaved loop on stacked ``params`` (see the module docstring): at every
     ``forget_every``-th step a forget step with ``-alpha_t * forget_grad`` masked and clipped, then a
     remain step with ``remain_grad``; both through one SGD-momentum state per row and the cosine
-    learning rate; ``mix`` after every remain step (gossip), ``after_step(params)`` after it."""
+    learning rate; ``mix`` after every remain step (gossip), ``after_step(params, t)`` after it
+    (the loop stops when it returns ``True``)."""
     o = options
     buf = None
     m = mask.to(params.dtype)
@@ -129,8 +188,8 @@ def fast_slow(params: torch.Tensor, *, forget_grad: Callable[[torch.Tensor, int]
             params, buf = sgd_step(params, g, buf, lr=lr, momentum=o.momentum, weight_decay=o.weight_decay)
         params, buf = sgd_step(params, remain_grad(params, t), buf, lr=lr, momentum=o.momentum, weight_decay=o.weight_decay)
         params = mix(params)
-        if after_step is not None:
-            after_step(params)
+        if after_step is not None and after_step(params, t):
+            break
     return params
 
 
@@ -143,7 +202,10 @@ class SFRon:
         require_classifier(engine, "sfron")
 
     def unlearn(self, engine: "Engine", request: ForgetRequest, options: SFRonOptions) -> Outcome:
-        if not engine.is_star and options.placement == "every_node":
+        placement = options.placement
+        if placement == "auto":
+            placement = "every_node" if request.whole_clients else "holders"
+        if not engine.is_star and placement == "every_node":
             comm = self._at_every_node(engine, request, options)
             return Outcome.plain(engine.params.clone(), comm_bytes=comm, rounds=options.steps)
         batch = forget_batch(engine, request.samples)
@@ -180,28 +242,29 @@ class SFRon:
     def _at_holders(self, engine: "Engine", request: ForgetRequest, o: SFRonOptions, forget_set) -> float:
         """Gossip graph: each node holding forgotten data runs SFR-on on its own model, its own
         remaining data being the remain set; no other node changes, nothing is sent."""
+        # Every process runs the loop (with no rows where it hosts no holder): the stopping rule's
+        # looks gather from all of them.
         rows = [j - engine.lo for j in sorted(request.samples) if engine.lo <= j < engine.hi]
-        if not rows:
-            return 0.0
         adaptive, mean_ce = self._losses(engine, o)
         mine = {k: v[rows] for k, v in forget_set.items()}
         local = list(range(len(rows)))
-        own = {k: v[rows] for k, v in engine.full_batch().items()}
         sub = engine.params[rows]
-        mask = saliency_mask(self._rows(mean_ce, sub, mine, local) ** 2, self._rows(mean_ce, sub, own, local) ** 2,
-                             o.threshold)
+        gradient = (lambda p, b: self._rows(mean_ce, p, b, local))  # noqa: E731
+        mask = saliency_mask(chunk_fisher(gradient, sub, mine, engine.config.train.batch_size),
+                             remain_fisher(engine, gradient, sub, key=35_000_000 + engine.round, rows=rows), o.threshold)
 
         def remain_grad(params, t):
             b = engine.batch((30_000_000 + engine.round, t))
             return self._rows(mean_ce, params, {k: v[rows] for k, v in b.items()}, local)
 
+        def full(p):
+            params = engine.params.clone()
+            params[rows] = p
+            return params
+
         sub = fast_slow(sub, forget_grad=lambda p, t: self._rows(adaptive, p, mine, local), remain_grad=remain_grad,
-                        mask=mask, options=o)
-        params = engine.params.clone()
-        params[rows] = sub
-        engine.set_params(params, copy=False)
-        if request.observe is not None:
-            request.observe(engine.params)
+                        mask=mask, options=o, after_step=_looks(request, o.check_every, full))
+        engine.set_params(full(sub), copy=False)
         return 0.0
 
     def _at_every_node(self, engine: "Engine", request: ForgetRequest, o: SFRonOptions) -> float:
@@ -228,16 +291,19 @@ class SFRon:
                             for j in request.clients for i in stayers)
         comm = 0.0
 
-        def from_holders(fn, params, power=1):
-            """The holders' mean of ``grad(fn) ** power`` at every row of ``params``."""
+        def from_holders(fn, params):
+            """The holders' mean of ``grad(fn)`` at every row of ``params``."""
             nonlocal comm
             comm += request_bytes
-            g = [engine.per_client(grad(fn), params, {k: v.expand(n_loc, *v.shape) for k, v in b.items()}) ** power
-                 for b in held]
+            g = [engine.per_client(grad(fn), params, {k: v.expand(n_loc, *v.shape) for k, v in b.items()}) for b in held]
             return sum(g) / len(g)
 
-        F_f = from_holders(mean_ce, engine.params, power=2)
-        F_r = engine.per_client(grad(mean_ce), engine.params, engine.full_batch()) ** 2
+        size = engine.config.train.batch_size
+        F_f = sum(chunk_fisher(lambda p, part: engine.per_client(grad(mean_ce), p, part), engine.params,
+                               {k: v.expand(n_loc, *v.shape) for k, v in b.items()}, size) for b in held) / len(held)
+        comm += request_bytes * max(math.ceil(max(len(b["y"]) for b in held) / size) if size else 1, 1)
+        F_r = remain_fisher(engine, lambda p, part: engine.per_client(grad(mean_ce), p, part), engine.params,
+                            key=35_000_000 + engine.round)
         mask = saliency_mask(F_f, F_r, o.threshold)
 
         def remain_grad(params, t):
@@ -254,9 +320,8 @@ class SFRon:
 
         start = engine.params
         keep = (lambda p: torch.where(running[:, None], p, start))  # the nodes that left keep their model
-        observe = None if request.observe is None else (lambda p: request.observe(keep(p)))
         params = fast_slow(start, forget_grad=lambda p, t: from_holders(adaptive, p), remain_grad=remain_grad,
-                           mask=mask, options=o, mix=gossip, after_step=observe)
+                           mask=mask, options=o, mix=gossip, after_step=_looks(request, o.check_every, keep))
         engine.set_params(keep(params))
         return comm
 
@@ -274,13 +339,14 @@ class SFRon:
             nonlocal comm
             full = engine.transport.gather(g)
             avg = weighted_average(full, weights) if engine.transport.is_root else None
-            comm += engine.message_bytes(None, 1)
+            comm += engine.message_bytes(None, 1, senders=int((np.asarray(weights) > 0).sum()))
             return engine.transport.broadcast(avg, like=g[0]).expand_as(g)
 
         holder_weights = np.isin(np.arange(engine.n_clients), holders).astype(np.float64)
-        F_f = hub_mean(self._rows(mean_ce, engine.params, forget_set, rows) ** 2, holder_weights)
-        g_r = engine.per_client(grad(mean_ce), engine.params, engine.full_batch())
-        F_r = hub_mean(g_r ** 2, (remaining > 0).astype(np.float64))
+        gradient = (lambda p, b: self._rows(mean_ce, p, b, rows))  # noqa: E731
+        F_f = hub_mean(chunk_fisher(gradient, engine.params, forget_set, engine.config.train.batch_size), holder_weights)
+        F_r = hub_mean(remain_fisher(engine, lambda p, b: engine.per_client(grad(mean_ce), p, b), engine.params,
+                                     key=35_000_000 + engine.round), (remaining > 0).astype(np.float64))
         mask = saliency_mask(F_f[0], F_r[0], o.threshold)
 
         def remain_grad(params, t):
@@ -289,6 +355,6 @@ class SFRon:
 
         params = fast_slow(engine.params, forget_grad=lambda p, t: hub_mean(self._rows(adaptive, p, forget_set, rows),
                                                                             holder_weights),
-                           remain_grad=remain_grad, mask=mask, options=o, after_step=request.observe)
+                           remain_grad=remain_grad, mask=mask, options=o, after_step=_looks(request, o.check_every))
         engine.set_params(params)
         return comm

@@ -1,0 +1,185 @@
+"""When an iterative unlearning method stops, and the collapse guard that rolls a broken run back.
+
+Neither needs Retrain: both judge what the nodes can measure themselves (docs/methods/stopping.md
+fixes the rule and its defaults).
+
+- **Stopping** (``stopping.rule = "plateau"``, the default; ``"budget"`` always runs the whole
+  budget): after each of its rounds a method asks :meth:`Monitor.check`; it stops
+  once the forgotten samples' accuracy (FA, measured by the nodes that hold them) has dropped by at
+  most ``stopping.plateau_points`` over the last ``stopping.plateau_rounds`` checks. Otherwise it
+  runs its round budget (its own ``rounds`` or ``steps``).
+- **Collapse guard**: the validation accuracy is the staying clients' held-out split
+  (``data.holdout_fraction``: never trained on, and not the test split). A check *fails* when it
+  is more than ``stopping.guard_points`` below the trained models'. One failed check is allowed
+  if the next one recovers (a method such as NoT breaks the model on purpose and then repairs
+  it); the guard trips at a failed check that follows a failed check without rising above it, or
+  when the method ends on a failed check. The models then roll back to the last check that
+  passed (the trained models if none did).
+
+Every check is charged to the method (its seconds and FLOPs are in the method's cost).
+``status`` says how the run ended: ``ok`` (the plateau rule stopped it, or a one-shot method),
+``budget_exhausted`` (it ran every round), ``rolled_back`` (the guard tripped), ``collapsed`` (the
+released models fail the guard and there is nothing to roll back to, e.g. a one-shot method).
+A rolled-back or collapsed result is *flagged*: tables never print it as a normal row.
+
+Example
+-------
+>>> plateaued([80.0, 60.0, 59.5, 59.2, 59.0], rounds=3, points=1.0)
+True
+>>> plateaued([80.0, 60.0, 50.0, 45.0], rounds=3, points=1.0)
+False
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+
+from .. import metrics
+
+if TYPE_CHECKING:
+    from ..config import StoppingConfig
+    from ..engine import Engine
+
+STATUSES = ("ok", "budget_exhausted", "rolled_back", "collapsed")
+FLAGGED = ("rolled_back", "collapsed")
+
+
+def plateaued(fa: list[float], *, rounds: int, points: float) -> bool:
+    """Whether the last ``rounds`` checks of the FA trace ``fa`` lowered it by at most ``points``."""
+    return len(fa) > rounds and fa[-rounds - 1] - fa[-1] <= points
+
+
+def collapsed(validation: float, start: float, *, points: float) -> bool:
+    """Whether the validation accuracy fell more than ``points`` below ``start``.
+
+    >>> collapsed(60.0, 70.0, points=5.0), collapsed(66.0, 70.0, points=5.0)
+    (True, False)
+    """
+    return validation < start - points
+
+
+def validation_clients(engine: "Engine", forgotten: dict[int, np.ndarray], nodes: np.ndarray) -> np.ndarray:
+    """The clients whose held-out splits validate the unlearned models: those that stay and whose
+    data are all kept (every staying client if each has something forgotten)."""
+    d = engine.data
+    if d.x_holdout is None:
+        return np.zeros(0, dtype=np.int64)
+    staying = np.asarray([j for j in nodes if d.holdout_counts[j] > 0], dtype=np.int64)
+    untouched = np.asarray([j for j in staying if int(j) not in forgotten], dtype=np.int64)
+    return untouched if len(untouched) else staying
+
+
+def _batch(engine: "Engine", x: np.ndarray, y: np.ndarray, extras: dict[str, np.ndarray]) -> dict[str, torch.Tensor]:
+    out = {"x": torch.as_tensor(x, dtype=engine.dtype), "y": torch.as_tensor(y)}
+    out |= {k: torch.as_tensor(v) for k, v in extras.items()}
+    return {k: v.to(engine.device) for k, v in out.items()}
+
+
+@dataclass
+class Monitor:
+    """The stopping rule and the collapse guard of one forget request (see the module docstring);
+    :meth:`fresh` gives an unused copy (for a re-run that counts FLOPs)."""
+
+    engine: "Engine"
+    options: "StoppingConfig"
+    forget_set: dict[str, torch.Tensor]
+    validation_set: dict[str, torch.Tensor] | None
+    nodes: np.ndarray
+    start: float | None = None            # validation accuracy of the models the method starts from
+    fa: list[float] = field(default_factory=list)
+    validation: list[float] = field(default_factory=list)
+    last_good: torch.Tensor | None = None
+    good_checks: int = 0
+    calls: int = 0
+    failing: bool = False                 # whether the latest check failed the guard
+    tripped: bool = False
+    stopped: bool = False
+
+    @classmethod
+    def build(cls, engine: "Engine", options: "StoppingConfig", *, forgotten: dict[int, np.ndarray],
+              nodes: np.ndarray) -> "Monitor":
+        d = engine.data
+        rows = np.zeros_like(engine.retained)
+        for j, idx in forgotten.items():
+            rows[j, idx] = True
+        forget_set = _batch(engine, d.x[rows], d.y[rows], {k: v[rows] for k, v in d.extras.items()})
+        clients = validation_clients(engine, forgotten, nodes) if options.guard else np.zeros(0, dtype=np.int64)
+        validation = None
+        if len(clients):
+            held = np.zeros(d.y_holdout.shape, dtype=bool)
+            held[clients] = np.arange(d.y_holdout.shape[1])[None, :] < d.holdout_counts[clients, None]
+            validation = _batch(engine, d.x_holdout[held], d.y_holdout[held], {k: v[held] for k, v in d.extras_holdout.items()})
+        return cls(engine=engine, options=options, forget_set=forget_set, validation_set=validation, nodes=nodes)
+
+    def fresh(self) -> "Monitor":
+        return Monitor(engine=self.engine, options=self.options, forget_set=self.forget_set,
+                       validation_set=self.validation_set, nodes=self.nodes)
+
+    @property
+    def guarded(self) -> bool:
+        return self.validation_set is not None
+
+    def _mean_score(self, params: torch.Tensor, batch: dict[str, torch.Tensor]) -> float:
+        """Mean over the staying nodes of the task's score (percent); the same number on every rank."""
+        e = self.engine
+        with torch.no_grad():
+            score = torch.stack([s.double() for s in metrics._per_row(lambda p: e.task.score(p, batch), params)])
+        full = e.transport.gather(score[:, None])
+        value = None if full is None else float(100 * full[self.nodes, 0].mean())
+        return e.transport.bcast_object(value)
+
+    def begin(self, params: torch.Tensor) -> None:
+        """Record the starting models' validation accuracy (part of the guard's cost)."""
+        if self.guarded:
+            self.start = self._mean_score(params, self.validation_set)
+        self.last_good = params.detach().clone()
+        if self.options.rule == "plateau":
+            self.fa = [self._mean_score(params, self.forget_set)]
+
+    def check(self, params: torch.Tensor) -> bool:
+        """After one of the method's rounds: ``True`` when it should stop (plateau or collapse)."""
+        self.calls += 1
+        if self.guarded:
+            value = self._mean_score(params, self.validation_set)
+            before_failing = self.failing
+            self.failing = collapsed(value, self.start, points=self.options.guard_points)
+            rising = len(self.validation) > 0 and value > self.validation[-1]
+            self.validation.append(value)
+            if self.failing:
+                if before_failing and not rising:
+                    self.tripped = self.stopped = True
+                    return True
+                return False
+        self.last_good = params.detach().clone()
+        self.good_checks += 1
+        if self.options.rule == "budget":
+            return False
+        self.fa.append(self._mean_score(params, self.forget_set))
+        if plateaued(self.fa, rounds=self.options.plateau_rounds, points=self.options.plateau_points):
+            self.stopped = True
+        return self.stopped
+
+    @property
+    def roll_back(self) -> bool:
+        """Whether the method's models must go back to :attr:`last_good`: the guard tripped, or
+        the method ended on a failed check."""
+        if self.failing and not self.tripped:
+            self.tripped = True
+        return self.tripped
+
+    def final(self, released: torch.Tensor) -> dict[str, Any]:
+        """The status of the released models (after any roll-back) and what the guard saw."""
+        value = self._mean_score(released, self.validation_set) if self.guarded else None
+        if self.tripped:
+            status = "rolled_back"
+        elif value is not None and collapsed(value, self.start, points=self.options.guard_points):
+            status = "collapsed"
+        elif self.stopped or self.calls == 0:
+            status = "ok"
+        else:
+            status = "budget_exhausted"
+        return {"status": status, "flagged": status in FLAGGED, "checks": self.calls, "good_checks": self.good_checks,
+                "validation_start": self.start, "validation_final": value, "fa_checks": list(self.fa)}
