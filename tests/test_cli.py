@@ -70,8 +70,9 @@ def test_demo_end_to_end(tmp_path):
         assert abs(m["unlearned"][key]["mean"] - m["retrained"][key]["mean"]) <= 2.0
     ratio = report["cost"]["ratio_to_retrain"]  # evaluation is left out of both sides
     # Retrain's FLOPs: its first gradient-tracking round (which also sets up the tracker) once, then
-    # the later rounds' (0.85 measured); the exact Newton steps on d = 12 (three in the demo) cost most of that
-    assert ratio["comm_bytes"] < 0.6 and ratio["flops"] < 0.9
+    # the later rounds', for the 15 clients that hold data (the relay, client 3, computes nothing);
+    # the exact Newton steps cost most of that (0.92 measured)
+    assert ratio["comm_bytes"] < 0.6 and ratio["flops"] < 0.95
     assert report["unlearn"]["certified"] and report["unlearn"]["residual_norm"] <= report["unlearn"]["residual_bound"]
     for png in ["metrics", "topology", "ledger", "influence_share", "unlearning"]:
         assert (tmp_path / "demo" / f"{png}.png").stat().st_size > 10_000
