@@ -78,15 +78,32 @@ def _files(out: Path, verb: str = "run files") -> str:
     return text
 
 
+def status_line(status: dict) -> str:
+    """How the method ended (docs/methods/stopping.md), in one line."""
+    ok = "stopped by the FA-plateau rule" if status.get("checks") else "one release"
+    what = {"ok": ok, "budget_exhausted": "ran its whole round budget",
+            "rolled_back": "FLAGGED: the collapse guard tripped and the models were rolled back",
+            "collapsed": "FLAGGED: the released models fail the collapse guard"}.get(status["status"], status["status"])
+    text = f"status: {status['status']} ({what})"
+    if status.get("checks"):
+        text += f"; {status['checks']} checks"
+    if status.get("validation_start") is not None and status.get("validation_final") is not None:
+        text += f"; validation accuracy {status['validation_start']:.1f} -> {status['validation_final']:.1f}"
+    return text
+
+
 def forget_table(report: dict) -> str:
     """One row per model: method | FA | RA | TA | MIA | distance to Retrain | seconds | comm MB | GFLOPs | T2F;
     the certificate below it when the method issued one."""
     from .report import table
 
     m, cost, info = report["metrics"], report["cost"], report["unlearn"]
+    status = report.get("status", {"status": "ok", "flagged": False})
+    # A rolled-back or collapsed result is never printed as a normal row.
+    method_name = info["method"].capitalize() + (f" [FLAGGED: {status['status']}]" if status.get("flagged") else "")
     rows = []
     for key, name, c in [("trained", "Trained (before)", None), ("retrained", "Retrain", cost.get("retrain")),
-                         ("unlearned", info["method"].capitalize(), cost["unlearn"])]:
+                         ("unlearned", method_name, cost["unlearn"])]:
         if key not in m:
             continue
         r = m[key]
@@ -97,6 +114,7 @@ def forget_table(report: dict) -> str:
                      c["seconds"] if c else "", c["comm_bytes"] / 1e6 if c else "", c["flops"] / 1e9 if c else "",
                      "" if c is None else ("-" if t2f is None else t2f)])
     text = table(["method", "FA", "RA", "TA", "MIA", "dist. to Retrain", "seconds", "comm MB", "GFLOPs", "T2F rounds"], rows)
+    text += "\n" + status_line(status)
     if "sigma" in info:
         text += (f"\ncertificate: epsilon={info['epsilon']}, delta={info['delta']}, sigma={info['sigma']:.3g} "
                  f"(budget {info['budget']:.3g}), residual bound={info['residual_bound']:.3g}, "

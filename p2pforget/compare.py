@@ -24,7 +24,8 @@ EQUIVALENCE_MARGIN = 5.0
 """Points of FA_heldout within which a method counts as equivalent to Retrain (docs/methods/stopping.md)."""
 
 TRAIN_HEADERS = ["topology", "spectral gap", "loss", "test acc (mean)", "test acc (min)", "consensus", "comm MB"]
-UNLEARN_HEADERS = ["FA", "RA", "TA", "MIA", "dist. to Retrain (rel.)", "sigma", "time / Retrain", "bytes / Retrain"]
+UNLEARN_HEADERS = ["status", "FA", "FA held-out", "RA", "TA", "MIA", "dist. to Retrain (rel.)", "sigma", "time / Retrain",
+                   "bytes / Retrain"]
 
 
 def compare(cfg: Config, topologies: Sequence[str], *, out: str | Path, progress: bool = True,
@@ -51,7 +52,11 @@ def compare(cfg: Config, topologies: Sequence[str], *, out: str | Path, progress
                f["consensus_distance"], r["bytes_total"] / 1e6]
         if unlearning:
             u, ratio = r["metrics"]["unlearned"], r["cost"]["ratio_to_retrain"]
-            row += [u["FA"]["mean"] if u["FA"] else float("nan"), u["RA"]["mean"], u["TA"]["mean"], u.get("MIA", float("nan")),
+            flagged = r.get("status", {}).get("flagged")
+            row += [("FLAGGED " if flagged else "") + r.get("status", {}).get("status", "ok"),
+                    u["FA"]["mean"] if u["FA"] else float("nan"),
+                    u["FA_heldout"]["mean"] if u.get("FA_heldout") else float("nan"), u["RA"]["mean"], u["TA"]["mean"],
+                    u.get("MIA", float("nan")),
                     u["relative_distance_to_retrain"], r["unlearn"].get("sigma", float("nan")), ratio["seconds"],
                     ratio["comm_bytes"]]
         rows.append(row)

@@ -436,14 +436,14 @@ def record_forget(engine: Engine, writer: RunWriter, result: ForgetResult) -> di
         cost = {name: vars(c) for name, c in result.cost.items()}
         attrs = {k: v for k, v in cert.items() if isinstance(v, (int, float, str, bool))}
         attrs |= {"forgotten": json.dumps(result.forgotten), "mode": result.mode, "method": result.method,
-                  "has_certificate": bool(cert)}
+                  "has_certificate": bool(cert), "status": result.status["status"]}
         attrs |= {k: float(v) for k, v in cost["unlearn"].items()}
         if "retrain" in cost:
             cost["ratio_to_retrain"] = {k: (cost["unlearn"][k] / cost["retrain"][k] if cost["retrain"][k] else None)
                                         for k in cost["unlearn"]}
         entry = {"unlearn": cert | {"method": result.method, "forgotten": result.forgotten, "mode": result.mode,
                                     "round": int(engine.round)},
-                 "metrics": result.metrics, "cost": cost, "traces": result.traces}
+                 "metrics": result.metrics, "cost": cost, "traces": result.traces, "status": result.status}
         if result.audit is not None:
             entry["audit"] = result.audit
             attrs["audit_json"] = history.json_text(result.audit)

@@ -122,7 +122,7 @@ class Monitor:
     def guarded(self) -> bool:
         return self.validation_set is not None
 
-    def _mean_score(self, params: torch.Tensor, batch: dict[str, torch.Tensor]) -> float:
+    def mean_score(self, params: torch.Tensor, batch: dict[str, torch.Tensor]) -> float:
         """Mean over the staying nodes of the task's score (percent); the same number on every rank."""
         e = self.engine
         with torch.no_grad():
@@ -134,16 +134,16 @@ class Monitor:
     def begin(self, params: torch.Tensor) -> None:
         """Record the starting models' validation accuracy (part of the guard's cost)."""
         if self.guarded:
-            self.start = self._mean_score(params, self.validation_set)
+            self.start = self.mean_score(params, self.validation_set)
         self.last_good = params.detach().clone()
         if self.options.rule == "plateau":
-            self.fa = [self._mean_score(params, self.forget_set)]
+            self.fa = [self.mean_score(params, self.forget_set)]
 
     def check(self, params: torch.Tensor) -> bool:
         """After one of the method's rounds: ``True`` when it should stop (plateau or collapse)."""
         self.calls += 1
         if self.guarded:
-            value = self._mean_score(params, self.validation_set)
+            value = self.mean_score(params, self.validation_set)
             before_failing = self.failing
             self.failing = collapsed(value, self.start, points=self.options.guard_points)
             rising = len(self.validation) > 0 and value > self.validation[-1]
@@ -157,7 +157,7 @@ class Monitor:
         self.good_checks += 1
         if self.options.rule == "budget":
             return False
-        self.fa.append(self._mean_score(params, self.forget_set))
+        self.fa.append(self.mean_score(params, self.forget_set))
         if plateaued(self.fa, rounds=self.options.plateau_rounds, points=self.options.plateau_points):
             self.stopped = True
         return self.stopped
@@ -172,7 +172,7 @@ class Monitor:
 
     def final(self, released: torch.Tensor) -> dict[str, Any]:
         """The status of the released models (after any roll-back) and what the guard saw."""
-        value = self._mean_score(released, self.validation_set) if self.guarded else None
+        value = self.mean_score(released, self.validation_set) if self.guarded else None
         if self.tripped:
             status = "rolled_back"
         elif value is not None and collapsed(value, self.start, points=self.options.guard_points):
