@@ -1,6 +1,6 @@
 """Every method with its default options, off the settings it was tuned on, against Retrain seed
-for seed: methods x {ring, star, torus, erdos_renyi} x {digits MLP, synthetic logistic, PACS-like
-L2U} x 5 seeds; writes docs/results/robustness.md and robustness.json.
+for seed: methods x {ring, star, torus, erdos_renyi} x {digits MLP, synthetic logistic, synthetic
+MLP on a non-iid split} x 5 seeds; writes docs/results/robustness.md and robustness.json.
 
 Each dataset is a :func:`p2pforget.compare.grid` (one group = a graph and a seed, trained once,
 then every method from that state), so the sweep resumes where it stopped and runs as a SLURM
@@ -15,10 +15,9 @@ equivalence margin were fixed in docs/methods/stopping.md before the sweep ran. 
 the FA_heldout verdict (pass / fail / uninformative, 90% CI of the paired gap to Retrain), and
 whether any seed ends with RA more than 5 points below Retrain's without being flagged.
 
-Left out: EASE (it needs a CLIP model: docs/results/ease.md); on the L2U model, certified
-(10,778 parameters: its exact curvature, 12 dense d x d matrices, does not fit in this machine's
-23 GB) and random labels, SalUn and SFR-on (they need a classifier trained with cross-entropy
-alone; L2U has its own losses, and they refuse it).
+Left out: EASE (it needs a CLIP model: docs/results/ease.md) and FOUL (it needs its L2U model;
+its star and ring verdicts come from its own table, benchmarks/foul_table.py ->
+docs/results/foul.md, five seeds on the PACS-like set).
 """
 from __future__ import annotations
 
@@ -47,11 +46,10 @@ DATASETS = {
     "synthetic_logistic": ({"data": {"kind": "gaussian_logistic", "n_samples_per_client": 100, "holdout_fraction": 0.34},
                             "model": {"kind": "logistic"}, "train": {"lr": 0.1, "local_steps": 2, "batch_size": 20}},
                            BASELINES),
-    "pacs_l2u": ({"data": {"kind": "pacs_like", "partition": "by_domain", "domain_skew": 0.9, "n_samples_per_client": 40,
-                           "holdout_fraction": 0.56, "n_test": 280},
-                  "model": {"kind": "l2u", "hidden": 32},
-                  "train": {"lr": 0.1, "local_steps": 2, "batch_size": 20, "weight_decay": 5e-4}},
-                 ("retrain", "finetune", "gradient_ascent", "not", "foul")),
+    "synthetic_mlp": ({"data": {"kind": "gaussian_logistic", "partition": "dirichlet", "alpha": 0.5,
+                               "n_samples_per_client": 100, "holdout_fraction": 0.34},
+                      "model": {"kind": "mlp", "hidden": 16}, "train": {"lr": 0.1, "local_steps": 2, "batch_size": 20}},
+                      BASELINES),
 }
 
 
