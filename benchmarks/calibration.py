@@ -3,8 +3,7 @@
 :func:`differences` is the table every calibration script prints (``ease_calibrate.py``,
 ``sfron_alpha.py``, ``foul_kappa.py``): each setting's metrics minus Retrain's, seed by seed. A cell
 is one seed's result: ``cell["retrain"][key]`` and ``cell[field][name][key]`` for every setting
-``name``. :func:`mean_std` is the cell format of the result tables (``ease_table.py``,
-``foul_table.py``).
+``name``. The result tables' cell format is :func:`p2pforget.report.mean_std`.
 
 >>> cells = [{"retrain": {"FA": 5.0, "seconds": 10.0}, "alpha": {"0.5": {"FA": 7.0, "seconds": 1.0}}},
 ...          {"retrain": {"FA": 4.0, "seconds": 10.0}, "alpha": {"0.5": {"FA": 3.0, "seconds": 2.0}}}]
@@ -36,16 +35,3 @@ def differences(cells: list[dict], *, field: str, names: list[str], keys: tuple[
     return "\n".join(lines)
 
 
-def mean_std(values: list, digits: int = 1) -> str:
-    """``"mean ± std"`` over seeds (population std) of the values that are not ``None``; with some
-    missing, the mean and how many seeds it covers; ``"-"`` with none.
-
-    >>> mean_std([1.0, 3.0]), mean_std([2.0, None], 2), mean_std([None])
-    ('2.0 ± 1.0', '2.00 (1/2 seeds)', '-')
-    """
-    vals = [v for v in values if v is not None]
-    if not vals:
-        return "-"
-    if len(vals) < len(values):
-        return f"{np.mean(vals):.{digits}f} ({len(vals)}/{len(values)} seeds)"
-    return f"{np.mean(vals):.{digits}f} ± {np.std(vals):.{digits}f}" if len(vals) > 1 else f"{vals[0]:.{digits}f}"

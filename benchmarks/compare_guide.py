@@ -18,6 +18,8 @@ from pathlib import Path
 
 import numpy as np
 
+from p2pforget.report import mean_std
+
 ROOT = Path(__file__).resolve().parents[1]
 TOPOLOGIES = "ring,torus,erdos_renyi,small_world,star"
 METHODS = "retrain,certified,finetune,random_label,salun,sfron"
@@ -25,10 +27,8 @@ SEEDS = "0,1,2"
 
 
 def _fmt(values: list[str]) -> str:
-    vals = [float(v) for v in values if v != ""]
-    if not vals:
-        return "-"
-    return f"{np.mean(vals):.1f} ± {np.std(vals):.1f}"
+    """A CSV column's cells (``""`` = missing) as :func:`p2pforget.report.mean_std`."""
+    return mean_std([float(v) if v != "" else None for v in values])
 
 
 def table(rows: list[dict]) -> str:

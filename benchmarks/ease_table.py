@@ -30,14 +30,12 @@ import argparse
 import json
 import multiprocessing as mp
 import os
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from calibration import mean_std  # noqa: E402  (printing shared by the benchmark tables)
+from p2pforget.report import mean_std
 
 ROOT = Path(__file__).resolve().parents[1]
 ROUNDS, DRIFT = 30, 20
@@ -198,16 +196,16 @@ def drift_table(cells: list[dict]) -> str:
 
 
 def paired_interval(diffs: list[float], level: float = 0.95) -> tuple[float, float]:
-    """The t-interval of the mean of per-seed differences (each seed's method minus its Retrain).
+    """The t-interval of the mean of per-seed differences (each seed's method minus its Retrain),
+    as :func:`p2pforget.stats.mean_ci`.
 
     >>> [round(x, 2) for x in paired_interval([1.0, 2.0, 3.0])]
     [-0.48, 4.48]
     """
-    from scipy import stats
+    from p2pforget.stats import mean_ci
 
-    d = np.asarray(diffs, dtype=float)
-    half = stats.t.ppf(0.5 + level / 2, len(d) - 1) * d.std(ddof=1) / np.sqrt(len(d))
-    return float(d.mean() - half), float(d.mean() + half)
+    _, lo, hi = mean_ci(diffs, level=level)
+    return lo, hi
 
 
 def checks(cells: list[dict], kind: str, seeds: list[int]) -> list[str]:

@@ -23,8 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from calibration import mean_std  # noqa: E402  (printing shared by the benchmark tables)
+from p2pforget.report import mean_std
 
 ROOT = Path(__file__).resolve().parents[1]
 # row name -> (registered method, overrides of its [unlearn.<method>] table in foul_pacs.toml)

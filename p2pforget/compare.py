@@ -203,15 +203,9 @@ def grid_table(rows: list[dict], grid: Grid, *, margin: float = EQUIVALENCE_MARG
     """Markdown: one line per topology x method, mean ± std over seeds, how many seeds were
     flagged (rolled back or collapsed: such a line is marked, never a normal row) and the
     FA_heldout verdict against Retrain."""
-    import numpy as np
-
     judged = verdicts(rows, grid, margin=margin)
 
-    def fmt(values):
-        vals = [v for v in values if v is not None]
-        if not vals:
-            return "-"
-        return f"{np.mean(vals):.1f} ± {np.std(vals):.1f}" if len(vals) > 1 else f"{vals[0]:.1f}"
+    fmt = report.mean_std
 
     cols = [("FA", "FA"), ("FA_heldout", "FA held-out"), ("RA", "RA"), ("TA", "TA"), ("MIA", "MIA"),
             ("FA_gap_to_retrain", "FA − Retrain"), ("RA_gap_to_retrain", "RA − Retrain"),

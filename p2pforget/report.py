@@ -29,6 +29,21 @@ def _fmt(v) -> str:
     return str(v)
 
 
+def mean_std(values: list, digits: int = 1) -> str:
+    """``"mean ± std"`` over seeds (population std) of the values that are not ``None``; with some
+    missing, the mean and how many seeds it covers; ``"-"`` with none.
+
+    >>> mean_std([1.0, 3.0]), mean_std([2.0, None], 2), mean_std([None])
+    ('2.0 ± 1.0', '2.00 (1/2 seeds)', '-')
+    """
+    vals = [v for v in values if v is not None]
+    if not vals:
+        return "-"
+    if len(vals) < len(values):
+        return f"{np.mean(vals):.{digits}f} ({len(vals)}/{len(values)} seeds)"
+    return f"{np.mean(vals):.{digits}f} ± {np.std(vals):.{digits}f}" if len(vals) > 1 else f"{vals[0]:.{digits}f}"
+
+
 def table(headers: Sequence[str], rows: Sequence[Sequence]) -> str:
     """A plain-text table with columns padded to their widest cell."""
     cells = [list(headers)] + [[_fmt(v) for v in row] for row in rows]
