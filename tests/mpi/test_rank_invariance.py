@@ -47,6 +47,11 @@ UNLEARN_CASES = {
                      "unlearn": {"method": "salun", "clients": [4], "samples": {"7": [0, 2]}, "salun": {"rounds": 2}}},
     "star5_random_label": {"topology": {"kind": "star", "n_clients": 5},
                            "unlearn": {"method": "random_label", "clients": [1], "random_label": {"rounds": 2}}},
+    # samples of one node only: the holders placement, where most ranks host no holder and still
+    # take part in every look of the stopping rule and the guard
+    "ring6_sfron_holders": {"topology": {"kind": "ring", "n_clients": 6},
+                            "unlearn": {"method": "sfron", "samples": {"2": [0, 1, 3]},
+                                        "sfron": {"steps": 20, "check_every": 5}}},
     "ring7_sfron_every_node": {"topology": {"kind": "ring", "n_clients": 7},
                                "unlearn": {"method": "sfron", "clients": [3],
                                            "sfron": {"steps": 3, "forget_every": 1, "placement": "every_node"}}},
