@@ -154,7 +154,12 @@ def forget_accuracy(engine: "Engine", params: torch.Tensor, sets: EvalSets, *, n
     elsewhere or when nothing was forgotten."""
     if not sets.size("forget"):
         return None
-    batch = sets.batch("forget", engine.dtype, engine.device)
+    return mean_score(engine, params, sets.batch("forget", engine.dtype, engine.device), nodes=nodes)
+
+
+def mean_score(engine: "Engine", params: torch.Tensor, batch: dict[str, torch.Tensor], *, nodes: np.ndarray) -> float | None:
+    """The task's score on ``batch`` (percent), mean over ``nodes``, of the stacked local
+    ``params``; at the root, ``None`` elsewhere."""
     with torch.no_grad():
         score = torch.stack([s.double() for s in _per_row(lambda p: engine.task.score(p, batch), params)])
     full = engine.transport.gather(score[:, None])

@@ -124,12 +124,7 @@ class Monitor:
 
     def mean_score(self, params: torch.Tensor, batch: dict[str, torch.Tensor]) -> float:
         """Mean over the staying nodes of the task's score (percent); the same number on every rank."""
-        e = self.engine
-        with torch.no_grad():
-            score = torch.stack([s.double() for s in metrics._per_row(lambda p: e.task.score(p, batch), params)])
-        full = e.transport.gather(score[:, None])
-        value = None if full is None else float(100 * full[self.nodes, 0].mean())
-        return e.transport.bcast_object(value)
+        return self.engine.transport.bcast_object(metrics.mean_score(self.engine, params, batch, nodes=self.nodes))
 
     def begin(self, params: torch.Tensor) -> None:
         """Record the starting models' validation accuracy (part of the guard's cost)."""
