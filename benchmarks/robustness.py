@@ -6,7 +6,7 @@ Each dataset is a :func:`p2pforget.compare.grid` (one group = a graph and a seed
 then every method from that state), so the sweep resumes where it stopped and runs as a SLURM
 array: ``--list`` prints the groups, ``--task I`` runs one of them, ``--merge`` writes the page.
 
-    python benchmarks/robustness.py                      # everything, here (about an hour on 2 cores)
+    python benchmarks/robustness.py                      # everything, here (about 35 min on 2 cores)
     sbatch --array=0-59 --wrap "python benchmarks/robustness.py --task \\$SLURM_ARRAY_TASK_ID"
     python benchmarks/robustness.py --merge
 
