@@ -140,15 +140,26 @@ def test_every_node_placement_runs_at_the_nodes_that_stay_and_counts_requests_pe
     assert outcome.comm_bytes == pytest.approx(requests + gossip)
 
 
-def test_every_node_gossip_carries_the_changes_not_the_models():
-    # With a zero learning rate no node changes its model, so nothing moves: gossiping the models
-    # themselves would have pulled the ring's (different) models towards each other.
+def test_every_node_gossip_carries_the_models_or_only_the_changes():
+    # With a zero learning rate no node changes its model: gossiping the changes moves nothing,
+    # gossiping the models (the default) mixes the ring's different models once per step.
     engine = Engine(config=_cfg("ring", 6))
     engine.train(3, progress=False)
+    state = engine.state()
     before = engine.params.clone()
     assert (before[0] != before[3]).any()
-    SFRon().unlearn(engine, ForgetRequest.build(engine, clients=[2]), SFRonOptions(steps=4, lr=0.0, placement="every_node"))
+    SFRon().unlearn(engine, ForgetRequest.build(engine, clients=[2]),
+                    SFRonOptions(steps=4, lr=0.0, placement="every_node", gossip="changes"))
     assert torch.equal(engine.params, before)
+
+    engine = Engine(config=_cfg("ring", 6))
+    engine.load_state(state)
+    SFRon().unlearn(engine, ForgetRequest.build(engine, clients=[2]), SFRonOptions(steps=4, lr=0.0, placement="every_node"))
+    W = engine.base_mixing.toarray()  # the ring without node 2
+    want = np.linalg.matrix_power(W, 4) @ before.double().numpy()
+    want[2] = before[2].double().numpy()  # the node that left keeps its model
+    assert np.allclose(engine.params.double().numpy(), want, atol=1e-5)
+    assert not torch.equal(engine.params, before)
 
 
 def test_every_node_forget_gradient_is_the_holders_gradient_at_each_nodes_model(monkeypatch):
@@ -194,7 +205,7 @@ def test_sfron_on_the_star_raises_the_forget_loss_more_than_the_remain_loss(trai
     forgotten[0] = engine.retained[0]
     remain = engine.retained & ~forgotten
     before = (_mean_ce(engine, engine.params, forgotten), _mean_ce(engine, engine.params, remain))
-    result = forget(engine, clients=[0], method="sfron", reference=False, progress=False, steps=50, lr=0.05,
+    result = forget(engine, clients=[0], method="sfron", reference=False, progress=False, steps=50, lr=0.05, alpha=25.0,
                     stopping=UNMONITORED)
     after = (_mean_ce(engine, engine.params, forgotten), _mean_ce(engine, engine.params, remain))
     assert result.method == "sfron" and result.certificate is None

@@ -30,5 +30,6 @@ class Finetune:
 
     def unlearn(self, engine: "Engine", request: ForgetRequest, options: FinetuneOptions) -> Outcome:
         engine.exclude(samples=request.samples, removed=request.removed)
+        start = engine.round
         comm = continue_training(engine, options.rounds, request)
-        return Outcome.plain(engine.params.clone(), comm_bytes=comm, rounds=options.rounds)
+        return Outcome.plain(engine.params.clone(), comm_bytes=comm, rounds=engine.round - start)

@@ -10,10 +10,10 @@ fixes the rule and its defaults).
   runs its round budget (its own ``rounds`` or ``steps``).
 - **Collapse guard**: the validation accuracy is the staying clients' held-out split
   (``data.holdout_fraction``: never trained on, and not the test split). A check *fails* when it
-  is more than ``stopping.guard_points`` below the trained models'. One failed check is allowed
-  if the next one recovers (a method such as NoT breaks the model on purpose and then repairs
-  it); the guard trips at a failed check that follows a failed check without rising above it, or
-  when the method ends on a failed check. The models then roll back to the last check that
+  is more than ``stopping.guard_points`` below the trained models'. The guard never
+  stops a method early: a model that fails a check may be on its way back (NoT breaks the model on
+  purpose and then repairs it, and its repair can stay flat for several rounds before it rises).
+  It trips when the method ends on a failed check. The models then roll back to the last check that
   passed (the trained models if none did).
 
 Every check is charged to the method (its seconds and FLOPs are in the method's cost).
@@ -31,7 +31,7 @@ False
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import MISSING, dataclass, field, fields
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -115,8 +115,9 @@ class Monitor:
         return cls(engine=engine, options=options, forget_set=forget_set, validation_set=validation, nodes=nodes)
 
     def fresh(self) -> "Monitor":
-        return Monitor(engine=self.engine, options=self.options, forget_set=self.forget_set,
-                       validation_set=self.validation_set, nodes=self.nodes)
+        # The fields without a default are what :meth:`build` set; the rest is the run's record.
+        return Monitor(**{f.name: getattr(self, f.name) for f in fields(self)
+                          if f.default is MISSING and f.default_factory is MISSING})
 
     @property
     def guarded(self) -> bool:
@@ -135,18 +136,13 @@ class Monitor:
             self.fa = [self.mean_score(params, self.forget_set)]
 
     def check(self, params: torch.Tensor) -> bool:
-        """After one of the method's rounds: ``True`` when it should stop (plateau or collapse)."""
+        """After one of the method's rounds: ``True`` when it should stop (the plateau rule)."""
         self.calls += 1
         if self.guarded:
             value = self.mean_score(params, self.validation_set)
-            before_failing = self.failing
             self.failing = collapsed(value, self.start, points=self.options.guard_points)
-            rising = len(self.validation) > 0 and value > self.validation[-1]
             self.validation.append(value)
             if self.failing:
-                if before_failing and not rising:
-                    self.tripped = self.stopped = True
-                    return True
                 return False
         self.last_good = params.detach().clone()
         self.good_checks += 1
@@ -159,8 +155,8 @@ class Monitor:
 
     @property
     def roll_back(self) -> bool:
-        """Whether the method's models must go back to :attr:`last_good`: the guard tripped, or
-        the method ended on a failed check."""
+        """Whether the method's models must go back to :attr:`last_good`: it ended on a failed
+        check (this trips the guard)."""
         if self.failing and not self.tripped:
             self.tripped = True
         return self.tripped
