@@ -269,3 +269,21 @@ def test_topk_sparsified_curvature():
     assert c["fallback"] == "none" and err <= c["residual_bound"] <= 1e-8 and c["newton_steps_taken"] > 1
     curvature_bytes = lambda r: r.cost["unlearn"].comm_bytes / max(r.certificate["newton_steps_taken"], 1)
     assert curvature_bytes(sparse) < curvature_bytes(dense)
+
+
+@pytest.mark.parametrize("model, options, want", [
+    ({"kind": "logistic"}, {}, ("exact", 0.0)),
+    ({"kind": "mlp", "hidden": 8}, {}, ("ggn", certified.NONCONVEX_DAMPING)),
+    ({"kind": "mlp", "hidden": 8}, {"damping": 0.5}, ("ggn", 0.5)),       # a damping that was set stays
+    ({"kind": "mlp", "hidden": 8}, {"curvature": "exact"}, ("exact", 0.0)),  # so does a named curvature
+])
+def test_auto_curvature_is_exact_for_logistic_and_damped_ggn_otherwise(model, options, want):
+    cfg = config.from_dict({"topology": {"kind": "ring", "n_clients": 4}, "model": model, "audit": {"after_forget": False},
+                            "data": {"n_features": 4, "n_classes": 3, "n_samples_per_client": 20},
+                            "unlearn": {"certified": {"noise": False, **options}}})
+    engine = Engine(config=cfg)
+    engine.train(2, progress=False)
+    opts = cfg.unlearn.options("certified")
+    assert (certified.curvature_kind(engine, opts), certified.damping_used(engine, opts)) == want
+    result = forget(engine, clients=[1], progress=False, reference=False)
+    assert result.certificate["curvature"] == want[0]

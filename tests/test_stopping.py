@@ -127,6 +127,18 @@ def test_the_guard_waits_for_a_repair_and_rolls_back_a_run_that_ends_broken(vali
     assert torch.equal(m.last_good, want)
 
 
+def test_the_plateau_rule_lets_a_repair_finish():
+    # FA stays flat; the validation accuracy passes the guard at the third check but is still
+    # rising: the method stops once it rose by at most 1 point over three checks (check 8), not
+    # when FA first looks settled (check 5).
+    engine = _engine()
+    m = _scripted(Monitor.build(engine, engine.config.stopping, forgotten={2: np.arange(40)},
+                                nodes=np.array([0, 1, 3, 4, 5])), [80.0, 5.0, 40.0, 76.0, 77.5, 79.0, 79.5, 79.6, 79.7, 79.8])
+    m.begin(engine.params)
+    checks = next(k for k in range(1, 10) if m.check(engine.params))
+    assert checks == 8 and m.good_checks == 6
+
+
 def test_a_one_shot_release_that_fails_the_guard_is_collapsed():
     engine = _engine()
     m = Monitor.build(engine, engine.config.stopping, forgotten={2: np.arange(40)}, nodes=np.array([0, 1, 3, 4, 5]))

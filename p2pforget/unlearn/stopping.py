@@ -6,8 +6,9 @@ fixes the rule and its defaults).
 - **Stopping** (``stopping.rule = "plateau"``, the default; ``"budget"`` always runs the whole
   budget): after each of its rounds a method asks :meth:`Monitor.check`; it stops
   once the forgotten samples' accuracy (FA, measured by the nodes that hold them) has dropped by at
-  most ``stopping.plateau_points`` over the last ``stopping.plateau_rounds`` checks. Otherwise it
-  runs its round budget (its own ``rounds`` or ``steps``).
+  most ``stopping.plateau_points`` over the last ``stopping.plateau_rounds`` checks, unless the
+  validation accuracy is below its start and still rising by more than that (a repair in
+  progress, :func:`recovering`). Otherwise it runs its round budget (its own ``rounds`` or ``steps``).
 - **Collapse guard**: the validation accuracy is the staying clients' held-out split
   (``data.holdout_fraction``: never trained on, and not the test split). A check *fails* when it
   is more than ``stopping.guard_points`` below the trained models'. The guard never
@@ -50,6 +51,24 @@ FLAGGED = ("rolled_back", "collapsed")
 def plateaued(fa: list[float], *, rounds: int, points: float) -> bool:
     """Whether the last ``rounds`` checks of the FA trace ``fa`` lowered it by at most ``points``."""
     return len(fa) > rounds and fa[-rounds - 1] - fa[-1] <= points
+
+
+def recovering(validation: list[float], start: float, *, rounds: int, points: float) -> bool:
+    """Whether the validation trace is still below ``start`` and has risen by more than ``points``
+    over its last ``rounds`` checks: a repair in progress (NoT's fine-tuning), which the plateau
+    rule lets finish.
+
+    >>> recovering([20.0, 40.0, 50.0, 55.0], 60.0, rounds=3, points=1.0)
+    True
+    >>> recovering([54.0, 55.0, 54.5, 55.0], 60.0, rounds=3, points=1.0)   # settled below the start
+    False
+    >>> recovering([40.0, 50.0, 61.0], 60.0, rounds=2, points=1.0)         # back above it
+    False
+    """
+    if not validation or validation[-1] >= start:
+        return False
+    earlier = validation[-rounds - 1] if len(validation) > rounds else start
+    return validation[-1] - earlier > points
 
 
 def collapsed(validation: float, start: float, *, points: float) -> bool:
@@ -149,7 +168,9 @@ class Monitor:
         if self.options.rule == "budget":
             return False
         self.fa.append(self.mean_score(params, self.forget_set))
-        if plateaued(self.fa, rounds=self.options.plateau_rounds, points=self.options.plateau_points):
+        o = self.options
+        if plateaued(self.fa, rounds=o.plateau_rounds, points=o.plateau_points) and not (
+                self.guarded and recovering(self.validation, self.start, rounds=o.plateau_rounds, points=o.plateau_points)):
             self.stopped = True
         return self.stopped
 
