@@ -29,7 +29,7 @@ ROOT = Path(__file__).resolve().parents[1]
 # row name -> (registered method, overrides of its [unlearn.<method>] table in foul_pacs.toml)
 METHODS = {"foul": ("foul", {}),
            "foul_v": ("foul", {"params": "v", "kappa": 1.5, "rounds": 40}),
-           "finetune": ("finetune", {}), "not": ("not", {}), "gradient_ascent": ("gradient_ascent", {})}
+           "finetune": ("finetune", {}), "not": ("not", {"rounds": 10}), "gradient_ascent": ("gradient_ascent", {})}
 LABELS = {"retrain": "Retrain", "foul": "FOUL (all parameters, up to 15 rounds)",
           "foul_v": "FOUL (theta_V only, kappa 1.5, up to 40 rounds)", "finetune": "Fine-tune (up to 10 rounds)",
           "not": "NoT (up to 10 rounds)", "gradient_ascent": "Gradient ascent (up to 3 rounds)", "trained": "Trained (before)"}
