@@ -538,7 +538,7 @@ the removal step assumes: no certificate is issued for them either way."""
 def damping_used(engine: "Engine", options: "CertifiedOptions") -> float:
     """``damping``, or :data:`NONCONVEX_DAMPING` where ``curvature = "auto"`` meets a non-convex
     model and no damping was set."""
-    if options.curvature == "auto" and options.damping == 0.0 and engine.config.model.kind != "logistic":
+    if options.curvature == "auto" and options.damping == 0.0 and curvature_kind(engine, options) == "ggn":
         return NONCONVEX_DAMPING
     return options.damping
 

@@ -319,7 +319,7 @@ class SFRon:
             g, _ = engine.gradients(params, engine.batch((30_000_000 + engine.round, t)))
             return g
 
-        anchor = engine.params
+        anchor = engine.params  # gossip = "changes": the models as of the last gossip step
 
         def gossip(params):
             nonlocal comm, anchor

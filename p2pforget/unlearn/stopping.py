@@ -114,7 +114,6 @@ class Monitor:
     good_checks: int = 0
     calls: int = 0
     failing: bool = False                 # whether the latest check failed the guard
-    tripped: bool = False
     stopped: bool = False
 
     @classmethod
@@ -178,14 +177,12 @@ class Monitor:
     def roll_back(self) -> bool:
         """Whether the method's models must go back to :attr:`last_good`: it ended on a failed
         check (this trips the guard)."""
-        if self.failing and not self.tripped:
-            self.tripped = True
-        return self.tripped
+        return self.failing
 
     def final(self, released: torch.Tensor) -> dict[str, Any]:
         """The status of the released models (after any roll-back) and what the guard saw."""
         value = self.mean_score(released, self.validation_set) if self.guarded else None
-        if self.tripped:
+        if self.failing:
             status = "rolled_back"
         elif value is not None and collapsed(value, self.start, points=self.options.guard_points):
             status = "collapsed"
