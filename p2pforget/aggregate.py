@@ -20,6 +20,7 @@ from typing import Protocol
 
 import numpy as np
 import torch
+from torch.utils.flop_counter import register_flop_formula
 
 from .registry import AGGREGATORS
 
@@ -57,10 +58,15 @@ class MixingRows:
 def gossip_mix(X: torch.Tensor, idx: torch.Tensor | np.ndarray, weight: torch.Tensor | np.ndarray) -> torch.Tensor:
     """``out[r] = sum_s weight[r, s] * X[idx[r, s]]``, summed slot by slot in slot order.
 
-    ``idx`` indexes rows of ``X`` (which holds every row the output needs).
+    ``idx`` indexes rows of ``X`` (which holds every row the output needs). One operation for the
+    FLOP counter (:mod:`p2pforget.flops`): a multiply and an add per neighbour entry.
     """
-    idx = torch.as_tensor(idx, device=X.device)
-    weight = torch.as_tensor(weight, dtype=X.dtype, device=X.device)
+    return torch.ops.p2pforget.gossip_mix(X, torch.as_tensor(idx, device=X.device),
+                                          torch.as_tensor(weight, dtype=X.dtype, device=X.device))
+
+
+@torch.library.custom_op("p2pforget::gossip_mix", mutates_args=())
+def _gossip_mix(X: torch.Tensor, idx: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     rows = torch.arange(len(idx), device=X.device)
 
     def term(s: int) -> torch.Tensor:
@@ -73,10 +79,28 @@ def gossip_mix(X: torch.Tensor, idx: torch.Tensor | np.ndarray, weight: torch.Te
     return out
 
 
+@register_flop_formula(torch.ops.p2pforget.gossip_mix, get_raw=True)
+def _gossip_mix_flops(X, idx, weight, *args, out_val=None, **kwargs) -> int:
+    # the neighbour entries that carry weight: padding slots and nodes that left are not work
+    # a real node would do
+    entries = int(torch.count_nonzero(weight))
+    return X.shape[1] * max(2 * entries - len(idx), 0)
+
+
 def weighted_average(X: torch.Tensor, weights: torch.Tensor | np.ndarray) -> torch.Tensor:
-    """``sum_i w_i x_i / sum_i w_i`` over the rows of ``X``."""
-    w = torch.as_tensor(weights, dtype=X.dtype, device=X.device)
+    """``sum_i w_i x_i / sum_i w_i`` over the rows of ``X`` (for the FLOP counter: a multiply and
+    an add per number)."""
+    return torch.ops.p2pforget.weighted_average(X, torch.as_tensor(weights, dtype=X.dtype, device=X.device))
+
+
+@torch.library.custom_op("p2pforget::weighted_average", mutates_args=())
+def _weighted_average(X: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
     return ((w / w.sum())[:, None] * X).sum(dim=0)
+
+
+@register_flop_formula(torch.ops.p2pforget.weighted_average, get_raw=True)
+def _weighted_average_flops(X, w, *args, out_val=None, **kwargs) -> int:
+    return 2 * int(torch.count_nonzero(w)) * X.shape[1]  # rows of weight 0 (clients that left) are skipped work
 
 
 @dataclass

@@ -16,6 +16,8 @@ Example
 """
 from __future__ import annotations
 
+import copy
+import dataclasses
 import math
 import time
 import warnings
@@ -742,6 +744,45 @@ class Engine:
                          for k in PER_NODE}
         if not self.metrics["round"] and self.metrics["loss_mean"]:  # run files written before eval_every
             self.metrics["round"] = list(range(1, len(self.metrics["loss_mean"]) + 1))
+
+    def fork(self, *, fresh: bool = False) -> "Engine":
+        """A second engine over the same data, model, transport and exclusions, with its own copy
+        of everything training changes (models, optimizer state, ledger, lock, metrics, graph),
+        so that it can run on without touching this one; nothing is rebuilt from the config.
+        ``fresh``: it starts where training started (round 0, the initial models), as Retrain does.
+        Under MPI every process calls it (the neighbourhood exchange is set up again).
+
+        >>> from p2pforget import Engine, config
+        >>> engine = Engine(config=config.from_dict({"topology": {"n_clients": 4}}))
+        >>> engine.train(2, progress=False)
+        >>> twin = engine.fork()
+        >>> twin.train(1, progress=False)
+        >>> engine.round, twin.round, engine.fork(fresh=True).round
+        (2, 3, 0)
+        """
+        twin = copy.copy(self)
+        twin.graph = self.graph.copy()
+        twin.retained, twin.members = self.retained.copy(), self.members.copy()
+        twin._update_topology()
+        if fresh:
+            twin.round, twin.params, twin.optimizer_state, twin.lock = 0, self.init_params.clone(), {}, None
+            twin.ledger = twin._empty_ledger()
+            twin.metrics = {name: [] for name in METRICS}
+            twin.per_node = {name: [] for name in PER_NODE}
+            twin.eval_seconds = 0.0
+            return twin
+        twin.params = self.params.clone()
+        twin.optimizer_state = {k: v.clone() for k, v in self.optimizer_state.items()}
+        if isinstance(self.ledger, ledger_mod.SparseRows):
+            twin.ledger = dataclasses.replace(self.ledger, index=self.ledger.index.clone(), value=self.ledger.value.clone(),
+                                              dropped=self.ledger.dropped.clone())
+        elif self.ledger is not None:
+            twin.ledger = self.ledger.clone()
+        if self.lock is not None:
+            twin.lock = dataclasses.replace(self.lock, anchor=self.lock.anchor.clone())
+        twin.metrics = {k: list(v) for k, v in self.metrics.items()}
+        twin.per_node = {k: list(v) for k, v in self.per_node.items()}
+        return twin
 
     def _check_state(self, state: dict[str, np.ndarray]) -> None:
         fix = "the checkpoint does not belong to this config or is damaged: restore the run file from a copy or rerun"

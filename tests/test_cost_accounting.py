@@ -54,3 +54,25 @@ def test_skipped_rows_change_no_number():
     stepped = engine.local_steps(engine.params)
     assert np.allclose(stepped.numpy(), expected.numpy(), rtol=0, atol=1e-7)
     assert np.array_equal(stepped[4].numpy(), engine.params[4].numpy())
+
+
+@pytest.mark.parametrize("kind", ["ring", "star"])
+def test_the_flop_counter_sees_gossip_mixing_and_the_hubs_average(kind):
+    """A round's FLOPs include its communication arithmetic, two per number received (a multiply
+    and an add; nodes that left receive nothing): the count less the local steps' equals the
+    number derived by hand from the mixing matrix or the hub's uploads. (The ledger off: its
+    mixing is counted the same way, on both sides of a comparison.)"""
+    engine = Engine(config=config.replace(_engine(kind).config, ledger={"kind": "off"}))
+    engine.exclude(samples={j: np.arange(12) for j in (2, 3)}, removed=[2, 3])
+    engine.train(1, progress=False)
+    _, _, steps = measured(lambda: engine.local_steps(engine.params))
+    _, _, whole = measured(lambda: engine.step())
+    _, _, evaluation = measured(lambda: engine.evaluate())
+    d = engine.dim
+    if kind == "star":  # the hub averages the 6 uploads that carry weight
+        expected = 2 * 6 * d
+    else:
+        W = engine.base_mixing.toarray()
+        received = int(np.count_nonzero(W))  # every member row's neighbours and itself
+        expected = d * (2 * received - engine.n_clients)
+    assert whole - steps - evaluation * engine.evaluates(engine.round) == expected

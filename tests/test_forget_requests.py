@@ -121,17 +121,42 @@ def test_run_file_and_cli_forget(tmp_path, capsys):
     assert (tmp_path / "ledger.png").exists() and (tmp_path / "unlearning.png").exists()
 
 
-def test_retrain_flops_are_counted_once_on_one_round_and_match_a_direct_count():
+@pytest.mark.parametrize("eval_every", [0, 2])
+def test_retrain_flops_match_a_direct_count_less_the_metric_evaluations(eval_every):
     from p2pforget.unlearn import measured
 
-    # 5 of 50 rounds, so that no round evaluates the metrics (which no side counts)
-    cfg = config.replace(_cfg(), run={"rounds": 50, "eval_every": 0})
+    cfg = config.replace(_cfg(), run={"rounds": 50, "eval_every": eval_every})
     engine = Engine(config=cfg)
     engine.train(5, progress=False)
     result = forget(engine, clients=[3], method="retrain", progress=False)
     direct = Engine(config=cfg)
     direct.exclude(removed=[3])
     _, _, flops = measured(lambda: direct.train(5, progress=False))
-    assert flops > 0
+    _, _, one_evaluation = measured(lambda: direct.evaluate())
+    flops -= (2 if eval_every else 0) * one_evaluation  # rounds 2 and 4 evaluate: no side is charged
+    assert flops > 0 and one_evaluation > 0
     assert result.cost["unlearn"].flops == pytest.approx(flops, rel=1e-12)
     assert result.cost["retrain"].flops == pytest.approx(flops, rel=1e-12)
+
+
+@pytest.mark.parametrize("method", ["certified", "finetune", "not", "retrain"])
+def test_the_method_runs_once_and_its_cost_comes_from_that_run(method, monkeypatch):
+    """One forget request calls the method's ``unlearn`` once: its seconds and FLOPs are measured
+    in that run (no second run to count FLOPs), and Retrain trains once, on a fork of the engine."""
+    from p2pforget.engine import Engine as EngineClass
+    from p2pforget.registry import METHODS
+
+    engine = Engine(config=_cfg())
+    engine.train(4, progress=False)
+    cls = type(METHODS.entry(method).obj())
+    calls, trains, builds = [], [], []
+    real_unlearn, real_train, real_init = cls.unlearn, EngineClass.train, EngineClass.__init__
+    monkeypatch.setattr(cls, "unlearn", lambda self, *a, **k: calls.append(1) or real_unlearn(self, *a, **k))
+    monkeypatch.setattr(EngineClass, "train", lambda self, *a, **k: trains.append(self.round) or real_train(self, *a, **k))
+    monkeypatch.setattr(EngineClass, "__init__", lambda self, **k: builds.append(1) or real_init(self, **k))
+    result = forget(engine, clients=[3], method=method, progress=False)
+    assert len(calls) == 1
+    assert builds == []  # twins are forks: no engine is built from the config again
+    assert trains.count(0) == 1 + (method == "retrain")  # Retrain's fork starts at round 0 once (twice when it is the method)
+    cost = result.cost["unlearn"]
+    assert cost.flops > 0 and cost.seconds > 0

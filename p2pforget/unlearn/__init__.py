@@ -1,5 +1,5 @@
-"""Unlearning: forget requests, the :class:`Unlearner` interface, and :func:`forget`, which runs a
-method next to the Retrain reference and measures both.
+"""Unlearning: forget requests, the :class:`Unlearner` interface, and :func:`forget`
+(:mod:`.pipeline`), which runs a method once next to the Retrain reference and measures both.
 
 One method per module, each registered in :data:`~p2pforget.registry.METHODS` with its options
 dataclass (the keys of ``[unlearn.<method>]``): :mod:`.certified` (decentralized Newton/Fisher with
@@ -21,17 +21,13 @@ Example
 """
 from __future__ import annotations
 
-import dataclasses
-import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable, Protocol
 
 import numpy as np
 import torch
-from torch.utils.flop_counter import FlopCounterMode
 
-from .. import config as config_mod, metrics
-from ..registry import METHODS
+from ..flops import measured
 
 if TYPE_CHECKING:
     from ..engine import Engine
@@ -128,7 +124,6 @@ class Outcome:
     release: Callable[..., tuple[torch.Tensor, dict[str, Any] | None]]
     comm_bytes: float
     extra_flops: float = 0.0  # work the FLOP counter cannot see (dense solves)
-    counted_flops: float | None = None  # set by a method that counts its own FLOPs: it is not run again
     rounds: int = 1
 
     @classmethod
@@ -275,244 +270,5 @@ class ForgetResult:
     status: dict[str, Any] = field(default_factory=lambda: {"status": "ok", "flagged": False})  # see .stopping
 
 
-def measured(fn):
-    """Run ``fn()`` and return ``(result, seconds, flops)``."""
-    # The FLOP counter imports torch._dynamo on its first use (about two seconds): import it before
-    # the clock starts, so that whichever method is measured first is not charged for it.
-    import torch._dynamo  # noqa: F401
-
-    start = time.perf_counter()
-    with FlopCounterMode(display=False) as counter:
-        result = fn()
-    return result, time.perf_counter() - start, float(counter.get_total_flops())
-
-
-def _starting_point(engine: "Engine") -> dict[str, Any]:
-    """What :func:`_flops_from` needs to start a method again where it started: the engine's
-    state (on every process) and its exclusions."""
-    return {"state": engine.transport.bcast_object(engine.state()), "retained": engine.retained.copy(),
-            "members": engine.members.copy()}
-
-
-def _flops_from(engine: "Engine", before: dict[str, Any], method: "Unlearner", request: ForgetRequest, opts) -> float:
-    """The FLOPs of ``method`` on ``request``, counted by running it again from ``before`` on a
-    copy of ``engine``, without the FA trace (its work is not the method's) and less the
-    measurement work the method reports in ``request.excluded``. The timed run goes without the
-    counter, which slows small operations down several times (Retrain is timed without it too)."""
-    twin = type(engine)(config=engine.config, transport=engine.transport, aggregator=engine.aggregator)
-    twin.exclude(samples={j: np.flatnonzero(~before["retained"][j]) for j in range(engine.n_clients)},
-                 removed=np.flatnonzero(~before["members"]).tolist())
-    twin.load_state(before["state"])
-    quiet = dataclasses.replace(request, observe=None, excluded={"seconds": 0.0, "flops": 0.0}, progress=False,
-                                monitor=None if request.monitor is None else request.monitor.fresh())
-    _, _, flops = measured(lambda: _run_method(method, twin, quiet, opts))
-    return flops - quiet.excluded["flops"]
-
-
-def _run_method(method: "Unlearner", engine: "Engine", request: ForgetRequest, opts) -> Outcome:
-    """The method on the request, its monitor (stopping rule and guard) started first: the
-    guard's look at the starting models is the method's work too."""
-    if request.monitor is not None:
-        request.monitor.begin(engine.params)
-    return method.unlearn(engine, request, opts)
-
-
-def _observer(engine: "Engine", sets: metrics.EvalSets, nodes: np.ndarray, trace: list[float], spent: dict[str, float],
-              *, optimum: np.ndarray | None = None, distances: list[float] | None = None):
-    """``observe(params)``: FA of ``params`` appended to ``trace`` (and, with ``optimum``, the largest
-    distance over ``nodes`` to it appended to ``distances`` at the root); its seconds and FLOPs are
-    added to ``spent`` so that they can be taken out of the cost."""
-    def observe(params: torch.Tensor) -> None:
-        start = time.perf_counter()
-        with FlopCounterMode(display=False) as counter:
-            fa = metrics.forget_accuracy(engine, params, sets, nodes=nodes)
-            if distances is not None:
-                full = engine.gather_params(params)
-                if full is not None:
-                    distances.append(float(np.linalg.norm(full[nodes] - optimum, axis=1).max()))
-        spent["seconds"] += time.perf_counter() - start
-        spent["flops"] += float(counter.get_total_flops())
-        spent["calls"] = spent.get("calls", 0) + 1
-        if fa is not None:
-            trace.append(fa)
-    return observe
-
-
-def _remaining_optimum(engine: "Engine") -> np.ndarray | None:
-    """At the root, the optimum of the remaining objective for a strongly convex model small enough
-    for a dense Newton solve (see :func:`.certified.remaining_optimum`); ``None`` otherwise."""
-    from .certified import remaining_optimum
-
-    if not engine.transport.is_root:
-        return None
-    return remaining_optimum(engine, np.zeros(engine.dim))  # from a start no method chose
-
-
-def _prepare(engine: "Engine", *, clients, samples, method, mode, options):
-    name = method or engine.config.unlearn.method
-    entry = METHODS.entry(name)
-    cfg = engine.config
-    if options:
-        cfg = config_mod.replace(cfg, unlearn={name: options})
-    opts = cfg.unlearn.options(name)
-    mode = mode or cfg.unlearn.mode
-    if mode not in ("remove", "keep_relay"):
-        raise config_mod.ConfigError(f"unlearn.mode = {mode!r} is not valid; choose one of: remove, keep_relay")
-    request = ForgetRequest.build(engine, clients=clients, samples=samples, mode=mode)
-    method_obj = entry.obj()
-    if hasattr(method_obj, "check"):
-        method_obj.check(engine, request, opts)
-    return name, entry, opts, mode, request
-
-
-def check_request(engine: "Engine", *, clients=(), samples: dict | None = None, method: str | None = None,
-                  mode: str | None = None, **options) -> None:
-    """Raise ``ValueError`` naming the problem if :func:`forget` with these arguments would fail on
-    the request or the method's options (clients that do not exist, sample indices out of range,
-    options the data rule out), before any work is done. Changes nothing."""
-    _prepare(engine, clients=clients, samples=samples, method=method, mode=mode, options=options)
-
-
-def forget(engine: "Engine", *, clients=(), samples: dict | None = None, method: str | None = None,
-           mode: str | None = None, reference: bool = True, progress: bool = True,
-           stopping: "config_mod.StoppingConfig | None" = None, **options) -> ForgetResult:
-    """Forget ``clients`` and/or ``samples`` (client id -> indices) with ``method`` (default
-    ``unlearn.method``; ``options`` override keys of its ``[unlearn.<method>]`` table), and train
-    the Retrain reference next to it (unless ``reference=False``). ``stopping`` (default
-    ``[stopping]`` of the config) is the stopping rule and collapse guard (:mod:`.stopping`); the
-    result's ``status`` says how the method ended.
-
-    Afterwards ``engine`` trains without the forgotten data, from the noiseless unlearned models
-    (each node's private state; the released, noised models are in the result) or, with a
-    method's ``finetune_rounds``, from the fine-tuned released models. Metrics are computed on the
-    released models of the nodes still in the graph.
-    """
-    from .retrain import retrain
-
-    name, entry, opts, mode, request = _prepare(engine, clients=clients, samples=samples, method=method, mode=mode,
-                                                options=options)
-    forgotten_mask = np.zeros_like(engine.retained)
-    for j, idx in request.samples.items():
-        forgotten_mask[j, idx] = True
-    retained_after = engine.retained & ~forgotten_mask
-    members_after = engine.members.copy()
-    members_after[list(request.removed)] = False
-    nodes = np.flatnonzero(members_after)
-    sets = metrics.EvalSets.from_masks(engine, forgotten_mask, retained_after & members_after[:, None])
-    trace: list[float] = []
-    spent = request.excluded
-    from .stopping import Monitor
-
-    # Retrain is the reference: it runs as configured, unguarded and unstopped.
-    monitor = None if name == "retrain" else Monitor.build(engine, stopping or engine.config.stopping,
-                                                           forgotten=request.samples, nodes=nodes)
-    request = dataclasses.replace(request, observe=_observer(engine, sets, nodes, trace, spent), progress=progress,
-                                  monitor=monitor)
-
-    trained = engine.params.clone()
-    rounds = engine.round
-    before = _starting_point(engine)
-    import torch._dynamo  # noqa: F401  (imported on first use of torch.func: not the method's time)
-
-    start = time.perf_counter()
-    outcome = _run_method(entry.obj(), engine, request, opts)
-    if monitor is not None and monitor.roll_back:
-        # The guard saw the models collapse: they go back to the last check that passed.
-        outcome = Outcome.plain(monitor.last_good.clone(), comm_bytes=outcome.comm_bytes, rounds=outcome.rounds)
-        engine.set_params(outcome.noiseless)
-    seconds = time.perf_counter() - start
-    flops = (outcome.counted_flops if outcome.counted_flops is not None
-             else _flops_from(engine, before, entry.obj(), request, opts))
-    cost = Cost(seconds=seconds - spent["seconds"], flops=flops + outcome.extra_flops, comm_bytes=outcome.comm_bytes)
-    retrain_trace: list[float] = []
-    r_spent = {"seconds": 0.0, "flops": 0.0}
-    fresh = None
-    # The remaining optimum (convex models, simulator's global knowledge), traced along Retrain.
-    optimum = _remaining_optimum(engine) if reference else None
-    traced = engine.transport.bcast_object(optimum is not None)  # every rank takes part in the trace's gathers
-    retrain_distances: list[float] | None = [] if traced else None
-    if reference:
-        fresh, r_cost = retrain(engine, rounds=rounds, progress=progress,
-                                observe=_observer(engine, sets, nodes, retrain_trace, r_spent, optimum=optimum,
-                                                  distances=retrain_distances))
-        r_cost.seconds -= r_spent["seconds"]  # the FA trace is left out of both sides' cost alike
-    released, certificate = outcome.release()
-    # Nodes continue from their noiseless models and publish noised ones, so that later requests
-    # start from the exact correction (sequential deletion as in Sekhari et al. 2021) ...
-    engine.set_params(outcome.noiseless)
-    finetune = getattr(opts, "finetune_rounds", 0)
-    if finetune:
-        # ... unless they fine-tune: training the published models on the remaining data is
-        # post-processing that never touches the forgotten data, so a certificate still holds.
-        engine.set_params(released)
-        eval_seconds, start = engine.eval_seconds, engine.round
-        _, seconds, flops = measured(lambda: engine.train(finetune, progress=False, desc="fine-tune"))
-        cost.seconds += seconds - (engine.eval_seconds - eval_seconds)
-        cost.flops += flops - evaluated_rounds(engine, start, finetune) * evaluation_flops(engine)
-        cost.comm_bytes += float(sum(engine.metrics["bytes_sent"][rounds:])) if engine.transport.is_root else 0.0
-        released = engine.params.clone()
-    status = {"status": "ok", "flagged": False}
-    if monitor is not None:
-        # The guard's last look, at what is released, is the method's work too.
-        status, seconds, flops = measured(lambda: monitor.final(released))
-        cost.seconds += seconds
-        cost.flops += flops
-    cost = {"unlearn": cost}
-
-    evaluated = {"trained": metrics.evaluate(engine, trained, sets, nodes=nodes),
-                 "unlearned": metrics.evaluate(engine, released, sets, nodes=nodes)}
-    if not spent.get("calls"):  # a one-shot method: its trace is the released models' FA (every rank takes part)
-        fa = metrics.forget_accuracy(engine, released, sets, nodes=nodes)
-        trace = [fa] if fa is not None else []
-    local = {"trained": trained, "unlearned_noiseless": outcome.noiseless, "unlearned": released}
-    if reference:
-        cost["retrain"] = r_cost
-        local["retrained"] = fresh.params
-        evaluated["retrained"] = metrics.evaluate(engine, fresh.params, sets, nodes=nodes)
-
-    gathered = {k: engine.gather_params(v) for k, v in local.items()}
-    result = ForgetResult(method=name, forgotten={j: v.tolist() for j, v in request.samples.items()},
-                          mode=mode, certificate=certificate, cost=cost, status=status)
-    if engine.transport.is_root:
-        # A node that left the graph releases nothing: its row of the released models is NaN.
-        gathered["unlearned"] = np.where(members_after[:, None], gathered["unlearned"], np.nan)
-        result.params = gathered
-        result.metrics = evaluated
-        fa_trained = evaluated["trained"]["FA"]["mean"] if evaluated["trained"]["FA"] else None
-        result.traces = {"unlearned": [float(v) for v in trace if v is not None]}
-        if reference:
-            result.traces["retrained"] = [float(v) for v in retrain_trace if v is not None]
-            ref = gathered["retrained"]
-            base = metrics.distance(gathered["trained"], ref, nodes)
-            target = evaluated["retrained"]["FA"]["mean"] if evaluated["retrained"]["FA"] else None
-            for key in ("unlearned", "retrained"):
-                evaluated[key].update(metrics.time_to_forget(result.traces[key], target=target, start=fa_trained))
-            if optimum is not None:
-                # The honest reference for a convex model: the remaining optimum itself, which
-                # Retrain only approaches.
-                for key in ("trained", "unlearned_noiseless", "unlearned", "retrained"):
-                    dist = float(np.linalg.norm(gathered[key][nodes] - optimum, axis=1).max())
-                    evaluated["unlearned" if key == "unlearned_noiseless" else key][
-                        "distance_to_remaining_optimum" + ("_noiseless" if key == "unlearned_noiseless" else "")] = dist
-                # Retrain at equal quality: the rounds (and their share of its seconds) until its
-                # models are as close to the optimum as the unlearned noiseless ones.
-                target = evaluated["unlearned"]["distance_to_remaining_optimum_noiseless"]
-                hit = next((k + 1 for k, d in enumerate(retrain_distances) if d <= target), None)
-                evaluated["retrained"]["equal_quality_rounds"] = hit
-                evaluated["retrained"]["equal_quality_seconds"] = (r_cost.seconds * hit / rounds
-                                                                   if hit is not None and rounds else None)
-            for key in evaluated:
-                # noiseless against noiseless: the release's noise is not an unlearning error
-                d = metrics.distance(gathered["unlearned_noiseless" if key == "unlearned" else key], ref, nodes)
-                evaluated[key]["distance_to_retrain"] = d
-                evaluated[key]["relative_distance_to_retrain"] = d / base if base > 0 else 0.0
-        if engine.config.audit.after_forget and engine.data.x_holdout is not None:
-            from ..audit import audit
-
-            result.audit = audit(engine, forgotten=request.samples, nodes=nodes, options=engine.config.audit,
-                                 seed=engine.seed, models={k: gathered[k] for k in ("trained", "unlearned", "retrained")
-                                                           if k in gathered})
-    return result
-
-
+from .pipeline import check_request, forget  # noqa: E402
 from . import certified, retrain, foul, finetune, gradient_ascent, negation, ease, sfron, random_label, salun, stopping  # noqa: E402,F401  (register methods)
