@@ -12,10 +12,8 @@ Retrain's, per seed and on average, and EASE's FLOPs over Retrain's.
 from __future__ import annotations
 
 import argparse
-import multiprocessing as mp
 import os
 import sys
-import time
 from pathlib import Path
 
 
@@ -35,24 +33,17 @@ def one_cell(args: tuple[str, int, str, tuple[tuple[str, float], ...], str]) -> 
 
     torch.set_num_threads(1)
     warnings.filterwarnings("ignore", message="There is a performance drop")
-    from p2pforget import Engine, forget
+    from p2pforget import Engine
 
     cfg = ease_table.experiment_config(seed, kind, checkpoint)
     engine = Engine(config=cfg)
     engine.train(cfg.run.rounds, progress=False)
-    state = engine.state()
-    samples = ease_table.forget_request(engine)
-    out: dict = {"topology": kind, "seed": seed, "variant": {}}
-    value = lambda m: {k: m[k]["mean"] if k != "MIA" else m[k] for k in KEYS}  # noqa: E731
-    for i, (excision, lr) in enumerate(variants):
-        e = Engine(config=cfg)
-        e.load_state(state)
-        result = forget(e, samples=samples, method="ease", reference=(i == 0), progress=False,
-                        **(ease_table.METHODS["ease"][1] | {"lr": lr, "partners": partners, "excision": excision}))
-        out["variant"][f"{excision} {lr}"] = value(result.metrics["unlearned"]) | {"flops": result.cost["unlearn"].flops}
-        if i == 0:
-            out["retrain"] = value(result.metrics["retrained"]) | {"flops": result.cost["retrain"].flops}
-            out["trained"] = value(result.metrics["trained"])
+    settings = {f"{excision} {lr}": ease_table.METHODS["ease"][1] | {"lr": lr, "partners": partners, "excision": excision}
+                for excision, lr in variants}
+    flops = lambda result, side: {"flops": result.cost[side].flops}  # noqa: E731
+    out = calibration.sweep(engine, settings, method="ease", request={"samples": ease_table.forget_request(engine)},
+                            keys=KEYS, extra=flops)
+    out |= {"topology": kind, "seed": seed}
     return out
 
 
@@ -67,20 +58,13 @@ def main() -> int:
     p.add_argument("--pretrain-steps", type=int, default=800)
     args = p.parse_args()
     variants = tuple((e, float(lr)) for e in args.excision.split(",") for lr in args.lrs.split(","))
-    start = time.perf_counter()
     checkpoint = ease_table.ROOT / "runs" / "ease_calibrate_backbone.pt"
     checkpoint.parent.mkdir(exist_ok=True)
     ease_table.pretrain(checkpoint, steps=args.pretrain_steps)
     jobs = [(k, int(s), str(checkpoint), variants, args.partners) for k in args.topologies.split(",") for s in args.seeds.split(",")]
-    with mp.get_context("spawn").Pool(args.jobs) as pool:
-        cells = pool.map(one_cell, jobs, chunksize=1)
-    print(f"{len(cells)} cells in {(time.perf_counter() - start) / 60:.1f} min")
-    for kind in args.topologies.split(","):
-        mine = [c for c in cells if c["topology"] == kind]
-        print(f"\n{kind}: trained FA - Retrain's per seed: "
-              + ", ".join(f"{c['trained']['FA'] - c['retrain']['FA']:+.1f}" for c in mine))
-        print(calibration.differences(mine, field="variant", names=[f"{e} {lr}" for e, lr in variants], keys=KEYS,
-                                      ratio="flops"))
+    cells = calibration.run_cells(one_cell, jobs, processes=args.jobs)
+    print(calibration.per_topology(cells, args.topologies.split(","), names=[f"{e} {lr}" for e, lr in variants], keys=KEYS,
+                                   ratio="flops"))
     return 0
 
 

@@ -30,12 +30,16 @@ import argparse
 import json
 import multiprocessing as mp
 import os
+import sys
 import time
 from pathlib import Path
 
 import numpy as np
 
 from p2pforget.report import mean_std
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import calibration  # noqa: E402  (the benchmarks' shared sweep, verdicts and plots)
 
 ROOT = Path(__file__).resolve().parents[1]
 ROUNDS, DRIFT = 30, 20
@@ -228,32 +232,16 @@ def checks(cells: list[dict], kind: str, seeds: list[int]) -> list[str]:
         (f"after {DRIFT} more rounds, forget R@1 - Retrain's: {drift_lock:+.2f} with the lock, {drift_free:+.2f} without",
          abs(drift_lock) <= abs(drift_free)),
     ]
-    return [f"- {'holds' if ok else 'FAILS'}: {text}" for text, ok in out]
+    return calibration.verdicts(out)
 
 
 def plot(cells: list[dict], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    kinds = sorted({c["topology"] for c in cells}, key=["star", "ring"].index)
-    fig, axes = plt.subplots(1, len(kinds), figsize=(5.5 * len(kinds), 4), squeeze=False)
-    for ax, kind in zip(axes[0], kinds):
+    def draw(ax, mine: list[dict]) -> None:
         for name, label in (("ease", "EASE with Forget Lock"), ("ease_no_lock", "EASE without lock"), ("retrain", "Retrain")):
-            curve = np.array([c["drift"][name] for c in cells if c["topology"] == kind])
-            x = np.arange(curve.shape[1])
-            ax.plot(x, curve.mean(0), label=label)
-            ax.fill_between(x, curve.min(0), curve.max(0), alpha=0.15)
-        ax.set_title(f"{kind}: forget R@1 during continued training")
-        ax.set_xlabel("federated rounds after the request")
-        ax.set_ylabel("forget R@1 (%)")
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+            calibration.band(ax, [c["drift"][name] for c in mine], label=label)
+
+    calibration.plot_per_topology(cells, path, draw, title="forget R@1 during continued training",
+                                  xlabel="federated rounds after the request", ylabel="forget R@1 (%)")
 
 
 def seed_list(text: str) -> list[int]:

@@ -35,24 +35,16 @@ def one_seed(args: tuple[int, tuple[tuple[float, int], ...]]) -> dict:
     import torch
 
     torch.set_num_threads(1)
-    from p2pforget import Engine, config, forget
+    from p2pforget import Engine, config
 
     cfg = config.loads(resources.files("p2pforget").joinpath("configs/foul_pacs.toml").read_text())
     cfg = config.replace(cfg, run={"seed": seed, "eval_every": 0})
     engine = Engine(config=cfg)
     engine.train(cfg.run.rounds, progress=False)
-    state = engine.state()
-    clients = list(cfg.unlearn.clients)
-    out: dict = {"seed": seed, "kappa": {}}
-    for i, (kappa, rounds) in enumerate(grid):
-        e = Engine(config=cfg)
-        e.load_state(state)
-        result = forget(e, clients=clients, method="foul", reference=(i == 0), progress=False, kappa=kappa, rounds=rounds)
-        m = result.metrics["unlearned"]
-        out["kappa"][f"{kappa:g}:{rounds}"] = {"trace": result.traces["unlearned"]} | {k: m[k]["mean"] for k in KEYS}
-        if i == 0:
-            out["retrain"] = {k: result.metrics["retrained"][k]["mean"] for k in KEYS}
-            out["trained"] = {k: result.metrics["trained"][k]["mean"] for k in KEYS}
+    trace = lambda result, side: {"trace": result.traces["unlearned"]} if side == "unlearn" else {}  # noqa: E731
+    out = calibration.sweep(engine, {f"{kappa:g}:{rounds}": {"kappa": kappa, "rounds": rounds} for kappa, rounds in grid},
+                            method="foul", request={"clients": list(cfg.unlearn.clients)}, keys=KEYS, extra=trace)
+    out |= {"seed": seed}
     return out
 
 
@@ -72,12 +64,12 @@ def main() -> int:
     if args.json:
         Path(args.json).write_text(json.dumps({"cells": cells, "wall_seconds": wall}, indent=1))
     print(f"{len(cells)} seeds in {wall / 60:.1f} min")
-    print(calibration.differences(cells, field="kappa", names=names, keys=KEYS))
+    print(calibration.differences(cells, field="variant", names=names, keys=KEYS))
     for c in cells:
         print(f"seed {c['seed']}: trained FA {c['trained']['FA']:.1f} (held-out {c['trained']['FA_heldout']:.1f}), "
               f"Retrain FA {c['retrain']['FA']:.1f} (held-out {c['retrain']['FA_heldout']:.1f})")
         for k in names:
-            print(f"  {k}: " + " ".join(f"{x:.0f}" for x in c["kappa"][k]["trace"]))
+            print(f"  {k}: " + " ".join(f"{x:.0f}" for x in c["variant"][k]["trace"]))
     return 0
 
 

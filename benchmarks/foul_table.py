@@ -25,6 +25,9 @@ import numpy as np
 
 from p2pforget.report import mean_std
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import calibration  # noqa: E402  (the benchmarks' shared sweep, verdicts and plots)
+
 ROOT = Path(__file__).resolve().parents[1]
 # row name -> (registered method, overrides of its [unlearn.<method>] table in foul_pacs.toml)
 METHODS = {"foul": ("foul", {}),
@@ -138,34 +141,16 @@ def checks(cells: list[dict]) -> list[str]:
         (f"Comm / Comm_Retrain = {f('comm_MB') / r('comm_MB'):.3f} <= 0.5", f("comm_MB") <= 0.5 * r("comm_MB")),
         (f"FLOPs / FLOPs_Retrain = {f('GFLOPs') / r('GFLOPs'):.3f} < 1", f("GFLOPs") < r("GFLOPs")),
     ]
-    return [f"- {'holds' if ok else 'FAILS'}: {text}" for text, ok in out]
+    return calibration.verdicts(out)
 
 
 def plot(cells: list[dict], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    kinds = sorted({c["topology"] for c in cells}, key=["star", "ring"].index)
-    fig, axes = plt.subplots(1, len(kinds), figsize=(5.5 * len(kinds), 4), squeeze=False)
-    for ax, kind in zip(axes[0], kinds):
+    def draw(ax, mine: list[dict]) -> None:
         for name in ("retrain", *METHODS):
-            runs = [c["traces"][name] for c in cells if c["topology"] == kind]
-            n = min(len(t) for t in runs)
-            curve = np.array([t[:n] for t in runs])
-            x = np.arange(1, n + 1)
-            ax.plot(x, curve.mean(0), marker="." if n < 5 else None, label=LABELS[name])
-            ax.fill_between(x, curve.min(0), curve.max(0), alpha=0.15)
-        ax.set_title(f"{kind}: FA on the forgotten clients' data")
-        ax.set_xlabel("round of unlearning (Retrain: of training)")
-        ax.set_ylabel("FA (%)")
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+            calibration.band(ax, [c["traces"][name] for c in mine], label=LABELS[name], start=1)
+
+    calibration.plot_per_topology(cells, path, draw, title="FA on the forgotten clients' data",
+                                  xlabel="round of unlearning (Retrain: of training)", ylabel="FA (%)")
 
 
 def main() -> int:

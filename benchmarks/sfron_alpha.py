@@ -11,10 +11,8 @@ SFR-on's seconds over Retrain's (evaluation excluded from both).
 from __future__ import annotations
 
 import argparse
-import multiprocessing as mp
 import os
 import sys
-import time
 from pathlib import Path
 
 
@@ -31,24 +29,16 @@ def one_cell(args: tuple[str, int, tuple[float, ...]]) -> dict:
     import torch
 
     torch.set_num_threads(1)
-    from p2pforget import Engine, config, forget
+    from p2pforget import Engine, config
 
     cfg = config.loads((ROOT / "examples" / "compare_digits.toml").read_text())
     cfg = config.replace(cfg, run={"seed": seed, "eval_every": 0}, topology={"kind": kind})
     engine = Engine(config=cfg)
     engine.train(cfg.run.rounds, progress=False)
-    state = engine.state()
-    out: dict = {"topology": kind, "seed": seed, "alpha": {}}
-    for i, alpha in enumerate(alphas):
-        e = Engine(config=cfg)
-        e.load_state(state)
-        result = forget(e, clients=list(cfg.unlearn.clients), method="sfron", reference=(i == 0), progress=False,
-                        alpha=alpha)
-        value = lambda m: {k: m[k]["mean"] if k != "MIA" else m[k] for k in KEYS}  # noqa: E731
-        out["alpha"][str(alpha)] = value(result.metrics["unlearned"]) | {"seconds": result.cost["unlearn"].seconds}
-        if i == 0:
-            out["retrain"] = value(result.metrics["retrained"]) | {"seconds": result.cost["retrain"].seconds}
-            out["trained"] = value(result.metrics["trained"])
+    seconds = lambda result, side: {"seconds": result.cost[side].seconds}  # noqa: E731
+    out = calibration.sweep(engine, {str(a): {"alpha": a} for a in alphas}, method="sfron",
+                            request={"clients": list(cfg.unlearn.clients)}, keys=KEYS, extra=seconds)
+    out |= {"topology": kind, "seed": seed}
     return out
 
 
@@ -61,15 +51,9 @@ def main() -> int:
     args = p.parse_args()
     alphas = tuple(float(a) for a in args.alphas.split(","))
     jobs = [(k, int(s), alphas) for k in args.topologies.split(",") for s in args.seeds.split(",")]
-    start = time.perf_counter()
-    with mp.get_context("spawn").Pool(args.jobs) as pool:
-        cells = pool.map(one_cell, jobs, chunksize=1)
-    print(f"{len(cells)} cells in {(time.perf_counter() - start) / 60:.1f} min")
-    for kind in args.topologies.split(","):
-        mine = [c for c in cells if c["topology"] == kind]
-        print(f"\n{kind}: trained FA - Retrain's per seed: "
-              + ", ".join(f"{c['trained']['FA'] - c['retrain']['FA']:+.1f}" for c in mine))
-        print(calibration.differences(mine, field="alpha", names=[str(a) for a in alphas], keys=KEYS, ratio="seconds"))
+
+    cells = calibration.run_cells(one_cell, jobs, processes=args.jobs)
+    print(calibration.per_topology(cells, args.topologies.split(","), names=[str(a) for a in alphas], keys=KEYS, ratio="seconds"))
     return 0
 
 

@@ -113,11 +113,14 @@ def run_group(cfg: Config, grid: Grid, topology: str, seed: int, *, out: Path, t
     done = transport.bcast_object(_complete(run_dir) if transport.is_root else None)
     if done != "complete":
         experiment.run(kind_cfg, out=run_dir, resume=done == "partial", progress=progress, transport=transport)
+    trained = None
     for method in grid.methods:
         path = _cell_file(out, topology, method, seed)
         if transport.bcast_object(path.exists() if transport.is_root else None):
             continue
-        engine, _ = experiment.load_run(run_dir, transport=transport)
+        if trained is None:
+            trained, _ = experiment.load_run(run_dir, transport=transport)
+        engine = trained.fork()  # every method from the same trained state, read from disk once
         trained_ta = engine.metrics["test_acc_mean"][-1] if transport.is_root else None
         result = forget(engine, clients=clients, samples=samples, method=method, reference=False, progress=False)
         if transport.is_root:

@@ -41,7 +41,7 @@ def test_guide_examples_run(page, tmp_path, monkeypatch):
 @pytest.mark.slow
 def test_the_studys_command_runs_on_one_topology_and_seed(tmp_path, monkeypatch):
     """docs/guide/compare.md's grid command (reproduced in full by benchmarks/compare_guide.py),
-    cut to one topology, one seed and two rounds."""
+    cut to one topology, one seed, two rounds and 8 clients."""
     page = (ROOT / "docs" / "guide" / "compare.md").read_text()
     command = re.search(r"```bash\n(p2pforget compare .*?)\n```", page, flags=re.S).group(1)
     args = shlex.split(command)[1:]
@@ -50,7 +50,7 @@ def test_the_studys_command_runs_on_one_topology_and_seed(tmp_path, monkeypatch)
     args[args.index("--out") + 1] = str(tmp_path / "grid")
     monkeypatch.chdir(tmp_path)
     (tmp_path / "examples").symlink_to(ROOT / "examples")
-    assert main(args + ["--set", "run.rounds=2"]) == 0
+    assert main(args + ["--set", "run.rounds=2", "--set", "topology.n_clients=8"]) == 0
     methods = args[args.index("--methods") + 1].split(",")
     assert len(methods) >= 4
     assert (tmp_path / "grid" / "compare.csv").read_text().count("\n") == 1 + len(methods)

@@ -15,7 +15,7 @@ nodes leave afterwards (``remove``).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Sequence
+from typing import TYPE_CHECKING, Callable, Sequence
 
 import numpy as np
 import torch
@@ -73,6 +73,28 @@ def relabel_steps(engine: "Engine", params: torch.Tensor, batch: dict[str, torch
     return params
 
 
+def relabel_rounds(engine: "Engine", request: ForgetRequest, options: RandomLabelOptions, *, key: int,
+                   mask: Callable[[dict[str, torch.Tensor]], torch.Tensor] | None = None) -> Outcome:
+    """Random-label fine-tuning of the request (see the module docstring) in ``options.rounds``
+    rounds, batches keyed by ``key``. ``mask(forget_batch)``, computed before anything changes,
+    gives ``[n_local, d]`` weights in [0, 1] on each node's change in a round (SalUn's saliency
+    mask: 0 freezes a weight); without it every weight moves."""
+    lr = options.lr or engine.config.train.lr
+    plain = forget_batch(engine, request.samples)
+    batch = relabelled(engine, request, plain)
+    keep = None if mask is None else mask(plain)
+    weights = engine.sample_counts.copy()  # before the exclusion: the forgotten nodes' steps count
+    engine.exclude(samples=request.samples)
+
+    def relabel(params: torch.Tensor, local: torch.Tensor, r: int) -> torch.Tensor:
+        moved = local + relabel_steps(engine, params, batch, lr=lr, steps=options.forget_steps) - params
+        return moved if keep is None else params + keep * (moved - params)
+
+    comm = rounds_with_local_change(engine, options.rounds, request, relabel, weights=weights, key=key)
+    engine.exclude(removed=request.removed)
+    return Outcome.plain(engine.params.clone(), comm_bytes=comm, rounds=options.rounds)
+
+
 @METHODS.register("random_label", options=RandomLabelOptions,
                   help="fine-tune with random labels on the forgotten samples and true labels on the rest")
 class RandomLabel:
@@ -82,14 +104,4 @@ class RandomLabel:
         require_classifier(engine, "random_label")
 
     def unlearn(self, engine: "Engine", request: ForgetRequest, options: RandomLabelOptions) -> Outcome:
-        lr = options.lr or engine.config.train.lr
-        batch = relabelled(engine, request, forget_batch(engine, request.samples))
-        weights = engine.sample_counts.copy()  # before the exclusion: the forgotten nodes' steps count
-        engine.exclude(samples=request.samples)
-
-        def relabel(params: torch.Tensor, local: torch.Tensor, r: int) -> torch.Tensor:
-            return local + relabel_steps(engine, params, batch, lr=lr, steps=options.forget_steps) - params
-
-        comm = rounds_with_local_change(engine, options.rounds, request, relabel, weights=weights, key=40_000_000)
-        engine.exclude(removed=request.removed)
-        return Outcome.plain(engine.params.clone(), comm_bytes=comm, rounds=options.rounds)
+        return relabel_rounds(engine, request, options, key=40_000_000)

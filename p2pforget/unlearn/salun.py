@@ -23,20 +23,18 @@ from torch.func import grad
 
 from ..config import bounded
 from ..registry import METHODS
-from . import ForgetRequest, Outcome, forget_batch, require_classifier, rounds_with_local_change
-from .random_label import relabel_steps, relabelled
+from . import ForgetRequest, Outcome, require_classifier
+from .random_label import RandomLabelOptions, relabel_rounds
 
 if TYPE_CHECKING:
     from ..engine import Engine
 
 
 @dataclass(frozen=True)
-class SalUnOptions:
-    """Keys of ``[unlearn.salun]``; ``lr = 0`` uses ``train.lr``."""
+class SalUnOptions(RandomLabelOptions):
+    """Keys of ``[unlearn.salun]``: random-label's, and the share of weights it may change;
+    ``lr = 0`` uses ``train.lr``."""
 
-    rounds: int = bounded(5, 1)
-    forget_steps: int = bounded(1, 1)
-    lr: float = bounded(0.0, 0.0)
     fraction: float = bounded(0.5, 0.0, 1.0)  # share of the weights kept trainable
 
 
@@ -60,20 +58,10 @@ class SalUn:
         require_classifier(engine, "salun")
 
     def unlearn(self, engine: "Engine", request: ForgetRequest, options: SalUnOptions) -> Outcome:
-        lr = options.lr or engine.config.train.lr
-        plain = forget_batch(engine, request.samples)
-        batch = relabelled(engine, request, plain)
-        holders = plain["mask"].sum(dim=1) > 0
-        g = engine.per_client(grad(engine.task.data_loss), engine.params, plain)
-        # Rows without forgotten data keep every weight: they simply train.
-        mask = torch.where(holders[:, None], saliency_top(g, options.fraction), True).to(engine.dtype)
-        weights = engine.sample_counts.copy()  # before the exclusion: the forgotten nodes' steps count
-        engine.exclude(samples=request.samples)
+        def saliency(plain: dict[str, torch.Tensor]) -> torch.Tensor:
+            holders = plain["mask"].sum(dim=1) > 0
+            g = engine.per_client(grad(engine.task.data_loss), engine.params, plain)
+            # Rows without forgotten data keep every weight: they simply train.
+            return torch.where(holders[:, None], saliency_top(g, options.fraction), True).to(engine.dtype)
 
-        def relabel(params: torch.Tensor, local: torch.Tensor, r: int) -> torch.Tensor:
-            moved = local + relabel_steps(engine, params, batch, lr=lr, steps=options.forget_steps) - params
-            return params + mask * (moved - params)
-
-        comm = rounds_with_local_change(engine, options.rounds, request, relabel, weights=weights, key=50_000_000)
-        engine.exclude(removed=request.removed)
-        return Outcome.plain(engine.params.clone(), comm_bytes=comm, rounds=options.rounds)
+        return relabel_rounds(engine, request, options, key=50_000_000, mask=saliency)
