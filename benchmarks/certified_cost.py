@@ -13,10 +13,10 @@ CG_ABOVE_DIM parameters, matrix-free CG above). Features: Gaussian class cluster
 999 and 9,999 features (d = 100 ... 100,000), and sklearn's digits written as MNIST IDX files
 (28 x 28, d = 7,850).
 
-Costs are counted alike on both sides: FLOPs are torch's FlopCounterMode count of the work
-(matrix products: gradients, Hessian-vector products, dense solves) plus the gossip: one
-multiply-add (2 FLOPs) per number a node receives, for the certified sums and Retrain's mixing
-alike; the simulator's own checks (the certificate's evaluation, the distance traces) are left
+Costs are counted alike on both sides: FLOPs are p2pforget.flops's count of the work (matrix
+products: gradients, Hessian-vector products, dense solves; and the communication arithmetic:
+gossip mixing, 2 FLOPs per number a node receives, and the spanning tree's sums, 1), for the
+certified sums and Retrain's mixing alike; the simulator's own checks (the certificate's evaluation, the distance traces) are left
 out of both. The remaining optimum theta'* is solved independently (scipy trust-krylov + Newton-CG
 polish) on the inputs as trained on. "Equal distance": Retrain (the run's own DSGD, and gradient
 tracking, which converges to theta'* at a linear rate) trained from scratch until its largest
@@ -84,10 +84,6 @@ def _optimum(engine) -> np.ndarray:
                                     gtol=1e-12)
 
 
-def _gossip_flops(comm_bytes: float, itemsize: int) -> float:
-    return 2.0 * comm_bytes / itemsize
-
-
 def _retrain_until(engine, algorithm: str, optimum: np.ndarray, nodes: np.ndarray, target: float) -> dict:
     """Retrain with ``algorithm`` from scratch on what remains, until its largest distance to the
     optimum is at most ``target`` (or MAX_ROUNDS); costs of the rounds it needed."""
@@ -113,7 +109,7 @@ def _retrain_until(engine, algorithm: str, optimum: np.ndarray, nodes: np.ndarra
     rate = (np.log(distances[-1]) - np.log(distances[-1 - window])) / window
     estimate = None if hit or rate >= 0 else int(MAX_ROUNDS + np.log(target / distances[-1]) / rate)
     share = rounds / MAX_ROUNDS
-    flops = cost.flops * share + _gossip_flops(cost.comm_bytes * share, 4)
+    flops = cost.flops * share
     return {"algorithm": algorithm, "rounds": rounds, "reached": hit is not None, "final_distance": distances[rounds - 1],
             "estimated_rounds": estimate,
             "flops": flops, "bytes": cost.comm_bytes * share, "seconds": (cost.seconds - spent["seconds"]) * share}
@@ -131,8 +127,8 @@ def cell(data: dict, name: str) -> dict:
     noiseless = float(np.linalg.norm(r.params["unlearned_noiseless"][nodes].astype(np.float64) - optimum, axis=1).max())
     released = float(np.linalg.norm(r.params["unlearned"][nodes].astype(np.float64) - optimum, axis=1).max())
     u, ret = r.cost["unlearn"], r.cost["retrain"]
-    certified = {"flops": u.flops + _gossip_flops(u.comm_bytes, 8), "bytes": u.comm_bytes, "seconds": u.seconds}
-    equal_rounds = {"flops": ret.flops + _gossip_flops(ret.comm_bytes, 4), "bytes": ret.comm_bytes,
+    certified = {"flops": u.flops, "bytes": u.comm_bytes, "seconds": u.seconds}
+    equal_rounds = {"flops": ret.flops, "bytes": ret.comm_bytes,
                     "seconds": ret.seconds, "distance": float(np.linalg.norm(r.params["retrained"][nodes] - optimum,
                                                                              axis=1).max())}
     equal_distance = [_retrain_until(engine, a, optimum, nodes, released) for a in ("dsgd", "gradient_tracking")]

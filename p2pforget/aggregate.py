@@ -87,6 +87,21 @@ def _gossip_mix_flops(X, idx, weight, *args, out_val=None, **kwargs) -> int:
     return X.shape[1] * max(2 * entries - len(idx), 0)
 
 
+def row_sum(X: torch.Tensor) -> torch.Tensor:
+    """``sum_i x_i`` over the rows of ``X`` (for the FLOP counter: one add per number received)."""
+    return torch.ops.p2pforget.row_sum(X)
+
+
+@torch.library.custom_op("p2pforget::row_sum", mutates_args=())
+def _row_sum(X: torch.Tensor) -> torch.Tensor:
+    return X.sum(dim=0)
+
+
+@register_flop_formula(torch.ops.p2pforget.row_sum)
+def _row_sum_flops(x_shape, *args, out_shape=None, **kwargs) -> int:
+    return max(x_shape[0] - 1, 0) * x_shape[1]
+
+
 def weighted_average(X: torch.Tensor, weights: torch.Tensor | np.ndarray) -> torch.Tensor:
     """``sum_i w_i x_i / sum_i w_i`` over the rows of ``X`` (for the FLOP counter: a multiply and
     an add per number)."""

@@ -496,7 +496,7 @@ class Engine:
         itemsize = flat.element_size()
         if self.is_star or averaging == "tree":
             full = self.transport.gather(flat)
-            total = full[torch.as_tensor(nodes, device=full.device)].sum(dim=0) if self.transport.is_root else None
+            total = aggregate.row_sum(full[torch.as_tensor(nodes, device=full.device)]) if self.transport.is_root else None
             total = self.transport.broadcast(total, like=flat[0])
             messages = 2 * len(nodes) if self.is_star else 2 * (len(nodes) - 1)
             return total.expand_as(flat).reshape(rows.shape).clone(), float(messages * flat.shape[1] * itemsize), 1

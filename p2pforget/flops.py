@@ -1,8 +1,8 @@
 """Counting the work of a piece of code: seconds and FLOPs from one run.
 
-FLOPs are counted with the formulas of torch's FLOP counter: matrix products and convolutions, plus the formulas registered next to the operations it would not see: gossip
-mixing and the hub's weighted average (:mod:`p2pforget.aggregate`), two FLOPs per number
-received. Other elementwise arithmetic (activations, the optimizers' updates) is not counted, on
+FLOPs are counted with the formulas of torch's FLOP counter: matrix products and convolutions, plus the formulas registered next to the operations it would not see
+(:mod:`p2pforget.aggregate`): gossip mixing and the hub's weighted average, two FLOPs per number
+received (a multiply and an add), and the sums up a spanning tree, one. Other elementwise arithmetic (activations, the optimizers' updates) is not counted, on
 either side of a comparison.
 
 Example
