@@ -126,13 +126,12 @@ def evaluate(engine: "Engine", params: torch.Tensor, sets: EvalSets, *, nodes: n
     FA_heldout (the same on the forgotten clients' held-out split; ``None`` without one) and MIA
     (mean over ``nodes``) of the stacked local ``params``; the dict at the root, ``None`` elsewhere."""
     names = [n for n in EvalSets.NAMES if sets.size(n)]
-    scores, member = [], []
+    batches = [sets.batch(name, engine.dtype, engine.device) for name in names]
     with torch.no_grad():
-        for name in names:
-            batch = sets.batch(name, engine.dtype, engine.device)
-            judged = _per_row(lambda p: engine.task.judge(p, batch), params)
-            scores.append(torch.stack([j[0].double() for j in judged]))
-            member.append(torch.stack([j[1] for j in judged]))
+        # per distinct model, every set judged against one embedding of the shared gallery (CLIP)
+        judged = _per_row(lambda p: [engine.task.judge(p, b) for b in engine.task.with_gallery(p, batches)], params)
+    scores = [torch.stack([row[k][0].double() for row in judged]) for k in range(len(names))]
+    member = [torch.stack([row[k][1] for row in judged]) for k in range(len(names))]
     full = engine.transport.gather(torch.cat([torch.stack(scores, dim=1)] + member, dim=1))
     if full is None:
         return None

@@ -68,6 +68,16 @@ class Task:
             return self.model.call(flat, "score", batch)
         return (self.logits(flat, batch["x"]).argmax(-1) == batch["y"]).to(batch["x"].dtype).mean()
 
+    def with_gallery(self, flat: torch.Tensor, batches: list[Batch]) -> list[Batch]:
+        """``batches`` scored against a common gallery (``gallery_x``, the same in each), each given
+        the gallery's embeddings by the model ``flat`` once (a module with ``embed_gallery``);
+        otherwise as they are."""
+        first = next((b for b in batches if "gallery_x" in b), None)
+        if first is None or not hasattr(self.model.module, "embed_gallery"):
+            return batches
+        embedded = self.model.call(flat, "embed_gallery", first)
+        return [b | embedded if "gallery_x" in b else b for b in batches]
+
     def judge(self, flat: torch.Tensor, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
         """How a model does on a set of samples: its :meth:`score` on the set, and a per-sample
         membership score ``[m]`` (higher = looks more like training data): the module's own

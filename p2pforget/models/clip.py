@@ -221,6 +221,14 @@ class ContrastiveCLIP(nn.Module):
     def loss_terms(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         return {"infonce": infonce(self.similarities(batch), batch["mask"])}
 
+    def embed_gallery(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """The embeddings of the batch's gallery (``gallery_x``, ``gallery_tokens``), to be added to
+        every batch scored against it by the same model: several sets share one gallery, which is
+        then embedded once."""
+        tokens = batch["gallery_tokens"]
+        return {"gallery_image": self.embed_images(batch["gallery_x"]),
+                "gallery_text": self.embed_texts(tokens.reshape(tokens.shape[0] * tokens.shape[1], -1))}
+
     def judge(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         """:meth:`score` and :meth:`membership` of the batch's pairs, from one embedding of them."""
         score, image, text = self._retrieve(batch)
@@ -242,15 +250,21 @@ class ContrastiveCLIP(nn.Module):
         x, tokens = batch["x"], batch["tokens"]
         n, c = tokens.shape[0], tokens.shape[1]
         own = torch.ones(n, n, dtype=torch.bool, device=x.device)
-        if "gallery_x" in batch:
-            x, tokens = torch.cat([x, batch["gallery_x"]]), torch.cat([tokens, batch["gallery_tokens"]])
+        if "gallery_image" in batch:  # the gallery embedded once for this model (embed_gallery)
+            image = torch.cat([self.embed_images(x), batch["gallery_image"]])
+            text = torch.cat([self.embed_texts(tokens.reshape(n * c, -1)), batch["gallery_text"]])
+            tokens = torch.cat([tokens, batch["gallery_tokens"]])
             own = torch.eye(n, dtype=torch.bool, device=x.device)
-        total = x.shape[0]
+        else:
+            if "gallery_x" in batch:
+                x, tokens = torch.cat([x, batch["gallery_x"]]), torch.cat([tokens, batch["gallery_tokens"]])
+                own = torch.eye(n, dtype=torch.bool, device=x.device)
+            image = self.embed_images(x)
+            text = self.embed_texts(tokens.reshape(x.shape[0] * c, -1))
+        total = image.shape[0]
         # which images each query pair may be compared with: its own, the other pairs (no gallery)
         # or the gallery's (with one)
         allowed = torch.cat([own, torch.ones(n, total - n, dtype=torch.bool, device=x.device)], dim=1)  # [n, total]
-        image = self.embed_images(x)
-        text = self.embed_texts(tokens.reshape(total * c, -1))
         key = _caption_keys(tokens)                                   # [total, c]
         flat = key.reshape(-1)
         low = torch.finfo(image.dtype).min
