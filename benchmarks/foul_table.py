@@ -54,13 +54,10 @@ def one_cell(args: tuple[str, int]) -> dict:
     start = time.perf_counter()
     engine = Engine(config=cfg)
     engine.train(cfg.run.rounds, progress=False)
-    state = engine.state()
     clients = list(cfg.unlearn.clients)
     rows, traces = {}, {}
     for row, (method, options) in METHODS.items():
-        e = Engine(config=cfg)
-        e.load_state(state)
-        result = forget(e, clients=clients, method=method, reference=(row == "foul"), progress=False, **options)
+        result = forget(engine.fork(), clients=clients, method=method, reference=(row == "foul"), progress=False, **options)
         names = [("unlearned", row)] + ([("retrained", "retrain"), ("trained", "trained")] if row == "foul" else [])
         for key, name in names:
             m = result.metrics[key]
