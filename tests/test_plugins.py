@@ -55,6 +55,19 @@ def test_user_model_dataset_and_aggregator_run_from_toml(tmp_path, capsys):
     assert uniform.metrics["test_acc_mean"][-1] > 0.9
 
 
+@pytest.mark.parametrize("norm", [torch.nn.BatchNorm1d(4), torch.nn.InstanceNorm1d(4, track_running_stats=True)])
+def test_a_model_with_running_statistics_is_refused_not_silently_shared(norm):
+    """Running statistics are buffers the engine does not stack per client: a BatchNorm model
+    would have every client update one shared set in place. Refused, naming the layer and the fix;
+    the same model without running statistics is accepted."""
+    from p2pforget.models import FlatModel
+
+    with pytest.raises(ValueError, match=r"layer\(s\) 1 keep running statistics .* use nn.GroupNorm or nn.LayerNorm"):
+        FlatModel(torch.nn.Sequential(torch.nn.Linear(3, 4), norm))
+    flat = FlatModel(torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.BatchNorm1d(4, track_running_stats=False)))
+    assert flat.dim == 3 * 4 + 4 + 2 * 4
+
+
 def test_unknown_kind_names_the_registry_and_plugins():
     with pytest.raises(config.ConfigError, match=r"model.kind = 'resnet' is not valid; choose one of: logistic, mlp, cnn, clip, l2u"):
         config.from_dict({"model": {"kind": "resnet"}})

@@ -84,6 +84,14 @@ class FlatModel:
     """Evaluate a module at a flat parameter vector (works under ``torch.func.vmap``)."""
 
     def __init__(self, module: nn.Module) -> None:
+        running = [name or type(m).__name__ for name, m in module.named_modules()
+                   if isinstance(m, nn.modules.batchnorm._NormBase) and m.track_running_stats]
+        if running:
+            # Buffers are not per-client state (yet): every client would read and update one shared
+            # set of running statistics in place, and they would never be gossiped or checkpointed.
+            raise ValueError(f"the model's layer(s) {', '.join(running[:3])} keep running statistics (BatchNorm/InstanceNorm "
+                             f"with track_running_stats=True), which all clients would share and overwrite; use "
+                             f"nn.GroupNorm or nn.LayerNorm, or set track_running_stats=False")
         self.module = module
         # Only trainable parameters are flattened; frozen ones (a fine-tuned backbone) stay in the
         # module, shared by every client.
