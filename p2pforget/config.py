@@ -84,7 +84,7 @@ class DataConfig:
     n_features: int = bounded(10, 1)
     n_classes: int = bounded(3, 2)
     separation: float = bounded(1.5, 0.0)
-    partition: str = choice("iid", "iid", "dirichlet", "by_class", "by_domain", "shards")
+    partition: str = registered("iid", "partition")
     shards_per_client: int = bounded(2, 1)
     normalize: str = choice("none", "none", "standard", "unit_norm")
     alpha: float = bounded(0.5, 1e-6)

@@ -1,7 +1,11 @@
 """Split a labelled pool into client shards: pure functions of (labels, sizes, seed).
 
 ``sizes[i]`` is how many samples client i gets (:func:`client_sizes` draws unequal sizes when
-``data.quantity_skew > 0``).
+``data.quantity_skew > 0``). Each way of splitting is registered in
+:data:`~p2pforget.registry.PARTITIONS` (``data.partition``): a function
+``(labels, sizes, *, seed, **params) -> list of index arrays``, where ``params`` holds ``alpha``,
+``domains``, ``skew`` (``data.domain_skew``) and ``shards_per_client``; a plug-in registers its own
+the same way.
 
 Example
 -------
@@ -13,11 +17,10 @@ Example
 """
 from __future__ import annotations
 
-from typing import Callable
-
 import numpy as np
 
 from . import seeding
+from .registry import PARTITIONS
 
 
 def client_sizes(n_clients: int, n_per_client: int, *, skew: float, seed: int, dirichlet: float = 0.0) -> np.ndarray:
@@ -52,6 +55,7 @@ def _check(labels: np.ndarray, sizes: np.ndarray) -> None:
         )
 
 
+@PARTITIONS.register("iid")
 def iid(labels: np.ndarray, sizes: np.ndarray, *, seed: int, **_) -> list[np.ndarray]:
     """Uniformly random disjoint shards."""
     perm = seeding.rng(seed, purpose="partition/iid").permutation(len(labels))
@@ -59,6 +63,7 @@ def iid(labels: np.ndarray, sizes: np.ndarray, *, seed: int, **_) -> list[np.nda
     return [np.sort(perm[cuts[i]:cuts[i + 1]]) for i in range(len(sizes))]
 
 
+@PARTITIONS.register("by_class")
 def by_class(labels: np.ndarray, sizes: np.ndarray, *, seed: int, **_) -> list[np.ndarray]:
     """Sort by label and cut into contiguous shards: each client sees one or two classes."""
     tie = seeding.rng(seed, purpose="partition/by_class").random(len(labels))
@@ -84,6 +89,7 @@ def _take(pools: list[list[int]], want: np.ndarray) -> list[int]:
     return chosen
 
 
+@PARTITIONS.register("dirichlet")
 def dirichlet(labels: np.ndarray, sizes: np.ndarray, *, alpha: float, seed: int, **_) -> list[np.ndarray]:
     """Each client draws class proportions from Dirichlet(alpha); classes that run out are
     replaced by the classes with most samples left, so every client still gets its size."""
@@ -97,6 +103,7 @@ def dirichlet(labels: np.ndarray, sizes: np.ndarray, *, alpha: float, seed: int,
     return parts
 
 
+@PARTITIONS.register("by_domain")
 def by_domain(labels: np.ndarray, sizes: np.ndarray, *, domains: np.ndarray | None, skew: float, seed: int, **_) -> list[np.ndarray]:
     """Each client mostly holds one domain: client i's home domain is ``i * D // n`` (so clients come
     in contiguous domain blocks), a fraction ``skew`` of its samples come from it and the rest
@@ -118,6 +125,7 @@ def by_domain(labels: np.ndarray, sizes: np.ndarray, *, domains: np.ndarray | No
     return parts
 
 
+@PARTITIONS.register("shards")
 def shards(labels: np.ndarray, sizes: np.ndarray, *, seed: int, shards_per_client: int = 2, **_) -> list[np.ndarray]:
     """McMahan et al. (AISTATS 2017)'s pathological non-IID split: every client owns
     ``shards_per_client`` shards; the shards, dealt in random order, cut the label-sorted pool into
@@ -145,17 +153,13 @@ def shards(labels: np.ndarray, sizes: np.ndarray, *, seed: int, shards_per_clien
             for i in range(n)]
 
 
-KINDS: dict[str, Callable[..., list[np.ndarray]]] = {"iid": iid, "dirichlet": dirichlet, "by_class": by_class,
-                                                      "by_domain": by_domain, "shards": shards}
-
 
 def partition(labels: np.ndarray, *, sizes, kind: str, alpha: float = 0.5, domains: np.ndarray | None = None,
               domain_skew: float = 0.8, shards_per_client: int = 2, seed: int) -> list[np.ndarray]:
     """Indices of each client's samples in the pool, by ``kind`` (iid, dirichlet, by_class, by_domain, shards)."""
     labels = np.asarray(labels)
     sizes = np.asarray(sizes, dtype=np.int64)
-    if kind not in KINDS:
-        raise ValueError(f"unknown partition {kind!r}; choose one of: {', '.join(KINDS)}")
+    split = PARTITIONS.get(kind)
     _check(labels, sizes)
-    return KINDS[kind](labels, sizes, alpha=alpha, domains=domains, skew=domain_skew, shards_per_client=shards_per_client,
+    return split(labels, sizes, alpha=alpha, domains=domains, skew=domain_skew, shards_per_client=shards_per_client,
                        seed=seed)

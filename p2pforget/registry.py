@@ -86,6 +86,7 @@ ROUNDS = Registry("round algorithm", "train.algorithm")
 AGGREGATORS = Registry("aggregator", "train.aggregator")
 METHODS = Registry("unlearning method", "unlearn.method")
 OPTIMIZERS = Registry("local optimizer", "train.optimizer")
+PARTITIONS = Registry("partition", "data.partition")
 
 ALL = {"data": DATASETS, "model": MODELS, "round": ROUNDS, "aggregator": AGGREGATORS, "method": METHODS,
-       "optimizer": OPTIMIZERS}
+       "optimizer": OPTIMIZERS, "partition": PARTITIONS}

@@ -2,11 +2,11 @@ import numpy as np
 import pytest
 import torch
 
-from p2pforget import data, models, partition
+from p2pforget import data, models, partition, registry
 from p2pforget.config import DataConfig, ModelConfig
 
 
-@pytest.mark.parametrize("kind", list(partition.KINDS))
+@pytest.mark.parametrize("kind", list(registry.PARTITIONS.names()))
 @pytest.mark.parametrize("sizes", [[25] * 8, [5, 40, 12, 30, 25, 8, 50, 30]])
 def test_partitions_have_the_sizes_asked_for_are_disjoint_and_seeded(kind, sizes):
     labels = np.repeat(np.arange(4), 50)
@@ -145,3 +145,24 @@ def test_digits_and_pacs_like_train_the_l2u_model():
         assert e.data.input_shape == shape
         e.train(3, progress=False)
         assert e.metrics["loss_mean"][-1] < e.metrics["loss_mean"][0]
+
+
+def test_a_registered_partition_is_chosen_by_data_partition():
+    """A partition is a registry entry: a user's own, registered under a new name, is validated by
+    the config and used by the data builder (here: samples dealt out in label order)."""
+    from p2pforget import config
+
+    @registry.PARTITIONS.register("label_order_test")
+    def label_order(labels, sizes, *, seed, **params):
+        order = np.argsort(labels, kind="stable")
+        return np.split(order[:int(np.sum(sizes))], np.cumsum(sizes)[:-1])
+
+    try:
+        cfg = config.from_dict({"data": {"partition": "label_order_test", "n_samples_per_client": 10, "n_classes": 2},
+                                "topology": {"n_clients": 4}})
+        built = data.build(cfg.data, n_clients=4, seed=0)
+        assert (built.y[0] == built.y[0, 0]).all() and built.y[0, 0] <= built.y[-1, 0]
+    finally:
+        registry.PARTITIONS.unregister("label_order_test")
+    with pytest.raises(config.ConfigError, match="data.partition = 'label_order_test' is not valid; choose one of: iid"):
+        config.from_dict({"data": {"partition": "label_order_test"}})
