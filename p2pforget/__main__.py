@@ -8,17 +8,8 @@ from importlib import resources
 from pathlib import Path
 
 from . import config as config_mod
+from .registry import TOPOLOGIES
 
-TOPOLOGY_HELP = {
-    "ring": "cycle: each client talks to two neighbours",
-    "torus": "2-D periodic grid (n_clients = r*c, r, c >= 3)",
-    "star": "centralized FL: n_clients plus a server hub (FedAvg rounds)",
-    "complete": "every pair of clients connected",
-    "erdos_renyi": "G(n, p) random graph (seeded; must be connected)",
-    "small_world": "Watts-Strogatz ring lattice with k neighbours, rewired with prob. beta",
-    "random_regular": "random graph where every client has `degree` neighbours",
-    "file": "edge list or GraphML file at topology.path (see topologies/)",
-}
 
 PLUGINS_HELP = ("plug-in modules to import for a run that names them in run.plugins (comma-separated; a run directory "
                 "is data, so its own list is never imported)")
@@ -256,12 +247,12 @@ def cmd_topologies(args: argparse.Namespace) -> int:
     from . import topology
 
     if args.action is None:
-        for kind, text in TOPOLOGY_HELP.items():
-            print(f"{kind:15s} {text}")
+        for kind in TOPOLOGIES.names():
+            print(f"{kind:15s} {TOPOLOGIES.entry(kind).help}")
         print("\n`p2pforget topologies show KIND --n N` prints statistics and draws the graph.")
         return 0
     if args.kind is None:
-        raise ValueError(f"`topologies show` needs a kind; choose one of: {', '.join(TOPOLOGY_HELP)}")
+        raise ValueError(f"`topologies show` needs a kind; choose one of: {', '.join(TOPOLOGIES.names())}")
     g = topology.build_graph(args.kind, args.n, seed=args.seed, p=args.p, k=args.k, beta=args.beta,
                              degree=args.degree, path=args.path)
     W = topology.mixing_matrix(g)
@@ -333,7 +324,7 @@ def parser() -> argparse.ArgumentParser:
 
     t = sub.add_parser("topologies", help="list topologies, or show one's statistics and drawing")
     t.add_argument("action", nargs="?", choices=["show"])
-    t.add_argument("kind", nargs="?", choices=list(TOPOLOGY_HELP))
+    t.add_argument("kind", nargs="?", choices=list(TOPOLOGIES.names()))
     t.add_argument("--n", type=int, default=16, help="number of clients")
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--p", type=float, default=0.3)

@@ -63,7 +63,7 @@ class RunConfig:
 
 @dataclass(frozen=True)
 class TopologyConfig:
-    kind: str = choice("ring", "ring", "torus", "star", "complete", "erdos_renyi", "small_world", "random_regular", "file")
+    kind: str = registered("ring", "topology")
     n_clients: int = bounded(8, 2)
     p: float = bounded(0.3, 0.0, 1.0)
     k: int = bounded(4, 2)

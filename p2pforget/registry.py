@@ -87,6 +87,7 @@ AGGREGATORS = Registry("aggregator", "train.aggregator")
 METHODS = Registry("unlearning method", "unlearn.method")
 OPTIMIZERS = Registry("local optimizer", "train.optimizer")
 PARTITIONS = Registry("partition", "data.partition")
+TOPOLOGIES = Registry("topology", "topology.kind")
 
 ALL = {"data": DATASETS, "model": MODELS, "round": ROUNDS, "aggregator": AGGREGATORS, "method": METHODS,
-       "optimizer": OPTIMIZERS, "partition": PARTITIONS}
+       "optimizer": OPTIMIZERS, "partition": PARTITIONS, "topology": TOPOLOGIES}

@@ -24,8 +24,8 @@ import scipy.sparse as sp
 import scipy.sparse.linalg as spla
 
 from . import seeding
+from .registry import TOPOLOGIES
 
-KINDS = ("ring", "torus", "star", "complete", "erdos_renyi", "small_world", "random_regular", "file")
 TOLERANCE = 1e-12
 DENSE_LIMIT = 1000
 """Up to this many nodes spectra are computed densely (exact); above it, by a sparse eigensolver."""
@@ -100,6 +100,55 @@ def _number(node) -> float | None:
     return value if math.isfinite(value) else None
 
 
+@TOPOLOGIES.register("ring", help="cycle: each client talks to two neighbours")
+def ring(n: int, **_) -> nx.Graph:
+    return nx.cycle_graph(n)
+
+
+@TOPOLOGIES.register("torus", help="2-D periodic grid (n_clients = r*c, r, c >= 3)")
+def torus(n: int, **_) -> nx.Graph:
+    return _torus(n)
+
+
+@TOPOLOGIES.register("star", help="centralized FL: n_clients plus a server hub (FedAvg rounds)")
+def star(n: int, **_) -> nx.Graph:
+    return _star(n)
+
+
+@TOPOLOGIES.register("complete", help="every pair of clients connected")
+def complete(n: int, **_) -> nx.Graph:
+    return nx.complete_graph(n)
+
+
+@TOPOLOGIES.register("erdos_renyi", help="G(n, p) random graph (seeded; must be connected)")
+def erdos_renyi(n: int, *, seed: int, p: float, **_) -> nx.Graph:
+    if not 0 < p <= 1:
+        raise TopologyError(f"erdos_renyi needs an edge probability p in (0, 1]; got p = {p}")
+    return nx.gnp_random_graph(n, p, seed=seed)
+
+
+@TOPOLOGIES.register("small_world", help="Watts-Strogatz ring lattice with k neighbours, rewired with prob. beta")
+def small_world(n: int, *, seed: int, k: int, beta: float, **_) -> nx.Graph:
+    if not (2 <= k < n and 0 <= beta <= 1):
+        raise TopologyError(f"small_world needs 2 <= k < n_clients and beta in [0, 1]; got k = {k}, beta = {beta}, "
+                            f"n_clients = {n}")
+    return nx.watts_strogatz_graph(n, k, beta, seed=seed)
+
+
+@TOPOLOGIES.register("random_regular", help="random graph where every client has `degree` neighbours")
+def random_regular(n: int, *, seed: int, degree: int, **_) -> nx.Graph:
+    return _random_regular(degree, n, seed)
+
+
+@TOPOLOGIES.register("file", help="edge list or GraphML file at topology.path (see topologies/)")
+def from_file(n: int, *, path: str | Path, **_) -> nx.Graph:
+    g = read_graph_file(path)
+    if g.number_of_nodes() != n:
+        raise TopologyError(f"graph file {str(path)!r} has {g.number_of_nodes()} nodes but topology.n_clients = {n}; "
+                            "make them equal")
+    return g
+
+
 def build_graph(
     kind: str,
     n_clients: int,
@@ -113,6 +162,10 @@ def build_graph(
 ) -> nx.Graph:
     """Build the gossip graph of ``kind`` on clients ``0..n_clients-1``; random kinds are seeded.
 
+    ``kind`` is an entry of :data:`~p2pforget.registry.TOPOLOGIES`: a builder
+    ``(n_clients, *, seed, p, k, beta, degree, path) -> nx.Graph`` (a plug-in registers its own
+    the same way; only ``"star"`` runs FedAvg rounds through its hub).
+
     Raises :class:`TopologyError` if the graph would be disconnected.
 
     Examples
@@ -124,29 +177,9 @@ def build_graph(
     """
     if n_clients < 2:
         raise TopologyError(f"a gossip graph needs at least 2 clients; got n_clients = {n_clients}")
-    if kind == "erdos_renyi" and not 0 < p <= 1:
-        raise TopologyError(f"erdos_renyi needs an edge probability p in (0, 1]; got p = {p}")
-    if kind == "small_world" and not (2 <= k < n_clients and 0 <= beta <= 1):
-        raise TopologyError(f"small_world needs 2 <= k < n_clients and beta in [0, 1]; got k = {k}, beta = {beta}, "
-                            f"n_clients = {n_clients}")
-    s = seeding.int_seed(seed, purpose=f"topology/{kind}")
-    builders = {
-        "ring": lambda: nx.cycle_graph(n_clients),
-        "torus": lambda: _torus(n_clients),
-        "star": lambda: _star(n_clients),
-        "complete": lambda: nx.complete_graph(n_clients),
-        "erdos_renyi": lambda: nx.gnp_random_graph(n_clients, p, seed=s),
-        "small_world": lambda: nx.watts_strogatz_graph(n_clients, k, beta, seed=s),
-        "random_regular": lambda: _random_regular(degree, n_clients, s),
-        "file": lambda: read_graph_file(path),
-    }
-    if kind not in builders:
-        raise TopologyError(f"unknown topology kind {kind!r}; choose one of: {', '.join(KINDS)}")
-    g = builders[kind]()
-    if kind == "file" and g.number_of_nodes() != n_clients:
-        raise TopologyError(
-            f"graph file {str(path)!r} has {g.number_of_nodes()} nodes but topology.n_clients = {n_clients}; make them equal"
-        )
+    builder = TOPOLOGIES.get(kind)
+    g = builder(n_clients, seed=seeding.int_seed(seed, purpose=f"topology/{kind}"), p=p, k=k, beta=beta, degree=degree,
+                path=path)
     check_connected(g, hint={"erdos_renyi": "raise topology.p or change run.seed",
                              "small_world": "raise topology.k or lower topology.beta"}.get(kind, ""))
     return g

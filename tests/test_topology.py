@@ -138,3 +138,24 @@ def test_lazy_mixing_rescues_gradient_tracking_on_a_torus():
     assert any("eigenvalue -0.60" in m and "topology.lazy = true" in m for m in warned) and not quiet
     assert lazy.metrics["consensus_distance"][-1] < 0.05 < plain.metrics["consensus_distance"][-1]
     assert lazy.metrics["test_acc_mean"][-1] > plain.metrics["test_acc_mean"][-1] + 0.05
+
+
+def test_a_registered_topology_is_chosen_by_topology_kind():
+    """A topology kind is a registry entry: a user's builder, registered under a new name, is
+    validated by the config and trains on the engine like a built-in graph."""
+    from p2pforget import registry
+
+    @registry.TOPOLOGIES.register("path_test", help="a path: the ring without one edge")
+    def path(n, **_):
+        return nx.path_graph(n)
+
+    try:
+        engine = Engine(config=config.from_dict({"topology": {"kind": "path_test", "n_clients": 5},
+                                                 "data": {"n_samples_per_client": 8}, "run": {"rounds": 2}}))
+        assert sorted(engine.graph.degree[i] for i in range(5)) == [1, 1, 2, 2, 2]
+        engine.train(2, progress=False)
+        assert engine.metrics["bytes_sent"][-1] == 8 * engine.dim * 4  # 4 edges, both ways
+    finally:
+        registry.TOPOLOGIES.unregister("path_test")
+    with pytest.raises(config.ConfigError, match="topology.kind = 'path_test' is not valid; choose one of: ring"):
+        config.from_dict({"topology": {"kind": "path_test"}})
