@@ -70,7 +70,7 @@ class TopologyConfig:
     beta: float = bounded(0.2, 0.0, 1.0)
     degree: int = bounded(3, 1)
     path: str = ""
-    mixing: str = choice("metropolis", "metropolis", "uniform_neighbors", "file")
+    mixing: str = registered("metropolis", "mixing")
     mixing_path: str = ""
     dropout: float = bounded(0.0, 0.0, 0.99)
     lazy: bool = False

@@ -168,7 +168,7 @@ class Engine:
             W = topology.load_mixing(t.mixing_path, self.graph)
         else:
             # After a node leaves, a user matrix no longer fits the graph: Metropolis weights are recomputed.
-            W = topology.mixing_matrix(self.graph, "metropolis" if t.mixing == "file" else t.mixing)
+            W = topology.mixing_matrix(self.graph, t.mixing)
             topology.validate_mixing(W, self.graph)
         return topology.lazy(W) if t.lazy else W
 
@@ -441,7 +441,7 @@ class Engine:
         if self._edges is None:
             self._edges = topology.edge_array(self.graph)
         kept = topology.kept_edges(self._edges, t.dropout, seed=self.seed, round=round)
-        W = topology.mixing_from_edges(self.n_clients, kept, "metropolis" if t.mixing == "file" else t.mixing)
+        W = topology.mixing_from_edges(self.n_clients, kept, t.mixing)
         return topology.lazy(W) if t.lazy else W
 
     def mix(self, rows: torch.Tensor, W: np.ndarray | None = None) -> torch.Tensor:

@@ -88,6 +88,8 @@ METHODS = Registry("unlearning method", "unlearn.method")
 OPTIMIZERS = Registry("local optimizer", "train.optimizer")
 PARTITIONS = Registry("partition", "data.partition")
 TOPOLOGIES = Registry("topology", "topology.kind")
+MIXINGS = Registry("mixing rule", "topology.mixing")
 
 ALL = {"data": DATASETS, "model": MODELS, "round": ROUNDS, "aggregator": AGGREGATORS, "method": METHODS,
-       "optimizer": OPTIMIZERS, "partition": PARTITIONS, "topology": TOPOLOGIES}
+       "optimizer": OPTIMIZERS, "partition": PARTITIONS, "topology": TOPOLOGIES,
+       "mixing": MIXINGS}

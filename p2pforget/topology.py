@@ -24,7 +24,7 @@ import scipy.sparse as sp
 import scipy.sparse.linalg as spla
 
 from . import seeding
-from .registry import TOPOLOGIES
+from .registry import MIXINGS, TOPOLOGIES
 
 TOLERANCE = 1e-12
 DENSE_LIMIT = 1000
@@ -204,11 +204,29 @@ def check_connected(g: nx.Graph, hint: str = "") -> None:
         )
 
 
+@MIXINGS.register("metropolis", help="W_ij = 1/(1+max(d_i, d_j)) on every edge (Metropolis-Hastings)")
+def metropolis(deg: np.ndarray, edges: np.ndarray) -> np.ndarray:
+    return 1.0 / (1.0 + np.maximum(deg[edges[:, 0]], deg[edges[:, 1]]))
+
+
+@MIXINGS.register("uniform_neighbors", help="every neighbour gets 1/(1+max degree)")
+def uniform_neighbors(deg: np.ndarray, edges: np.ndarray) -> np.ndarray:
+    return np.full(len(edges), 1.0 / (1.0 + deg.max(initial=0.0)))
+
+
+@MIXINGS.register("file", help="the matrix in topology.mixing_path (Metropolis weights once a node has left)")
+def from_mixing_file(deg: np.ndarray, edges: np.ndarray) -> np.ndarray:
+    # The engine reads the file itself (load_mixing); after a node leaves the user's matrix no
+    # longer fits the graph, and the edges get Metropolis weights.
+    return metropolis(deg, edges)
+
+
 def mixing_matrix(g: nx.Graph, kind: str = "metropolis") -> sp.csr_array:
     """Symmetric doubly-stochastic mixing matrix of ``g`` (sparse CSR, nodes in sorted order).
 
-    ``metropolis``: ``W_ij = 1/(1+max(d_i, d_j))`` on edges (Metropolis-Hastings);
-    ``uniform_neighbors``: every neighbour gets ``1/(1+max degree)``. The diagonal takes the rest.
+    ``kind`` is an entry of :data:`~p2pforget.registry.MIXINGS`: a rule ``(degrees, edges [E, 2])
+    -> one weight per edge`` (``metropolis``: ``1/(1+max(d_i, d_j))``; ``uniform_neighbors``:
+    ``1/(1+max degree)``; a plug-in registers its own). The diagonal takes the rest.
     """
     return mixing_from_edges(g.number_of_nodes(), edge_array(g), kind)
 
@@ -224,16 +242,14 @@ def mixing_from_edges(n: int, edges: np.ndarray, kind: str = "metropolis") -> sp
     """:func:`mixing_matrix` of the graph on ``n`` nodes with these ``(E, 2)`` edges (no networkx
     graph needed: what edge dropout uses every round)."""
     deg = np.bincount(edges.ravel(), minlength=n).astype(np.float64)
-    if kind == "metropolis":
-        w = 1.0 / (1.0 + np.maximum(deg[edges[:, 0]], deg[edges[:, 1]]))
-    elif kind == "uniform_neighbors":
-        w = np.full(len(edges), 1.0 / (1.0 + deg.max(initial=0.0)))
-    else:
-        raise TopologyError(f"unknown mixing {kind!r}; choose one of: metropolis, uniform_neighbors, file")
+    w = np.asarray(MIXINGS.get(kind)(deg, edges), dtype=np.float64)
     off = sp.coo_array((np.concatenate([w, w]), (np.concatenate([edges[:, 0], edges[:, 1]]),
                                                  np.concatenate([edges[:, 1], edges[:, 0]]))), shape=(n, n)).tocsr()
     off.sort_indices()
     diag = 1.0 - np.asarray(off.sum(axis=1)).ravel()
+    if len(diag) and (diag.min() < -TOLERANCE or (w < 0).any()):
+        raise TopologyError(f"mixing rule {kind!r} gives negative weights or a node's neighbour weights summing to "
+                            f"{1 - diag.min():.4g} > 1; its weights must be >= 0 and sum to at most 1 at every node")
     W = (off + sp.diags_array(diag, format="csr")).tocsr()
     W.eliminate_zeros()
     W.sort_indices()

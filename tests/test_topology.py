@@ -159,3 +159,29 @@ def test_a_registered_topology_is_chosen_by_topology_kind():
         registry.TOPOLOGIES.unregister("path_test")
     with pytest.raises(config.ConfigError, match="topology.kind = 'path_test' is not valid; choose one of: ring"):
         config.from_dict({"topology": {"kind": "path_test"}})
+
+
+def test_a_registered_mixing_rule_is_chosen_by_topology_mixing():
+    """A mixing rule is a registry entry (one weight per edge, the diagonal takes the rest): a
+    user's rule gives the matrix numpy builds from the same weights; one whose weights sum past 1
+    at a node is refused, naming the rule."""
+    from p2pforget import registry
+
+    @registry.MIXINGS.register("quarter_test")
+    def quarter(deg, edges):
+        return np.full(len(edges), 0.25)
+
+    @registry.MIXINGS.register("heavy_test")
+    def heavy(deg, edges):
+        return np.full(len(edges), 0.75)
+
+    try:
+        engine = Engine(config=config.from_dict({"topology": {"kind": "ring", "n_clients": 6, "mixing": "quarter_test"},
+                                                 "data": {"n_samples_per_client": 8}}))
+        A = nx.to_numpy_array(nx.cycle_graph(6))
+        np.testing.assert_allclose(engine.base_mixing.toarray(), 0.25 * A + 0.5 * np.eye(6), rtol=0, atol=1e-15)
+        with pytest.raises(TopologyError, match="mixing rule 'heavy_test' .* summing to 1.5 > 1"):
+            topology.mixing_matrix(nx.cycle_graph(6), "heavy_test")
+    finally:
+        registry.MIXINGS.unregister("quarter_test")
+        registry.MIXINGS.unregister("heavy_test")
