@@ -95,12 +95,11 @@ class Engine:
         self._round_fn = ROUNDS.get(self.round_name)
         if not self.is_star and ROUNDS.entry(self.round_name).meta.get("hub"):
             raise ValueError(f"train.algorithm = {self.round_name!r} needs a hub: use topology.kind = \"star\"")
-        if cfg.train.algorithm == "gradient_tracking" and cfg.train.local_steps != 1:
-            raise ValueError("train.algorithm = 'gradient_tracking' communicates after every step; set train.local_steps = 1")
-        if self.round_name == "gradient_tracking" and not (optim.is_plain_sgd(cfg.train) and cfg.train.schedule == "constant"
-                                                           and not cfg.train.warmup_rounds):
-            raise ValueError("train.algorithm = 'gradient_tracking' takes its own constant step train.lr: use "
-                             "train.optimizer = \"sgd\" with momentum = 0 and schedule = \"constant\", or train.algorithm = \"dsgd\"")
+        # The configured rule checks the config it needs (e.g. gradient tracking's one local step),
+        # even on a star, which replaces it.
+        check = ROUNDS.entry(cfg.train.algorithm).meta.get("check")
+        if check is not None:
+            check(cfg, star=self.is_star)
 
         self.data = datasets.build(cfg.data, n_clients=n, seed=self.seed)
         self.x = torch.as_tensor(self.data.x[self.lo:self.hi], dtype=self.dtype, device=self.device)
@@ -126,7 +125,9 @@ class Engine:
         self.vectorized = True  # False after vmap failed once for this model: row-by-row fallback
 
         self._update_topology()
-        self._warn_if_slow_mixing()
+        ready = ROUNDS.entry(self.round_name).meta.get("ready")
+        if ready is not None:
+            ready(self)  # the rule's look at the built engine (e.g. a warning about the mixing spectrum)
 
         self.init_params = self._init_params()
         self.params = self.init_params.clone()
@@ -171,17 +172,6 @@ class Engine:
             W = topology.mixing_matrix(self.graph, t.mixing)
             topology.validate_mixing(W, self.graph)
         return topology.lazy(W) if t.lazy else W
-
-    def _warn_if_slow_mixing(self) -> None:
-        """Gradient tracking stalls when the mixing matrix has an eigenvalue near -1 (e.g. -0.6 on a
-        torus); lazy mixing moves the spectrum into [0, 1]."""
-        if self.is_star or self.config.topology.lazy or self.round_name != "gradient_tracking" or self.n_clients > 2000:
-            return
-        dense = self.base_mixing.toarray()
-        lowest = float(np.linalg.eigvalsh((dense + dense.T) / 2).min())
-        if lowest < -0.5:
-            warnings.warn(f"the mixing matrix has eigenvalue {lowest:.2f}: gradient tracking may stall or diverge; "
-                          "set topology.lazy = true (W <- (W + I)/2) or lower train.lr", stacklevel=3)
 
     def _update_topology(self) -> None:
         self.base_mixing = self._static_mixing()

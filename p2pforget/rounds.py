@@ -4,7 +4,9 @@ A round algorithm is a function ``(engine, W) -> vectors`` that updates ``engine
 :meth:`~p2pforget.Engine.set_params`) using the engine's public API, and returns how many
 ``d``-vectors every message carried (for the byte count). ``W`` is the round's mixing matrix.
 Register your own with ``@ROUNDS.register("name")`` in a ``run.plugins`` module and choose it with
-``train.algorithm``; an entry registered with ``hub=True`` runs on the star topology.
+``train.algorithm``; an entry registered with ``hub=True`` runs on the star topology. A rule
+keeps its own requirements with it: ``check=f`` (``f(cfg, star=...)`` raises ``ValueError`` for a
+config it cannot run) and ``ready=f`` (``f(engine)`` once the engine is built, e.g. to warn).
 
 Example
 -------
@@ -13,13 +15,14 @@ Example
 """
 from __future__ import annotations
 
+import warnings
 from typing import TYPE_CHECKING
 
 import networkx as nx
 import numpy as np
 import torch
 
-from . import compress, seeding, topology
+from . import compress, optim, seeding, topology
 from .aggregate import Uploads
 from .registry import ROUNDS
 
@@ -34,7 +37,29 @@ def dsgd(engine: "Engine", W: np.ndarray) -> int:
     return 1
 
 
-@ROUNDS.register("gradient_tracking", help="DIGing gradient tracking: exact convergence with a constant step")
+def _tracking_config(cfg, *, star: bool) -> None:
+    """Gradient tracking communicates after every step, with its own constant step size."""
+    if cfg.train.local_steps != 1:
+        raise ValueError("train.algorithm = 'gradient_tracking' communicates after every step; set train.local_steps = 1")
+    if not star and not (optim.is_plain_sgd(cfg.train) and cfg.train.schedule == "constant" and not cfg.train.warmup_rounds):
+        raise ValueError("train.algorithm = 'gradient_tracking' takes its own constant step train.lr: use "
+                         "train.optimizer = \"sgd\" with momentum = 0 and schedule = \"constant\", or train.algorithm = \"dsgd\"")
+
+
+def _tracking_spectrum(engine: "Engine") -> None:
+    """Gradient tracking stalls when the mixing matrix has an eigenvalue near -1 (e.g. -0.6 on a
+    torus); lazy mixing moves the spectrum into [0, 1]."""
+    if engine.config.topology.lazy or engine.n_clients > 2000:
+        return
+    dense = engine.base_mixing.toarray()
+    lowest = float(np.linalg.eigvalsh((dense + dense.T) / 2).min())
+    if lowest < -0.5:
+        warnings.warn(f"the mixing matrix has eigenvalue {lowest:.2f}: gradient tracking may stall or diverge; "
+                      "set topology.lazy = true (W <- (W + I)/2) or lower train.lr", stacklevel=3)
+
+
+@ROUNDS.register("gradient_tracking", check=_tracking_config, ready=_tracking_spectrum,
+                 help="DIGing gradient tracking: exact convergence with a constant step")
 def gradient_tracking(engine: "Engine", W: np.ndarray) -> int:
     """DIGing gradient tracking (Nedic, Olshevsky & Shi, SIAM J. Optim. 2017):
     ``x <- W x - lr y``; ``y <- W y + g(x_new) - g(x)``; converges to the exact optimum with a constant step."""
