@@ -560,27 +560,15 @@ class Engine:
         """``C <- W (C + I)`` with the matrix this round mixed with (on a star, FedAvg's; for push-sum
         the column-stochastic push matrix: the de-biased model divides a row by its weight, which
         leaves the row's shares as they are)."""
+        if self.is_star:
+            self.ledger = ledger_mod.fedavg_step(self.ledger, torch.as_tensor(self.fedavg_weights, device=self.device),
+                                                 keep=self.config.ledger.keep)
+            return
         if isinstance(self.ledger, ledger_mod.SparseRows):
-            L, keep = self.ledger, self.config.ledger.keep
-            if self.is_star:
-                # Every row is the same c, and W (C + I) = C + 1 w^T: merge w into one row, copy it.
-                w = torch.as_tensor(self.fedavg_weights, device=self.device)
-                ids = torch.arange(self.n_clients, device=self.device)
-                row = ledger_mod.merge(torch.cat([L.index[0], ids])[None], torch.cat([L.value[0], w])[None],
-                                       L.dropped[:1], keep=keep, n=self.n_clients)
-                rows = self.hi - self.lo
-                self.ledger = ledger_mod.SparseRows(index=row.index.expand(rows, -1).clone(),
-                                                    value=row.value.expand(rows, -1).clone(),
-                                                    dropped=row.dropped.expand(rows).clone())
-                return
-            packed = L.pack(torch.arange(self.lo, self.hi, device=self.device))
+            packed = self.ledger.pack(torch.arange(self.lo, self.hi, device=self.device))
             pos, weight = self._mixing_rows(W)
             self.ledger = ledger_mod.sparse_mix(torch.cat([packed, self.halo.exchange(packed)]), pos, weight,
-                                                keep=keep, n=self.n_clients)
-            return
-        if self.is_star:
-            # FedAvg's matrix is 1 w^T and every ledger row equals, so W (C + I) = C + 1 w^T.
-            self.ledger = self.ledger + torch.as_tensor(self.fedavg_weights, device=self.device)
+                                                keep=self.config.ledger.keep, n=self.n_clients)
             return
         eye = torch.zeros_like(self.ledger)
         eye[torch.arange(self.hi - self.lo), torch.arange(self.lo, self.hi)] = 1.0

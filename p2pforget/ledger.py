@@ -146,3 +146,21 @@ def merge(index: torch.Tensor, value: torch.Tensor, dropped: torch.Tensor, *, ke
     out.value[:, :k] = top.values
     out.dropped = dropped + cut
     return out
+
+
+def fedavg_step(C: "torch.Tensor | SparseRows", w: torch.Tensor, *, keep: int = 0) -> "torch.Tensor | SparseRows":
+    """One FedAvg round of the ledger rows ``C`` (every row the same, as on a star): its matrix is
+    ``1 w^T``, so ``W (C + I) = C + 1 w^T`` with ``w`` the normalized FedAvg weights; for
+    :class:`SparseRows`, ``w`` is merged into one row (keeping ``keep`` entries), then copied.
+
+    >>> fedavg_step(torch.zeros(2, 3, dtype=torch.float64), torch.tensor([0.5, 0.25, 0.25], dtype=torch.float64)).tolist()
+    [[0.5, 0.25, 0.25], [0.5, 0.25, 0.25]]
+    """
+    if not isinstance(C, SparseRows):
+        return C + w
+    n, rows = len(w), C.index.shape[0]
+    ids = torch.arange(n, device=C.index.device)
+    row = merge(torch.cat([C.index[0], ids])[None], torch.cat([C.value[0], w])[None], C.dropped[:1], keep=keep, n=n)
+    return SparseRows(index=row.index.expand(rows, -1).clone(), value=row.value.expand(rows, -1).clone(),
+                      dropped=row.dropped.expand(rows).clone())
+
