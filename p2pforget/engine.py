@@ -611,24 +611,6 @@ class Engine:
         return {"loss": full[:, 0], "test_acc": full[:, 1], "distance_to_mean": full[:, 2], "finite": full[:, 3] > 0,
                 "test_acc_of_mean": of_mean}
 
-    def retrieval(self, params: torch.Tensor | None = None) -> dict[str, float] | None:
-        """For a model with ``recall`` (CLIP): image->text and text->image R@1/5/10 on the test
-        pairs in percent, mean over the member nodes, at the root (``None`` elsewhere, and for any
-        other model). Every process takes part."""
-        module = self.model.module
-        if not hasattr(module, "recall"):
-            return None
-        params = self.params if params is None else params
-        with torch.no_grad():
-            rec = self.per_client(lambda flat, b: self.model.call(flat, "recall", b), params.detach(),
-                                  self.test_batch(params.shape[0]))
-        full = self.transport.gather(rec.double())
-        if full is None:
-            return None
-        mean = 100 * full.cpu().numpy()[self.members].mean(axis=0)
-        names = [f"{way}_R@{k}" for way in ("i2t", "t2i") for k in module.recall_at]
-        return dict(zip(names, (float(v) for v in mean)))
-
     def member_mean(self, params: torch.Tensor) -> torch.Tensor:
         """The mean of the member nodes' rows of ``params`` (float64, on every process), summed
         exactly in 64-bit fixed point: the result does not depend on how clients are spread over

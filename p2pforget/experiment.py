@@ -22,7 +22,7 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 
-from . import config as config_mod, history, release
+from . import config as config_mod, history, metrics, release
 from .config import Config
 from .engine import EVAL_METRICS, DivergenceError, Engine
 from . import transport as transport_mod
@@ -146,7 +146,7 @@ class RunWriter:
         files, the state passed through ``adjust`` first if given; returns the report at the root."""
         e = self.engine
         state = e.state()
-        retrieval = e.retrieval() if complete else None  # CLIP: R@1/5/10 both ways on the test pairs
+        retrieval = metrics.retrieval(e) if complete else None  # CLIP: R@1/5/10 both ways on the test pairs
         if adjust is not None and state is not None:
             state = adjust(state)
         if self._static is None:  # written unchanged at every checkpoint: gather and build once

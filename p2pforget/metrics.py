@@ -165,6 +165,25 @@ def mean_score(engine: "Engine", params: torch.Tensor, batch: dict[str, torch.Te
     return None if full is None else float(100 * full[nodes, 0].mean())
 
 
+def retrieval(engine: "Engine", params: torch.Tensor | None = None) -> dict[str, float] | None:
+    """For a model with ``recall`` (CLIP): image->text and text->image R@1/5/10 on the test pairs
+    in percent, mean over the member nodes, of the stacked local ``params`` (default: the
+    engine's); at the root, ``None`` elsewhere and for any other model. Every process takes part."""
+    module = engine.model.module
+    if not hasattr(module, "recall"):
+        return None
+    params = engine.params if params is None else params
+    with torch.no_grad():
+        rec = engine.per_client(lambda flat, b: engine.model.call(flat, "recall", b), params.detach(),
+                                engine.test_batch(params.shape[0]))
+    full = engine.transport.gather(rec.double())
+    if full is None:
+        return None
+    mean = 100 * full.cpu().numpy()[engine.members].mean(axis=0)
+    names = [f"{way}_R@{k}" for way in ("i2t", "t2i") for k in module.recall_at]
+    return dict(zip(names, (float(v) for v in mean)))
+
+
 def time_to_forget(trace: list[float], *, target: float | None, start: float | None, tolerance: float = 1.0) -> dict:
     """T2F from an FA trace (FA after each round): the first round whose FA is within ``tolerance``
     points of ``target`` (Retrain's final FA), and the FA drop per round until then (from ``start``,
