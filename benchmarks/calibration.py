@@ -127,4 +127,3 @@ def per_topology(cells: list[dict], kinds: list[str], *, names: list[str], keys:
                    + ", ".join(f"{c['trained']['FA'] - c['retrain']['FA']:+.1f}" for c in mine))
         out.append(differences(mine, field="variant", names=names, keys=keys, ratio=ratio))
     return "\n".join(out)
-

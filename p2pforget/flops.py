@@ -1,9 +1,10 @@
 """Counting the work of a piece of code: seconds and FLOPs from one run.
 
-FLOPs are counted with the formulas of torch's FLOP counter: matrix products and convolutions, plus the formulas registered next to the operations it would not see
-(:mod:`p2pforget.aggregate`): gossip mixing and the hub's weighted average, two FLOPs per number
-received (a multiply and an add), and the sums up a spanning tree, one. Other elementwise arithmetic (activations, the optimizers' updates) is not counted, on
-either side of a comparison.
+FLOPs are counted with the formulas of torch's FLOP counter (matrix products, convolutions), plus
+those registered next to the operations it would not see (:mod:`p2pforget.aggregate`): gossip
+mixing and the hub's weighted average, two FLOPs per number received (a multiply and an add), and
+the sums up a spanning tree, one. Other elementwise arithmetic (activations, the optimizers'
+updates) is not counted, on either side of a comparison.
 
 Example
 -------
@@ -18,9 +19,11 @@ from __future__ import annotations
 import time
 from typing import Any, Callable
 
-import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.flop_counter import flop_registry
+
+from . import aggregate  # noqa: F401  (registers the formulas of the mixing operations)
+
 
 class Counter(TorchDispatchMode):
     """Sums the FLOPs of every operation with a formula in torch's ``flop_registry`` (the same
@@ -46,8 +49,6 @@ class Counter(TorchDispatchMode):
 
 def counter() -> Counter:
     """A FLOP counter (a context manager; ``get_total_flops()`` afterwards)."""
-    from . import aggregate  # noqa: F401  (registers the mixing formulas)
-
     return Counter()
 
 

@@ -163,4 +163,3 @@ def fedavg_step(C: "torch.Tensor | SparseRows", w: torch.Tensor, *, keep: int = 
     row = merge(torch.cat([C.index[0], ids])[None], torch.cat([C.value[0], w])[None], C.dropped[:1], keep=keep, n=n)
     return SparseRows(index=row.index.expand(rows, -1).clone(), value=row.value.expand(rows, -1).clone(),
                       dropped=row.dropped.expand(rows).clone())
-

@@ -153,13 +153,12 @@ def shards(labels: np.ndarray, sizes: np.ndarray, *, seed: int, shards_per_clien
             for i in range(n)]
 
 
-
 def partition(labels: np.ndarray, *, sizes, kind: str, alpha: float = 0.5, domains: np.ndarray | None = None,
               domain_skew: float = 0.8, shards_per_client: int = 2, seed: int) -> list[np.ndarray]:
-    """Indices of each client's samples in the pool, by ``kind`` (iid, dirichlet, by_class, by_domain, shards)."""
+    """Indices of each client's samples in the pool, by ``kind`` (an entry of ``PARTITIONS``)."""
     labels = np.asarray(labels)
     sizes = np.asarray(sizes, dtype=np.int64)
     split = PARTITIONS.get(kind)
     _check(labels, sizes)
     return split(labels, sizes, alpha=alpha, domains=domains, skew=domain_skew, shards_per_client=shards_per_client,
-                       seed=seed)
+                 seed=seed)

@@ -188,14 +188,16 @@ def forget_batch(engine: "Engine", samples: dict[int, np.ndarray]) -> dict[str, 
     return batch | {"mask": torch.as_tensor(mask, dtype=engine.dtype, device=engine.device)}
 
 
-def evaluation_flops(engine: "Engine") -> float:
-    """FLOPs of the engine's per-round metric evaluation (the same every round)."""
-    return measured(lambda: engine.evaluate())[2]
-
-
-def evaluated_rounds(engine: "Engine", start: int, rounds: int) -> int:
-    """How many of the rounds ``start+1 .. start+rounds`` evaluate the engine's metrics."""
-    return sum(engine.evaluates(r) for r in range(start + 1, start + rounds + 1))
+def evaluation_work(engine: "Engine", start: int, rounds: int) -> tuple[float, float, float]:
+    """The engine's per-round metric evaluations in rounds ``start+1 .. start+rounds`` (simulator
+    bookkeeping, charged to nobody): ``(their FLOPs, one evaluation's FLOPs, its seconds)``,
+    counted on one evaluation run here; zeros when none of the rounds evaluates. Run inside a
+    caller's measurement, that one evaluation is measurement work too: the caller leaves it out."""
+    evaluated = sum(engine.evaluates(r) for r in range(start + 1, start + rounds + 1))
+    if not evaluated:
+        return 0.0, 0.0, 0.0
+    _, seconds, one = measured(lambda: engine.evaluate())
+    return evaluated * one, one, seconds
 
 
 def continue_training(engine: "Engine", rounds: int, request: ForgetRequest) -> float:
@@ -207,14 +209,9 @@ def continue_training(engine: "Engine", rounds: int, request: ForgetRequest) -> 
         engine.train(1, progress=False, desc="unlearn")
         if request.after_round(engine.params):
             break
-    request.excluded["seconds"] += engine.eval_seconds - eval_seconds
-    evaluated = evaluated_rounds(engine, start, engine.round - start)
-    if evaluated:
-        # Measuring one evaluation is itself an evaluation, inside the caller's measurement: it is
-        # left out too.
-        _, seconds, flops = measured(lambda: engine.evaluate())
-        request.excluded["seconds"] += seconds
-        request.excluded["flops"] += (evaluated + 1) * flops
+    flops, one, seconds = evaluation_work(engine, start, engine.round - start)
+    request.excluded["seconds"] += engine.eval_seconds - eval_seconds + seconds
+    request.excluded["flops"] += flops + one
     sent = float(sum(engine.metrics["bytes_sent"][start:])) if engine.transport.is_root else None
     return engine.transport.bcast_object(sent)
 

@@ -35,7 +35,7 @@ import torch
 from .. import config as config_mod, metrics
 from ..flops import counter, measured
 from ..registry import METHODS
-from . import Cost, ForgetRequest, ForgetResult, Outcome, evaluated_rounds, evaluation_flops
+from . import Cost, ForgetRequest, ForgetResult, Outcome, evaluation_work
 
 if TYPE_CHECKING:
     from ..engine import Engine
@@ -181,7 +181,7 @@ def _fine_tune(engine: "Engine", released: torch.Tensor, rounds: int, start: int
     eval_seconds, first = engine.eval_seconds, engine.round
     _, seconds, flops = measured(lambda: engine.train(rounds, progress=False, desc="fine-tune"))
     cost.seconds += seconds - (engine.eval_seconds - eval_seconds)
-    cost.flops += flops - evaluated_rounds(engine, first, rounds) * evaluation_flops(engine)
+    cost.flops += flops - evaluation_work(engine, first, rounds)[0]
     cost.comm_bytes += float(sum(engine.metrics["bytes_sent"][start:])) if engine.transport.is_root else 0.0
     return engine.params.clone()
 

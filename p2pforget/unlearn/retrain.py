@@ -11,7 +11,7 @@ import torch
 from ..engine import Engine
 from ..registry import METHODS
 from ..flops import measured
-from . import Cost, ForgetRequest, Outcome, evaluated_rounds
+from . import Cost, ForgetRequest, Outcome, evaluation_work
 
 
 def retrain(engine: Engine, *, rounds: int, progress: bool = True,
@@ -25,14 +25,8 @@ def retrain(engine: Engine, *, rounds: int, progress: bool = True,
     fresh = engine.fork(fresh=True)
     callback = None if observe is None else (lambda e: observe(e.params))
     _, seconds, flops = measured(lambda: fresh.train(rounds, progress=progress, desc="retrain", callback=callback))
-    evaluated = evaluated_rounds(fresh, 0, rounds)
-    one, measuring = (0.0, 0.0)
-    if evaluated:
-        _, measuring, one = measured(lambda: fresh.evaluate())
-    eval_flops = evaluated * one
+    eval_flops, one, measuring = evaluation_work(fresh, 0, rounds)
     if excluded is not None:
-        # Measuring one evaluation is itself an evaluation, inside the caller's measurement: it is
-        # left out too.
         excluded["seconds"] += fresh.eval_seconds + measuring
         excluded["flops"] += eval_flops + one
     return fresh, Cost(seconds=seconds - fresh.eval_seconds, flops=flops - eval_flops,

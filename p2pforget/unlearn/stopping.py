@@ -32,7 +32,7 @@ False
 """
 from __future__ import annotations
 
-from dataclasses import MISSING, dataclass, field, fields
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -131,11 +131,6 @@ class Monitor:
             held[clients] = np.arange(d.y_holdout.shape[1])[None, :] < d.holdout_counts[clients, None]
             validation = _batch(engine, d.x_holdout[held], d.y_holdout[held], {k: v[held] for k, v in d.extras_holdout.items()})
         return cls(engine=engine, options=options, forget_set=forget_set, validation_set=validation, nodes=nodes)
-
-    def fresh(self) -> "Monitor":
-        # The fields without a default are what :meth:`build` set; the rest is the run's record.
-        return Monitor(**{f.name: getattr(self, f.name) for f in fields(self)
-                          if f.default is MISSING and f.default_factory is MISSING})
 
     @property
     def guarded(self) -> bool:
