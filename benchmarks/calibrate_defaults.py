@@ -51,10 +51,10 @@ RA_DROP = 5.0
 FLAG_RATE = 0.1
 
 
-def runs() -> list[tuple[str, int, str, str, int]]:
-    """(method, candidate index, dataset, topology, seed) for every run."""
-    return [(m, k, d, t, s) for m, (datasets, cands) in CANDIDATES.items() for k in range(len(cands))
-            for d in datasets for t in TOPOLOGIES for s in SEEDS]
+def runs(methods=tuple(CANDIDATES)) -> list[tuple[str, int, str, str, int]]:
+    """(method, candidate index, dataset, topology, seed) for every run of ``methods``."""
+    return [(m, k, d, t, s) for m in methods for k in range(len(CANDIDATES[m][1]))
+            for d in CANDIDATES[m][0] for t in TOPOLOGIES for s in SEEDS]
 
 
 def _key(options: dict) -> str:
@@ -134,9 +134,10 @@ def main() -> None:
     p.add_argument("--part", type=int, default=0, help="run every PARTS-th run starting at this one")
     p.add_argument("--parts", type=int, default=1)
     p.add_argument("--merge", action="store_true", help="only write the page from the cached runs")
+    p.add_argument("--methods", default=",".join(CANDIDATES), help="comma-separated methods to run (default: all)")
     a = p.parse_args()
     if not a.merge:
-        todo = runs()[a.part::a.parts]
+        todo = runs(tuple(a.methods.split(",")))[a.part::a.parts]
         for i, unit in enumerate(todo):
             row = run_one(*unit)
             print(f"[{i + 1}/{len(todo)}] {row['method']} {_key(row['options'])} {row['dataset']} {row['topology']} "

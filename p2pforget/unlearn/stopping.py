@@ -6,9 +6,9 @@ fixes the rule and its defaults).
 - **Stopping** (``stopping.rule = "plateau"``, the default; ``"budget"`` always runs the whole
   budget): after each of its rounds a method asks :meth:`Monitor.check`; it stops
   once the forgotten samples' accuracy (FA, measured by the nodes that hold them) has dropped by at
-  most ``stopping.plateau_points`` over the last ``stopping.plateau_rounds`` checks, unless the
-  validation accuracy is below its start and still rising by more than that (a repair in
-  progress, :func:`recovering`). Otherwise it runs its round budget (its own ``rounds`` or ``steps``).
+  most ``stopping.plateau_points`` over the last ``stopping.plateau_rounds`` checks, unless a
+  repair is in progress (:func:`recovering`: the validation accuracy fell below its start and is
+  still rising, and has not yet stayed back at its start for that many checks). Otherwise it runs its round budget (its own ``rounds`` or ``steps``).
 - **Collapse guard**: the validation accuracy is the staying clients' held-out split
   (``data.holdout_fraction``: never trained on, and not the test split). A check *fails* when it
   is more than ``stopping.guard_points`` below the trained models'. The guard never
@@ -54,18 +54,25 @@ def plateaued(fa: list[float], *, rounds: int, points: float) -> bool:
 
 
 def recovering(validation: list[float], start: float, *, rounds: int, points: float) -> bool:
-    """Whether the validation trace is still below ``start`` and has risen by more than ``points``
-    over its last ``rounds`` checks: a repair in progress (NoT's fine-tuning), which the plateau
-    rule lets finish.
+    """Whether a repair is in progress (NoT's fine-tuning), which the plateau rule lets finish: the
+    validation trace was more than ``points`` below ``start`` at one of its last ``rounds`` checks
+    and has risen by more than ``points`` over them. A repair ends once the validation accuracy has
+    stayed within ``points`` of its start for ``rounds`` checks in a row (one lucky check is not
+    enough), or once it stops rising.
 
     >>> recovering([20.0, 40.0, 50.0, 55.0], 60.0, rounds=3, points=1.0)
     True
     >>> recovering([54.0, 55.0, 54.5, 55.0], 60.0, rounds=3, points=1.0)   # settled below the start
     False
-    >>> recovering([40.0, 50.0, 61.0], 60.0, rounds=2, points=1.0)         # back above it
+    >>> recovering([40.0, 50.0, 61.0], 60.0, rounds=2, points=1.0)         # one check back: not yet
+    True
+    >>> recovering([50.0, 59.5, 61.0, 60.5], 60.0, rounds=2, points=1.0)   # back for two checks
     False
     """
-    if not validation or validation[-1] >= start:
+    if not validation:
+        return False
+    recent = validation[-rounds:]
+    if min(recent) >= start - points:
         return False
     earlier = validation[-rounds - 1] if len(validation) > rounds else start
     return validation[-1] - earlier > points
