@@ -93,6 +93,7 @@ def forget_table(report: dict) -> str:
     # A rolled-back or collapsed result is never printed as a normal row.
     method_name = info["method"].capitalize() + (f" [FLAGGED: {status['status']}]" if status.get("flagged") else "")
     rows = []
+    asr = any("ASR" in m[k] for k in m)  # a poisoned client: its attack success rate too
     for key, name, c in [("trained", "Trained (before)", None), ("retrained", "Retrain", cost.get("retrain")),
                          ("unlearned", method_name, cost["unlearn"])]:
         if key not in m:
@@ -100,11 +101,13 @@ def forget_table(report: dict) -> str:
         r = m[key]
         fa = r["FA"]["mean"] if r.get("FA") else float("nan")
         t2f = r.get("T2F_rounds")
-        rows.append([name, fa, r["RA"]["mean"], r["TA"]["mean"], r.get("MIA", float("nan")),
-                     r.get("distance_to_retrain", float("nan")),
-                     c["seconds"] if c else "", c["comm_bytes"] / 1e6 if c else "", c["flops"] / 1e9 if c else "",
-                     "" if c is None else ("-" if t2f is None else t2f)])
-    text = table(["method", "FA", "RA", "TA", "MIA", "dist. to Retrain", "seconds", "comm MB", "GFLOPs", "T2F rounds"], rows)
+        rows.append([name, fa, r["RA"]["mean"], r["TA"]["mean"], r.get("MIA", float("nan"))]
+                    + ([r["ASR"]["mean"] if r.get("ASR") else float("nan")] if asr else [])
+                    + [r.get("distance_to_retrain", float("nan")),
+                       c["seconds"] if c else "", c["comm_bytes"] / 1e6 if c else "", c["flops"] / 1e9 if c else "",
+                       "" if c is None else ("-" if t2f is None else t2f)])
+    text = table(["method", "FA", "RA", "TA", "MIA"] + (["ASR"] if asr else [])
+                 + ["dist. to Retrain", "seconds", "comm MB", "GFLOPs", "T2F rounds"], rows)
     text += "\n" + status_line(status)
     if "sigma" in info:
         text += (f"\ncertificate: epsilon={info['epsilon']}, delta={info['delta']}, sigma={info['sigma']:.3g} "

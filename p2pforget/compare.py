@@ -72,9 +72,11 @@ def compare(cfg: Config, topologies: Sequence[str], *, out: str | Path, progress
 GRID_FIELDS = ["topology", "method", "seed", "status", "flagged", "spectral_gap", "rounds_trained", "FA", "FA_heldout",
                "RA", "TA", "MIA", "FA_trained", "FA_heldout_trained", "RA_trained", "TA_trained", "MIA_trained",
                "heldout_n", "comm_bytes", "method_rounds", "FA_gap_to_retrain", "FA_heldout_gap_to_retrain",
-               "RA_gap_to_retrain", "MIA_gap_to_retrain", "bytes_ratio_to_retrain"]
+               "RA_gap_to_retrain", "MIA_gap_to_retrain", "bytes_ratio_to_retrain", "ASR", "ASR_trained",
+               "ASR_gap_to_retrain"]
 """Columns of ``compare.csv``: deterministic numbers only (the same at any rank count). Seconds and
-FLOPs, which vary between runs and with the rank count, go to ``timing.csv``."""
+FLOPs, which vary between runs and with the rank count, go to ``timing.csv``. The ASR columns
+(attack success rate, :mod:`p2pforget.poison`) are empty without a poisoned client."""
 
 
 @dataclass(frozen=True)
@@ -134,7 +136,7 @@ def run_group(cfg: Config, grid: Grid, topology: str, seed: int, *, out: Path, t
                 "flagged": bool(result.status["flagged"]),
                 "spectral_gap": engine.topology_stats().spectral_gap, "rounds_trained": int(kind_cfg.run.rounds),
                 "FA": mean(u, "FA"), "FA_heldout": mean(u, "FA_heldout"), "RA": u["RA"]["mean"], "TA": u["TA"]["mean"],
-                "MIA": u.get("MIA"), "FA_trained": mean(t, "FA"), "FA_heldout_trained": mean(t, "FA_heldout"),
+                "MIA": u.get("MIA"), "ASR": mean(u, "ASR"), "ASR_trained": mean(t, "ASR"), "FA_trained": mean(t, "FA"), "FA_heldout_trained": mean(t, "FA_heldout"),
                 "RA_trained": t["RA"]["mean"], "TA_trained": t["TA"]["mean"], "MIA_trained": t.get("MIA"),
                 "heldout_n": (int(engine.data.holdout_counts[forgotten].sum())
                               if engine.data.holdout_counts is not None else 0),
@@ -164,7 +166,7 @@ def merge(grid: Grid, *, out: Path, margin: float = EQUIVALENCE_MARGIN) -> list[
     for r in rows:
         ref = by_key.get((r["topology"], "retrain", r["seed"]))
         gap = (lambda k, of=r: None if ref is None or of.get(k) is None or ref.get(k) is None else of[k] - ref[k])  # noqa: E731
-        for k in ("FA", "FA_heldout", "RA", "MIA"):
+        for k in ("FA", "FA_heldout", "RA", "MIA", "ASR"):
             r[f"{k}_gap_to_retrain"] = gap(k)
         # the do-nothing model of the same seed, against the same Retrain
         r["FA_heldout_trained_gap_to_retrain"] = (None if ref is None or r.get("FA_heldout_trained") is None
@@ -213,6 +215,8 @@ def grid_table(rows: list[dict], grid: Grid, *, margin: float = EQUIVALENCE_MARG
     cols = [("FA", "FA"), ("FA_heldout", "FA held-out"), ("RA", "RA"), ("TA", "TA"), ("MIA", "MIA"),
             ("FA_gap_to_retrain", "FA − Retrain"), ("RA_gap_to_retrain", "RA − Retrain"),
             ("MIA_gap_to_retrain", "MIA − Retrain")]
+    if any(r.get("ASR") is not None for r in rows):
+        cols += [("ASR", "ASR"), ("ASR_gap_to_retrain", "ASR − Retrain")]
     lines = ["| topology | spectral gap | method | " + " | ".join(c[1] for c in cols)
              + f" | Comm MB | seconds | flagged | FA held-out − Retrain, 90% CI: verdict (±{margin:g}) |",
              "|---|---|---|" + "---|" * len(cols) + "---|---|---|---|"]

@@ -76,6 +76,28 @@ class TopologyConfig:
     lazy: bool = False
 
 
+def table(cls: type) -> Any:
+    """A nested table of its own keys, e.g. ``[data.poison]`` (a frozen dataclass, defaults where
+    the config gives none)."""
+    return field(default_factory=cls, metadata={"table": True})
+
+
+@dataclass(frozen=True)
+class PoisonConfig:
+    """Malicious clients (``[data.poison]``, see :mod:`p2pforget.poison`): ``kind`` is the attack
+    (``none``, ``patch``, ``feature``, ``label_flip``), ``clients`` the clients that carry it, ``fraction``
+    of each one's training samples (a seeded choice) gets the trigger and the ``target`` label.
+    ``size``: the patch's side in pixels, or the number of trigger features; ``value``: what the
+    trigger writes (0 = the largest input value of the public test split)."""
+
+    kind: str = registered("none", "poison")
+    clients: tuple[int, ...] = ()
+    fraction: float = bounded(0.5, 0.0, 1.0, lo_open=True)
+    target: int = bounded(0, 0)
+    size: int = bounded(3, 1)
+    value: float = 0.0
+
+
 @dataclass(frozen=True)
 class DataConfig:
     kind: str = registered("gaussian_logistic", "data")
@@ -97,6 +119,7 @@ class DataConfig:
     concept: str = choice("shape", "shape", "colour")
     path: str = ""
     save: bool = False
+    poison: PoisonConfig = table(PoisonConfig)
 
 
 @dataclass(frozen=True)
@@ -289,7 +312,13 @@ def method_options() -> dict[str, type]:
 
 
 def _plain_fields(cls: type) -> dict[str, dataclasses.Field]:
-    return {f.name: f for f in dataclasses.fields(cls) if not f.metadata.get("sub_tables")}
+    return {f.name: f for f in dataclasses.fields(cls) if not f.metadata.get("sub_tables") and not f.metadata.get("table")}
+
+
+def _tables(cls: type) -> dict[str, type]:
+    """The nested tables of a section (e.g. ``data.poison``) and their dataclasses."""
+    hints = typing.get_type_hints(cls)
+    return {f.name: hints[f.name] for f in dataclasses.fields(cls) if f.metadata.get("table")}
 
 
 def _build_section(name: str, cls: type, values: dict[str, Any]) -> Any:
@@ -298,7 +327,8 @@ def _build_section(name: str, cls: type, values: dict[str, Any]) -> Any:
     hints = typing.get_type_hints(cls)
     fields = _plain_fields(cls)
     subs = method_options() if cls is UnlearnConfig else {}
-    unknown = sorted(set(values) - set(fields) - set(subs))
+    nested = _tables(cls)
+    unknown = sorted(set(values) - set(fields) - set(subs) - set(nested))
     for key in unknown:
         moved = [m for m, opts in subs.items() if key in {f.name for f in dataclasses.fields(opts)}]
         if moved:
@@ -306,8 +336,10 @@ def _build_section(name: str, cls: type, values: dict[str, Any]) -> Any:
                               f"(e.g. --set {name}.{moved[0]}.{key}=...)")
     if unknown:
         tables = f"; method tables: {', '.join(f'[{name}.{m}]' for m in subs)}" if subs else ""
+        tables += f"; tables: {', '.join(f'[{name}.{t}]' for t in nested)}" if nested else ""
         raise ConfigError(f"unknown key {name}.{unknown[0]}; valid keys in [{name}]: {', '.join(fields)}{tables}")
     built = {k: _check_value(f"{name}.{k}", fields[k], v, hints[k]) for k, v in values.items() if k in fields}
+    built |= {t: _build_section(f"{name}.{t}", c, values[t]) for t, c in nested.items() if t in values}
     if subs:
         built["tables"] = {m: _build_section(f"{name}.{m}", opts, values.get(m, {})) for m, opts in subs.items()}
     return cls(**built)
@@ -377,6 +409,8 @@ def to_dict(cfg: Config) -> dict[str, dict[str, Any]]:
         d = {k: _plain(getattr(section, k)) for k in _plain_fields(type(section))}
         for name, opts in getattr(section, "tables", {}).items():
             d[name] = dataclasses.asdict(opts)
+        for name in _tables(type(section)):
+            d[name] = {k: _plain(v) for k, v in dataclasses.asdict(getattr(section, name)).items()}
         out[f.name] = d
     return out
 
@@ -565,7 +599,10 @@ def reference() -> str:
             rows.append(f"| `{prefix}.{f.name}` | `{_toml_value(default)}` | {_accepts(f, hints[f.name])} |")
 
     for section in dataclasses.fields(Config):
-        add(section.name, typing.get_type_hints(Config)[section.name])
+        cls = typing.get_type_hints(Config)[section.name]
+        add(section.name, cls)
+        for name, nested in _tables(cls).items():
+            add(f"{section.name}.{name}", nested)
     builtin = registry.METHODS.builtin_names()
     for name, opts in method_options().items():
         if name in builtin:

@@ -42,7 +42,9 @@ worst of the nodes' own test accuracies, and the test accuracy of the nodes' mea
 METRICS = ("round", *EVAL_METRICS, "bytes_sent")
 """``bytes_sent`` has one entry per round."""
 PER_NODE = ("loss", "test_acc", "distance_to_mean")
-"""Kept for every node at every evaluation round (``metrics/per_node/<name>``: ``[evaluations, n_clients]``)."""
+"""Kept for every node at every evaluation round (``metrics/per_node/<name>``: ``[evaluations, n_clients]``),
+with the score on each of the data's probes (e.g. ``ASR``, :mod:`p2pforget.poison`), whose mean over
+the nodes is the metric ``<name>_mean``."""
 
 
 class DivergenceError(ValueError):
@@ -113,6 +115,11 @@ class Engine:
         # Further per-sample inputs (e.g. caption tokens) travel with the samples into batches.
         self.extras = {k: torch.as_tensor(v[self.lo:self.hi], device=self.device) for k, v in self.data.extras.items()}
         self.extras_test = {k: torch.as_tensor(v, device=self.device) for k, v in self.data.extras_test.items()}
+        # Further test sets every node is scored on at every evaluation (e.g. a backdoor's triggered inputs).
+        self.probes = {name: {"x": torch.as_tensor(x, dtype=self.dtype, device=self.device),
+                              "y": torch.as_tensor(y, device=self.device)} for name, (x, y) in self.data.probes.items()}
+        self.metric_names = METRICS + tuple(f"{name}_mean" for name in self.probes)
+        self.per_node_names = PER_NODE + tuple(self.probes)
 
         self.model = models.FlatModel(models.build(cfg.model, input_shape=self.data.input_shape, n_classes=self.data.n_classes))
         self.model.module.to(self.device)
@@ -136,8 +143,8 @@ class Engine:
         self.lock: ForgetLock | None = None
         self.ledger = self._empty_ledger()  # row i: C_i (see ledger.py)
         self.round = 0
-        self.metrics: dict[str, list[float]] = {name: [] for name in METRICS}
-        self.per_node: dict[str, list[np.ndarray]] = {name: [] for name in PER_NODE}  # at the root
+        self.metrics: dict[str, list[float]] = {name: [] for name in self.metric_names}
+        self.per_node: dict[str, list[np.ndarray]] = {name: [] for name in self.per_node_names}  # at the root
         self.eval_seconds = 0.0  # spent on the per-round metrics: simulator bookkeeping, not training
 
     @property
@@ -602,14 +609,19 @@ class Engine:
             mean = self.member_mean(params)
             dist = torch.linalg.vector_norm(params.detach().double() - mean, dim=1)
             finite = torch.isfinite(params).all(dim=1)
-        full = self.transport.gather(torch.stack([loss.double(), acc.double(), dist, finite.double()], dim=1))
+            probed = [self.per_client(self.task.score, params.detach(), self._probe_batch(name, params.shape[0])).double()
+                      for name in self.probes]
+        full = self.transport.gather(torch.stack([loss.double(), acc.double(), dist, finite.double(), *probed], dim=1))
         if full is None:
             return None
         with torch.no_grad():  # the mean model itself, at the root (every process holds the same mean)
             of_mean = float(self.task.score(mean.to(self.dtype), {k: v[0] for k, v in self.test_batch(1).items()}))
         full = full.cpu().numpy()
         return {"loss": full[:, 0], "test_acc": full[:, 1], "distance_to_mean": full[:, 2], "finite": full[:, 3] > 0,
-                "test_acc_of_mean": of_mean}
+                "test_acc_of_mean": of_mean} | {name: full[:, 4 + k] for k, name in enumerate(self.probes)}
+
+    def _probe_batch(self, name: str, n_local: int) -> Batch:
+        return {k: v.expand(n_local, *v.shape) for k, v in self.probes[name].items()}
 
     def member_mean(self, params: torch.Tensor) -> torch.Tensor:
         """The mean of the member nodes' rows of ``params`` (float64, on every process), summed
@@ -643,7 +655,9 @@ class Engine:
             self.metrics["test_acc_min"].append(float(per_client["test_acc"][m].min()))
             self.metrics["test_acc_of_mean"].append(per_client["test_acc_of_mean"])
             self.metrics["consensus_distance"].append(float(per_client["distance_to_mean"][m].mean()))
-            for name in PER_NODE:
+            for name in self.probes:
+                self.metrics[f"{name}_mean"].append(float(per_client[name][m].mean()))
+            for name in self.per_node_names:
                 self.per_node[name].append(np.where(m, per_client[name], np.nan))  # NaN: not in the graph
             problem = _divergence(per_client["finite"][m], per_client["loss"][self.has_data], np.flatnonzero(m))
         problem = self.transport.bcast_object(problem)  # every process stops in the same round
@@ -699,9 +713,10 @@ class Engine:
                                    back=torch.as_tensor(state["lock/back"], dtype=torch.float64, device=self.device),
                                    anchor=torch.as_tensor(state["lock/anchor"][rows], dtype=self.dtype, device=self.device),
                                    mu=float(state["lock/mu"]))
-        self.metrics = {k: [(int(v) if k == "round" else float(v)) for v in state.get(f"metrics/{k}", [])] for k in METRICS}
+        self.metrics = {k: [(int(v) if k == "round" else float(v)) for v in state.get(f"metrics/{k}", [])]
+                        for k in self.metric_names}
         self.per_node = {k: list(np.asarray(state.get(f"metrics/per_node/{k}", np.zeros((0, self.n_clients)))))
-                         for k in PER_NODE}
+                         for k in self.per_node_names}
         if not self.metrics["round"] and self.metrics["loss_mean"]:  # run files written before eval_every
             self.metrics["round"] = list(range(1, len(self.metrics["loss_mean"]) + 1))
 
@@ -727,8 +742,8 @@ class Engine:
         if fresh:
             twin.round, twin.params, twin.optimizer_state, twin.lock = 0, self.init_params.clone(), {}, None
             twin.ledger = twin._empty_ledger()
-            twin.metrics = {name: [] for name in METRICS}
-            twin.per_node = {name: [] for name in PER_NODE}
+            twin.metrics = {name: [] for name in self.metric_names}
+            twin.per_node = {name: [] for name in self.per_node_names}
             twin.eval_seconds = 0.0
             return twin
         twin.params = self.params.clone()

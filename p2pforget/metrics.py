@@ -123,25 +123,31 @@ def _per_row(fn, params: torch.Tensor) -> list:
 def evaluate(engine: "Engine", params: torch.Tensor, sets: EvalSets, *, nodes: np.ndarray) -> dict | None:
     """FA, RA, TA (the task's score on the forgotten, retained and test sets: accuracy for a
     classifier, R@1 for CLIP, each pair retrieved among the test pairs; mean/min/max over ``nodes``, in percent),
-    FA_heldout (the same on the forgotten clients' held-out split; ``None`` without one) and MIA
+    FA_heldout (the same on the forgotten clients' held-out split; ``None`` without one), the
+    score on each of the data's probes under its name (``ASR`` of a poisoned client) and MIA
     (mean over ``nodes``) of the stacked local ``params``; the dict at the root, ``None`` elsewhere."""
     names = [n for n in EvalSets.NAMES if sets.size(n)]
     batches = [sets.batch(name, engine.dtype, engine.device) for name in names]
     with torch.no_grad():
         # per distinct model, every set judged against one embedding of the shared gallery (CLIP)
         judged = _per_row(lambda p: [engine.task.judge(p, b) for b in engine.task.with_gallery(p, batches)], params)
-    scores = [torch.stack([row[k][0].double() for row in judged]) for k in range(len(names))]
+        # the data's probes (e.g. a backdoor's triggered test inputs: ASR), scored like the test set
+        probed = [torch.stack([s.double() for s in _per_row(lambda p: engine.task.score(p, batch), params)])
+                  for batch in engine.probes.values()]
+    scores = [torch.stack([row[k][0].double() for row in judged]) for k in range(len(names))] + probed
     member = [torch.stack([row[k][1] for row in judged]) for k in range(len(names))]
     full = engine.transport.gather(torch.cat([torch.stack(scores, dim=1)] + member, dim=1))
     if full is None:
         return None
     full = full.cpu().numpy()[nodes]
     score = dict(zip(names, full[:, :len(names)].T))
-    offsets = np.cumsum([len(names)] + [sets.size(n) for n in names])
+    probes = {name: _summary(100 * full[:, len(names) + k]) for k, name in enumerate(engine.probes)}
+    offsets = np.cumsum([len(names) + len(probes)] + [sets.size(n) for n in names])
     phi = {n: full[:, offsets[i]:offsets[i + 1]] for i, n in enumerate(names)}
     out = {"FA": _summary(100 * score["forget"]) if "forget" in score else None,
            "RA": _summary(100 * score["retain"]), "TA": _summary(100 * score["test"]),
            "FA_heldout": _summary(100 * score["heldout"]) if sets.clients_heldout and "heldout" in score else None}
+    out |= probes
     if "forget" in phi and "heldout" in phi:
         neg = phi["heldout"] if sets.non_members is None else phi["heldout"][:, sets.non_members]
         out["MIA"] = float(100 * auc(phi["forget"], neg).mean())

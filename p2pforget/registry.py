@@ -89,7 +89,8 @@ OPTIMIZERS = Registry("local optimizer", "train.optimizer")
 PARTITIONS = Registry("partition", "data.partition")
 TOPOLOGIES = Registry("topology", "topology.kind")
 MIXINGS = Registry("mixing rule", "topology.mixing")
+POISONS = Registry("poisoning attack", "data.poison.kind")
 
 ALL = {"data": DATASETS, "model": MODELS, "round": ROUNDS, "aggregator": AGGREGATORS, "method": METHODS,
        "optimizer": OPTIMIZERS, "partition": PARTITIONS, "topology": TOPOLOGIES,
-       "mixing": MIXINGS}
+       "mixing": MIXINGS, "poison": POISONS}

@@ -10,6 +10,7 @@ a | b
 from __future__ import annotations
 
 import json
+import tomllib
 from pathlib import Path
 from typing import Sequence
 
@@ -188,7 +189,7 @@ def plot_influence_share(mixings: list[np.ndarray], client: int, path: str | Pat
 def plot_unlearning(metrics: dict, path: str | Path, *, formats: Sequence[str] = FORMATS) -> Path:
     """FA / RA / TA / MIA of the trained, retrained and unlearned models, side by side."""
     names = [k for k in ("trained", "retrained", "unlearned") if k in metrics]
-    labels = ["FA", "RA", "TA", "MIA"]
+    labels = ["FA", "RA", "TA", "MIA"] + (["ASR"] if any("ASR" in metrics[k] for k in names) else [])
     fig, ax = plt.subplots(figsize=(8, 4))
     width = 0.8 / len(names)
     for k, name in enumerate(names):
@@ -209,6 +210,26 @@ def plot_fa_traces(traces: dict[str, list[float]], path: str | Path, *, formats:
     ax.set(xlabel="round (unlearning; Retrain: training)", ylabel="FA (%)", title="accuracy on the forgotten data")
     ax.grid(alpha=0.3)
     ax.legend()
+    return _save(fig, path, formats)
+
+
+def plot_probe_per_node(rounds: np.ndarray, values: np.ndarray, highlight: Sequence[int], path: str | Path, *,
+                        name: str = "ASR", formats: Sequence[str] = FORMATS) -> Path:
+    """A probe's score (e.g. the backdoor's attack success rate) on every node after each
+    evaluation round, ``values [evaluations, n_clients]`` (NaN where a node had left): how far the
+    attack spread through the graph. The ``highlight`` nodes (the malicious clients) in red."""
+    fig, ax = plt.subplots(figsize=(7, 4))
+    others = [i for i in range(values.shape[1]) if i not in set(highlight)]
+    if others:
+        v = _percent(values[:, others])
+        ax.fill_between(rounds, np.nanmin(v, axis=1), np.nanmax(v, axis=1), color="tab:blue", alpha=0.2,
+                        label=f"other nodes (min to max, {len(others)})")
+        ax.plot(rounds, np.nanmean(v, axis=1), color="tab:blue", label="other nodes (mean)")
+    for k, i in enumerate(highlight):
+        ax.plot(rounds, _percent(values[:, i]), color="tab:red", lw=2, label="malicious client(s)" if k == 0 else None)
+    ax.set(title=f"{name} on each node", xlabel="round", ylabel=f"{name} (%)", ylim=(-2, 102))
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
     return _save(fig, path, formats)
 
 
@@ -236,6 +257,10 @@ def report_run(run_dir: str | Path, *, formats: Sequence[str] = FORMATS) -> list
             forgotten = [int(j) for j in json.loads(rf.group_attrs.get("unlearn", {}).get("forgotten", "{}"))]
             pngs.append(plot_influence_share(mixings, forgotten[0] if forgotten else 0, run_dir / "influence_share.png",
                                              formats=formats))
+    if "per_node/ASR" in metrics and len(metrics["round"]):
+        poison = tomllib.loads(rf.attrs.get("config_toml", "")).get("data", {}).get("poison", {})
+        pngs.append(plot_probe_per_node(metrics["round"], metrics["per_node/ASR"], poison.get("clients", []),
+                                        run_dir / "asr_per_node.png", formats=formats))
     report_file = run_dir / "report.json"
     if report_file.exists():
         report = history.read_json(report_file)
@@ -290,7 +315,8 @@ def plot_grid(rows: list[dict], topologies: Sequence[str], methods: Sequence[str
 
     gaps = {t: next(r["spectral_gap"] for r in rows if r["topology"] == t) for t in topologies}
     order = sorted(topologies, key=gaps.get)
-    fig, axes = plt.subplots(1, 3, figsize=(16, 4))
+    asr = any(r.get("ASR") is not None for r in rows)
+    fig, axes = plt.subplots(1, 4 if asr else 3, figsize=(21 if asr else 16, 4))
     for m in methods:
         def mean(key, t):
             vals = [r[key] for r in rows if r["topology"] == t and r["method"] == m and r.get(key) is not None]
@@ -299,10 +325,14 @@ def plot_grid(rows: list[dict], topologies: Sequence[str], methods: Sequence[str
         axes[0].plot(x, [mean("FA_gap_to_retrain", t) for t in order], marker="o", label=m)
         axes[1].plot(x, [mean("MIA_gap_to_retrain", t) for t in order], marker="o", label=m)
         axes[2].plot(x, [mean("comm_bytes", t) / 1e6 for t in order], marker="o", label=m)
+        if asr:
+            axes[3].plot(x, [mean("ASR_gap_to_retrain", t) for t in order], marker="o", label=m)
     axes[0].set(title="forget accuracy − Retrain's", xlabel="spectral gap of the graph", ylabel="FA gap (points)")
     axes[1].set(title="MIA − Retrain's", xlabel="spectral gap of the graph", ylabel="MIA gap (AUC points)")
     axes[2].set(title="communication of the method", xlabel="spectral gap of the graph", ylabel="bytes sent (MB)",
                 yscale="symlog")
+    if asr:
+        axes[3].set(title="attack success rate − Retrain's", xlabel="spectral gap of the graph", ylabel="ASR gap (points)")
     for ax in axes:
         ax.legend(fontsize=8)
         ax.grid(alpha=0.3)

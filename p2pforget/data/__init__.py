@@ -26,7 +26,7 @@ from typing import Callable
 
 import numpy as np
 
-from .. import partition as _partition, seeding
+from .. import partition as _partition, poison as _poison, seeding
 from ..config import DataConfig
 from ..registry import DATASETS
 
@@ -48,6 +48,8 @@ class FederatedData:
     extras: dict[str, np.ndarray] = field(default_factory=dict)          # name -> (n_clients, m, ...) per sample
     extras_test: dict[str, np.ndarray] = field(default_factory=dict)     # name -> (n_test, ...)
     extras_holdout: dict[str, np.ndarray] = field(default_factory=dict)  # name -> (n_clients, h, ...)
+    poisoned: np.ndarray | None = None      # (n_clients, m) which training samples carry an attack (p2pforget.poison)
+    probes: dict[str, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)  # name -> (x, y) scored per node
 
     def __post_init__(self) -> None:
         if self.counts is None:
@@ -109,8 +111,10 @@ def estimated_bytes(cfg: DataConfig, *, n_clients: int) -> int | None:
 
 def build(cfg: DataConfig, *, n_clients: int, seed: int) -> FederatedData:
     """Build the dataset registered as ``cfg.kind``, with each client's held-out split, its inputs
-    normalized by ``cfg.normalize``."""
-    return normalize(_build(cfg, n_clients=n_clients, seed=seed), cfg.normalize)
+    normalized by ``cfg.normalize``, and the malicious clients of ``cfg.poison`` poisoned (after
+    normalization: a trigger is written in the units the model sees)."""
+    data = normalize(_build(cfg, n_clients=n_clients, seed=seed), cfg.normalize)
+    return _poison.apply(data, cfg.poison, seed=seed)
 
 
 def normalize(data: FederatedData, kind: str) -> FederatedData:

@@ -49,6 +49,9 @@ UNLEARN_CASES = {
                           "unlearn": {"method": "not", "clients": [2], "not": {"rounds": 2}}},
     "torus9_salun": {"topology": {"kind": "torus", "n_clients": 9},
                      "unlearn": {"method": "salun", "clients": [4], "samples": {"7": [0, 2]}, "salun": {"rounds": 2}}},
+    "ring6_poisoned_client_finetune": {"topology": {"kind": "ring", "n_clients": 6},
+                                       "data": {"poison": {"kind": "feature", "clients": [2], "fraction": 0.5}},
+                                       "unlearn": {"method": "finetune", "clients": [2], "finetune": {"rounds": 2}}},
     "star5_random_label": {"topology": {"kind": "star", "n_clients": 5},
                            "unlearn": {"method": "random_label", "clients": [1], "random_label": {"rounds": 2}}},
     # samples of one node only: the holders placement, where most ranks host no holder and still
