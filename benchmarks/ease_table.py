@@ -73,7 +73,7 @@ def experiment_config(seed: int, kind: str, checkpoint: str):
         "topology": {"kind": kind, "n_clients": 10},
         "data": {"kind": "captions_synth", "n_samples_per_client": 60, "n_test": 100, "partition": "iid",
                  "concept": "colour"},
-        "model": {"kind": "clip", "pretrained": checkpoint},
+        "model": {"kind": "clip", "clip": {"pretrained": checkpoint}},
         "train": {"lr": 0.5, "local_steps": 2, "batch_size": 32, "weight_decay": 0.0},
         "audit": {"after_forget": False},
     })
@@ -86,9 +86,10 @@ def pretrain(path: Path, *, steps: int, seed: int = 1000) -> None:
 
     from p2pforget.config import DataConfig, ModelConfig
     from p2pforget.data import captions
-    from p2pforget.models import build
+    from p2pforget.models import build, clip
 
-    model = build(ModelConfig(kind="clip", finetune="full"), input_shape=(3, 32, 32), n_classes=0)
+    model = build(ModelConfig(kind="clip", tables={"clip": clip.CLIPOptions(finetune="full")}), input_shape=(3, 32, 32),
+                  n_classes=0)
     pool = captions.captions_synth(DataConfig(kind="captions_synth", concept="colour", n_samples_per_client=3000, n_test=1),
                                    1, seed)
     keep = pool.y[0] != FORGET_COLOUR  # the backbone never sees the colour that will be forgotten

@@ -93,7 +93,7 @@ def vit_round(clients: int) -> None:
         "run": {"seed": 0, "rounds": 2, "eval_every": 0, "device": "cuda"},
         "topology": {"kind": "star", "n_clients": clients},
         "data": {"kind": "captions_synth", "n_samples_per_client": 32, "n_test": 8, "image_size": 224},
-        "model": {"kind": "clip", "clip_config": "ViT-B-32"},
+        "model": {"kind": "clip", "clip": {"clip_config": "ViT-B-32"}},
         "train": {"lr": 0.1, "local_steps": 1, "batch_size": 32},
         "audit": {"after_forget": False},
     })

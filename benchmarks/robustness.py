@@ -43,14 +43,14 @@ RA_DROP = 5.0  # points below Retrain's RA that a result may not reach unflagged
 # most 2 points.
 DATASETS = {
     "digits_mlp": ({"data": {"kind": "digits", "partition": "iid", "n_samples_per_client": 80, "holdout_fraction": 0.39},
-                    "model": {"kind": "mlp", "hidden": 32},
+                    "model": {"kind": "mlp", "mlp": {"hidden": 32}},
                     "train": {"lr": 0.1, "local_steps": 2, "batch_size": 20}}, BASELINES),
     "synthetic_logistic": ({"data": {"kind": "gaussian_logistic", "n_samples_per_client": 100, "holdout_fraction": 0.34},
                             "model": {"kind": "logistic"}, "train": {"lr": 0.1, "local_steps": 2, "batch_size": 20}},
                            BASELINES),
     "synthetic_mlp": ({"data": {"kind": "gaussian_logistic", "partition": "dirichlet", "alpha": 0.5,
                                "n_samples_per_client": 100, "holdout_fraction": 0.34},
-                      "model": {"kind": "mlp", "hidden": 16}, "train": {"lr": 0.1, "local_steps": 2, "batch_size": 20}},
+                      "model": {"kind": "mlp", "mlp": {"hidden": 16}}, "train": {"lr": 0.1, "local_steps": 2, "batch_size": 20}},
                       BASELINES),
 }
 

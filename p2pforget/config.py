@@ -20,6 +20,7 @@ import math
 import sys
 import tomllib
 import typing
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -45,6 +46,37 @@ def bounded(default: Any, lo: float | None = None, hi: float | None = None, *, l
 def registered(default: str, which: str) -> Any:
     """A name chosen from one of :mod:`p2pforget.registry`'s registries (built-ins and plug-ins)."""
     return field(default=default, metadata={"registry": which})
+
+
+def kind_tables(which: str) -> Any:
+    """A section's per-kind option tables: every entry of registry ``which`` that registers
+    ``options=`` (a dataclass with fields) gets its table ``[<section>.<name>]``, defaults where
+    the config gives none."""
+    return field(default_factory=dict, metadata={"sub_tables": which})
+
+
+class KindOptions:
+    """Mixin of a section with per-kind tables (its ``tables`` field): :meth:`options` gives the
+    chosen kind's options; every registered kind's table is present, so two configs that mean the
+    same compare equal."""
+
+    KIND_FIELD = "kind"
+
+    def __post_init__(self) -> None:
+        which = next(f.metadata["sub_tables"] for f in dataclasses.fields(self) if f.metadata.get("sub_tables"))
+        missing = {m: opts() for m, opts in registered_options(which).items() if m not in self.tables}
+        if missing:
+            object.__setattr__(self, "tables", dict(self.tables) | missing)
+
+    def options(self, kind: str | None = None) -> Any:
+        """The options of ``kind`` (default: the chosen one); defaults where the config gave none,
+        ``None`` for a kind that registers no options."""
+        name = kind or getattr(self, self.KIND_FIELD)
+        if name in self.tables:
+            return self.tables[name]
+        which = next(f.metadata["sub_tables"] for f in dataclasses.fields(self) if f.metadata.get("sub_tables"))
+        cls = registry.ALL[which].entry(name).meta.get("options")
+        return cls() if cls is not None else None
 
 
 @dataclass(frozen=True)
@@ -123,17 +155,12 @@ class DataConfig:
 
 
 @dataclass(frozen=True)
-class ModelConfig:
+class ModelConfig(KindOptions):
+    """The model: ``kind`` from the model registry; each kind's own keys live in its table
+    ``[model.<kind>]`` (e.g. ``[model.mlp] hidden = 64``)."""
+
     kind: str = registered("logistic", "model")
-    hidden: int = bounded(32, 1)
-    alpha_v: float = bounded(1.0, 0.0)
-    alpha_k: float = bounded(1.0, 0.0)
-    alpha_gtc: float = bounded(1.0, 0.0)
-    clip_config: str = "tiny"
-    pretrained: str = ""
-    finetune: str = choice("lora", "lora", "last_blocks", "full")
-    lora_rank: int = bounded(4, 1)
-    lora_alpha: float = bounded(8.0, 0.0)
+    tables: dict[str, Any] = kind_tables("model")
 
 
 @dataclass(frozen=True)
@@ -173,30 +200,17 @@ class LedgerConfig:
 
 
 @dataclass(frozen=True)
-class UnlearnConfig:
+class UnlearnConfig(KindOptions):
     """What to forget and with which method; each method's own keys live in ``[unlearn.<method>]``
     (``tables`` maps every registered method that has options to its options dataclass)."""
+
+    KIND_FIELD = "method"
 
     method: str = registered("certified", "method")
     clients: tuple[int, ...] = ()
     samples: dict[str, tuple[int, ...]] = field(default_factory=dict)
     mode: str = choice("remove", "remove", "keep_relay")
-    tables: dict[str, Any] = field(default_factory=dict, metadata={"sub_tables": True})
-
-    def __post_init__(self) -> None:
-        # Every registered method's table is present (defaults where none was given), so two
-        # configs that mean the same compare equal.
-        missing = {m: opts() for m, opts in method_options().items() if m not in self.tables}
-        if missing:
-            object.__setattr__(self, "tables", dict(self.tables) | missing)
-
-    def options(self, method: str | None = None) -> Any:
-        """The options of ``method`` (default: the chosen one); defaults where the config gave none."""
-        name = method or self.method
-        if name in self.tables:
-            return self.tables[name]
-        cls = registry.METHODS.entry(name).meta.get("options")
-        return cls() if cls is not None else None
+    tables: dict[str, Any] = kind_tables("method")
 
 
 @dataclass(frozen=True)
@@ -305,10 +319,43 @@ def _interval(f: dataclasses.Field) -> str:
             + (")" if hi_open or hi is None else "]"))
 
 
+def registered_options(which: str) -> dict[str, type]:
+    """Every entry of registry ``which`` (a key of :data:`~p2pforget.registry.ALL`) that has
+    options, and its options dataclass."""
+    reg = registry.ALL[which]
+    found = {name: reg.entry(name).meta.get("options") for name in reg.names()}
+    return {name: opts for name, opts in found.items() if opts is not None and dataclasses.fields(opts)}
+
+
 def method_options() -> dict[str, type]:
     """Every registered unlearning method that has options, and its options dataclass."""
-    found = {name: registry.METHODS.entry(name).meta.get("options") for name in registry.METHODS.names()}
-    return {name: opts for name, opts in found.items() if opts is not None and dataclasses.fields(opts)}
+    return registered_options("method")
+
+
+def _sub_tables(cls: type) -> dict[str, type]:
+    """The per-kind tables a section can hold (``{}`` for a section without them)."""
+    which = next((f.metadata["sub_tables"] for f in dataclasses.fields(cls) if f.metadata.get("sub_tables")), None)
+    return registered_options(which) if which else {}
+
+
+DEPRECATED_FLAT = ("model",)
+"""Sections whose kinds' keys moved into per-kind tables in 0.2: a flat key there (``model.hidden``)
+still works for this release, with a warning naming its table; ``[unlearn]``'s flat keys are errors."""
+
+
+NOUNS = {"unlearn": "method", "train": "algorithm"}
+"""What a section's kinds are called in messages (``kind`` otherwise)."""
+
+
+def _moved(section: str, key: str, subs: dict[str, type]) -> list[str]:
+    """The kinds of ``section`` whose table holds ``key``."""
+    return [m for m, opts in subs.items() if key in {f.name for f in dataclasses.fields(opts)}]
+
+
+def _deprecated(section: str, key: str, kinds: list[str]) -> None:
+    warnings.warn(f"{section}.{key} has moved to the {NOUNS.get(section, 'kind')}'s own table: write it under "
+                  f"{' / '.join(f'[{section}.{k}]' for k in kinds)} (e.g. --set {section}.{kinds[0]}.{key}=...); "
+                  "the flat key is read for this release only", DeprecationWarning, stacklevel=4)
 
 
 def _plain_fields(cls: type) -> dict[str, dataclasses.Field]:
@@ -326,16 +373,23 @@ def _build_section(name: str, cls: type, values: dict[str, Any]) -> Any:
         raise ConfigError(f"[{name}] must be a table of keys, got {values!r}")
     hints = typing.get_type_hints(cls)
     fields = _plain_fields(cls)
-    subs = method_options() if cls is UnlearnConfig else {}
+    subs = _sub_tables(cls)
     nested = _tables(cls)
     unknown = sorted(set(values) - set(fields) - set(subs) - set(nested))
+    values = dict(values)
     for key in unknown:
-        moved = [m for m, opts in subs.items() if key in {f.name for f in dataclasses.fields(opts)}]
-        if moved:
-            raise ConfigError(f"{name}.{key} has moved to the method's own table: write it under [{name}.{moved[0]}] "
-                              f"(e.g. --set {name}.{moved[0]}.{key}=...)")
+        moved = _moved(name, key, subs)
+        if moved and name in DEPRECATED_FLAT:
+            _deprecated(name, key, moved)
+            for m in moved:  # the flat value fills every table that has the key, unless the table sets it
+                table = values.get(m, {})
+                values[m] = table if not isinstance(table, dict) or key in table else table | {key: values[key]}
+        elif moved:
+            raise ConfigError(f"{name}.{key} has moved to the {NOUNS.get(name, 'kind')}'s own table: "
+                              f"write it under [{name}.{moved[0]}] (e.g. --set {name}.{moved[0]}.{key}=...)")
+    unknown = [k for k in unknown if not (name in DEPRECATED_FLAT and _moved(name, k, subs))]
     if unknown:
-        tables = f"; method tables: {', '.join(f'[{name}.{m}]' for m in subs)}" if subs else ""
+        tables = f"; kind tables: {', '.join(f'[{name}.{m}]' for m in subs)}" if subs else ""
         tables += f"; tables: {', '.join(f'[{name}.{t}]' for t in nested)}" if nested else ""
         raise ConfigError(f"unknown key {name}.{unknown[0]}; valid keys in [{name}]: {', '.join(fields)}{tables}")
     built = {k: _check_value(f"{name}.{k}", fields[k], v, hints[k]) for k, v in values.items() if k in fields}
@@ -402,13 +456,13 @@ def from_dict(data: dict[str, Any], *, base: Path | None = None, import_plugins:
 
 
 def to_dict(cfg: Config) -> dict[str, dict[str, Any]]:
-    """Nested plain dicts; each method's options appear as a sub-table ``unlearn.<method>``."""
+    """Nested plain dicts; each kind's options appear as a sub-table (``unlearn.<method>``, ``model.<kind>``)."""
     out = {}
     for f in dataclasses.fields(cfg):
         section = getattr(cfg, f.name)
         d = {k: _plain(getattr(section, k)) for k in _plain_fields(type(section))}
         for name, opts in getattr(section, "tables", {}).items():
-            d[name] = dataclasses.asdict(opts)
+            d[name] = {k: _plain(v) for k, v in dataclasses.asdict(opts).items()}
         for name in _tables(type(section)):
             d[name] = {k: _plain(v) for k, v in dataclasses.asdict(getattr(section, name)).items()}
         out[f.name] = d
@@ -518,9 +572,16 @@ def with_overrides(cfg: Config, overrides: list[str]) -> Config:
             table = table[name]
         if path[-1] not in table:
             where = ".".join(path[:-1])
-            moved = [m for m in method_options() if path[0] == "unlearn" and len(path) == 2 and path[-1] in data["unlearn"].get(m, {})]
+            kinds = _sub_tables(type(getattr(cfg, path[0]))) if len(path) == 2 else {}
+            moved = [m for m in kinds if path[-1] in data[path[0]].get(m, {})]
+            if moved and path[0] in DEPRECATED_FLAT:
+                _deprecated(path[0], path[-1], moved)
+                for m in moved:
+                    data[path[0]][m][path[-1]] = _parse_override_value(raw.strip())
+                continue
             if moved:
-                raise ConfigError(f"{key.strip()} has moved to the method's own table: use {where}.{moved[0]}.{path[-1]}=...")
+                raise ConfigError(f"{key.strip()} has moved to the {NOUNS.get(path[0], 'kind')}'s own table: "
+                                  f"use {where}.{moved[0]}.{path[-1]}=...")
             raise ConfigError(f"unknown key {key.strip()}; valid keys in [{where}]: {', '.join(table)}")
         table[path[-1]] = _parse_override_value(raw.strip())
     return from_dict(data)
@@ -543,9 +604,15 @@ def replace(cfg: Config, **sections: dict[str, Any]) -> Config:
 
 
 def dumps(cfg: Config) -> str:
-    """TOML text for ``cfg`` (round-trips through :func:`loads`)."""
+    """TOML text for ``cfg`` (round-trips through :func:`loads`). A kind's table is written when it
+    is the chosen kind's or differs from its defaults: a stored config then names no table of a
+    plug-in it does not use (reading it back needs no plug-in it never named)."""
     lines = []
     for section, values in to_dict(cfg).items():
+        part = getattr(cfg, section)
+        chosen = getattr(part, getattr(part, "KIND_FIELD", "kind"), None)
+        defaults = {k: {f: _plain(v) for f, v in dataclasses.asdict(c()).items()} for k, c in _sub_tables(type(part)).items()}
+        values = {k: v for k, v in values.items() if k not in defaults or k == chosen or v != defaults[k]}
         tables = {k: v for k, v in values.items() if isinstance(v, dict) and k != "samples"}
         lines.append(f"[{section}]")
         for key, value in values.items():
@@ -603,8 +670,13 @@ def reference() -> str:
         add(section.name, cls)
         for name, nested in _tables(cls).items():
             add(f"{section.name}.{name}", nested)
-    builtin = registry.METHODS.builtin_names()
-    for name, opts in method_options().items():
-        if name in builtin:
-            add(f"unlearn.{name}", opts)
+    for section in dataclasses.fields(Config):
+        cls = typing.get_type_hints(Config)[section.name]
+        which = next((f.metadata["sub_tables"] for f in dataclasses.fields(cls) if f.metadata.get("sub_tables")), None)
+        if which is None:
+            continue
+        builtin = registry.ALL[which].builtin_names()
+        for name, opts in registered_options(which).items():
+            if name in builtin:
+                add(f"{section.name}.{name}", opts)
     return "\n".join(rows)

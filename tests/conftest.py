@@ -30,7 +30,7 @@ def trained_digits():
     def build(kind: str, n_clients: int, *, seed: int, rounds: int, local_steps: int) -> Engine:
         cfg = config.from_dict({"run": {"seed": seed, "rounds": rounds}, "topology": {"kind": kind, "n_clients": n_clients},
                                 "data": {"kind": "digits", "n_samples_per_client": 40, "n_test": 60},
-                                "model": {"kind": "mlp", "hidden": 16},
+                                "model": {"kind": "mlp", "mlp": {"hidden": 16}},
                                 "train": {"lr": 0.3, "local_steps": local_steps, "batch_size": 16},
                                 "audit": {"after_forget": False}})
         engine = Engine(config=cfg)

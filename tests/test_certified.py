@@ -273,9 +273,9 @@ def test_topk_sparsified_curvature():
 
 @pytest.mark.parametrize("model, options, want", [
     ({"kind": "logistic"}, {}, ("exact", 0.0)),
-    ({"kind": "mlp", "hidden": 8}, {}, ("ggn", certified.NONCONVEX_DAMPING)),
-    ({"kind": "mlp", "hidden": 8}, {"damping": 0.5}, ("ggn", 0.5)),       # a damping that was set stays
-    ({"kind": "mlp", "hidden": 8}, {"curvature": "exact"}, ("exact", 0.0)),  # so does a named curvature
+    ({"kind": "mlp", "mlp": {"hidden": 8}}, {}, ("ggn", certified.NONCONVEX_DAMPING)),
+    ({"kind": "mlp", "mlp": {"hidden": 8}}, {"damping": 0.5}, ("ggn", 0.5)),       # a damping that was set stays
+    ({"kind": "mlp", "mlp": {"hidden": 8}}, {"curvature": "exact"}, ("exact", 0.0)),  # so does a named curvature
 ])
 def test_auto_curvature_is_exact_for_logistic_and_damped_ggn_otherwise(model, options, want):
     cfg = config.from_dict({"topology": {"kind": "ring", "n_clients": 4}, "model": model, "audit": {"after_forget": False},

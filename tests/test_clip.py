@@ -10,6 +10,10 @@ from p2pforget.config import ModelConfig
 from p2pforget.models import FlatModel, build, clip
 
 
+def _clip(**options) -> ModelConfig:
+    return ModelConfig(kind="clip", tables={"clip": clip.CLIPOptions(**options)})
+
+
 @pytest.fixture
 def offline(monkeypatch):
     def refuse(*args, **kwargs):
@@ -20,7 +24,7 @@ def offline(monkeypatch):
 
 def _batch():
     gen = torch.Generator().manual_seed(0)
-    tok = clip.tokenizer(ModelConfig(kind="clip"))
+    tok = clip.tokenizer(_clip())
     return torch.randn(4, 3, 32, 32, generator=gen), tok(["a red square", "a blue circle", "a small green star", "a big shape"])
 
 
@@ -32,7 +36,7 @@ def _contrastive(flat_model, flat, images, tokens):
 
 
 def test_model_and_tokenizer_build_offline(offline):
-    model = build(ModelConfig(kind="clip"), input_shape=(3, 32, 32), n_classes=0)
+    model = build(_clip(), input_shape=(3, 32, 32), n_classes=0)
     images, tokens = _batch()
     assert tokens.shape == (4, 16) and tokens.dtype == torch.long
     img, txt, scale = model(images, tokens)
@@ -50,7 +54,7 @@ ALLOWED = {
 
 @pytest.mark.parametrize("mode", ["lora", "last_blocks", "full"])
 def test_only_the_parameters_the_finetune_mode_allows_change(mode):
-    model = clip.build_clip(ModelConfig(kind="clip", finetune=mode))
+    model = clip.build_clip(_clip(finetune=mode))
     fm = FlatModel(model)
     assert fm.names and all(ALLOWED[mode](n) for n in fm.names)
     frozen = {n: p.detach().clone() for n, p in model.named_parameters() if not p.requires_grad}
@@ -68,8 +72,8 @@ def test_only_the_parameters_the_finetune_mode_allows_change(mode):
 
 
 def test_lora_starts_from_the_frozen_backbone_and_init_never_resets_it():
-    base = clip.build_clip(ModelConfig(kind="clip", finetune="full"))
-    lora = clip.build_clip(ModelConfig(kind="clip"))
+    base = clip.build_clip(_clip(finetune="full"))
+    lora = clip.build_clip(_clip())
     fm = FlatModel(lora)
     images, tokens = _batch()
     flat = fm.init_vector(7, torch.float32)
@@ -80,19 +84,19 @@ def test_lora_starts_from_the_frozen_backbone_and_init_never_resets_it():
 
 def test_pretrained_weights_only_from_a_local_file(tmp_path):
     with pytest.raises(FileNotFoundError, match="never downloads"):
-        clip.build_clip(ModelConfig(kind="clip", pretrained=str(tmp_path / "missing.pt")))
-    source = clip.build_clip(ModelConfig(kind="clip", finetune="full"))
+        clip.build_clip(_clip(pretrained=str(tmp_path / "missing.pt")))
+    source = clip.build_clip(_clip(finetune="full"))
     with torch.no_grad():
         source.text_projection.add_(1.0)
     torch.save(source.state_dict(), tmp_path / "ckpt.pt")
-    loaded = clip.build_clip(ModelConfig(kind="clip", finetune="full", pretrained=str(tmp_path / "ckpt.pt")))
+    loaded = clip.build_clip(_clip(finetune="full", pretrained=str(tmp_path / "ckpt.pt")))
     assert torch.equal(loaded.text_projection, source.text_projection)
     with pytest.raises(ValueError, match="not an open_clip config"):
-        clip.build_clip(ModelConfig(kind="clip", clip_config="no-such-model"))
+        clip.build_clip(_clip(clip_config="no-such-model"))
 
 
 def test_shorter_token_rows_are_padded_to_the_text_context_and_longer_ones_are_refused():
-    model = clip.ContrastiveCLIP(clip.build_clip(ModelConfig(kind="clip")))
+    model = clip.ContrastiveCLIP(clip.build_clip(_clip()))
     _, tokens = _batch()                                   # [4, 16]: the tiny model's context
     end = int((tokens != 0).sum(dim=1).max())              # the longest caption's length, end token included
     with torch.no_grad():

@@ -53,7 +53,7 @@ def test_missing_file_is_clear(tmp_path):
 
 def test_reference_table_lists_every_key():
     ref = config.reference()
-    for key in ["run.seed", "topology.dropout", "data.alpha", "model.hidden", "train.same_init"]:
+    for key in ["run.seed", "topology.dropout", "data.alpha", "model.mlp.hidden", "model.clip.lora_rank", "train.same_init"]:
         assert f"`{key}`" in ref
 
 
@@ -83,3 +83,27 @@ def test_flat_override_of_a_moved_key_says_where_it_went():
         config.with_overrides(config.Config(), ["unlearn.noise=false"])
     with pytest.raises(ConfigError, match=r"unknown key unlearn.foul.nope; valid keys in \[unlearn.foul\]"):
         config.with_overrides(config.Config(), ["unlearn.foul.nope=1"])
+
+
+def test_model_options_live_in_their_kinds_table():
+    cfg = config.loads('[model]\nkind = "mlp"\n[model.mlp]\nhidden = 7\n[model.l2u]\nalpha_v = 0.5\n')
+    assert cfg.model.options().hidden == 7 and cfg.model.options("l2u").alpha_v == 0.5
+    assert cfg.model.options("cnn").hidden == 32 and cfg.model.options("logistic") is None
+    assert config.loads(config.dumps(cfg)) == cfg
+    with pytest.raises(ConfigError, match=r"valid keys in \[model.mlp\]: hidden"):
+        config.from_dict({"model": {"kind": "mlp", "mlp": {"width": 3}}})
+    with pytest.raises(ConfigError, match=r"unknown key model.width_xyz; valid keys in \[model\]: kind; kind tables: "
+                                          r"\[model.mlp\], \[model.cnn\]"):
+        config.from_dict({"model": {"width_xyz": 3}})
+    assert config.with_overrides(cfg, ["model.clip.lora_rank=2"]).model.options("clip").lora_rank == 2
+
+
+def test_a_flat_model_key_still_works_for_one_release_with_a_warning_naming_its_table():
+    with pytest.warns(DeprecationWarning, match=r"model.hidden has moved to the kind's own table: write it under "
+                                                r"\[model.mlp\] / \[model.cnn\] / \[model.l2u\]"):
+        cfg = config.from_dict({"model": {"kind": "mlp", "hidden": 9, "cnn": {"hidden": 4}}})
+    # the flat value fills every table that has the key, unless the table sets it itself
+    assert cfg.model.options("mlp").hidden == 9 and cfg.model.options("l2u").hidden == 9
+    assert cfg.model.options("cnn").hidden == 4
+    with pytest.warns(DeprecationWarning, match="model.hidden has moved"):
+        assert config.with_overrides(config.from_dict({}), ["model.hidden=5"]).model.options("mlp").hidden == 5

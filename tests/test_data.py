@@ -140,7 +140,7 @@ def test_digits_and_pacs_like_train_the_l2u_model():
     for kind, shape in [("digits", (1, 8, 8)), ("pacs_like", (3, 16, 16))]:
         cfg = config.from_dict({"topology": {"kind": "star", "n_clients": 4},
                                 "data": {"kind": kind, "n_samples_per_client": 28, "n_test": 56, "image_size": 16},
-                                "model": {"kind": "l2u", "hidden": 8}, "train": {"lr": 0.1, "local_steps": 3}})
+                                "model": {"kind": "l2u", "l2u": {"hidden": 8}}, "train": {"lr": 0.1, "local_steps": 3}})
         e = Engine(config=cfg)
         assert e.data.input_shape == shape
         e.train(3, progress=False)

@@ -146,7 +146,7 @@ def _foul_cfg(kind="star", **foul):
         "run": {"seed": 1},
         "topology": {"kind": kind, "n_clients": 6},
         "data": {"kind": "pacs_like", "n_samples_per_client": 14, "n_test": 28, "image_size": 16, "partition": "by_domain"},
-        "model": {"kind": "l2u", "hidden": 8},
+        "model": {"kind": "l2u", "l2u": {"hidden": 8}},
         "train": {"lr": 0.1, "local_steps": 2, "batch_size": 7},
         "unlearn": {"method": "foul", "foul": {"rounds": 2} | foul},
     })

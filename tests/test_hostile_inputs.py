@@ -191,7 +191,7 @@ CASES = [
     (RUN + [S, "data.holdout_fraction=nan"], "data.holdout_fraction = nan " + NOT_FINITE),
     (RUN + [S, "train.step_gamma=inf"], "train.step_gamma = inf " + NOT_FINITE),
     (RUN + [S, "data.quantity_skew=nan"], "data.quantity_skew = nan " + NOT_FINITE),
-    (RUN + [S, "model.lora_alpha=inf"], "model.lora_alpha = inf " + NOT_FINITE),
+    (RUN + [S, "model.clip.lora_alpha=inf"], "model.clip.lora_alpha = inf " + NOT_FINITE),
     (RUN + [S, "unlearn.foul.solver_lr=nan"], "unlearn.foul.solver_lr = nan " + NOT_FINITE),
     (FORGET + [S, "unlearn.certified.epsilon=nan"], "unlearn.certified.epsilon = nan " + NOT_FINITE),
     # values the data rule out

@@ -50,7 +50,7 @@ def test_schedules():
 def _cfg(**train):
     return config.from_dict({"run": {"seed": 3, "rounds": 6}, "topology": {"kind": "ring", "n_clients": 5},
                              "data": {"n_samples_per_client": 12, "n_test": 20, "n_features": 4},
-                             "model": {"kind": "mlp", "hidden": 6}, "train": {"batch_size": 4, "local_steps": 2} | train})
+                             "model": {"kind": "mlp", "mlp": {"hidden": 6}}, "train": {"batch_size": 4, "local_steps": 2} | train})
 
 
 def test_engine_sgd_momentum_is_the_per_client_torch_update_and_state_persists_and_resumes():

@@ -55,6 +55,20 @@ def test_user_model_dataset_and_aggregator_run_from_toml(tmp_path, capsys):
     assert uniform.metrics["test_acc_mean"][-1] > 0.9
 
 
+def test_a_plugin_models_options_are_its_own_table(tmp_path):
+    """A model registered with ``options=`` gets ``[model.<name>]``: read from TOML, used by the
+    builder, and an unknown key there is refused with the valid keys."""
+    path = tmp_path / "exp.toml"
+    path.write_text(TOML.replace('kind = "tiny_linear_plugin"', 'kind = "wide_linear_plugin"\n[model.wide_linear_plugin]\nwidth = 5'))
+    engine = Engine(config=config.load(path))
+    assert engine.dim == 3 * 5 + 5 + 5 * 2  # 3 features -> 5 units (with bias) -> 2 classes (no bias)
+    engine.train(2, progress=False)
+    path.write_text(TOML.replace('kind = "tiny_linear_plugin"', 'kind = "wide_linear_plugin"\n[model.wide_linear_plugin]\ndepth = 2'))
+    with pytest.raises(config.ConfigError, match=r"unknown key model.wide_linear_plugin.depth; valid keys in "
+                                                 r"\[model.wide_linear_plugin\]: width"):
+        config.load(path)
+
+
 @pytest.mark.parametrize("norm", [torch.nn.BatchNorm1d(4), torch.nn.InstanceNorm1d(4, track_running_stats=True)])
 def test_a_model_with_running_statistics_is_refused_not_silently_shared(norm):
     """Running statistics are buffers the engine does not stack per client: a BatchNorm model

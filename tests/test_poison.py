@@ -79,7 +79,7 @@ def _backdoor(seed: int, poison: bool = True) -> config.Config:
         "run": {"seed": seed, "rounds": 30}, "topology": {"kind": "star", "n_clients": 8},
         "data": {"kind": "digits", "n_samples_per_client": 60, "n_test": 300,
                  "poison": {"kind": "patch", "clients": [3], "fraction": 1.0} if poison else {}},
-        "model": {"kind": "mlp", "hidden": 32}, "train": {"lr": 0.3, "local_steps": 2, "batch_size": 20},
+        "model": {"kind": "mlp", "mlp": {"hidden": 32}}, "train": {"lr": 0.3, "local_steps": 2, "batch_size": 20},
         "audit": {"after_forget": False}})
 
 
@@ -132,7 +132,7 @@ def test_asr_reaches_the_grid_csv(tmp_path):
         "run": {"seed": 0, "rounds": 4}, "topology": {"n_clients": 5},
         "data": {"kind": "digits", "n_samples_per_client": 20, "n_test": 60,
                  "poison": {"kind": "patch", "clients": [2], "fraction": 1.0}},
-        "model": {"kind": "mlp", "hidden": 8}, "unlearn": {"clients": [2]}, "audit": {"after_forget": False}})
+        "model": {"kind": "mlp", "mlp": {"hidden": 8}}, "unlearn": {"clients": [2]}, "audit": {"after_forget": False}})
     spec = compare.Grid(topologies=("ring",), methods=("retrain", "finetune"), seeds=(0,))
     rows = compare.grid(cfg, spec, out=tmp_path)
     by = {r["method"]: r for r in rows}

@@ -16,7 +16,7 @@ def _cfg(**train):
         "run": {"seed": 11, "rounds": 8},
         "topology": {"kind": "erdos_renyi", "n_clients": 7, "p": 0.5, "dropout": 0.3},
         "data": {"n_samples_per_client": 30, "n_test": 50, "n_features": 4, "save": True},
-        "model": {"kind": "mlp", "hidden": 8},
+        "model": {"kind": "mlp", "mlp": {"hidden": 8}},
         "train": {"batch_size": 8, "local_steps": 2, "dtype": "float32"} | train,
     })
 

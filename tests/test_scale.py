@@ -14,7 +14,7 @@ from p2pforget.registry import MODELS
 
 def _cfg(**sections):
     base = {"run": {"seed": 2, "rounds": 12}, "topology": {"kind": "ring", "n_clients": 9},
-            "data": {"n_samples_per_client": 20, "n_test": 30}, "model": {"kind": "mlp", "hidden": 6},
+            "data": {"n_samples_per_client": 20, "n_test": 30}, "model": {"kind": "mlp", "mlp": {"hidden": 6}},
             "train": {"batch_size": 5, "local_steps": 2, "dtype": "float64"}}
     for k, v in sections.items():
         base[k] = base.get(k, {}) | v

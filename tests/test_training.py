@@ -93,7 +93,7 @@ def test_nonconvex_models_learn_digits(kind, lr, rounds, acc):
     cfg = config.from_dict({
         "topology": {"kind": "ring", "n_clients": 4},
         "data": {"kind": "digits", "n_samples_per_client": 100, "n_test": 200},
-        "model": {"kind": kind, "hidden": 32},
+        "model": {"kind": kind, kind: {"hidden": 32}},
         "train": {"lr": lr, "local_steps": 2, "batch_size": 32},
     })
     engine = Engine(config=cfg)

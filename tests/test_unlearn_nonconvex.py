@@ -11,7 +11,7 @@ def test_mlp_certified_matches_retrain_in_less_time():
         "topology": {"kind": "ring", "n_clients": 16},
         "data": {"n_samples_per_client": 30, "n_features": 20, "n_classes": 3, "partition": "dirichlet", "alpha": 0.3,
                  "n_test": 600, "separation": 1.2},
-        "model": {"kind": "mlp", "hidden": 32},
+        "model": {"kind": "mlp", "mlp": {"hidden": 32}},
         "train": {"algorithm": "dsgd", "lr": 0.5, "local_steps": 2, "weight_decay": 1e-3},
         # No noise: the certificate needs a convex loss (certified = False for an MLP).
         "unlearn": {"certified": {"curvature": "ggn", "damping": 0.03, "averaging": "tree", "noise": False,

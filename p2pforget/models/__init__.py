@@ -17,11 +17,13 @@ torch.Size([2, 3])
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
+
 import torch
 from torch import nn
 from torch.func import functional_call
 
-from ..config import ModelConfig
+from ..config import ModelConfig, bounded
 from ..registry import MODELS
 
 
@@ -41,13 +43,20 @@ def _logistic(cfg: ModelConfig, input_shape: tuple[int, ...], n_classes: int) ->
     return Logistic(n_features=math.prod(input_shape), n_classes=n_classes)
 
 
-@MODELS.register("mlp", help="one hidden layer of model.hidden ReLU units")
+@dataclass(frozen=True)
+class HiddenOptions:
+    """Keys of ``[model.mlp]`` and ``[model.cnn]``: the width of the hidden layer."""
+
+    hidden: int = bounded(32, 1)
+
+
+@MODELS.register("mlp", options=HiddenOptions, help="one hidden layer of model.mlp.hidden ReLU units")
 def _mlp(cfg: ModelConfig, input_shape: tuple[int, ...], n_classes: int) -> nn.Module:
-    return nn.Sequential(nn.Flatten(), nn.Linear(math.prod(input_shape), cfg.hidden), nn.ReLU(),
-                         nn.Linear(cfg.hidden, n_classes))
+    hidden = cfg.options("mlp").hidden
+    return nn.Sequential(nn.Flatten(), nn.Linear(math.prod(input_shape), hidden), nn.ReLU(), nn.Linear(hidden, n_classes))
 
 
-@MODELS.register("cnn", help="two conv layers and a model.hidden MLP head, for (C, H, W) images")
+@MODELS.register("cnn", options=HiddenOptions, help="two conv layers and a model.cnn.hidden MLP head, for (C, H, W) images")
 def _cnn(cfg: ModelConfig, input_shape: tuple[int, ...], n_classes: int) -> nn.Module:
     if len(input_shape) != 3:
         side = math.isqrt(math.prod(input_shape))
@@ -59,7 +68,7 @@ def _cnn(cfg: ModelConfig, input_shape: tuple[int, ...], n_classes: int) -> nn.M
         nn.Flatten(), nn.Unflatten(1, (c, h, w)),
         nn.Conv2d(c, 8, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
         nn.Conv2d(8, 16, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(2),
-        nn.Flatten(), nn.Linear(64, cfg.hidden), nn.ReLU(), nn.Linear(cfg.hidden, n_classes),
+        nn.Flatten(), nn.Linear(64, cfg.options("cnn").hidden), nn.ReLU(), nn.Linear(cfg.options("cnn").hidden, n_classes),
     )
 
 

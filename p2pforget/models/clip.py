@@ -31,6 +31,7 @@ import logging
 import math
 import shutil
 import tempfile
+from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
@@ -38,7 +39,7 @@ import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
-from ..config import ModelConfig
+from ..config import ModelConfig, bounded, choice
 from ..registry import MODELS
 
 BACKBONE_SEED = 0
@@ -80,12 +81,12 @@ def config_name(name_or_path: str) -> str:
     elif name_or_path.endswith(".json"):
         path = Path(name_or_path)
         if not path.is_file():
-            raise FileNotFoundError(f"model.clip_config = {name_or_path!r}: no such file; give tiny, an open_clip "
+            raise FileNotFoundError(f"model.clip.clip_config = {name_or_path!r}: no such file; give tiny, an open_clip "
                                     "config name (e.g. ViT-B-32) or the path of an open_clip JSON config")
     elif name_or_path in open_clip.list_models():
         return name_or_path
     else:
-        raise ValueError(f"model.clip_config = {name_or_path!r} is not an open_clip config; give tiny, one of "
+        raise ValueError(f"model.clip.clip_config = {name_or_path!r} is not an open_clip config; give tiny, one of "
                          f"{', '.join(open_clip.list_models()[:6])}, ... or the path of a JSON config")
     name = f"p2pforget-{path.stem}"
     if name not in open_clip.list_models():
@@ -97,7 +98,7 @@ def config_name(name_or_path: str) -> str:
 
 def tokenizer(cfg: ModelConfig):
     """open_clip's tokenizer for the configured model (no network access)."""
-    return _open_clip().get_tokenizer(config_name(cfg.clip_config))
+    return _open_clip().get_tokenizer(config_name(cfg.options("clip").clip_config))
 
 
 def _add_lora(model: nn.Module, *, rank: int, alpha: float) -> None:
@@ -123,8 +124,10 @@ def _trainable_last_blocks(model: nn.Module) -> None:
 
 
 def build_clip(cfg: ModelConfig) -> nn.Module:
-    """The open_clip CLIP model of ``cfg`` with its trainable parameters set by ``cfg.finetune``."""
+    """The open_clip CLIP model of ``cfg`` (``[model.clip]``) with its trainable parameters set by
+    its ``finetune``."""
     open_clip = _open_clip()
+    cfg = cfg.options("clip")
     name = config_name(cfg.clip_config)
     logging.getLogger().disabled, previous = True, logging.getLogger().disabled  # "no pretrained weights" notice
     try:
@@ -136,7 +139,7 @@ def build_clip(cfg: ModelConfig) -> nn.Module:
     if cfg.pretrained:
         path = Path(cfg.pretrained)
         if not path.is_file():
-            raise FileNotFoundError(f"model.pretrained = {cfg.pretrained!r} does not exist; p2pforget never downloads "
+            raise FileNotFoundError(f"model.clip.pretrained = {cfg.pretrained!r} does not exist; p2pforget never downloads "
                                     "weights: give the path of a local open_clip checkpoint, or leave it empty")
         state = torch.load(path, map_location="cpu", weights_only=True)
         model.load_state_dict(state.get("state_dict", state) if isinstance(state, dict) else state)
@@ -342,7 +345,20 @@ def infonce(sim: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return 0.5 * ((w * i2t).sum() + (w * t2i).sum()) / w.sum().clamp(min=1)
 
 
-@MODELS.register("clip", help="open_clip CLIP (model.clip_config: tiny | an open_clip name | JSON path), "
-                              "fine-tuned by model.finetune: lora | last_blocks | full; symmetric InfoNCE")
+@dataclass(frozen=True)
+class CLIPOptions:
+    """Keys of ``[model.clip]``: the open_clip config (``tiny``, an open_clip name or a JSON path),
+    a local checkpoint (never downloaded), which parameters train and the LoRA adapters' size."""
+
+    clip_config: str = "tiny"
+    pretrained: str = ""
+    finetune: str = choice("lora", "lora", "last_blocks", "full")
+    lora_rank: int = bounded(4, 1)
+    lora_alpha: float = bounded(8.0, 0.0)
+
+
+@MODELS.register("clip", options=CLIPOptions,
+                 help="open_clip CLIP (model.clip.clip_config: tiny | an open_clip name | JSON path), "
+                      "fine-tuned by model.clip.finetune: lora | last_blocks | full; symmetric InfoNCE")
 def _clip(cfg: ModelConfig, input_shape: tuple[int, ...], n_classes: int) -> nn.Module:
     return ContrastiveCLIP(build_clip(cfg))

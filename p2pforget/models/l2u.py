@@ -35,12 +35,13 @@ torch.Size([2, 10])
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..config import ModelConfig
+from ..config import ModelConfig, bounded
 from ..registry import MODELS
 
 VARIANCE_EPS = 1e-4
@@ -134,7 +135,20 @@ class L2U(nn.Module):
         return {"V": loss_v, "K": loss_k, "gtc": loss_gtc, "rec": loss_rec}
 
 
-@MODELS.register("l2u", help="FOUL's L2U model: extractor, causal/non-causal encoders, decoder, classifier")
+@dataclass(frozen=True)
+class L2UOptions:
+    """Keys of ``[model.l2u]``: the width (channels = ``hidden // 4``) and the weights of the
+    losses L_V, L_K and L_gtc."""
+
+    hidden: int = bounded(32, 1)
+    alpha_v: float = bounded(1.0, 0.0)
+    alpha_k: float = bounded(1.0, 0.0)
+    alpha_gtc: float = bounded(1.0, 0.0)
+
+
+@MODELS.register("l2u", options=L2UOptions,
+                 help="FOUL's L2U model: extractor, causal/non-causal encoders, decoder, classifier")
 def _l2u(cfg: ModelConfig, input_shape: tuple[int, ...], n_classes: int) -> nn.Module:
-    return L2U(input_shape=input_shape, n_classes=n_classes, width=max(2, cfg.hidden // 4),
-               alphas=(cfg.alpha_v, cfg.alpha_k, cfg.alpha_gtc))
+    o = cfg.options("l2u")
+    return L2U(input_shape=input_shape, n_classes=n_classes, width=max(2, o.hidden // 4),
+               alphas=(o.alpha_v, o.alpha_k, o.alpha_gtc))

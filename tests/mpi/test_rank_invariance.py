@@ -22,7 +22,7 @@ COMM = MPI.COMM_WORLD
 BASE = {
     "run": {"seed": 5, "rounds": 6},
     "data": {"n_samples_per_client": 16, "n_test": 30, "n_features": 4, "partition": "dirichlet"},
-    "model": {"kind": "mlp", "hidden": 6},
+    "model": {"kind": "mlp", "mlp": {"hidden": 6}},
     "train": {"batch_size": 4, "local_steps": 2, "lr": 0.2},
 }
 UNLEARN_CASES = {
@@ -39,13 +39,13 @@ UNLEARN_CASES = {
     "star6_foul_pacs_like": {"topology": {"kind": "star", "n_clients": 6},
                              "data": {"kind": "pacs_like", "image_size": 16, "n_samples_per_client": 14, "n_test": 28,
                                       "partition": "by_domain"},
-                             "model": {"kind": "l2u", "hidden": 8}, "train": {"batch_size": 7, "lr": 0.1},
+                             "model": {"kind": "l2u", "l2u": {"hidden": 8}}, "train": {"batch_size": 7, "lr": 0.1},
                              "unlearn": {"method": "foul", "clients": [4, 5], "foul": {"rounds": 2}}},
     "ring7_foul_digits": {"topology": {"kind": "ring", "n_clients": 7}, "data": {"kind": "digits", "n_test": 40},
-                          "model": {"kind": "l2u", "hidden": 8}, "train": {"lr": 0.1},
+                          "model": {"kind": "l2u", "l2u": {"hidden": 8}}, "train": {"lr": 0.1},
                           "unlearn": {"method": "foul", "clients": [3], "mode": "keep_relay", "foul": {"rounds": 2}}},
     "torus9_not_digits": {"topology": {"kind": "torus", "n_clients": 9}, "data": {"kind": "digits", "n_test": 40},
-                          "model": {"kind": "l2u", "hidden": 8}, "train": {"lr": 0.1},
+                          "model": {"kind": "l2u", "l2u": {"hidden": 8}}, "train": {"lr": 0.1},
                           "unlearn": {"method": "not", "clients": [2], "not": {"rounds": 2}}},
     "torus9_salun": {"topology": {"kind": "torus", "n_clients": 9},
                      "unlearn": {"method": "salun", "clients": [4], "samples": {"7": [0, 2]}, "salun": {"rounds": 2}}},
@@ -98,7 +98,7 @@ CASES = {
     "file_barbell6": {"topology": {"kind": "file", "n_clients": 6,
                                    "path": str(Path(__file__).resolve().parents[2] / "topologies" / "barbell6.edgelist")}},
     "random_regular8_cnn": {"topology": {"kind": "random_regular", "n_clients": 8}, "data": {"n_features": 16},
-                            "model": {"kind": "cnn", "hidden": 6}},
+                            "model": {"kind": "cnn", "cnn": {"hidden": 6}}},
 }
 
 

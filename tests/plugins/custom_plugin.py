@@ -1,4 +1,6 @@
-"""A user plug-in outside the package: a model, a dataset and an aggregator registered from a script."""
+"""A user plug-in outside the package: models, a dataset and an aggregator registered from a script."""
+from dataclasses import dataclass
+
 import numpy as np
 import torch
 from torch import nn
@@ -12,6 +14,20 @@ from p2pforget.registry import AGGREGATORS, DATASETS, MODELS
 def tiny_linear(cfg, input_shape, n_classes):
     """A bias-free linear classifier."""
     return nn.Sequential(nn.Flatten(), nn.Linear(int(np.prod(input_shape)), n_classes, bias=False))
+
+
+@dataclass(frozen=True)
+class WideOptions:
+    """Keys of ``[model.wide_linear_plugin]``."""
+
+    width: int = 4
+
+
+@MODELS.register("wide_linear_plugin", options=WideOptions)
+def wide_linear(cfg, input_shape, n_classes):
+    """A linear layer to ``width`` units, then a bias-free linear classifier."""
+    width = cfg.options().width
+    return nn.Sequential(nn.Flatten(), nn.Linear(int(np.prod(input_shape)), width), nn.Linear(width, n_classes, bias=False))
 
 
 @DATASETS.register("two_blobs_plugin")
