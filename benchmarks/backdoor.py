@@ -42,7 +42,7 @@ GRID = compare.Grid(topologies=TOPOLOGIES, methods=METHODS, seeds=SEEDS)
 
 def base_config() -> config.Config:
     return config.from_dict({
-        "run": {"rounds": 30}, "topology": {"n_clients": 12, "p": 0.4},
+        "run": {"rounds": 30}, "topology": {"n_clients": 12, "erdos_renyi": {"p": 0.4}},
         "data": {"kind": "digits", "n_samples_per_client": 60, "n_test": 300,
                  "poison": {"kind": "patch", "clients": [3], "fraction": 1.0, "target": 0, "size": 3}},
         "model": {"kind": "mlp", "mlp": {"hidden": 32}}, "train": {"lr": 0.3, "local_steps": 2, "batch_size": 20},

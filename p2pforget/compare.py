@@ -42,7 +42,7 @@ def compare(cfg: Config, topologies: Sequence[str], *, out: str | Path, progress
     configs = {kind: config_mod.replace(cfg, topology={"kind": kind}) for kind in topologies}
     for c in configs.values():
         t = c.topology
-        topology.build_graph(t.kind, t.n_clients, seed=c.run.seed, p=t.p, k=t.k, beta=t.beta, degree=t.degree, path=t.path)
+        topology.build_graph(t.kind, t.n_clients, seed=c.run.seed, **topology.graph_options(t))
     for kind, kind_cfg in configs.items():
         result = experiment.run(kind_cfg, out=out / kind, progress=progress, overwrite=overwrite)
         if not result.report:
@@ -248,7 +248,7 @@ def grid(cfg: Config, grid_spec: Grid, *, out: str | Path, task: int | None = No
         raise ValueError(f"--task {task}: the grid has {len(groups)} groups (topology x seed), numbered 0..{len(groups) - 1}")
     for c in grid_spec.topologies:
         t = config_mod.replace(cfg, topology={"kind": c}).topology
-        topology.build_graph(t.kind, t.n_clients, seed=cfg.run.seed, p=t.p, k=t.k, beta=t.beta, degree=t.degree, path=t.path)
+        topology.build_graph(t.kind, t.n_clients, seed=cfg.run.seed, **topology.graph_options(t))
     transport = transport_mod.make(cfg.run.transport, n_clients=cfg.topology.n_clients)
     if not merge_only:
         for i, (kind, seed) in enumerate(groups):

@@ -94,18 +94,19 @@ class RunConfig:
 
 
 @dataclass(frozen=True)
-class TopologyConfig:
+class TopologyConfig(KindOptions):
+    """The gossip graph: ``kind`` from the topology registry, its own keys in ``[topology.<kind>]``
+    (``erdos_renyi.p``, ``small_world.k`` and ``beta``, ``random_regular.degree``); ``path`` (the
+    graph file of ``kind = "file"``) stays here with the other file paths a stored run can relocate."""
+
     kind: str = registered("ring", "topology")
     n_clients: int = bounded(8, 2)
-    p: float = bounded(0.3, 0.0, 1.0)
-    k: int = bounded(4, 2)
-    beta: float = bounded(0.2, 0.0, 1.0)
-    degree: int = bounded(3, 1)
     path: str = ""
     mixing: str = registered("metropolis", "mixing")
     mixing_path: str = ""
     dropout: float = bounded(0.0, 0.0, 0.99)
     lazy: bool = False
+    tables: dict[str, Any] = kind_tables("topology")
 
 
 def table(cls: type) -> Any:
@@ -338,8 +339,8 @@ def _sub_tables(cls: type) -> dict[str, type]:
     return registered_options(which) if which else {}
 
 
-DEPRECATED_FLAT = ("model",)
-"""Sections whose kinds' keys moved into per-kind tables in 0.2: a flat key there (``model.hidden``)
+DEPRECATED_FLAT = ("model", "topology")
+"""Sections whose kinds' keys moved into per-kind tables in 0.2: a flat key there (``model.hidden``, ``topology.p``)
 still works for this release, with a warning naming its table; ``[unlearn]``'s flat keys are errors."""
 
 

@@ -89,7 +89,7 @@ class Engine:
                                  f"{cfg.data.n_samples_per_client} ({cfg.data.kind})",
                                  "use fewer clients or samples per client")
         t = cfg.topology
-        self.graph = topology.build_graph(t.kind, n, seed=self.seed, p=t.p, k=t.k, beta=t.beta, degree=t.degree, path=t.path)
+        self.graph = topology.build_graph(t.kind, n, seed=self.seed, **topology.graph_options(t))
         self.is_star = t.kind == "star"
         # A star always runs the two-phase (FedAvg) round, whatever train.algorithm says: the hub
         # averages exactly, so there is no consensus error for gradient tracking to correct.

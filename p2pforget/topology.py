@@ -14,8 +14,10 @@ Example
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 from pathlib import Path
 
 import networkx as nx
@@ -24,7 +26,11 @@ import scipy.sparse as sp
 import scipy.sparse.linalg as spla
 
 from . import seeding
+from .config import bounded
 from .registry import MIXINGS, TOPOLOGIES
+
+if TYPE_CHECKING:
+    from .config import TopologyConfig
 
 TOLERANCE = 1e-12
 DENSE_LIMIT = 1000
@@ -120,14 +126,37 @@ def complete(n: int, **_) -> nx.Graph:
     return nx.complete_graph(n)
 
 
-@TOPOLOGIES.register("erdos_renyi", help="G(n, p) random graph (seeded; must be connected)")
+@dataclass(frozen=True)
+class ErdosRenyiOptions:
+    """Keys of ``[topology.erdos_renyi]``: the edge probability."""
+
+    p: float = bounded(0.3, 0.0, 1.0)
+
+
+@dataclass(frozen=True)
+class SmallWorldOptions:
+    """Keys of ``[topology.small_world]``: the lattice's neighbours and the rewiring probability."""
+
+    k: int = bounded(4, 2)
+    beta: float = bounded(0.2, 0.0, 1.0)
+
+
+@dataclass(frozen=True)
+class RandomRegularOptions:
+    """Keys of ``[topology.random_regular]``: every client's number of neighbours."""
+
+    degree: int = bounded(3, 1)
+
+
+@TOPOLOGIES.register("erdos_renyi", options=ErdosRenyiOptions, help="G(n, p) random graph (seeded; must be connected)")
 def erdos_renyi(n: int, *, seed: int, p: float, **_) -> nx.Graph:
     if not 0 < p <= 1:
         raise TopologyError(f"erdos_renyi needs an edge probability p in (0, 1]; got p = {p}")
     return nx.gnp_random_graph(n, p, seed=seed)
 
 
-@TOPOLOGIES.register("small_world", help="Watts-Strogatz ring lattice with k neighbours, rewired with prob. beta")
+@TOPOLOGIES.register("small_world", options=SmallWorldOptions,
+                    help="Watts-Strogatz ring lattice with k neighbours, rewired with prob. beta")
 def small_world(n: int, *, seed: int, k: int, beta: float, **_) -> nx.Graph:
     if not (2 <= k < n and 0 <= beta <= 1):
         raise TopologyError(f"small_world needs 2 <= k < n_clients and beta in [0, 1]; got k = {k}, beta = {beta}, "
@@ -135,7 +164,8 @@ def small_world(n: int, *, seed: int, k: int, beta: float, **_) -> nx.Graph:
     return nx.watts_strogatz_graph(n, k, beta, seed=seed)
 
 
-@TOPOLOGIES.register("random_regular", help="random graph where every client has `degree` neighbours")
+@TOPOLOGIES.register("random_regular", options=RandomRegularOptions,
+                    help="random graph where every client has `degree` neighbours")
 def random_regular(n: int, *, seed: int, degree: int, **_) -> nx.Graph:
     return _random_regular(degree, n, seed)
 
@@ -149,22 +179,13 @@ def from_file(n: int, *, path: str | Path, **_) -> nx.Graph:
     return g
 
 
-def build_graph(
-    kind: str,
-    n_clients: int,
-    *,
-    seed: int = 0,
-    p: float = 0.3,
-    k: int = 4,
-    beta: float = 0.2,
-    degree: int = 3,
-    path: str | Path = "",
-) -> nx.Graph:
+def build_graph(kind: str, n_clients: int, *, seed: int = 0, path: str | Path = "", **options) -> nx.Graph:
     """Build the gossip graph of ``kind`` on clients ``0..n_clients-1``; random kinds are seeded.
 
     ``kind`` is an entry of :data:`~p2pforget.registry.TOPOLOGIES`: a builder
-    ``(n_clients, *, seed, p, k, beta, degree, path) -> nx.Graph`` (a plug-in registers its own
-    the same way; only ``"star"`` runs FedAvg rounds through its hub).
+    ``(n_clients, *, seed, path, **options) -> nx.Graph`` whose ``options`` are the fields of the
+    dataclass it registers (``[topology.<kind>]``; defaults for those not given). A plug-in
+    registers its own the same way; only ``"star"`` runs FedAvg rounds through its hub.
 
     Raises :class:`TopologyError` if the graph would be disconnected.
 
@@ -174,15 +195,25 @@ def build_graph(
     18
     >>> build_graph("star", 4).graph["hub"]
     4
+    >>> build_graph("erdos_renyi", 12, seed=1, p=0.5).number_of_nodes()
+    12
     """
     if n_clients < 2:
         raise TopologyError(f"a gossip graph needs at least 2 clients; got n_clients = {n_clients}")
-    builder = TOPOLOGIES.get(kind)
-    g = builder(n_clients, seed=seeding.int_seed(seed, purpose=f"topology/{kind}"), p=p, k=k, beta=beta, degree=degree,
-                path=path)
-    check_connected(g, hint={"erdos_renyi": "raise topology.p or change run.seed",
-                             "small_world": "raise topology.k or lower topology.beta"}.get(kind, ""))
+    entry = TOPOLOGIES.entry(kind)
+    defaults = entry.meta.get("options")
+    given = (dataclasses.asdict(defaults()) if defaults is not None else {}) | options
+    g = entry.obj(n_clients, seed=seeding.int_seed(seed, purpose=f"topology/{kind}"), path=path, **given)
+    check_connected(g, hint={"erdos_renyi": "raise topology.erdos_renyi.p or change run.seed",
+                             "small_world": "raise topology.small_world.k or lower topology.small_world.beta"}.get(kind, ""))
     return g
+
+
+def graph_options(cfg: "TopologyConfig") -> dict:
+    """The keyword arguments :func:`build_graph` takes from a topology config: its file path and
+    the chosen kind's options."""
+    options = cfg.options()
+    return {"path": cfg.path} | (dataclasses.asdict(options) if options is not None else {})
 
 
 def _random_regular(degree: int, n: int, seed: int) -> nx.Graph:

@@ -38,3 +38,9 @@ def trained_digits():
         return engine
 
     return build
+
+
+def pytest_collection_modifyitems(config, items):
+    """The slow end-to-end tests first: on two workers a minute-long test that starts last keeps
+    the run waiting for it alone; started first, the short tests fill the other worker meanwhile."""
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)

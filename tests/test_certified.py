@@ -18,7 +18,7 @@ LR = {"torus": 0.07}  # the torus's mixing matrix has eigenvalue -0.6: gradient 
 def _trained(kind, n, wd, seed=0):
     cfg = config.from_dict({
         "run": {"seed": seed},
-        "topology": {"kind": kind, "n_clients": n, "p": 0.3},
+        "topology": {"kind": kind, "n_clients": n, "erdos_renyi": {"p": 0.3}},
         "data": {"n_samples_per_client": 50, "n_features": 4, "n_classes": 3, "partition": "dirichlet", "alpha": 1.0,
                  "holdout_fraction": 0.0},
         "train": {"algorithm": "gradient_tracking", "lr": LR.get(kind, 0.15), "dtype": "float64", "weight_decay": wd},

@@ -29,7 +29,7 @@ def test_run_with_overrides_writes_run_dir(tmp_path, capsys):
 @pytest.mark.parametrize("argv,message", [
     (["--set", "topology.kindd=ring"], "unknown key topology.kindd; valid keys in [topology]: kind, n_clients"),
     (["--set", "topology.kind=ring", "--set", "train.lr=fast"], "train.lr must be of type float"),
-    (["--set", "topology.kind=erdos_renyi", "--set", "topology.p=0.01", "--set", "topology.n_clients=30"], "disconnected"),
+    (["--set", "topology.kind=erdos_renyi", "--set", "topology.erdos_renyi.p=0.01", "--set", "topology.n_clients=30"], "disconnected"),
 ])
 def test_bad_input_is_one_clear_line(tmp_path, capsys, argv, message):
     assert main(["run", str(_write(tmp_path)), "--out", str(tmp_path / "o")] + argv) == 2
@@ -80,7 +80,7 @@ def test_demo_end_to_end(tmp_path):
 
 def test_compare_topologies_with_unlearning(tmp_path, capsys):
     cfg = config.from_dict({
-        "run": {"rounds": 40}, "topology": {"n_clients": 9, "p": 0.5},
+        "run": {"rounds": 40}, "topology": {"n_clients": 9, "erdos_renyi": {"p": 0.5}},
         "data": {"n_samples_per_client": 10, "n_test": 20},
         "train": {"algorithm": "gradient_tracking", "lr": 0.07, "dtype": "float64", "weight_decay": 0.1},
         "unlearn": {"clients": [4], "mode": "keep_relay", "certified": {"newton_steps": 3, "averaging": "tree"}},

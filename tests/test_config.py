@@ -19,7 +19,8 @@ def test_roundtrip_through_toml():
 
 
 def test_unknown_key_lists_valid_keys():
-    with pytest.raises(ConfigError, match=r"unknown key topology\.kinds; valid keys in \[topology\]: kind, n_clients, p, k, beta"):
+    with pytest.raises(ConfigError, match=r"unknown key topology\.kinds; valid keys in \[topology\]: kind, n_clients, path, mixing.*"
+                                          r"kind tables: \[topology.erdos_renyi\], \[topology.small_world\]"):
         config.from_dict({"topology": {"kinds": "ring"}})
     with pytest.raises(ConfigError, match=r"unknown section \[trian\]; valid sections: run, topology, data, model, train"):
         config.from_dict({"trian": {}})
@@ -30,7 +31,7 @@ def test_unknown_key_lists_valid_keys():
 @pytest.mark.parametrize("override,message", [
     ("topology.kind=tree", "choose one of: ring, torus, star"),
     ("run.rounds=-3", r"out of range; allowed \[0, inf\)"),
-    ("topology.p=1.5", r"allowed \[0.0, 1.0\]"),
+    ("topology.erdos_renyi.p=1.5", r"allowed \[0.0, 1.0\]"),
     ("train.local_steps=2.5", "must be of type int"),
     ("data.save=yes", "must be of type bool"),
     ("train.dtype=float16", "float32, float64"),
@@ -107,3 +108,13 @@ def test_a_flat_model_key_still_works_for_one_release_with_a_warning_naming_its_
     assert cfg.model.options("cnn").hidden == 4
     with pytest.warns(DeprecationWarning, match="model.hidden has moved"):
         assert config.with_overrides(config.from_dict({}), ["model.hidden=5"]).model.options("mlp").hidden == 5
+
+
+def test_topology_options_live_in_their_kinds_table():
+    cfg = config.from_dict({"topology": {"kind": "small_world", "n_clients": 12, "small_world": {"k": 6, "beta": 0.5}}})
+    assert (cfg.topology.options().k, cfg.topology.options().beta) == (6, 0.5)
+    assert cfg.topology.options("erdos_renyi").p == 0.3 and cfg.topology.options("ring") is None
+    with pytest.warns(DeprecationWarning, match=r"topology.p has moved to the kind's own table: write it under "
+                                                r"\[topology.erdos_renyi\]"):
+        old = config.from_dict({"topology": {"kind": "erdos_renyi", "p": 0.6}})
+    assert old == config.from_dict({"topology": {"kind": "erdos_renyi", "erdos_renyi": {"p": 0.6}}})

@@ -27,7 +27,7 @@ CLI = [sys.executable, "-m", "p2pforget"]
 def _small(rounds=150, **unlearn):
     return config.from_dict({
         "run": {"seed": 11, "rounds": rounds},
-        "topology": {"kind": "erdos_renyi", "n_clients": 7, "p": 0.5, "dropout": 0.3},
+        "topology": {"kind": "erdos_renyi", "n_clients": 7, "erdos_renyi": {"p": 0.5}, "dropout": 0.3},
         "data": {"n_samples_per_client": 30, "n_test": 50, "n_features": 4},
         "model": {"kind": "mlp", "mlp": {"hidden": 8}},
         "train": {"batch_size": 8, "local_steps": 2},

@@ -186,7 +186,7 @@ CASES = [
     (RUN + [S, "unlearn.certified.damping=nan"], "unlearn.certified.damping = nan " + NOT_FINITE),
     (RUN + [S, "train.compression_ratio=0"], "train.compression_ratio = 0.0 is out of range; allowed (0.0, 1.0]"),
     (RUN + [S, "train.consensus_step=0"], "train.consensus_step = 0.0 is out of range"),
-    (RUN + [S, "topology.p=nan"], "topology.p = nan " + NOT_FINITE),
+    (RUN + [S, "topology.erdos_renyi.p=nan"], "topology.erdos_renyi.p = nan " + NOT_FINITE),
     (RUN + [S, "topology.dropout=inf"], "topology.dropout = inf " + NOT_FINITE),
     (RUN + [S, "data.holdout_fraction=nan"], "data.holdout_fraction = nan " + NOT_FINITE),
     (RUN + [S, "train.step_gamma=inf"], "train.step_gamma = inf " + NOT_FINITE),

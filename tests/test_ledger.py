@@ -24,7 +24,7 @@ def _explicit(Ws):
 def test_ledger_equals_products_of_stored_mixing_matrices(tmp_path, kind, dropout, algorithm):
     cfg = config.from_dict({
         "run": {"seed": 4, "rounds": 12},
-        "topology": {"kind": kind, "n_clients": 9, "p": 0.5, "dropout": dropout},
+        "topology": {"kind": kind, "n_clients": 9, "erdos_renyi": {"p": 0.5}, "dropout": dropout},
         "data": {"n_samples_per_client": 10, "n_test": 10},
         "train": {"algorithm": algorithm},
     })

@@ -22,7 +22,7 @@ def test_push_matrix_is_column_stochastic_and_a_directed_cycle_on_a_ring():
     assert all(A[(i + 1) % 6, i] == 0.5 and A[(i - 1) % 6, i] == 0 for i in range(6))  # i -> i + 1 only
 
 
-@pytest.mark.parametrize("kind,extra", [("ring", {}), ("erdos_renyi", {"p": 0.6})])
+@pytest.mark.parametrize("kind,extra", [("ring", {}), ("erdos_renyi", {"erdos_renyi": {"p": 0.6}})])
 def test_push_sum_matches_a_numpy_reference(kind, extra):
     cfg = _cfg(kind, 7, **extra)
     engine, ref = Engine(config=cfg), Engine(config=cfg)
@@ -53,7 +53,7 @@ def test_push_sum_reaches_the_average_where_plain_column_mixing_does_not():
     np.testing.assert_allclose(ring.params.numpy(), np.broadcast_to(first.mean(axis=0), first.shape), atol=1e-8)
 
 
-@pytest.mark.parametrize("kind,extra", [("ring", {}), ("erdos_renyi", {"p": 0.6})])
+@pytest.mark.parametrize("kind,extra", [("ring", {}), ("erdos_renyi", {"erdos_renyi": {"p": 0.6}})])
 def test_the_influence_ledger_follows_the_push_matrix(kind, extra):
     """The ledger is updated with the matrix push-sum mixes with, ``C <- A (C + I)``; its shares
     match explicit numpy products of the push matrices, not of the undirected Metropolis ones."""

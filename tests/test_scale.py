@@ -65,7 +65,7 @@ def test_default_vmap_width_is_bit_identical_to_width_8():
 
 
 def test_consensus_distance_from_fixed_point_mean_matches_numpy():
-    e = Engine(config=_cfg(topology={"kind": "erdos_renyi", "p": 0.5}))
+    e = Engine(config=_cfg(topology={"kind": "erdos_renyi", "erdos_renyi": {"p": 0.5}}))
     e.train(3, progress=False)
     P = e.params.numpy()
     mean = e.member_mean(e.params).numpy()
@@ -87,7 +87,7 @@ def test_sparse_ledger_with_room_for_every_client_equals_the_full_ledger(kind):
 
 
 def test_sparse_ledger_error_is_bounded_by_the_dropped_mass():
-    cfg = dict(topology={"kind": "erdos_renyi", "n_clients": 16, "p": 0.4}, run={"rounds": 10})
+    cfg = dict(topology={"kind": "erdos_renyi", "n_clients": 16, "erdos_renyi": {"p": 0.4}}, run={"rounds": 10})
     full = Engine(config=_cfg(**cfg))
     small = Engine(config=_cfg(**cfg, ledger={"kind": "sparse", "keep": 4}))
     full.train(10, progress=False)

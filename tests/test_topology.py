@@ -53,7 +53,7 @@ def test_random_graphs_reproducible_from_seed(kind):
 
 
 def test_disconnected_graph_is_a_clear_error():
-    with pytest.raises(TopologyError, match="disconnected.*raise topology.p"):
+    with pytest.raises(TopologyError, match="disconnected.*raise topology.erdos_renyi.p"):
         topology.build_graph("erdos_renyi", 30, p=0.01)
 
 

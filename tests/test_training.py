@@ -52,7 +52,7 @@ def test_star_fedavg_matches_numpy_loop():
 def test_gradient_tracking_reaches_centralized_optimum(kind, n):
     cfg = config.from_dict({
         "run": {"seed": 2},
-        "topology": {"kind": kind, "n_clients": n, "p": 0.5},
+        "topology": {"kind": kind, "n_clients": n, "erdos_renyi": {"p": 0.5}},
         "data": {"n_samples_per_client": 20, "n_features": 3, "n_classes": 3, "partition": "dirichlet", "alpha": 1.0,
                  "holdout_fraction": 0.0},
         "train": {"algorithm": "gradient_tracking", "lr": 0.15, "batch_size": 0, "dtype": "float64", "weight_decay": 0.3},
