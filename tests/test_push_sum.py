@@ -38,7 +38,7 @@ def test_push_sum_matches_a_numpy_reference(kind, extra):
 
 
 def test_push_sum_reaches_the_average_where_plain_column_mixing_does_not():
-    cfg = config.replace(_cfg("erdos_renyi", 8, p=0.5), train={"lr": 0.0})
+    cfg = config.replace(_cfg("erdos_renyi", 8, erdos_renyi={"p": 0.5}), train={"lr": 0.0})
     engine = Engine(config=cfg)
     start = engine.params.numpy().copy()
     A = topology.push_matrix(engine.base_mixing, 8).toarray()
