@@ -165,7 +165,13 @@ class ModelConfig(KindOptions):
 
 
 @dataclass(frozen=True)
-class TrainConfig:
+class TrainConfig(KindOptions):
+    """Training: the round algorithm (its own keys in ``[train.<algorithm>]``, e.g.
+    ``[train.choco] compression = "qsgd"``), the star's aggregator, the local optimizer and its
+    schedule."""
+
+    KIND_FIELD = "algorithm"
+
     algorithm: str = registered("dsgd", "round")
     aggregator: str = registered("fedavg", "aggregator")
     lr: float = bounded(0.1, 0.0)
@@ -184,10 +190,7 @@ class TrainConfig:
     warmup_rounds: int = bounded(0, 0)
     step_every: int = bounded(10, 1)
     step_gamma: float = bounded(0.5, 0.0)
-    compression: str = choice("topk", "topk", "qsgd")
-    compression_ratio: float = bounded(0.1, 0.0, 1.0, lo_open=True)
-    quantization_levels: int = bounded(16, 1)
-    consensus_step: float = bounded(0.5, 0.0, 1.0, lo_open=True)
+    tables: dict[str, Any] = kind_tables("round")
 
 
 @dataclass(frozen=True)
@@ -339,7 +342,7 @@ def _sub_tables(cls: type) -> dict[str, type]:
     return registered_options(which) if which else {}
 
 
-DEPRECATED_FLAT = ("model", "topology")
+DEPRECATED_FLAT = ("model", "topology", "train")
 """Sections whose kinds' keys moved into per-kind tables in 0.2: a flat key there (``model.hidden``, ``topology.p``)
 still works for this release, with a warning naming its table; ``[unlearn]``'s flat keys are errors."""
 

@@ -16,6 +16,7 @@ Example
 from __future__ import annotations
 
 import warnings
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import networkx as nx
@@ -24,6 +25,7 @@ import torch
 
 from . import compress, optim, seeding, topology
 from .aggregate import Uploads
+from .config import bounded, choice
 from .registry import ROUNDS
 
 if TYPE_CHECKING:
@@ -101,14 +103,27 @@ def star(engine: "Engine", W: np.ndarray) -> int:
 
 
 
-@ROUNDS.register("choco", help="CHOCO-SGD: gossip of compressed differences (train.compression: topk | qsgd)")
+@dataclass(frozen=True)
+class ChocoOptions:
+    """Keys of ``[train.choco]``: the compressor (``topk`` keeps ``compression_ratio`` of the
+    entries, ``qsgd`` quantizes to ``quantization_levels`` levels) and the consensus step gamma."""
+
+    compression: str = choice("topk", "topk", "qsgd")
+    compression_ratio: float = bounded(0.1, 0.0, 1.0, lo_open=True)
+    quantization_levels: int = bounded(16, 1)
+    consensus_step: float = bounded(0.5, 0.0, 1.0, lo_open=True)
+
+
+@ROUNDS.register("choco", options=ChocoOptions,
+                 help="CHOCO-SGD: gossip of compressed differences (train.choco.compression: topk | qsgd)")
 def choco(engine: "Engine", W: np.ndarray) -> float:
     """CHOCO-SGD (Koloskova, Stich & Jaggi, ICML 2019, Algorithm 1): after the local steps each node
     sends ``q_i = Q(x_i - xhat_i)``; every node updates the public copies ``xhat_j += q_j`` of itself
     and its neighbours and moves ``x_i += gamma sum_j W_ij (xhat_j - xhat_i)``. ``Q`` is top-k
-    (``train.compression_ratio`` of the entries) or QSGD quantization (``train.quantization_levels``);
-    ``gamma`` is ``train.consensus_step``. Returns the vectors-equivalent of the bytes sent."""
-    cfg = engine.config.train
+    (``train.choco.compression_ratio`` of the entries) or QSGD quantization
+    (``train.choco.quantization_levels``); ``gamma`` is ``train.choco.consensus_step``. Returns the
+    vectors-equivalent of the bytes sent."""
+    cfg = engine.config.train.options("choco")
     state = engine.optimizer_state
     half = engine.local_steps(engine.params)
     if "choco/public" not in state:

@@ -90,7 +90,7 @@ CASES = {
     "ring7_nesterov_cosine": {"topology": {"kind": "ring", "n_clients": 7},
                               "train": {"momentum": 0.9, "nesterov": True, "schedule": "cosine", "warmup_rounds": 2}},
     "torus9_choco_qsgd": {"topology": {"kind": "torus", "n_clients": 9},
-                          "train": {"algorithm": "choco", "compression": "qsgd", "quantization_levels": 8}},
+                          "train": {"algorithm": "choco", "choco": {"compression": "qsgd", "quantization_levels": 8}}},
     "erdos_renyi9_push_sum_dropout": {"topology": {"kind": "erdos_renyi", "n_clients": 9, "erdos_renyi": {"p": 0.6}, "dropout": 0.2},
                                       "train": {"algorithm": "push_sum", "same_init": False}},
     "star5_adamw_step": {"topology": {"kind": "star", "n_clients": 5},
