@@ -3,9 +3,10 @@
     .venv/bin/python launch/sweep_topologies.py examples/experiment.toml --topologies ring,torus,star,erdos_renyi,small_world
     mpirun -n 4 .venv/bin/python -m mpi4py launch/sweep_topologies.py examples/experiment.toml   # each run over 4 ranks
 
-The same as `p2pforget compare`; runs go to OUT/<topology>/ (OUT defaults to runs/sweep), the
-table to OUT/summary.json and the plot to OUT/comparison.png. With an [unlearn] section every
-topology also forgets, next to Retrain, and the table adds the unlearning columns.
+The same as `p2pforget compare`; runs go to OUT/runs/<topology>-s<seed>/ (OUT defaults to
+runs/sweep), the tables to OUT/compare.md and OUT/compare.csv, the plot to OUT/comparison.png. With
+an [unlearn] request every topology also runs the config's method and Retrain from its trained
+state, and the tables add the unlearning columns.
 """
 from __future__ import annotations
 

@@ -222,27 +222,20 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
-    from .compare import Grid, compare, grid
-    from .report import table
+    from .compare import default_grid, grid
 
     cfg = _load(args)
     out = Path(args.out or f"{cfg.run.out}-compare")
-    topologies = tuple(k.strip() for k in args.topologies.split(",") if k.strip())
-    if args.methods or args.seeds or args.task is not None or args.merge:
-        methods = tuple(m.strip() for m in (args.methods or cfg.unlearn.method).split(",") if m.strip())
-        seeds = tuple(int(s) for s in (args.seeds or str(cfg.run.seed)).split(","))
-        spec = Grid(topologies=topologies, methods=methods, seeds=seeds)
-        rows = grid(cfg, spec, out=out, task=args.task, merge_only=args.merge, progress=True)
-        if rows is not None:
-            print((out / "compare.md").read_text())
-            print(f"grid: {out}/compare.csv, {out}/timing.csv, {out}/compare.md, figures in {out}/")
-        elif args.task is not None:
-            print(f"group {args.task} of {len(spec.groups)} done; merge with --merge once every group is")
-        return 0
-    headers, rows = compare(cfg, list(topologies), out=out, overwrite=args.overwrite)
-    if rows:
-        print(table(headers, rows))
-        print(f"runs: {out}/<topology>/; table: {out}/summary.json; plot: {out}/comparison.png")
+    split = (lambda text: [v.strip() for v in text.split(",") if v.strip()])  # noqa: E731
+    spec = default_grid(cfg, split(args.topologies), methods=split(args.methods) if args.methods else None,
+                        seeds=[int(s) for s in split(args.seeds)] if args.seeds else None)
+    rows = grid(cfg, spec, out=out, task=args.task, merge_only=args.merge, progress=True, overwrite=args.overwrite)
+    if rows is not None:
+        print((out / "compare.md").read_text())
+        print(f"results: {out}/compare.csv, {out}/compare.md" + (f", {out}/timing.csv" if spec.methods else "")
+              + f"; runs in {out}/runs/; figures in {out}/")
+    elif args.task is not None:
+        print(f"group {args.task} of {len(spec.groups)} done; merge with --merge once every group is")
     return 0
 
 
@@ -304,15 +297,17 @@ def parser() -> argparse.ArgumentParser:
     r.add_argument("--overwrite", action="store_true", help="replace a run already in the output directory")
     r.set_defaults(fn=cmd_run)
 
-    c = sub.add_parser("compare", help="the same experiment on several topologies: table and plots", **listing)
+    c = sub.add_parser("compare", help="the same experiment (and forget request) on several topologies, methods and "
+                                       "seeds: tables and plots", **listing)
     c.add_argument("config", help="experiment .toml file")
     c.add_argument("--topologies", default="ring,torus,star,erdos_renyi,small_world",
                    help="comma-separated topology kinds (default: %(default)s)")
     c.add_argument("--set", action="append", metavar="SECTION.KEY=VALUE", help="override a config key (repeatable)")
     c.add_argument("--out", help="directory for the runs (default: run.out + '-compare')")
-    c.add_argument("--overwrite", action="store_true", help="replace runs already in the output directory")
-    c.add_argument("--methods", help="the method x topology x seed grid: comma-separated unlearning methods "
-                                     "(e.g. retrain,certified,finetune,sfron); resumable, writes compare.csv")
+    c.add_argument("--overwrite", action="store_true", help="replace a grid already in the output directory "
+                                                             "(by default its finished parts are kept)")
+    c.add_argument("--methods", help="comma-separated unlearning methods (e.g. retrain,certified,finetune,sfron; "
+                                     "default: unlearn.method and retrain, with a forget request)")
     c.add_argument("--seeds", help="comma-separated seeds of the grid (default: run.seed)")
     c.add_argument("--task", type=int, help="run only group TASK (topology x seed, numbered topology-major): one "
                                             "array task, e.g. --task $SLURM_ARRAY_TASK_ID")

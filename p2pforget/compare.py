@@ -1,20 +1,34 @@
-"""Topology comparison: the same experiment (and forget request, if any) on several graphs.
+"""Experiments over topologies, methods and seeds: one orchestrator, one results schema.
+
+A grid is every topology x method x seed of one experiment and forget request. Its unit of work (a
+group: one array task) is a topology and a seed, trained once; every method then runs from that
+trained state, Retrain among them as the reference. :func:`compare` is the grid of the config's
+own method (with Retrain) and seed on several topologies; without a forget request, a grid of
+trainings only.
+
+A group writes ``groups/<topology>-s<seed>.json`` (its training numbers), each cell
+``cells/<topology>__<method>__s<seed>.json`` and ``.npz`` (the staying nodes' noiseless models,
+for the distance to Retrain's); :func:`merge` joins them into ``compare.csv`` (columns
+:data:`GRID_FIELDS`), ``timing.csv``, ``compare.md``, ``verdicts.json`` and the figures.
 
 Example
 -------
 >>> import tempfile
 >>> from p2pforget import config
 >>> cfg = config.from_dict({"run": {"rounds": 2}, "topology": {"n_clients": 9}, "data": {"n_samples_per_client": 8}})
->>> headers, rows = compare(cfg, ["ring", "torus"], out=tempfile.mkdtemp(), progress=False)
->>> [r[0] for r in rows]
-['ring', 'torus']
+>>> rows = compare(cfg, ["ring", "torus"], out=tempfile.mkdtemp(), progress=False)
+>>> [(r["topology"], r["method"]) for r in rows]
+[('ring', None), ('torus', None)]
 """
 from __future__ import annotations
 
 import json
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
+
+import numpy as np
 
 from . import config as config_mod, experiment, history, report, stats, topology
 from .config import Config
@@ -23,66 +37,27 @@ from .unlearn.stopping import STATUSES
 EQUIVALENCE_MARGIN = 5.0
 """Points of FA_heldout within which a method counts as equivalent to Retrain (docs/methods/stopping.md)."""
 
-TRAIN_HEADERS = ["topology", "spectral gap", "loss", "test acc (mean)", "test acc (min)", "consensus", "comm MB"]
-UNLEARN_HEADERS = ["status", "FA", "FA held-out", "RA", "TA", "MIA", "dist. to Retrain (rel.)", "sigma", "time / Retrain",
-                   "bytes / Retrain"]
-
-
-def compare(cfg: Config, topologies: Sequence[str], *, out: str | Path, progress: bool = True,
-            overwrite: bool = False) -> tuple[list[str], list[list]]:
-    """Run ``cfg`` once per topology kind (same seed) into ``out/<kind>``; at the root, write
-    ``out/summary.json`` and ``out/comparison.png`` and return the table's headers and rows.
-
-    Every topology's config and graph are checked before the first run starts."""
-    out = Path(out)
-    rows, curves = [], {}
-    unlearning = bool(cfg.unlearn.clients or cfg.unlearn.samples)
-    if not topologies:
-        raise config_mod.ConfigError("no topologies to compare; give a comma-separated list, e.g. --topologies ring,torus")
-    configs = {kind: config_mod.replace(cfg, topology={"kind": kind}) for kind in topologies}
-    for c in configs.values():
-        t = c.topology
-        topology.build_graph(t.kind, t.n_clients, seed=c.run.seed, **topology.graph_options(t))
-    for kind, kind_cfg in configs.items():
-        result = experiment.run(kind_cfg, out=out / kind, progress=progress, overwrite=overwrite)
-        if not result.report:
-            continue
-        r, f = result.report, result.report["final"]
-        row = [kind, r["topology"]["spectral_gap"], f["loss_mean"], f["test_acc_mean"], f["test_acc_min"],
-               f["consensus_distance"], r["bytes_total"] / 1e6]
-        if unlearning:
-            u, ratio = r["metrics"]["unlearned"], r["cost"]["ratio_to_retrain"]
-            flagged = r.get("status", {}).get("flagged")
-            row += [("FLAGGED " if flagged else "") + r.get("status", {}).get("status", "ok"),
-                    u["FA"]["mean"] if u["FA"] else float("nan"),
-                    u["FA_heldout"]["mean"] if u.get("FA_heldout") else float("nan"), u["RA"]["mean"], u["TA"]["mean"],
-                    u.get("MIA", float("nan")),
-                    u["relative_distance_to_retrain"], r["unlearn"].get("sigma", float("nan")), ratio["seconds"],
-                    ratio["comm_bytes"]]
-        rows.append(row)
-        curves[kind] = result.engine.metrics
-    headers = TRAIN_HEADERS + (UNLEARN_HEADERS if unlearning else [])
-    if rows:
-        history.write_json(out / "summary.json", [dict(zip(headers, row)) for row in rows])
-        report.plot_comparison(curves, out / "comparison.png")
-    return headers, rows
-
-
-# ---------------------------------------------------------------------------------------- the grid
-GRID_FIELDS = ["topology", "method", "seed", "status", "flagged", "spectral_gap", "rounds_trained", "FA", "FA_heldout",
-               "RA", "TA", "MIA", "FA_trained", "FA_heldout_trained", "RA_trained", "TA_trained", "MIA_trained",
-               "heldout_n", "comm_bytes", "method_rounds", "FA_gap_to_retrain", "FA_heldout_gap_to_retrain",
-               "RA_gap_to_retrain", "MIA_gap_to_retrain", "bytes_ratio_to_retrain", "ASR", "ASR_trained",
-               "ASR_gap_to_retrain"]
-"""Columns of ``compare.csv``: deterministic numbers only (the same at any rank count). Seconds and
-FLOPs, which vary between runs and with the rank count, go to ``timing.csv``. The ASR columns
-(attack success rate, :mod:`p2pforget.poison`) are empty without a poisoned client."""
+TRAIN_FIELDS = ["spectral_gap", "rounds_trained", "loss", "test_acc_mean", "test_acc_min", "consensus_distance",
+                "train_comm_bytes"]
+"""A group's training numbers (accuracies in percent), in every row of its cells."""
+GRID_FIELDS = ["topology", "method", "seed", *TRAIN_FIELDS, "status", "flagged", "FA", "FA_heldout", "RA", "TA",
+               "MIA", "FA_trained", "FA_heldout_trained", "RA_trained", "TA_trained", "MIA_trained", "heldout_n",
+               "comm_bytes", "method_rounds", "sigma", "relative_distance_to_retrain", "FA_gap_to_retrain",
+               "FA_heldout_gap_to_retrain", "RA_gap_to_retrain", "MIA_gap_to_retrain", "bytes_ratio_to_retrain",
+               "ASR", "ASR_trained", "ASR_gap_to_retrain"]
+"""Columns of ``compare.csv``, one row per cell (per group in a grid without methods):
+deterministic numbers only (the same at any rank count). Seconds and FLOPs, which vary between
+runs and with the rank count, go to ``timing.csv``. ``relative_distance_to_retrain`` is the mean
+distance of the staying nodes' noiseless models to Retrain's, over the trained models' distance
+(0: Retrain's models, 1: nothing changed). The ASR columns (attack success rate,
+:mod:`p2pforget.poison`) are empty without a poisoned client."""
 
 
 @dataclass(frozen=True)
 class Grid:
     """Every topology x method x seed of one experiment and forget request. The unit of work (an
-    array task) is a group: one topology and seed, trained once, then every method from that state."""
+    array task) is a group: one topology and seed, trained once, then every method from that state.
+    With no methods, a grid trains each group only."""
 
     topologies: tuple[str, ...]
     methods: tuple[str, ...]
@@ -96,18 +71,47 @@ class Grid:
         return [(t, m, s) for t in self.topologies for m in self.methods for s in self.seeds]
 
 
+def default_grid(cfg: Config, topologies: Sequence[str], *, methods: Sequence[str] | None = None,
+                 seeds: Sequence[int] | None = None) -> Grid:
+    """The grid of ``cfg`` on ``topologies``: by default its seed and, with a forget request, its
+    method and Retrain (the reference every ratio and gap is taken against); no methods without one.
+
+    >>> from p2pforget import config
+    >>> default_grid(config.from_dict({"unlearn": {"clients": [1], "method": "finetune"}}), ["ring"])
+    Grid(topologies=('ring',), methods=('finetune', 'retrain'), seeds=(0,))
+    """
+    topologies = tuple(topologies)
+    if not topologies:
+        raise config_mod.ConfigError("no topologies to compare; give a comma-separated list, e.g. --topologies ring,torus")
+    if methods is None:
+        clients, samples = experiment.forget_request(cfg)
+        methods = tuple(dict.fromkeys((cfg.unlearn.method, "retrain"))) if clients or samples else ()
+    return Grid(topologies=topologies, methods=tuple(methods), seeds=tuple(seeds) if seeds else (cfg.run.seed,))
+
+
+def compare(cfg: Config, topologies: Sequence[str], *, out: str | Path, progress: bool = True,
+            overwrite: bool = False) -> list[dict]:
+    """Run ``cfg`` on each topology kind (same seed): :func:`grid` of :func:`default_grid`.
+    Returns the merged rows (:data:`GRID_FIELDS`); a finished topology is not run again."""
+    return grid(cfg, default_grid(cfg, topologies), out=out, progress=progress, overwrite=overwrite)
+
+
 def _cell_file(out: Path, topology: str, method: str, seed: int) -> Path:
     return out / "cells" / f"{topology}__{method}__s{seed}.json"
 
 
+def _group_file(out: Path, topology: str, seed: int) -> Path:
+    return out / "groups" / f"{topology}-s{seed}.json"
+
+
 def run_group(cfg: Config, grid: Grid, topology: str, seed: int, *, out: Path, transport, progress: bool = False) -> None:
     """Train ``topology`` x ``seed`` (resuming its run directory if it is unfinished), then run every
-    method of the grid whose cell file is missing, each from the trained state; the root writes each
-    cell's numbers (``cells/<topology>__<method>__s<seed>.json``) as soon as it is done."""
+    method of the grid whose cell file is missing, each from the trained state; the root writes the
+    group's training numbers and each cell's numbers as soon as they are done."""
     from .unlearn import forget
 
     clients, samples = experiment.forget_request(cfg)
-    if not (clients or samples):
+    if grid.methods and not (clients or samples):
         raise config_mod.ConfigError("the grid compares forget requests: set unlearn.clients or unlearn.samples")
     kind_cfg = config_mod.replace(cfg, topology={"kind": topology}, run={"seed": seed},
                                   unlearn={"clients": (), "samples": {}})
@@ -115,6 +119,8 @@ def run_group(cfg: Config, grid: Grid, topology: str, seed: int, *, out: Path, t
     done = transport.bcast_object(_complete(run_dir) if transport.is_root else None)
     if done != "complete":
         experiment.run(kind_cfg, out=run_dir, resume=done == "partial", progress=progress, transport=transport)
+    if transport.is_root and not _group_file(out, topology, seed).exists():
+        history.write_json(_group_file(out, topology, seed), _training_numbers(run_dir, topology, seed))
     trained = None
     for method in grid.methods:
         path = _cell_file(out, topology, method, seed)
@@ -123,7 +129,6 @@ def run_group(cfg: Config, grid: Grid, topology: str, seed: int, *, out: Path, t
         if trained is None:
             trained, _ = experiment.load_run(run_dir, transport=transport)
         engine = trained.fork()  # every method from the same trained state, read from disk once
-        trained_ta = engine.metrics["test_acc_mean"][-1] if transport.is_root else None
         result = forget(engine, clients=clients, samples=samples, method=method, reference=False, progress=False)
         if transport.is_root:
             m = result.metrics
@@ -131,18 +136,31 @@ def run_group(cfg: Config, grid: Grid, topology: str, seed: int, *, out: Path, t
             cost = result.cost["unlearn"]
             mean = (lambda d, k: d[k]["mean"] if d.get(k) else None)  # noqa: E731
             forgotten = sorted(int(j) for j in result.forgotten)
+            staying = np.flatnonzero(np.isfinite(result.params["unlearned"]).all(axis=1))
+            history.write_npz(path.with_suffix(".npz"), nodes=staying, trained=result.params["trained"][staying],
+                              noiseless=result.params["unlearned_noiseless"][staying])
             history.write_json(path, {
                 "topology": topology, "method": method, "seed": seed, "status": result.status["status"],
                 "flagged": bool(result.status["flagged"]),
-                "spectral_gap": engine.topology_stats().spectral_gap, "rounds_trained": int(kind_cfg.run.rounds),
                 "FA": mean(u, "FA"), "FA_heldout": mean(u, "FA_heldout"), "RA": u["RA"]["mean"], "TA": u["TA"]["mean"],
-                "MIA": u.get("MIA"), "ASR": mean(u, "ASR"), "ASR_trained": mean(t, "ASR"), "FA_trained": mean(t, "FA"), "FA_heldout_trained": mean(t, "FA_heldout"),
-                "RA_trained": t["RA"]["mean"], "TA_trained": t["TA"]["mean"], "MIA_trained": t.get("MIA"),
+                "MIA": u.get("MIA"), "ASR": mean(u, "ASR"), "ASR_trained": mean(t, "ASR"), "FA_trained": mean(t, "FA"),
+                "FA_heldout_trained": mean(t, "FA_heldout"), "RA_trained": t["RA"]["mean"], "TA_trained": t["TA"]["mean"],
+                "MIA_trained": t.get("MIA"),
                 "heldout_n": (int(engine.data.holdout_counts[forgotten].sum())
                               if engine.data.holdout_counts is not None else 0),
                 "comm_bytes": cost.comm_bytes, "method_rounds": len(result.traces.get("unlearned", [])),
-                "seconds": cost.seconds, "flops": cost.flops, "trained_test_acc": trained_ta,
-                "forgotten_clients": forgotten})
+                "sigma": (result.certificate or {}).get("sigma"),
+                "seconds": cost.seconds, "flops": cost.flops, "forgotten_clients": forgotten})
+
+
+def _training_numbers(run_dir: Path, topology: str, seed: int) -> dict:
+    r = history.read_json(run_dir / "report.json")
+    f = r["final"]
+    percent = (lambda v: None if v is None else 100.0 * v)  # noqa: E731
+    return {"topology": topology, "seed": seed, "spectral_gap": r["topology"]["spectral_gap"],
+            "rounds_trained": int(r["rounds_done"]), "loss": f["loss_mean"], "test_acc_mean": percent(f["test_acc_mean"]),
+            "test_acc_min": percent(f["test_acc_min"]), "consensus_distance": f["consensus_distance"],
+            "train_comm_bytes": r["bytes_total"]}
 
 
 def _complete(run_dir: Path) -> str:
@@ -154,14 +172,19 @@ def _complete(run_dir: Path) -> str:
 
 
 def merge(grid: Grid, *, out: Path, margin: float = EQUIVALENCE_MARGIN) -> list[dict]:
-    """Read every cell of the grid and write ``compare.csv``, ``timing.csv``, ``compare.md`` (mean ±
-    std over seeds, statuses, FA_heldout verdicts), ``verdicts.json`` and the figures; returns the
-    rows. Cells not yet computed are listed in an error."""
-    missing = [c for c in grid.cells() if not _cell_file(out, *c).exists()]
+    """Read every group and cell of the grid and write ``compare.csv``, ``timing.csv``,
+    ``compare.md`` (training, then methods: mean ± std over seeds, statuses, FA_heldout verdicts),
+    ``verdicts.json`` and the figures; returns the rows. Parts not yet computed are named in an error."""
+    missing = ([g for g in grid.groups if not _group_file(out, *g).exists()]
+               + [c for c in grid.cells() if not _cell_file(out, *c).exists()])
     if missing:
-        raise FileNotFoundError(f"{len(missing)} cell(s) of the grid are not done yet, e.g. {missing[0]}; run the "
+        raise FileNotFoundError(f"{len(missing)} part(s) of the grid are not done yet, e.g. {missing[0]}; run the "
                                 "remaining groups (p2pforget compare ... --task I) before --merge")
-    rows = [json.loads(_cell_file(out, *c).read_text()) for c in grid.cells()]
+    groups = {g: history.read_json(_group_file(out, *g)) for g in grid.groups}
+    if not grid.methods:
+        rows = [{"method": None, **groups[g]} for g in grid.groups]
+    else:
+        rows = [{**groups[(t, s)], **history.read_json(_cell_file(out, t, m, s))} for t, m, s in grid.cells()]
     by_key = {(r["topology"], r["method"], r["seed"]): r for r in rows}
     for r in rows:
         ref = by_key.get((r["topology"], "retrain", r["seed"]))
@@ -173,13 +196,38 @@ def merge(grid: Grid, *, out: Path, margin: float = EQUIVALENCE_MARGIN) -> list[
                                                   or ref.get("FA_heldout") is None
                                                   else r["FA_heldout_trained"] - ref["FA_heldout"])
         r["bytes_ratio_to_retrain"] = r["comm_bytes"] / ref["comm_bytes"] if ref and ref["comm_bytes"] else None
+        r["seconds_ratio_to_retrain"] = r["seconds"] / ref["seconds"] if ref and ref["seconds"] else None
+        r["relative_distance_to_retrain"] = (_relative_distance(out, r, ref) if ref else None)
     history.write_csv(out / "compare.csv", GRID_FIELDS, [[_csv(r.get(k)) for k in GRID_FIELDS] for r in rows])
-    history.write_json(out / "verdicts.json", verdicts(rows, grid, margin=margin))
-    history.write_csv(out / "timing.csv", ["topology", "method", "seed", "seconds", "flops"],
-                      [[r["topology"], r["method"], r["seed"], r["seconds"], r["flops"]] for r in rows])
-    (out / "compare.md").write_text(grid_table(rows, grid, margin=margin) + "\n")
-    report.plot_grid(rows, grid.topologies, grid.methods, grid.seeds, out=out)
+    if grid.methods:
+        history.write_json(out / "verdicts.json", verdicts(rows, grid, margin=margin))
+        history.write_csv(out / "timing.csv", ["topology", "method", "seed", "seconds", "flops"],
+                          [[r["topology"], r["method"], r["seed"], r["seconds"], r["flops"]] for r in rows])
+    (out / "compare.md").write_text(training_table(rows, grid) + "\n"
+                                    + ("\n" + grid_table(rows, grid, margin=margin) + "\n" if grid.methods else ""))
+    curves = {}
+    for t in grid.topologies:
+        stored = history.read_h5(out / "runs" / f"{t}-s{grid.seeds[0]}" / "history.h5")
+        curves[t] = {k[len("metrics/"):]: list(v) for k, v in stored.arrays.items() if k.startswith("metrics/")}
+    report.plot_comparison(curves, out / "comparison.png")
+    if grid.methods:
+        report.plot_grid(rows, grid.topologies, grid.methods, grid.seeds, out=out)
     return rows
+
+
+def _relative_distance(out: Path, row: dict, ref: dict) -> float | None:
+    """Mean over the staying nodes of ``||noiseless_i - retrain_i||`` over the same for the trained
+    models (:func:`p2pforget.metrics.distance`): noiseless against noiseless, since a release's
+    noise is not an unlearning error."""
+    from .metrics import distance
+
+    with np.load(_cell_file(out, row["topology"], row["method"], row["seed"]).with_suffix(".npz")) as mine, \
+            np.load(_cell_file(out, ref["topology"], "retrain", ref["seed"]).with_suffix(".npz")) as theirs:
+        if not np.array_equal(mine["nodes"], theirs["nodes"]):
+            return None
+        nodes = np.arange(len(mine["nodes"]))
+        base = distance(mine["trained"], theirs["noiseless"], nodes)
+        return distance(mine["noiseless"], theirs["noiseless"], nodes) / base if base > 0 else 0.0
 
 
 def _csv(v):
@@ -204,6 +252,22 @@ def verdicts(rows: list[dict], grid: Grid, *, margin: float = EQUIVALENCE_MARGIN
     return out
 
 
+def training_table(rows: list[dict], grid: Grid) -> str:
+    """Markdown: the trained models of each topology, before any forget request (mean ± std over seeds)."""
+    fmt = report.mean_std
+    cols = [("loss", "loss", 3), ("test_acc_mean", "test acc % (mean)", 1), ("test_acc_min", "test acc % (min)", 1),
+            ("consensus_distance", "consensus", 3)]
+    lines = ["| topology | spectral gap | rounds | " + " | ".join(c[1] for c in cols) + " | Comm MB |",
+             "|---|---|---|" + "---|" * len(cols) + "---|"]
+    for t in grid.topologies:
+        mine = {r["seed"]: r for r in rows if r["topology"] == t}.values()  # one per group
+        first = next(iter(mine))
+        lines.append(f"| {t} | {first['spectral_gap']:.3g} | {first['rounds_trained']} | "
+                     + " | ".join(fmt([r.get(k) for r in mine], d) for k, _, d in cols)
+                     + f" | {fmt([r['train_comm_bytes'] / 1e6 for r in mine], 2)} |")
+    return "\n".join(lines)
+
+
 def grid_table(rows: list[dict], grid: Grid, *, margin: float = EQUIVALENCE_MARGIN) -> str:
     """Markdown: one line per topology x method, mean ± std over seeds, how many seeds were
     flagged (rolled back or collapsed: such a line is marked, never a normal row) and the
@@ -214,12 +278,14 @@ def grid_table(rows: list[dict], grid: Grid, *, margin: float = EQUIVALENCE_MARG
 
     cols = [("FA", "FA"), ("FA_heldout", "FA held-out"), ("RA", "RA"), ("TA", "TA"), ("MIA", "MIA"),
             ("FA_gap_to_retrain", "FA − Retrain"), ("RA_gap_to_retrain", "RA − Retrain"),
-            ("MIA_gap_to_retrain", "MIA − Retrain")]
+            ("MIA_gap_to_retrain", "MIA − Retrain"), ("relative_distance_to_retrain", "dist. to Retrain (rel.)"),
+            ("sigma", "sigma")]
     if any(r.get("ASR") is not None for r in rows):
         cols += [("ASR", "ASR"), ("ASR_gap_to_retrain", "ASR − Retrain")]
     lines = ["| topology | spectral gap | method | " + " | ".join(c[1] for c in cols)
-             + f" | Comm MB | seconds | flagged | FA held-out − Retrain, 90% CI: verdict (±{margin:g}) |",
-             "|---|---|---|" + "---|" * len(cols) + "---|---|---|---|"]
+             + f" | Comm MB | bytes / Retrain | seconds | time / Retrain | flagged "
+             f"| FA held-out − Retrain, 90% CI: verdict (±{margin:g}) |",
+             "|---|---|---|" + "---|" * len(cols) + "---|---|---|---|---|---|"]
     for t in grid.topologies:
         for m in grid.methods:
             mine = [r for r in rows if r["topology"] == t and r["method"] == m]
@@ -230,16 +296,18 @@ def grid_table(rows: list[dict], grid: Grid, *, margin: float = EQUIVALENCE_MARG
             verdict = "reference" if v is None else f"{v['verdict']}: {v['reason']}"
             what = (f"{len(flagged)}/{len(mine)}: " + ", ".join(sorted({r['status'] for r in flagged}))) if flagged else "0"
             lines.append(f"| {t} | {gap:.3g} | {name} | " + " | ".join(fmt([r.get(k) for r in mine]) for k, _ in cols)
-                         + f" | {fmt([r['comm_bytes'] / 1e6 for r in mine])} | {fmt([r['seconds'] for r in mine])}"
+                         + f" | {fmt([r['comm_bytes'] / 1e6 for r in mine])} | {fmt([r.get('bytes_ratio_to_retrain') for r in mine], 2)}"
+                         f" | {fmt([r['seconds'] for r in mine])} | {fmt([r.get('seconds_ratio_to_retrain') for r in mine], 2)}"
                          f" | {what} | {verdict} |")
     return "\n".join(lines)
 
 
 def grid(cfg: Config, grid_spec: Grid, *, out: str | Path, task: int | None = None, merge_only: bool = False,
-         progress: bool = False, margin: float = EQUIVALENCE_MARGIN) -> list[dict] | None:
+         progress: bool = False, overwrite: bool = False, margin: float = EQUIVALENCE_MARGIN) -> list[dict] | None:
     """Run the grid (every group, or only group ``task``: an array task), then merge at the root
-    (not after a single task: merge once every task is done, with ``merge_only``). Finished cells
-    are never run again, so a killed grid resumes where it stopped."""
+    (not after a single task: merge once every task is done, with ``merge_only``). Finished groups
+    and cells are never run again, so a killed grid resumes where it stopped; ``out`` holds one
+    experiment (``grid.json``): another config there is an error unless ``overwrite`` clears it."""
     from . import transport as transport_mod
 
     out = Path(out)
@@ -250,6 +318,9 @@ def grid(cfg: Config, grid_spec: Grid, *, out: str | Path, task: int | None = No
         t = config_mod.replace(cfg, topology={"kind": c}).topology
         topology.build_graph(t.kind, t.n_clients, seed=cfg.run.seed, **topology.graph_options(t))
     transport = transport_mod.make(cfg.run.transport, n_clients=cfg.topology.n_clients)
+    problem = transport.bcast_object(_claim(cfg, out, overwrite=overwrite) if transport.is_root else None)
+    if problem:
+        raise config_mod.ConfigError(problem)
     if not merge_only:
         for i, (kind, seed) in enumerate(groups):
             if task is None or task == i:
@@ -257,3 +328,35 @@ def grid(cfg: Config, grid_spec: Grid, *, out: str | Path, task: int | None = No
     if task is not None and not merge_only:
         return None
     return merge(grid_spec, out=out, margin=margin) if transport.is_root else None
+
+
+def _experiment(cfg: Config) -> dict:
+    """What every cell of a grid shares: the config less what the grid varies (topology kind,
+    seed, method) and what does not change a number."""
+    d = config_mod.to_dict(cfg)
+    for key in ("seed", "out", "checkpoint_every", "transport", "keep_private"):
+        d["run"].pop(key, None)
+    d["topology"].pop("kind", None)
+    d["unlearn"].pop("method", None)
+    return d
+
+
+def _claim(cfg: Config, out: Path, *, overwrite: bool) -> str | None:
+    """Mark ``out`` as this experiment's grid; a message when it holds another's."""
+    path = out / "grid.json"
+    if overwrite:
+        for part in ("cells", "groups", "runs"):
+            shutil.rmtree(out / part, ignore_errors=True)
+        path.unlink(missing_ok=True)
+    mine = json.loads(history.json_text(_experiment(cfg)))
+    if path.exists():
+        theirs = history.read_json(path)
+        diffs = [f"{s}.{k}: {theirs.get(s, {}).get(k)!r} -> {v!r}" for s in mine for k, v in mine[s].items()
+                 if theirs.get(s, {}).get(k) != v]
+        if diffs:
+            return (f"{out} holds a grid of another experiment (" + "; ".join(diffs[:5])
+                    + (f"; {len(diffs) - 5} more" if len(diffs) > 5 else "")
+                    + "): choose another --out, or --overwrite to replace it")
+    else:
+        history.write_json(path, mine)
+    return None

@@ -282,6 +282,15 @@ def write_json(path: str | Path, obj: Any) -> None:
     _atomic(Path(path), lambda tmp: tmp.write_text(text + "\n"))
 
 
+def write_npz(path: str | Path, **arrays: np.ndarray) -> None:
+    """Atomically write ``arrays`` to an uncompressed ``.npz`` file."""
+    def write(tmp: Path) -> None:
+        with open(tmp, "wb") as f:
+            np.savez(f, **arrays)
+
+    _atomic(Path(path), write)
+
+
 def write_csv(path: str | Path, header: list[str], rows: list[list[Any]]) -> None:
     """Atomically write a CSV file (``csv`` module quoting; floats as ``repr``, NaN as empty)."""
     def cell(v: Any) -> Any:

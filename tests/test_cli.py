@@ -1,10 +1,12 @@
+import csv
 import json
 import subprocess
 import sys
 
 import pytest
 
-from p2pforget import config
+from p2pforget import config, experiment
+from p2pforget.unlearn import forget
 from p2pforget.__main__ import main
 
 
@@ -89,12 +91,24 @@ def test_compare_topologies_with_unlearning(tmp_path, capsys):
     path.write_text(config.dumps(cfg))
     assert main(["compare", str(path), "--topologies", "ring,torus,star", "--out", str(tmp_path / "cmp")]) == 0
     out = capsys.readouterr().out
-    assert "spectral gap" in out and "time / Retrain" in out
-    summary = json.loads((tmp_path / "cmp" / "summary.json").read_text())
-    assert [r["topology"] for r in summary] == ["ring", "torus", "star"]
-    assert summary[2]["spectral gap"] == pytest.approx(1.0)  # FedAvg averages exactly
-    assert summary[0]["spectral gap"] < summary[1]["spectral gap"]  # the ring mixes slowest
-    assert all(0 < r["time / Retrain"] for r in summary)
+    assert "spectral gap" in out and "time / Retrain" in out and "dist. to Retrain (rel.)" in out
+    with open(tmp_path / "cmp" / "compare.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    certified = [r for r in rows if r["method"] == "certified"]
+    assert [r["topology"] for r in certified] == ["ring", "torus", "star"]
+    assert float(certified[2]["spectral_gap"]) == pytest.approx(1.0)  # FedAvg averages exactly
+    assert float(certified[0]["spectral_gap"]) < float(certified[1]["spectral_gap"])  # the ring mixes slowest
+    # the grid's distance to Retrain (from the cells' stored models) is forget()'s own, reference included
+    engine, _ = experiment.load_run(tmp_path / "cmp" / "runs" / "ring-s0")
+    own = forget(engine, clients=[4], method="certified", progress=False).metrics["unlearned"]
+    assert float(certified[0]["relative_distance_to_retrain"]) == pytest.approx(own["relative_distance_to_retrain"], rel=1e-9)
+    assert all(float(r["relative_distance_to_retrain"]) == 0.0 for r in rows if r["method"] == "retrain")
+    with open(tmp_path / "cmp" / "timing.csv", newline="") as f:
+        assert all(float(r["seconds"]) > 0 for r in csv.DictReader(f))
     assert (tmp_path / "cmp" / "comparison.png").stat().st_size > 10_000
+    # the same directory with another experiment is refused, naming the difference and the fix
+    assert main(["compare", str(path), "--topologies", "ring", "--set", "train.lr=0.05", "--out", str(tmp_path / "cmp")]) == 2
+    err = capsys.readouterr().err
+    assert "train.lr" in err and "--overwrite" in err
     assert main(["compare", str(path), "--topologies", "ring,tree", "--out", str(tmp_path / "bad")]) == 2
     assert "choose one of" in capsys.readouterr().err
