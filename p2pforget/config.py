@@ -132,7 +132,13 @@ class PoisonConfig:
 
 
 @dataclass(frozen=True)
-class DataConfig:
+class DataConfig(KindOptions):
+    """The federated dataset: ``kind`` from the dataset registry (a dataset registered with
+    ``options=`` reads its own keys from ``[data.<kind>]``); how many samples each client holds and
+    how they are split (``partition`` and its keys); the built-in generators' shape keys
+    (``n_features``, ``n_classes``, ``separation``, ``image_size``, ``context_length``, ``concept``);
+    ``path`` for datasets read from files; malicious clients in ``[data.poison]``."""
+
     kind: str = registered("gaussian_logistic", "data")
     n_samples_per_client: int = bounded(50, 1)
     n_test: int = bounded(200, 1)
@@ -153,6 +159,7 @@ class DataConfig:
     path: str = ""
     save: bool = False
     poison: PoisonConfig = table(PoisonConfig)
+    tables: dict[str, Any] = kind_tables("data")
 
 
 @dataclass(frozen=True)

@@ -46,3 +46,21 @@ class UniformMean:
 
     def aggregate(self, uploads: Uploads) -> torch.Tensor:
         return uploads.client_params.mean(dim=0)
+
+
+@dataclass(frozen=True)
+class BlobOptions:
+    """Keys of ``[data.shifted_blobs_plugin]``."""
+
+    shift: float = 2.0
+
+
+@DATASETS.register("shifted_blobs_plugin", options=BlobOptions)
+def shifted_blobs(cfg, n_clients, seed):
+    """Two Gaussian blobs at +-shift on every axis."""
+    shift = cfg.options().shift
+    r = np.random.default_rng(seed)
+    n = n_clients * cfg.n_samples_per_client
+    y = np.arange(n + cfg.n_test) % 2
+    x = r.standard_normal((len(y), 3)) + np.where(y[:, None] == 1, shift, -shift)
+    return FederatedData(**shard(x[:n], y[:n], cfg, n_clients, seed), x_test=x[n:], y_test=y[n:], n_classes=2)
