@@ -138,6 +138,10 @@ class Engine:
 
         self.init_params = self._init_params()
         self.params = self.init_params.clone()
+        # Running statistics (BatchNorm) are per-client state like the parameters ([n_local, 0] for
+        # a model without any): updated by each local step, communicated by the model's buffer_rule.
+        self.init_buffers = self.model.init_buffers(self.dtype).to(self.device).expand(self.hi - self.lo, -1).clone()
+        self.buffers = self.init_buffers.clone()
         self.optimizer_state: dict[str, torch.Tensor] = {}  # e.g. gradient tracking's tracker / last_grad
         # A Forget Lock (subspace.ForgetLock) installed by an unlearning method: applied every round.
         self.lock: ForgetLock | None = None
@@ -403,6 +407,8 @@ class Engine:
 
         for s in range(cfg.local_steps):
             batch = self.batch((key_round, s))
+            if self.model.buffer_dim:
+                self._update_buffers(params, batch)
             if grad_mask is not None:
                 g, _ = self.gradients(params, batch, mask=grad_mask, loss=loss)
                 if not decay and self.task.weight_decay:  # gradients() added it: decoupled instead
@@ -428,6 +434,44 @@ class Engine:
             self.training_gradients(params, batch, update=step, loss=loss)
             params = new
         return params
+
+    def _update_buffers(self, params: torch.Tensor, batch: Batch) -> None:
+        """Each training client's running statistics after the forward of its ``batch`` at
+        ``params`` (the update one ``module.train()`` step makes). Batch statistics are taken over
+        the whole batch, so a batch must hold no padding."""
+        active = self._local_active.bool()
+        short = active & (batch["mask"] < 1).any(dim=1)
+        if bool(short.any()):
+            j = self.lo + int(torch.nonzero(short)[0, 0])
+            raise ValueError(f"model.kind = {self.config.model.kind!r} keeps running statistics (BatchNorm), which a batch "
+                             f"computes over all its samples, but client {j} has fewer samples than its batch "
+                             f"({int(batch['mask'].shape[1])}); set train.batch_size to at most the smallest client's "
+                             "sample count, or use a model without running statistics (e.g. GroupNorm)")
+        extras = {k: v for k, v in batch.items() if k not in ("y", "mask", "u")}
+        fresh = self.per_client(lambda p, b, x: self.model.updated_buffers(p, b, x), params.detach(), self.buffers,
+                                extras["x"])
+        self.buffers = torch.where(active[:, None], fresh, self.buffers)
+
+    def with_buffers(self, params: torch.Tensor, buffers: torch.Tensor | None = None) -> torch.Tensor:
+        """Stacked local ``params`` followed by running statistics (default: the engine's), the
+        vectors a model that keeps statistics is evaluated at (``module.eval()``); ``params`` as
+        they are for a model without any."""
+        if not self.model.buffer_dim or params.shape[-1] != self.dim:
+            return params
+        return torch.cat([params, (self.buffers if buffers is None else buffers).to(params)], dim=-1)
+
+    def _communicate_buffers(self, W: sp.csr_array | None) -> float:
+        """Running statistics travel with the models under the ``average`` rule: mixed with the
+        round's graph matrix, or on a star the hub's FedAvg average; bytes sent."""
+        if not self.model.buffer_dim or self.model.buffer_rule == "local":
+            return 0.0
+        if self.is_star:
+            w = torch.as_tensor(self.fedavg_weights[self.lo:self.hi], dtype=torch.float64, device=self.device)
+            mean = self.member_mean(self.buffers, weights=w)
+            self.buffers = mean.to(self.dtype).expand_as(self.buffers).clone()
+        else:
+            self.buffers = self.mix(self.buffers, self.base_mixing if W is None else W)
+        return self.message_bytes(W, 1, entries=self.model.buffer_dim)
 
     def mixing_at(self, round: int) -> sp.csr_array | None:
         """The sparse (n, n) mixing matrix used in ``round`` (edge dropout makes it time-varying;
@@ -529,7 +573,7 @@ class Engine:
         vectors = self._round_fn(self, W)
         if self.lock is not None:
             self.set_params(self.lock.apply(before, self.params), keep_optimizer_state=True, copy=False)
-        sent = self.message_bytes(W, vectors)
+        sent = self.message_bytes(W, vectors) + self._communicate_buffers(W)
         if self.ledger is not None:
             self._update_ledger(self.round_mixing(W))
         self.round += 1
@@ -605,17 +649,20 @@ class Engine:
         params = self.params if params is None else params
         with torch.no_grad():
             loss = self.per_client(self.task.objective, params.detach(), self.full_batch(), self._local_active)
-            acc = self.per_client(self.task.score, params.detach(), self.test_batch(params.shape[0]))
+            scored = self.with_buffers(params.detach())
+            acc = self.per_client(self.task.score, scored, self.test_batch(params.shape[0]))
             mean = self.member_mean(params)
+            mean_statistics = self.member_mean(self.buffers) if self.model.buffer_dim else None
             dist = torch.linalg.vector_norm(params.detach().double() - mean, dim=1)
             finite = torch.isfinite(params).all(dim=1)
-            probed = [self.per_client(self.task.score, params.detach(), self._probe_batch(name, params.shape[0])).double()
+            probed = [self.per_client(self.task.score, scored, self._probe_batch(name, params.shape[0])).double()
                       for name in self.probes]
         full = self.transport.gather(torch.stack([loss.double(), acc.double(), dist, finite.double(), *probed], dim=1))
         if full is None:
             return None
         with torch.no_grad():  # the mean model itself, at the root (every process holds the same mean)
-            of_mean = float(self.task.score(mean.to(self.dtype), {k: v[0] for k, v in self.test_batch(1).items()}))
+            averaged = mean if mean_statistics is None else torch.cat([mean, mean_statistics])
+            of_mean = float(self.task.score(averaged.to(self.dtype), {k: v[0] for k, v in self.test_batch(1).items()}))
         full = full.cpu().numpy()
         return {"loss": full[:, 0], "test_acc": full[:, 1], "distance_to_mean": full[:, 2], "finite": full[:, 3] > 0,
                 "test_acc_of_mean": of_mean} | {name: full[:, 4 + k] for k, name in enumerate(self.probes)}
@@ -623,11 +670,16 @@ class Engine:
     def _probe_batch(self, name: str, n_local: int) -> Batch:
         return {k: v.expand(n_local, *v.shape) for k, v in self.probes[name].items()}
 
-    def member_mean(self, params: torch.Tensor) -> torch.Tensor:
+    def member_mean(self, params: torch.Tensor, *, weights: torch.Tensor | None = None) -> torch.Tensor:
         """The mean of the member nodes' rows of ``params`` (float64, on every process), summed
         exactly in 64-bit fixed point: the result does not depend on how clients are spread over
-        processes, at a resolution of about ``2^-60 * max|x| * n``."""
-        rows = params.detach().double()[torch.as_tensor(self.members[self.lo:self.hi], device=params.device)]
+        processes, at a resolution of about ``2^-60 * max|x| * n``. ``weights`` (this process's
+        rows, summing to one over the members): the weighted sum instead."""
+        keep = torch.as_tensor(self.members[self.lo:self.hi], device=params.device)
+        rows = params.detach().double()
+        if weights is not None:
+            rows = rows * weights.to(rows)[:, None]
+        rows = rows[keep]
         finite = torch.where(torch.isfinite(rows), rows, torch.zeros_like(rows))
         top = finite.abs().max() if finite.numel() else torch.zeros((), dtype=torch.float64, device=params.device)
         top = float(self.transport.allreduce(top.reshape(1), "max")[0])
@@ -635,7 +687,7 @@ class Engine:
         shift = 61 - math.ceil(math.log2(max(top, 1e-300) * n + 1e-300))
         q = torch.round(torch.ldexp(finite, torch.tensor(shift, device=params.device))).to(torch.int64).sum(dim=0)
         total = self.transport.allreduce(q, "sum")
-        return torch.ldexp(total.double(), torch.tensor(-shift, device=params.device)) / n
+        return torch.ldexp(total.double(), torch.tensor(-shift, device=params.device)) / (1 if weights is not None else n)
 
     def gather_params(self, params: torch.Tensor | None = None) -> np.ndarray | None:
         """All clients' parameters (n_clients, d) at the root, ``None`` elsewhere."""
@@ -670,6 +722,8 @@ class Engine:
     def state(self) -> dict[str, np.ndarray] | None:
         """Everything needed to continue training bit-identically (at the root; ``None`` elsewhere)."""
         out = {"round": np.array(self.round), "params": self.gather_params()}
+        if self.model.buffer_dim:
+            out["buffers"] = self.gather_params(self.buffers)
         if isinstance(self.ledger, ledger_mod.SparseRows):
             out["ledger_index"] = self.gather_params(self.ledger.index)
             out["ledger_value"] = self.gather_params(self.ledger.value)
@@ -696,6 +750,8 @@ class Engine:
         rows = slice(self.lo, self.hi)
         self.round = int(state["round"])
         self.params = torch.as_tensor(state["params"][rows], dtype=self.dtype).to(self.device).clone()
+        self.buffers = (torch.as_tensor(state["buffers"][rows], dtype=self.dtype).to(self.device).clone()
+                        if self.model.buffer_dim else self.init_buffers.clone())
         self.ledger = self._empty_ledger()
         if isinstance(self.ledger, ledger_mod.SparseRows) and "ledger_index" in state:
             self.ledger = ledger_mod.SparseRows(
@@ -706,7 +762,7 @@ class Engine:
             self.ledger = torch.as_tensor(state["ledger"][rows], dtype=torch.float64).to(self.device).clone()
         self.optimizer_state = {k: torch.as_tensor(v[rows], dtype=self.dtype).to(self.device).clone()
                                 for k, v in state.items()
-                                if k not in ("round", "params") and not k.startswith(("ledger", "metrics/", "lock/"))}
+                                if k not in ("round", "params", "buffers") and not k.startswith(("ledger", "metrics/", "lock/"))}
         self.lock = None
         if "lock/basis" in state:
             self.lock = ForgetLock(basis=torch.as_tensor(state["lock/basis"], dtype=torch.float64, device=self.device),
@@ -741,12 +797,13 @@ class Engine:
         twin._update_topology()
         if fresh:
             twin.round, twin.params, twin.optimizer_state, twin.lock = 0, self.init_params.clone(), {}, None
+            twin.buffers = self.init_buffers.clone()
             twin.ledger = twin._empty_ledger()
             twin.metrics = {name: [] for name in self.metric_names}
             twin.per_node = {name: [] for name in self.per_node_names}
             twin.eval_seconds = 0.0
             return twin
-        twin.params = self.params.clone()
+        twin.params, twin.buffers = self.params.clone(), self.buffers.clone()
         twin.optimizer_state = {k: v.clone() for k, v in self.optimizer_state.items()}
         if isinstance(self.ledger, ledger_mod.SparseRows):
             twin.ledger = dataclasses.replace(self.ledger, index=self.ledger.index.clone(), value=self.ledger.value.clone(),
@@ -765,7 +822,7 @@ class Engine:
         def bad(key: str, what: str) -> ValueError:
             return ValueError(f"checkpoint/{key} {what}; {fix}")
 
-        for key in ("round", "params"):
+        for key in ("round", "params") + (("buffers",) if self.model.buffer_dim else ()):
             if key not in state:
                 raise bad(key, "is missing")
         r = np.asarray(state["round"])
@@ -786,6 +843,9 @@ class Engine:
             value = np.asarray(value)
             if key == "ledger" and value.shape != (n, n):
                 raise bad(key, f"has shape {value.shape}, not ({n}, {n})")
+            if key == "buffers" and value.shape != (n, self.model.buffer_dim):
+                raise bad(key, f"has shape {value.shape}, but this config's model keeps {n} clients x "
+                               f"{self.model.buffer_dim} running statistics")
             if value.ndim == 0 or value.shape[0] != n:
                 raise bad(key, f"has shape {value.shape}: its first axis must hold the {n} clients")
 

@@ -126,6 +126,7 @@ def evaluate(engine: "Engine", params: torch.Tensor, sets: EvalSets, *, nodes: n
     FA_heldout (the same on the forgotten clients' held-out split; ``None`` without one), the
     score on each of the data's probes under its name (``ASR`` of a poisoned client) and MIA
     (mean over ``nodes``) of the stacked local ``params``; the dict at the root, ``None`` elsewhere."""
+    params = engine.with_buffers(params)  # a model's running statistics, if it keeps any
     names = [n for n in EvalSets.NAMES if sets.size(n)]
     batches = [sets.batch(name, engine.dtype, engine.device) for name in names]
     with torch.no_grad():
@@ -165,6 +166,7 @@ def forget_accuracy(engine: "Engine", params: torch.Tensor, sets: EvalSets, *, n
 def mean_score(engine: "Engine", params: torch.Tensor, batch: dict[str, torch.Tensor], *, nodes: np.ndarray) -> float | None:
     """The task's score on ``batch`` (percent), mean over ``nodes``, of the stacked local
     ``params``; at the root, ``None`` elsewhere."""
+    params = engine.with_buffers(params)
     with torch.no_grad():
         score = torch.stack([s.double() for s in _per_row(lambda p: engine.task.score(p, batch), params)])
     full = engine.transport.gather(score[:, None])

@@ -70,16 +70,17 @@ def test_a_plugin_models_options_are_its_own_table(tmp_path):
 
 
 @pytest.mark.parametrize("norm", [torch.nn.BatchNorm1d(4), torch.nn.InstanceNorm1d(4, track_running_stats=True)])
-def test_a_model_with_running_statistics_is_refused_not_silently_shared(norm):
-    """Running statistics are buffers the engine does not stack per client: a BatchNorm model
-    would have every client update one shared set in place. Refused, naming the layer and the fix;
-    the same model without running statistics is accepted."""
+def test_running_statistics_are_per_client_state_of_the_flat_model(norm):
+    """A norm layer's running statistics (mean, variance, step count) are flattened next to the
+    parameters, not shared in the module; without running statistics there are none."""
     from p2pforget.models import FlatModel
 
-    with pytest.raises(ValueError, match=r"layer\(s\) 1 keep running statistics .* use nn.GroupNorm or nn.LayerNorm"):
-        FlatModel(torch.nn.Sequential(torch.nn.Linear(3, 4), norm))
-    flat = FlatModel(torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.BatchNorm1d(4, track_running_stats=False)))
-    assert flat.dim == 3 * 4 + 4 + 2 * 4
+    flat = FlatModel(torch.nn.Sequential(torch.nn.Linear(3, 4), norm))
+    assert flat.buffer_names == ["1.running_mean", "1.running_var", "1.num_batches_tracked"]
+    assert flat.buffer_dim == 4 + 4 + 1
+    assert flat.init_buffers(torch.float64).tolist() == [0.0] * 4 + [1.0] * 4 + [0.0]
+    none = FlatModel(torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.BatchNorm1d(4, track_running_stats=False)))
+    assert none.dim == 3 * 4 + 4 + 2 * 4 and none.buffer_dim == 0
 
 
 def test_unknown_kind_names_the_registry_and_plugins():

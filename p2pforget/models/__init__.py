@@ -16,6 +16,7 @@ torch.Size([2, 3])
 """
 from __future__ import annotations
 
+import contextlib
 import math
 from dataclasses import dataclass
 
@@ -23,7 +24,7 @@ import torch
 from torch import nn
 from torch.func import functional_call
 
-from ..config import ModelConfig, bounded
+from ..config import ModelConfig, bounded, choice
 from ..registry import MODELS
 
 
@@ -45,7 +46,7 @@ def _logistic(cfg: ModelConfig, input_shape: tuple[int, ...], n_classes: int) ->
 
 @dataclass(frozen=True)
 class HiddenOptions:
-    """Keys of ``[model.mlp]`` and ``[model.cnn]``: the width of the hidden layer."""
+    """Keys of ``[model.mlp]``: the width of the hidden layer."""
 
     hidden: int = bounded(32, 1)
 
@@ -56,7 +57,16 @@ def _mlp(cfg: ModelConfig, input_shape: tuple[int, ...], n_classes: int) -> nn.M
     return nn.Sequential(nn.Flatten(), nn.Linear(math.prod(input_shape), hidden), nn.ReLU(), nn.Linear(hidden, n_classes))
 
 
-@MODELS.register("cnn", options=HiddenOptions, help="two conv layers and a model.cnn.hidden MLP head, for (C, H, W) images")
+@dataclass(frozen=True)
+class CNNOptions:
+    """Keys of ``[model.cnn]``: the width of the hidden layer, and ``norm = "batch"`` for a
+    BatchNorm layer after each convolution (running statistics per client)."""
+
+    hidden: int = bounded(32, 1)
+    norm: str = choice("none", "none", "batch")
+
+
+@MODELS.register("cnn", options=CNNOptions, help="two conv layers and a model.cnn.hidden MLP head, for (C, H, W) images")
 def _cnn(cfg: ModelConfig, input_shape: tuple[int, ...], n_classes: int) -> nn.Module:
     if len(input_shape) != 3:
         side = math.isqrt(math.prod(input_shape))
@@ -64,11 +74,13 @@ def _cnn(cfg: ModelConfig, input_shape: tuple[int, ...], n_classes: int) -> nn.M
             raise ValueError(f"model.kind = 'cnn' needs image input (C, H, W) or a square number of features; got {input_shape}")
         input_shape = (1, side, side)
     c, h, w = input_shape
+    o = cfg.options("cnn")
+    norm = (lambda width: [nn.BatchNorm2d(width)]) if o.norm == "batch" else (lambda width: [])  # noqa: E731
     return nn.Sequential(
         nn.Flatten(), nn.Unflatten(1, (c, h, w)),
-        nn.Conv2d(c, 8, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
-        nn.Conv2d(8, 16, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(2),
-        nn.Flatten(), nn.Linear(64, cfg.options("cnn").hidden), nn.ReLU(), nn.Linear(cfg.options("cnn").hidden, n_classes),
+        nn.Conv2d(c, 8, 3, padding=1), *norm(8), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Conv2d(8, 16, 3, padding=1), *norm(16), nn.ReLU(), nn.AdaptiveAvgPool2d(2),
+        nn.Flatten(), nn.Linear(64, o.hidden), nn.ReLU(), nn.Linear(o.hidden, n_classes),
     )
 
 
@@ -89,18 +101,29 @@ class _Method(nn.Module):
         return getattr(self.inner, self.method)(*args, **kwargs)
 
 
+BUFFER_RULES = ("average", "local")
+"""What happens to a model's running statistics when nodes communicate: ``average`` (the
+default; mixed like the parameters on a gossip graph, FedAvg-averaged on a star, as averaging a
+whole ``state_dict`` does) or ``local`` (each client keeps its own, as in FedBN: Li et al., ICLR
+2021). A model chooses with a ``buffer_rule`` attribute on its module."""
+
+
+def _running_norms(module: nn.Module) -> list[nn.Module]:
+    return [m for m in module.modules() if isinstance(m, nn.modules.batchnorm._NormBase) and m.track_running_stats]
+
+
 class FlatModel:
-    """Evaluate a module at a flat parameter vector (works under ``torch.func.vmap``)."""
+    """Evaluate a module at a flat parameter vector (works under ``torch.func.vmap``).
+
+    Running statistics (BatchNorm, InstanceNorm with ``track_running_stats``) are per-client
+    state too, flattened into a second vector of :attr:`buffer_dim` entries (in
+    ``named_buffers`` order). A vector of ``dim`` entries is evaluated with the batch's own
+    statistics (as ``module.train()`` computes them, without updating any); a vector of
+    ``dim + buffer_dim`` entries, parameters then statistics, with those statistics (as
+    ``module.eval()``). :meth:`updated_buffers` is one training forward's update of them.
+    """
 
     def __init__(self, module: nn.Module) -> None:
-        running = [name or type(m).__name__ for name, m in module.named_modules()
-                   if isinstance(m, nn.modules.batchnorm._NormBase) and m.track_running_stats]
-        if running:
-            # Buffers are not per-client state (yet): every client would read and update one shared
-            # set of running statistics in place, and they would never be gossiped or checkpointed.
-            raise ValueError(f"the model's layer(s) {', '.join(running[:3])} keep running statistics (BatchNorm/InstanceNorm "
-                             f"with track_running_stats=True), which all clients would share and overwrite; use "
-                             f"nn.GroupNorm or nn.LayerNorm, or set track_running_stats=False")
         self.module = module
         # Only trainable parameters are flattened; frozen ones (a fine-tuned backbone) stay in the
         # module, shared by every client.
@@ -109,6 +132,51 @@ class FlatModel:
         self.shapes = [p.shape for _, p in named]
         self.sizes = [p.numel() for _, p in named]
         self.dim = sum(self.sizes)
+        self.norms = _running_norms(module)
+        owners = {id(m) for m in self.norms}
+        stateful = [(f"{name}.{b}" if name else b, t) for name, m in module.named_modules() if id(m) in owners
+                    for b, t in m.named_buffers(recurse=False) if t is not None]
+        self.buffer_names = [n for n, _ in stateful]
+        self.buffer_shapes = [t.shape for _, t in stateful]
+        self.buffer_sizes = [t.numel() for _, t in stateful]
+        self.buffer_dtypes = [t.dtype for _, t in stateful]
+        self.buffer_dim = sum(self.buffer_sizes)
+        self.buffer_rule = getattr(module, "buffer_rule", "average")
+        if self.buffer_rule not in BUFFER_RULES:
+            raise ValueError(f"the model's buffer_rule = {self.buffer_rule!r} is not one of {', '.join(BUFFER_RULES)}")
+
+    def init_buffers(self, dtype: torch.dtype) -> torch.Tensor:
+        """The module's running statistics as one flat vector (``[0]`` for a model without any)."""
+        named = dict(self.module.named_buffers())
+        return torch.cat([named[n].detach().reshape(-1).to("cpu", dtype) for n in self.buffer_names] +
+                         [torch.zeros(0, dtype=dtype)])
+
+    def unflatten_buffers(self, flat: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Named statistics of a flat statistics vector: in its dtype, a step counter as an integer."""
+        return {n: t.reshape(s).to(t.dtype if dt.is_floating_point else dt) for n, t, s, dt in
+                zip(self.buffer_names, torch.split(flat, self.buffer_sizes), self.buffer_shapes, self.buffer_dtypes)}
+
+    @contextlib.contextmanager
+    def _statistics(self, *, running: bool, update: bool = False):
+        """Norm layers set to read running statistics (``running``), or to use the batch's and,
+        with ``update``, update the running ones; put back as they were afterwards."""
+        saved = [(m.training, m.track_running_stats) for m in self.norms]
+        for m in self.norms:
+            m.training = not running
+            m.track_running_stats = running or update
+        try:
+            yield
+        finally:
+            for m, (training, track) in zip(self.norms, saved):
+                m.training, m.track_running_stats = training, track
+
+    def updated_buffers(self, flat: torch.Tensor, buffers: torch.Tensor, *inputs, **kwargs) -> torch.Tensor:
+        """The running statistics after one training forward of ``inputs`` at parameters ``flat``
+        from statistics ``buffers`` (the update ``module.train()`` makes; nothing else changes)."""
+        state = {k: v.clone() for k, v in self.unflatten_buffers(buffers).items()}
+        with torch.no_grad(), self._statistics(running=False, update=True):
+            functional_call(self.module, self.unflatten(flat) | state, inputs, kwargs)
+        return torch.cat([state[n].reshape(-1).to(buffers.dtype) for n in self.buffer_names])
 
     def unflatten(self, flat: torch.Tensor | dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """Named parameter tensors (views) of a flat vector; a dict is returned as it is."""
@@ -134,8 +202,16 @@ class FlatModel:
         return out
 
     def forward(self, flat: torch.Tensor, *inputs, **kwargs) -> torch.Tensor:
-        """The module's ``forward(*inputs, **kwargs)`` at parameters ``flat``."""
-        return functional_call(self.module, self.unflatten(flat), inputs, kwargs)
+        """The module's ``forward(*inputs, **kwargs)`` at parameters ``flat`` (followed by running
+        statistics, for a model that keeps them: see the class)."""
+        if not self.buffer_dim:
+            return functional_call(self.module, self.unflatten(flat), inputs, kwargs)
+        if flat.shape[-1] == self.dim + self.buffer_dim:
+            named = self.unflatten(flat[..., :self.dim]) | self.unflatten_buffers(flat[..., self.dim:])
+            with self._statistics(running=True):
+                return functional_call(self.module, named, inputs, kwargs)
+        with self._statistics(running=False):
+            return functional_call(self.module, self.unflatten(flat), inputs, kwargs)
 
     def call(self, flat: torch.Tensor, method: str, *args, **kwargs):
         """Any method of the module (e.g. ``loss_terms``) at parameters ``flat``."""
@@ -183,4 +259,4 @@ def _trainable(module: nn.Module) -> bool:
     return bool(below) and all(p.requires_grad for p in below)
 
 
-from . import clip, l2u  # noqa: E402,F401  (register the CLIP and FOUL models)
+from . import clip, l2u, resnet  # noqa: E402,F401  (register the CLIP, FOUL and ResNet models)

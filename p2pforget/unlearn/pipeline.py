@@ -202,7 +202,7 @@ def forget(engine: "Engine", *, clients=(), samples: dict | None = None, method:
     """
     p = plan(engine, clients=clients, samples=samples, method=method, mode=mode, progress=progress,
              stopping=stopping, options=options)
-    trained, rounds = engine.params.clone(), engine.round
+    trained, trained_statistics, rounds = engine.params.clone(), engine.buffers.clone(), engine.round
     outcome, cost = run_method(engine, p)
     ref = retrain_reference(engine, p, rounds=rounds, progress=progress) if reference else None
     released, certificate = outcome.release()
@@ -226,7 +226,10 @@ def forget(engine: "Engine", *, clients=(), samples: dict | None = None, method:
     if ref is not None:
         result.cost["retrain"] = ref["cost"]
         local["retrained"] = ref["engine"].params
-    evaluated = {key: metrics.evaluate(engine, local[key], p.sets, nodes=p.nodes)
+    # each model with its own running statistics, for a model that keeps them
+    statistics = {"trained": trained_statistics, "unlearned": engine.buffers,
+                  "retrained": ref["engine"].buffers if ref is not None else None}
+    evaluated = {key: metrics.evaluate(engine, engine.with_buffers(local[key], statistics[key]), p.sets, nodes=p.nodes)
                  for key in ("trained", "unlearned", "retrained") if key in local}
     trace = p.trace
     if not p.request.excluded.get("calls"):  # a one-shot method: its trace is the released models' FA (every rank takes part)

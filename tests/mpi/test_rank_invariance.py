@@ -99,6 +99,11 @@ CASES = {
                                    "path": str(Path(__file__).resolve().parents[2] / "topologies" / "barbell6.edgelist")}},
     "random_regular8_cnn": {"topology": {"kind": "random_regular", "n_clients": 8}, "data": {"n_features": 16},
                             "model": {"kind": "cnn", "cnn": {"hidden": 6}}},
+    # running statistics: per client, mixed on the graph / FedAvg-averaged at the hub, checkpointed
+    "ring6_cnn_batchnorm": {"topology": {"kind": "ring", "n_clients": 6}, "data": {"n_features": 16},
+                            "model": {"kind": "cnn", "cnn": {"hidden": 6, "norm": "batch"}}},
+    "star5_cnn_batchnorm": {"topology": {"kind": "star", "n_clients": 5}, "data": {"n_features": 16},
+                            "model": {"kind": "cnn", "cnn": {"hidden": 6, "norm": "batch"}}},
 }
 
 
@@ -173,7 +178,7 @@ def test_mpi_unlearning_is_bit_identical_to_in_process(case, tmp_path):
     _assert_same_run_at_root(_cfg(case, "local"), out)
 
 
-@pytest.mark.parametrize("case", ["erdos_renyi10_dropout", "star5_adamw_step"])
+@pytest.mark.parametrize("case", ["erdos_renyi10_dropout", "star5_adamw_step", "ring6_cnn_batchnorm"])
 def test_resume_under_mpi_matches_uninterrupted_in_process_run(case, tmp_path):
     out = _shared(tmp_path)
     cfg = _cfg(case, "mpi")
