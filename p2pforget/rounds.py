@@ -10,7 +10,7 @@ config it cannot run) and ``ready=f`` (``f(engine)`` once the engine is built, e
 
 Example
 -------
->>> sorted(ROUNDS.names())
+>>> sorted(n for n in ROUNDS.names() if ROUNDS.entry(n).obj.__module__ == __name__)  # the built-ins
 ['choco', 'dsgd', 'gradient_tracking', 'push_sum', 'star']
 """
 from __future__ import annotations
