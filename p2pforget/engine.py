@@ -31,8 +31,8 @@ from tqdm import tqdm
 from . import aggregate, data as datasets, devices, ledger as ledger_mod, models, optim, seeding, topology
 from .config import Config
 from . import transport as transport_mod
-from .registry import AGGREGATORS, ROUNDS
-from .subspace import ForgetLock
+from .hooks import Hook
+from .registry import AGGREGATORS, HOOKS, ROUNDS
 from .tasks import Batch, Task, fixed_width_value_and_grad, fixed_width_vmap, row_by_row
 from .transport import Transport
 
@@ -143,8 +143,8 @@ class Engine:
         self.init_buffers = self.model.init_buffers(self.dtype).to(self.device).expand(self.hi - self.lo, -1).clone()
         self.buffers = self.init_buffers.clone()
         self.optimizer_state: dict[str, torch.Tensor] = {}  # e.g. gradient tracking's tracker / last_grad
-        # A Forget Lock (subspace.ForgetLock) installed by an unlearning method: applied every round.
-        self.lock: ForgetLock | None = None
+        # What unlearning methods leave installed, acting in every later round (see hooks.py).
+        self.hooks: dict[str, Hook] = {}
         self.ledger = self._empty_ledger()  # row i: C_i (see ledger.py)
         self.round = 0
         self.metrics: dict[str, list[float]] = {name: [] for name in self.metric_names}
@@ -413,8 +413,10 @@ class Engine:
                 g, _ = self.gradients(params, batch, mask=grad_mask, loss=loss)
                 if not decay and self.task.weight_decay:  # gradients() added it: decoupled instead
                     g = g - self.task.decay(params.detach(), self._local_active)[1] * grad_mask.to(g.dtype)
-                if self.lock is not None:
-                    g = g + self.lock.penalty_gradient(params.detach(), self.lock.anchor) * grad_mask.to(g.dtype)
+                for hook in self.hooks.values():
+                    extra = hook.gradient(params.detach(), slice(0, params.shape[0]))
+                    if extra is not None:
+                        g = g + extra * grad_mask.to(g.dtype)
                 new = torch.empty_like(params)
                 update(slice(0, params.shape[0]), params.detach(), g, new)
                 params = torch.where(grad_mask, new, params) if not plain else new
@@ -427,8 +429,10 @@ class Engine:
             def step(rows: slice, g: torch.Tensor, old: torch.Tensor = params) -> None:
                 if decay:
                     g = g + self.task.decay(old[rows].detach(), self._local_active[rows])[1]
-                if self.lock is not None:
-                    g = g + self.lock.penalty_gradient(old[rows].detach(), self.lock.anchor[rows])
+                for hook in self.hooks.values():
+                    extra = hook.gradient(old[rows].detach(), rows)
+                    if extra is not None:
+                        g = g + extra
                 update(rows, old[rows].detach(), g, new[rows])
 
             self.training_gradients(params, batch, update=step, loss=loss)
@@ -571,8 +575,8 @@ class Engine:
         W = self.mixing_at(self.round)
         before = self.params
         vectors = self._round_fn(self, W)
-        if self.lock is not None:
-            self.set_params(self.lock.apply(before, self.params), keep_optimizer_state=True, copy=False)
+        for hook in self.hooks.values():
+            self.set_params(hook.after_round(before, self.params), keep_optimizer_state=True, copy=False)
         sent = self.message_bytes(W, vectors) + self._communicate_buffers(W)
         if self.ledger is not None:
             self._update_ledger(self.round_mixing(W))
@@ -732,10 +736,10 @@ class Engine:
             out["ledger"] = self.gather_params(self.ledger)
         for name in sorted(self.optimizer_state):
             out[name] = self.gather_params(self.optimizer_state[name])
-        if self.lock is not None:
-            out["lock/anchor"] = self.gather_params(self.lock.anchor)
-            out |= {"lock/basis": self.lock.basis.cpu().numpy(), "lock/back": self.lock.back.cpu().numpy(),
-                    "lock/mu": np.array(self.lock.mu)}
+        for name, hook in self.hooks.items():
+            rows, shared = hook.state()
+            out |= {f"hooks/{name}/rows/{k}": self.gather_params(v) for k, v in rows.items()}
+            out |= {f"hooks/{name}/shared/{k}": v for k, v in shared.items()}
         if not self.transport.is_root:
             return None
         out |= {f"metrics/per_node/{k}": np.asarray(v, dtype=np.float64).reshape(len(v), self.n_clients)
@@ -746,6 +750,7 @@ class Engine:
     def load_state(self, state: dict[str, np.ndarray]) -> None:
         """Restore a :meth:`state` (every process passes the same full dict), checked against this
         engine's shapes first (a damaged or foreign checkpoint is refused, naming the array)."""
+        state = _renamed(state)
         self._check_state(state)
         rows = slice(self.lo, self.hi)
         self.round = int(state["round"])
@@ -762,13 +767,13 @@ class Engine:
             self.ledger = torch.as_tensor(state["ledger"][rows], dtype=torch.float64).to(self.device).clone()
         self.optimizer_state = {k: torch.as_tensor(v[rows], dtype=self.dtype).to(self.device).clone()
                                 for k, v in state.items()
-                                if k not in ("round", "params", "buffers") and not k.startswith(("ledger", "metrics/", "lock/"))}
-        self.lock = None
-        if "lock/basis" in state:
-            self.lock = ForgetLock(basis=torch.as_tensor(state["lock/basis"], dtype=torch.float64, device=self.device),
-                                   back=torch.as_tensor(state["lock/back"], dtype=torch.float64, device=self.device),
-                                   anchor=torch.as_tensor(state["lock/anchor"][rows], dtype=self.dtype, device=self.device),
-                                   mu=float(state["lock/mu"]))
+                                if k not in ("round", "params", "buffers") and not k.startswith(("ledger", "metrics/", "hooks/"))}
+        self.hooks = {}
+        for name in sorted({k.split("/")[1] for k in state if k.startswith("hooks/")}):
+            part = {k[len(f"hooks/{name}/"):]: v for k, v in state.items() if k.startswith(f"hooks/{name}/")}
+            self.hooks[name] = HOOKS.get(name).from_state(
+                {k[5:]: np.asarray(v)[rows] for k, v in part.items() if k.startswith("rows/")},
+                {k[7:]: np.asarray(v) for k, v in part.items() if k.startswith("shared/")}, dtype=self.dtype, device=self.device)
         self.metrics = {k: [(int(v) if k == "round" else float(v)) for v in state.get(f"metrics/{k}", [])]
                         for k in self.metric_names}
         self.per_node = {k: list(np.asarray(state.get(f"metrics/per_node/{k}", np.zeros((0, self.n_clients)))))
@@ -778,9 +783,10 @@ class Engine:
 
     def fork(self, *, fresh: bool = False) -> "Engine":
         """A second engine over the same data, model, transport and exclusions, with its own copy
-        of everything training changes (models, optimizer state, ledger, lock, metrics, graph),
+        of everything training changes (models, statistics, optimizer state, ledger, hooks, metrics, graph),
         so that it can run on without touching this one; nothing is rebuilt from the config.
-        ``fresh``: it starts where training started (round 0, the initial models), as Retrain does.
+        ``fresh``: it starts where training started (round 0, the initial models), as retraining
+        from scratch does.
         Under MPI every process calls it (the neighbourhood exchange is set up again).
 
         >>> from p2pforget import Engine, config
@@ -796,7 +802,7 @@ class Engine:
         twin.retained, twin.members = self.retained.copy(), self.members.copy()
         twin._update_topology()
         if fresh:
-            twin.round, twin.params, twin.optimizer_state, twin.lock = 0, self.init_params.clone(), {}, None
+            twin.round, twin.params, twin.optimizer_state, twin.hooks = 0, self.init_params.clone(), {}, {}
             twin.buffers = self.init_buffers.clone()
             twin.ledger = twin._empty_ledger()
             twin.metrics = {name: [] for name in self.metric_names}
@@ -810,8 +816,7 @@ class Engine:
                                               dropped=self.ledger.dropped.clone())
         elif self.ledger is not None:
             twin.ledger = self.ledger.clone()
-        if self.lock is not None:
-            twin.lock = dataclasses.replace(self.lock, anchor=self.lock.anchor.clone())
+        twin.hooks = {name: hook.fork() for name, hook in self.hooks.items()}
         twin.metrics = {k: list(v) for k, v in self.metrics.items()}
         twin.per_node = {k: list(v) for k, v in self.per_node.items()}
         return twin
@@ -838,7 +843,7 @@ class Engine:
         if not finite[self.members].all():
             raise bad("params", f"holds NaN or inf at clients {np.flatnonzero(~finite & self.members)[:5].tolist()}")
         for key, value in state.items():
-            if key in ("round", "params") or key.startswith(("metrics/", "lock/")):
+            if key in ("round", "params") or key.startswith("metrics/") or (key.startswith("hooks/") and "/shared/" in key):
                 continue
             value = np.asarray(value)
             if key == "ledger" and value.shape != (n, n):
@@ -890,3 +895,12 @@ def _divergence(finite: np.ndarray, losses: np.ndarray, ids: np.ndarray) -> str 
     if not np.isfinite(losses).all():
         return f"the training loss is {float(losses[~np.isfinite(losses)][0])}"
     return None
+
+
+
+def _renamed(state: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """A checkpoint written before hooks in today's names: each hook's registry entry lists the
+    keys it was stored under then (``legacy``: old key -> key under ``hooks/<name>/``)."""
+    moved = {old: f"hooks/{name}/{new}" for name in HOOKS.names()
+             for old, new in HOOKS.entry(name).meta.get("legacy", {}).items()}
+    return {moved.get(k, k): v for k, v in state.items()}

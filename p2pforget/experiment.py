@@ -404,7 +404,7 @@ def record_forget(engine: Engine, writer: RunWriter, result: ForgetResult) -> di
     records = writer.records
 
     def released(state: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        kept = {k: v for k, v in state.items() if k == "round" or k.startswith(("ledger", "metrics/", "lock/"))}
+        kept = {k: v for k, v in state.items() if k in ("round", "buffers") or k.startswith(("ledger", "metrics/", "hooks/"))}
         # The optimizer state restarts from the released models; a node that left released none
         # and keeps its own (it takes no further part).
         rel, own = result.params["unlearned"], result.params["unlearned_noiseless"]

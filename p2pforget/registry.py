@@ -90,6 +90,8 @@ PARTITIONS = Registry("partition", "data.partition")
 TOPOLOGIES = Registry("topology", "topology.kind")
 MIXINGS = Registry("mixing rule", "topology.mixing")
 POISONS = Registry("poisoning attack", "data.poison.kind")
+HOOKS = Registry("engine hook", "a checkpoint's hooks/<name>")
+"""Engine hooks (:class:`p2pforget.hooks.Hook`) by name, to restore them from a checkpoint."""
 
 ALL = {"data": DATASETS, "model": MODELS, "round": ROUNDS, "aggregator": AGGREGATORS, "method": METHODS,
        "optimizer": OPTIMIZERS, "partition": PARTITIONS, "topology": TOPOLOGIES,

@@ -27,9 +27,14 @@ Example
 """
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
+from typing import Any
 
+import numpy as np
 import torch
+
+from .registry import HOOKS
 
 
 def orthonormal(basis: torch.Tensor) -> torch.Tensor:
@@ -120,17 +125,22 @@ def lock_penalty(theta: torch.Tensor, anchor: torch.Tensor, B: torch.Tensor, mu:
     return 0.5 * mu * (c * c).sum(-1), mu * c @ B.T
 
 
+@HOOKS.register("forget_lock", help="EASE's Forget Lock",
+                legacy={"lock/anchor": "rows/anchor", "lock/basis": "shared/basis", "lock/back": "shared/back",
+                        "lock/mu": "shared/mu"})
 @dataclass
 class ForgetLock:
     """Locked directions ``basis [d, r]`` (orthonormal), which way along each leads back to the
     forgotten alignment (``back [r]``, +1 or -1), each node's unlearned model ``anchor [n_local, d]``
-    and the regularizer strength ``mu``. The engine applies it every round once installed:
-    :func:`lock` to each node's round update, and :func:`lock_penalty`'s gradient in local steps."""
+    and the regularizer strength ``mu``. Installed on an engine as a hook
+    (:mod:`p2pforget.hooks`), it applies :func:`lock` to each node's round update and
+    :func:`lock_penalty`'s gradient in local steps."""
 
     basis: torch.Tensor
     back: torch.Tensor
     anchor: torch.Tensor
     mu: float
+    name = "forget_lock"
 
     def penalty_gradient(self, rows: torch.Tensor, anchor: torch.Tensor) -> torch.Tensor:
         return lock_penalty(rows, anchor, self.basis.to(rows.dtype), self.mu)[1]
@@ -139,3 +149,23 @@ class ForgetLock:
         """``old + lock(new - old)``: the round's update without its returning components."""
         basis = self.basis.to(new.dtype)
         return old + lock(new - old, basis, self.back.to(new.dtype))
+
+    def gradient(self, params: torch.Tensor, rows: slice) -> torch.Tensor:
+        return self.penalty_gradient(params, self.anchor[rows])
+
+    def after_round(self, before: torch.Tensor, after: torch.Tensor) -> torch.Tensor:
+        return self.apply(before, after)
+
+    def state(self) -> tuple[dict[str, torch.Tensor], dict[str, np.ndarray]]:
+        return ({"anchor": self.anchor}, {"basis": self.basis.cpu().numpy(), "back": self.back.cpu().numpy(),
+                                          "mu": np.array(self.mu)})
+
+    def fork(self) -> "ForgetLock":
+        return dataclasses.replace(self, anchor=self.anchor.clone())
+
+    @classmethod
+    def from_state(cls, rows: dict[str, np.ndarray], shared: dict[str, np.ndarray], *, dtype: torch.dtype,
+                   device: Any) -> "ForgetLock":
+        return cls(basis=torch.as_tensor(shared["basis"], dtype=torch.float64, device=device),
+                   back=torch.as_tensor(shared["back"], dtype=torch.float64, device=device),
+                   anchor=torch.as_tensor(rows["anchor"], dtype=dtype, device=device).clone(), mu=float(shared["mu"]))

@@ -107,16 +107,17 @@ def test_forget_lock_in_the_engine_removes_returning_components_and_survives_sta
     engine = Engine(config=_clip_cfg())
     engine.train(2, progress=False)
     result = forget(engine, clients=[1], method="ease", reference=False, progress=False, rounds=1, rank=2)
-    assert result.method == "ease" and engine.lock is not None and engine.lock.basis.shape[1] > 0
-    lock = engine.lock
+    assert result.method == "ease" and "forget_lock" in engine.hooks and engine.hooks["forget_lock"].basis.shape[1] > 0
+    lock = engine.hooks["forget_lock"]
     before = engine.params.clone()
     engine.train(1, progress=False)
     coeff = ((engine.params - before).double() @ lock.basis)
     assert bool(((coeff * lock.back) <= 1e-7).all())  # nothing moves back towards the trained model
     restored = Engine(config=_clip_cfg())
     restored.load_state(engine.state())
-    assert torch.equal(restored.lock.basis, lock.basis) and torch.equal(restored.lock.anchor, lock.anchor)
-    assert restored.lock.mu == lock.mu
+    restored_lock = restored.hooks["forget_lock"]
+    assert torch.equal(restored_lock.basis, lock.basis) and torch.equal(restored_lock.anchor, lock.anchor)
+    assert restored_lock.mu == lock.mu
 
 
 @pytest.mark.parametrize("which", ["dual", "image"])
@@ -178,7 +179,8 @@ def test_ease_on_a_ring_records_r_at_1_and_run_file_keeps_the_lock(tmp_path):
                     unlearn={"method": "ease", "clients": [3], "ease": {"rounds": 2, "rank": 2}})
     experiment.run(cfg, out=tmp_path / "run", progress=False)
     stored = history.read_h5(tmp_path / "run" / "history.h5")
-    assert "checkpoint/lock/basis" in stored.arrays and stored.arrays["checkpoint/lock/anchor"].shape[0] == 5
+    assert "checkpoint/hooks/forget_lock/shared/basis" in stored.arrays
+    assert stored.arrays["checkpoint/hooks/forget_lock/rows/anchor"].shape[0] == 5
     import json
     report = json.loads((tmp_path / "run" / "report.json").read_text())
     metrics = report["requests"][0]["metrics"] if "requests" in report else report["metrics"]

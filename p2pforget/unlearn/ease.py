@@ -245,7 +245,8 @@ class EASE:
         engine.exclude(removed=request.removed)
         if options.lock and basis is not None and basis.shape[1]:
             back = torch.sign((trained_mean - engine.member_mean(engine.params)) @ basis)
-            engine.lock = subspace.ForgetLock(basis=basis, back=back, anchor=engine.params.clone(), mu=options.lock_mu)
+            lock = subspace.ForgetLock(basis=basis, back=back, anchor=engine.params.clone(), mu=options.lock_mu)
+            engine.hooks[lock.name] = lock
         return Outcome.plain(engine.params.clone(), comm_bytes=comm, rounds=options.rounds)
 
     @staticmethod
