@@ -1,0 +1,62 @@
+"""Batches of the clients' data: the round's minibatches, full batches with the mask of the samples still
+trained on, the test split and the data's probes, as stacked ``[n_local, ...]`` tensors.
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from .. import seeding
+from ..tasks import Batch
+
+
+class Batches:
+    """The engine's batches (a part of :class:`~p2pforget.engine.Engine`)."""
+
+    def full_batch(self, dtype: torch.dtype | None = None) -> Batch:
+        """Every sample of this process's clients, with the mask of those still trained on; in
+        ``dtype`` (default: the training dtype), e.g. float64 for curvature and certificates."""
+        batch = {"x": self.x, "y": self.y, "mask": self._local_mask} | self._extras_batch(self.extras, self.y.shape, None)
+        if dtype is None or dtype == self.dtype:
+            return batch
+        return batch | {"x": self.x.to(dtype), "mask": self._local_mask.to(dtype)}
+
+    def _extras_batch(self, extras: dict[str, torch.Tensor], shape: tuple[int, int], key: tuple[int, int] | None) -> Batch:
+        """``extras`` plus ``u``: one uniform number in [0, 1) per sample for the task's own random
+        choices (e.g. which caption of an image), drawn per ``(round, step)`` ``key`` from streams
+        keyed by client id (0 for full batches); nothing for data without extras."""
+        if not extras:
+            return {}
+        if key is None:
+            u = torch.zeros(shape, dtype=self.dtype, device=self.device)
+        else:
+            keys = seeding.uniform_keys(self.seed, np.arange(self.lo, self.hi), purpose="batch/choice", counters=key,
+                                        width=shape[1])
+            u = torch.as_tensor((keys >> np.uint64(11)).astype(np.float64) * 2.0 ** -53, dtype=self.dtype, device=self.device)
+        return dict(extras) | {"u": u}
+
+    def test_batch(self, n_local: int | None = None) -> Batch:
+        """The test split as a batch repeated for ``n_local`` clients (default: this process's)."""
+        n_local = self.hi - self.lo if n_local is None else n_local
+        batch = {"x": self.x_test, "y": self.y_test} | self.extras_test
+        return {k: v.expand(n_local, *v.shape) for k, v in batch.items()}
+
+    def batch(self, key: tuple[int, int]) -> Batch:
+        """The minibatch of every local client for ``key = (round, step)`` (``train.batch_size``;
+        0 = full batch). Sampled from streams keyed by client id, so any rank count draws the same."""
+        b, m = self.config.train.batch_size, self.x.shape[1]
+        if b == 0 or b >= m:
+            return self.full_batch()
+        keys = seeding.uniform_keys(self.seed, np.arange(self.lo, self.hi), purpose="batch", counters=key, width=m)
+        idx, mask = seeding.sample_without_replacement(keys, self.retained[self.lo:self.hi], b)
+        flat = torch.as_tensor(idx + np.arange(self.hi - self.lo)[:, None] * m, device=self.device).reshape(-1)
+        n_loc = self.hi - self.lo
+        x = torch.index_select(self.x.reshape(n_loc * m, *self.x.shape[2:]), 0, flat).reshape(n_loc, b, *self.x.shape[2:])
+        y = torch.index_select(self.y.reshape(-1), 0, flat).reshape(n_loc, b)
+        extras = {k: torch.index_select(v.reshape(n_loc * m, *v.shape[2:]), 0, flat).reshape(n_loc, b, *v.shape[2:])
+                  for k, v in self.extras.items()}
+        return ({"x": x, "y": y, "mask": torch.as_tensor(mask, dtype=self.dtype, device=self.device)}
+                | self._extras_batch(extras, (n_loc, b), key))
+
+    def _probe_batch(self, name: str, n_local: int) -> Batch:
+        return {k: v.expand(n_local, *v.shape) for k, v in self.probes[name].items()}
