@@ -16,12 +16,12 @@ Example
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Protocol
 
 import numpy as np
 import torch
 from torch.utils.flop_counter import register_flop_formula
 
+from . import api
 from .registry import AGGREGATORS
 
 
@@ -147,11 +147,8 @@ class Uploads:
         return self.client_params - self.global_params
 
 
-class Aggregator(Protocol):
-    """The hub's rule: turn one round's :class:`Uploads` into the next global model."""
-
-    def aggregate(self, uploads: Uploads) -> torch.Tensor:
-        ...
+Aggregator = api.Aggregator
+"""The hub's rule: turn one round's :class:`Uploads` into the next global model (:class:`p2pforget.api.Aggregator`)."""
 
 
 @AGGREGATORS.register("fedavg", help="federated averaging weighted by sample counts")

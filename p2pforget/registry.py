@@ -21,6 +21,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
+from . import api
+
 
 class RegistryError(ValueError):
     """A name that no registry entry has."""
@@ -39,18 +41,36 @@ class Entry:
 class Registry:
     """Named objects of one kind; ``key`` is the config key that chooses among them."""
 
-    def __init__(self, kind: str, key: str) -> None:
+    def __init__(self, kind: str, key: str, *, interface: type | None = None, classes: bool = False) -> None:
         self.kind = kind
         self.key = key
+        self.interface = interface  # the extension point's class in p2pforget.api
+        self.classes = classes  # entries are classes implementing the interface (else any callable)
         self._entries: dict[str, Entry] = {}
 
     def register(self, name: str, *, help: str = "", **meta: Any) -> Callable[[Any], Any]:
-        """Decorator: register a function or class under ``name`` (a later registration replaces it)."""
+        """Decorator: register a function or class under ``name`` (a later registration replaces
+        it), checked against the extension point's interface first."""
         def deco(obj: Any) -> Any:
+            self._check(name, obj)
             text = help or (obj.__doc__ or "").strip().split("\n")[0]
             self._entries[name] = Entry(name=name, obj=obj, help=text, meta=meta)
             return obj
         return deco
+
+    def _check(self, name: str, obj: Any) -> None:
+        if self.interface is None:
+            return
+        point = f"p2pforget.api.{self.interface.__name__}"
+        if self.classes:
+            if not isinstance(obj, type):
+                raise TypeError(f"{self.kind} {name!r}: register a class implementing {point}, not {obj!r}")
+            missing = [m for m in self.interface.__abstractmethods__ if not callable(getattr(obj, m, None))]
+            if missing:
+                raise TypeError(f"{self.kind} {name!r} ({obj.__name__}) lacks {', '.join(missing)}(); "
+                                f"see {point}")
+        elif not callable(obj):
+            raise TypeError(f"{self.kind} {name!r}: register a function (or callable) as {point} describes, not {obj!r}")
 
     def unregister(self, name: str) -> None:
         self._entries.pop(name, None)
@@ -80,11 +100,11 @@ class Registry:
         return "\n".join(f"  {e.name:18s} {e.help}" for e in self._entries.values())
 
 
-DATASETS = Registry("dataset", "data.kind")
-MODELS = Registry("model", "model.kind")
-ROUNDS = Registry("round algorithm", "train.algorithm")
-AGGREGATORS = Registry("aggregator", "train.aggregator")
-METHODS = Registry("unlearning method", "unlearn.method")
+DATASETS = Registry("dataset", "data.kind", interface=api.Dataset)
+MODELS = Registry("model", "model.kind", interface=api.Model)
+ROUNDS = Registry("round algorithm", "train.algorithm", interface=api.RoundRule)
+AGGREGATORS = Registry("aggregator", "train.aggregator", interface=api.Aggregator, classes=True)
+METHODS = Registry("unlearning method", "unlearn.method", interface=api.Unlearner, classes=True)
 OPTIMIZERS = Registry("local optimizer", "train.optimizer")
 PARTITIONS = Registry("partition", "data.partition")
 TOPOLOGIES = Registry("topology", "topology.kind")

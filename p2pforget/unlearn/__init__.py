@@ -1,4 +1,4 @@
-"""Unlearning: forget requests, the :class:`Unlearner` interface, and :func:`forget`
+"""Unlearning: forget requests, the :class:`~p2pforget.api.Unlearner` interface, and :func:`forget`
 (:mod:`.pipeline`), which runs a method once next to the Retrain reference and measures both.
 
 One method per module, each registered in :data:`~p2pforget.registry.METHODS` with its options
@@ -22,7 +22,7 @@ Example
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Callable, Protocol
+from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
 import torch
@@ -131,20 +131,6 @@ class Outcome:
         """The outcome of a method that publishes its models as they are, with no certificate."""
         return cls(noiseless=params, release=lambda: (params, None),
                    comm_bytes=comm_bytes, rounds=rounds)
-
-
-class Unlearner(Protocol):
-    """One unlearning method, registered with ``@METHODS.register(name, options=OptionsDataclass)``.
-
-    ``unlearn`` must call ``engine.exclude`` for the request and return the new local parameters; it
-    uses only the engine's public API and communicates only through it (every byte counted).
-    """
-
-    def unlearn(self, engine: "Engine", request: ForgetRequest, options: Any) -> Outcome:
-        ...
-
-    # Optional: ``check(engine, request, options)`` raises ``ValueError`` for options the data
-    # rule out; :func:`forget` calls it before any work.
 
 
 def class_samples(engine: "Engine", classes) -> dict[int, np.ndarray]:
