@@ -35,10 +35,8 @@ the nodes is the metric ``<name>_mean``."""
 class Engine(Batches, Compute, Gossip, Evaluation, Checkpoint):
     """Decentralized training of ``n_clients`` models on a gossip graph (or a star = FedAvg).
 
-    Methods (unlearning, baselines, user plug-ins) use only the public API below: the task and
-    its objective, :meth:`batch`/:meth:`full_batch`, :meth:`gradients`, :meth:`local_steps`,
-    :meth:`mix`, :meth:`network_sum`, :meth:`set_params`, :attr:`optimizer_state`,
-    :meth:`exclude`, :meth:`evaluate` and the transport.
+    Extensions (unlearning methods, round rules, metrics, user plug-ins) use only the members
+    listed in :data:`p2pforget.api.ENGINE_API`.
 
     Parameters
     ----------
