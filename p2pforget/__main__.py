@@ -194,6 +194,29 @@ def cmd_audit(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_export(args: argparse.Namespace) -> int:
+    """One node's model of a run as a ``state_dict`` file (its parameters and running
+    statistics), loadable into the run's ``nn.Module`` (``p2pforget.models.build``)."""
+    import torch
+
+    from . import experiment
+
+    engine, _ = experiment.load_run(args.run_dir, plugins=_plugins(args))
+    state = {k: v.detach().contiguous().clone() for k, v in engine.node_module(args.node).state_dict().items()}
+    out = Path(args.out or Path(args.run_dir) / f"node{args.node}.{'safetensors' if args.format == 'safetensors' else 'pt'}")
+    if args.format == "safetensors":
+        try:
+            from safetensors.torch import save_file
+        except ImportError:
+            raise ValueError("--format safetensors needs the safetensors package: pip install safetensors "
+                             "(or use --format pt)") from None
+        save_file(state, str(out), metadata={"p2pforget_run": str(args.run_dir), "node": str(args.node)})
+    else:
+        torch.save(state, out)
+    print(f"node {args.node} of {args.run_dir} (round {engine.round}): {out}")
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from . import experiment, report
 
@@ -349,6 +372,14 @@ def parser() -> argparse.ArgumentParser:
     a.add_argument("--set", action="append", metavar="audit.KEY=VALUE", help="override an [audit] key, e.g. audit.shadow_models=8")
     a.add_argument("--plugins", metavar="A,B", help=PLUGINS_HELP)
     a.set_defaults(fn=cmd_audit)
+
+    x = sub.add_parser("export", help="one node's model of a run as a state_dict file (pt or safetensors)")
+    x.add_argument("run_dir")
+    x.add_argument("--node", type=int, required=True, help="the client id whose model to export")
+    x.add_argument("--format", choices=["pt", "safetensors"], default="pt", help="file format (default pt)")
+    x.add_argument("--out", help="output file (default RUN_DIR/node<I>.<format>)")
+    x.add_argument("--plugins", metavar="A,B", help=PLUGINS_HELP)
+    x.set_defaults(fn=cmd_export)
 
     rep = sub.add_parser("report", help="plots of a run directory (PNG, or --format png,pdf,svg)")
     rep.add_argument("run_dir")

@@ -89,6 +89,35 @@ def default_grid(cfg: Config, topologies: Sequence[str], *, methods: Sequence[st
     return Grid(topologies=topologies, methods=tuple(methods), seeds=tuple(seeds) if seeds else (cfg.run.seed,))
 
 
+def study(cfg: Config, *, topologies: Sequence[str], methods: Sequence[str] | None = None,
+          seeds: Sequence[int] | None = None, out: str | Path | None = None, progress: bool = False):
+    """The topology x method x seed study of ``cfg``'s forget request from Python: each topology
+    and seed trained once, every method (Retrain among them: the reference) from that state, as
+    ``p2pforget compare`` runs it. Returns the rows of ``compare.csv`` (columns
+    :data:`GRID_FIELDS`, with seconds and FLOPs) as a pandas ``DataFrame`` when pandas is
+    installed, else as a list of dicts. ``out`` (default ``run.out + "-study"``) keeps the runs,
+    cells, tables and figures; calling again with more methods or seeds computes only what is new.
+
+    >>> import tempfile
+    >>> from p2pforget import config
+    >>> cfg = config.from_dict({"run": {"rounds": 2}, "topology": {"n_clients": 5},
+    ...                         "data": {"n_samples_per_client": 8}, "unlearn": {"clients": [1]}})
+    >>> rows = study(cfg, topologies=["ring"], methods=["retrain", "finetune"], out=tempfile.mkdtemp())
+    >>> [(r["method"], r["bytes_ratio_to_retrain"]) for r in rows][0]
+    ('retrain', 1.0)
+    >>> rows[1]["method"], rows[1]["comm_bytes"] > 0
+    ('finetune', True)
+    """
+    spec = default_grid(cfg, topologies, methods=methods, seeds=seeds)
+    rows = grid(cfg, spec, out=Path(out or f"{cfg.run.out}-study"), progress=progress)
+    records = [{k: r.get(k) for k in GRID_FIELDS + ["seconds", "flops"]} for r in rows]
+    try:
+        import pandas
+    except ImportError:
+        return records
+    return pandas.DataFrame.from_records(records, columns=GRID_FIELDS + ["seconds", "flops"])
+
+
 def compare(cfg: Config, topologies: Sequence[str], *, out: str | Path, progress: bool = True,
             overwrite: bool = False) -> list[dict]:
     """Run ``cfg`` on each topology kind (same seed): :func:`grid` of :func:`default_grid`.

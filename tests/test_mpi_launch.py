@@ -137,3 +137,17 @@ def test_more_ranks_than_clients_is_printed_once(tmp_path):
     errors = [line for line in res.stderr.splitlines() if "p2pforget: error:" in line]
     assert len(errors) == 1 and "3 ranks but only 2 clients" in errors[0], res.stderr
     assert "Traceback" not in res.stderr
+
+
+def test_every_key_the_launch_scripts_name_exists():
+    """The usage lines and examples of launch/ name real config keys (``--set K=V``)."""
+    import re
+
+    from p2pforget import config
+
+    root = Path(__file__).resolve().parents[1]
+    named = {m for path in (root / "launch").iterdir() if path.is_file()
+             for m in re.findall(r"--set[ =]([a-z_]+(?:\.[a-z_0-9]+)+=[^\s\]'\"]+)", path.read_text())}
+    assert named, "the launch scripts name no key: the pattern is stale"
+    for override in sorted(named):
+        config.with_overrides(config.from_dict({}), [override])

@@ -118,6 +118,29 @@ class Checkpoint:
         twin.per_node = {k: list(v) for k, v in self.per_node.items()}
         return twin
 
+    def node_module(self, client: int, params: torch.Tensor | None = None) -> torch.nn.Module:
+        """Node ``client``'s model (default: its current one; or its row of stacked local
+        ``params``) as a standalone ``nn.Module`` in ``eval()`` mode, running statistics
+        included: ``engine.node_module(3)(x)`` is what node 3 predicts. Every process takes part
+        under MPI, and every process gets the module.
+
+        >>> from p2pforget import Engine, config
+        >>> engine = Engine(config=config.from_dict({"topology": {"n_clients": 3}, "data": {"n_samples_per_client": 6}}))
+        >>> module = engine.node_module(1)
+        >>> bool((module(engine.x_test).argmax(1) == engine.task.logits(engine.params[1], engine.x_test).argmax(1)).all())
+        True
+        """
+        if not 0 <= client < self.n_clients:
+            raise ValueError(f"client {client} does not exist; client ids are 0..{self.n_clients - 1}")
+        rows = self.gather_params(self.params if params is None else params)
+        statistics = self.gather_params(self.buffers)
+        row = self.transport.bcast_object(None if rows is None else (rows[client], statistics[client]))
+        module = copy.deepcopy(self.model.module)
+        named = self.model.unflatten(torch.as_tensor(row[0], dtype=self.dtype))
+        named |= self.model.unflatten_buffers(torch.as_tensor(row[1], dtype=self.dtype))
+        module.load_state_dict(named, strict=False)
+        return module.to(self.dtype).eval()
+
     def _check_state(self, state: dict[str, np.ndarray]) -> None:
         fix = "the checkpoint does not belong to this config or is damaged: restore the run file from a copy or rerun"
 
