@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import traceback
 from importlib import resources
@@ -35,11 +36,23 @@ def cmd_run(args: argparse.Namespace) -> int:
                          "(a resumed run cannot move)")
     if args.resume and args.overwrite:
         raise ValueError("--resume continues a run and --overwrite replaces it; give one of them")
+    if args.resume_or_start and (args.resume or args.overwrite):
+        raise ValueError("--resume-or-start decides by itself whether to resume; drop --resume / --overwrite")
     cfg = _load(args)
     out = args.resume or cfg.run.out
-    if args.resume:
+    resume = bool(args.resume)
+    if args.resume_or_start:
+        from .transport import at_launch_root
+
+        resume = at_launch_root(lambda: experiment.run_state(out)) != "missing"
+    if resume:
         cfg = config_mod.replace(cfg, run={"out": str(out)})
-    result = experiment.run(cfg, out=out, resume=bool(args.resume), overwrite=args.overwrite)
+    try:
+        result = experiment.run(cfg, out=out, resume=resume, overwrite=args.overwrite,
+                                stop_on_signal=args.resume_or_start)
+    except experiment.Preempted as e:
+        print(f"p2pforget: {e}", file=sys.stderr)
+        return experiment.PREEMPTED_EXIT
     if result.report:
         _print_final(result.report, result.out)
         if "unlearn" in result.report:
@@ -252,6 +265,9 @@ def cmd_compare(args: argparse.Namespace) -> int:
     split = (lambda text: [v.strip() for v in text.split(",") if v.strip()])  # noqa: E731
     spec = default_grid(cfg, split(args.topologies), methods=split(args.methods) if args.methods else None,
                         seeds=[int(s) for s in split(args.seeds)] if args.seeds else None)
+    if args.count_tasks:
+        print(len(spec.groups))  # the array size: one task per topology x seed
+        return 0
     rows = grid(cfg, spec, out=out, task=args.task, merge_only=args.merge, progress=True, overwrite=args.overwrite)
     if rows is not None:
         print((out / "compare.md").read_text())
@@ -309,6 +325,7 @@ def registry_help() -> str:
 
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="p2pforget", description="Decentralized federated learning and unlearning simulator")
+    p.add_argument("--quiet", action="store_true", help="no progress bars (as TQDM_DISABLE=1 does), e.g. for batch-job logs")
     sub = p.add_subparsers(dest="command", required=True)
     listing = {"epilog": registry_help(), "formatter_class": argparse.RawDescriptionHelpFormatter}
 
@@ -318,6 +335,10 @@ def parser() -> argparse.ArgumentParser:
     r.add_argument("--out", help="run directory (default: run.out)")
     r.add_argument("--resume", metavar="DIR", help="continue the run in DIR (interrupted, or to train more rounds)")
     r.add_argument("--overwrite", action="store_true", help="replace a run already in the output directory")
+    r.add_argument("--resume-or-start", action="store_true",
+                   help="continue the run in the output directory if there is one, else start it (idempotent: a "
+                        "requeued batch job runs the same command); SIGTERM/SIGUSR1 checkpoint and exit with "
+                        "status 75")
     r.set_defaults(fn=cmd_run)
 
     c = sub.add_parser("compare", help="the same experiment (and forget request) on several topologies, methods and "
@@ -334,6 +355,7 @@ def parser() -> argparse.ArgumentParser:
     c.add_argument("--seeds", help="comma-separated seeds of the grid (default: run.seed)")
     c.add_argument("--task", type=int, help="run only group TASK (topology x seed, numbered topology-major): one "
                                             "array task, e.g. --task $SLURM_ARRAY_TASK_ID")
+    c.add_argument("--count-tasks", action="store_true", help="print how many array tasks (--task) the grid has, and exit")
     c.add_argument("--merge", action="store_true", help="only merge the finished cells into compare.csv, the table and figures")
     c.set_defaults(fn=cmd_compare)
 
@@ -407,6 +429,9 @@ def _close_progress_bars() -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
+    before = os.environ.get("TQDM_DISABLE")
+    if args.quiet:
+        os.environ["TQDM_DISABLE"] = "1"
     try:
         return args.fn(args)
     except (ValueError, OSError) as e:
@@ -424,6 +449,12 @@ def main(argv: list[str] | None = None) -> int:
         traceback.print_exc()
         _abort_other_ranks(1)
         raise
+    finally:
+        if args.quiet:  # the caller's environment as it was (main may be called in-process)
+            if before is None:
+                os.environ.pop("TQDM_DISABLE", None)
+            else:
+                os.environ["TQDM_DISABLE"] = before
 
 
 if __name__ == "__main__":

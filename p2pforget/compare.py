@@ -145,7 +145,7 @@ def run_group(cfg: Config, grid: Grid, topology: str, seed: int, *, out: Path, t
     kind_cfg = config_mod.replace(cfg, topology={"kind": topology}, run={"seed": seed},
                                   unlearn={"clients": (), "samples": {}})
     run_dir = out / "runs" / f"{topology}-s{seed}"
-    done = transport.bcast_object(_complete(run_dir) if transport.is_root else None)
+    done = transport.bcast_object(experiment.run_state(run_dir) if transport.is_root else None)
     if done != "complete":
         experiment.run(kind_cfg, out=run_dir, resume=done == "partial", progress=progress, transport=transport)
     if transport.is_root and not _group_file(out, topology, seed).exists():
@@ -190,14 +190,6 @@ def _training_numbers(run_dir: Path, topology: str, seed: int) -> dict:
             "rounds_trained": int(r["rounds_done"]), "loss": f["loss_mean"], "test_acc_mean": percent(f["test_acc_mean"]),
             "test_acc_min": percent(f["test_acc_min"]), "consensus_distance": f["consensus_distance"],
             "train_comm_bytes": r["bytes_total"]}
-
-
-def _complete(run_dir: Path) -> str:
-    """``complete``, ``partial`` (a run file from an interrupted run) or ``missing``."""
-    try:
-        return "complete" if history.read_h5(run_dir / "history.h5").attrs.get("complete") else "partial"
-    except (OSError, ValueError, history.RunFileError):
-        return "missing"
 
 
 def merge(grid: Grid, *, out: Path, margin: float = EQUIVALENCE_MARGIN) -> list[dict]:

@@ -12,6 +12,8 @@ Example
 from __future__ import annotations
 
 import json
+import signal
+import threading
 import time
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
@@ -319,9 +321,42 @@ def _apply_exclusions(engine: Engine, records: Records) -> None:
                        removed=np.flatnonzero(~arrays["unlearn/members"]).tolist())
 
 
+class Preempted(RuntimeError):
+    """A run stopped by a batch system's signal, after writing a checkpoint."""
+
+
+PREEMPTED_EXIT = 75
+"""The CLI's exit status for :class:`Preempted` (``EX_TEMPFAIL``: run the same command again)."""
+
+
+@contextmanager
+def _noticing(notice: list | None):
+    """While training, SIGTERM and SIGUSR1 append their number to ``notice`` instead of killing
+    the process (``notice is None``: signals keep their handlers)."""
+    if notice is None or threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    caught = (signal.SIGTERM, signal.SIGUSR1)
+    previous = {sig: signal.signal(sig, lambda number, frame: notice.append(number)) for sig in caught}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def run_state(run_dir: str | Path) -> str:
+    """``complete`` (training finished), ``partial`` (a run file from an interrupted run) or
+    ``missing`` (nothing to resume)."""
+    try:
+        return "complete" if history.read_h5(Path(run_dir) / "history.h5").attrs.get("complete") else "partial"
+    except (OSError, ValueError, history.RunFileError):
+        return "missing"
+
+
 def run(cfg: Config, *, out: str | Path | None = None, resume: bool = False, overwrite: bool = False,
         transport: Transport | None = None, progress: bool = True,
-        callback: Callable[[Engine], None] | None = None) -> RunResult:
+        callback: Callable[[Engine], None] | None = None, stop_on_signal: bool = False) -> RunResult:
     """Train ``cfg.run.rounds`` rounds, checkpointing every ``run.checkpoint_every`` rounds, then
     carry out the config's forget request (if any).
 
@@ -330,7 +365,9 @@ def run(cfg: Config, *, out: str | Path | None = None, resume: bool = False, ove
     continues from the released unlearned models, without the forgotten data, and keeps every
     forget record. A directory that already holds a run is refused unless ``overwrite``.
     Training that diverges stops with :class:`~p2pforget.engine.DivergenceError`; the run files
-    keep the last good checkpoint.
+    keep the last good checkpoint. With ``stop_on_signal``, SIGTERM or SIGUSR1 (a batch system's
+    notice before preemption or the time limit) checkpoints after the current round and raises
+    :class:`Preempted`.
     """
     cfg = config_mod.resolve_paths(cfg)
     out = Path(out if out is not None else cfg.run.out)
@@ -353,13 +390,20 @@ def run(cfg: Config, *, out: str | Path | None = None, resume: bool = False, ove
             # Every `every` rounds, and at least every CHECKPOINT_SECONDS of training whatever
             # run.rounds says (the decision is the root's, so all processes take part together).
             due = e.round % 16 == 0 and e.transport.bcast_object(time.perf_counter() - writer.written > CHECKPOINT_SECONDS)
-            if (e.round % every == 0 or due) and e.round < cfg.run.rounds:
+            # A batch system's notice (SIGTERM / SIGUSR1): checkpoint now and stop, for a requeue.
+            stop = e.transport.bcast_object(bool(notice)) if notice is not None else False
+            if (e.round % every == 0 or due or stop) and e.round < cfg.run.rounds:
                 writer.snapshot(rounds_total=cfg.run.rounds, complete=False)
+            if stop:
+                raise Preempted(f"stopped by signal {notice[0]} after round {e.round} with a checkpoint in {out}; "
+                                f"the same command with --resume-or-start continues it")
             if callback is not None:
                 callback(e)
 
+        notice = [] if stop_on_signal else None
         try:
-            engine.train(cfg.run.rounds - engine.round, progress=progress, callback=after_round)
+            with _noticing(notice):
+                engine.train(cfg.run.rounds - engine.round, progress=progress, callback=after_round)
         except DivergenceError as e:
             kept = (f"{out}/history.h5 keeps the last good checkpoint (round {writer.checkpoint_round})"
                     if writer.checkpoint_round is not None else "no checkpoint was written before it")

@@ -112,3 +112,16 @@ def test_compare_topologies_with_unlearning(tmp_path, capsys):
     assert "train.lr" in err and "--overwrite" in err
     assert main(["compare", str(path), "--topologies", "ring,tree", "--out", str(tmp_path / "bad")]) == 2
     assert "choose one of" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("how", ["flag", "env"])
+def test_quiet_runs_draw_no_progress_bar(tmp_path, capsys, monkeypatch, how):
+    """``--quiet`` or ``TQDM_DISABLE=1``: no progress bar (no carriage returns in a batch log);
+    the flag leaves the environment as it was for what runs next in the process."""
+    path = _write(tmp_path)
+    if how == "env":
+        monkeypatch.setenv("TQDM_DISABLE", "1")
+    assert main((["--quiet"] if how == "flag" else []) + ["run", str(path), "--out", str(tmp_path / "run")]) == 0
+    assert "\r" not in capsys.readouterr().err
+    assert main(["run", str(path), "--out", str(tmp_path / "next")]) == 0
+    assert ("\r" in capsys.readouterr().err) == (how == "flag")

@@ -52,6 +52,8 @@ def test_array_tasks_then_merge_give_the_same_csv(tmp_path, capsys):
     path.write_text(config.dumps(cfg))
     base = ["compare", str(path), "--topologies", "ring,star", "--methods", "retrain,finetune,certified", "--seeds", "0,1",
             "--out", str(tmp_path / "array")]
+    assert main(base + ["--count-tasks"]) == 0
+    assert capsys.readouterr().out.strip() == "4"  # the SLURM array size: 2 topologies x 2 seeds
     assert main(base + ["--merge"]) == 2
     assert "not done yet" in capsys.readouterr().err
     for task in range(4):

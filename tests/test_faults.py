@@ -63,20 +63,47 @@ def test_kill_at_a_random_round_then_resume_is_bit_identical(tmp_path):
     cfg_path.write_text(config.dumps(_small()))
     subprocess.run(CLI + ["run", str(cfg_path), "--out", str(tmp_path / "full")], check=True, env=ENV, capture_output=True)
     kill_at = random.randint(5, 120)
-    proc = subprocess.Popen(CLI + ["run", str(cfg_path), "--out", str(tmp_path / "cut")], env=ENV,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    # a requeued batch job: the same command each time, starting or resuming by itself
+    requeue = CLI + ["run", str(cfg_path), "--out", str(tmp_path / "cut"), "--resume-or-start"]
+    proc = subprocess.Popen(requeue, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     h5 = tmp_path / "cut" / "history.h5"
     assert _wait_for(lambda: h5.exists() and _rounds_done(h5) >= kill_at)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     done = _rounds_done(h5)
     assert kill_at <= done < 150, f"killed at round {done}"
-    res = subprocess.run(CLI + ["run", str(cfg_path), "--resume", str(tmp_path / "cut")], env=ENV, capture_output=True, text=True)
+    res = subprocess.run(requeue, env=ENV, capture_output=True, text=True)
     assert res.returncode == 0, res.stderr
     a, b = (history.read_h5(tmp_path / d / "history.h5").arrays for d in ("full", "cut"))
     assert np.array_equal(a["params/trained"], b["params/trained"])
     assert np.array_equal(a["metrics/consensus_distance"], b["metrics/consensus_distance"])
     assert not list((tmp_path / "cut").glob("*.tmp")) and not list((tmp_path / "cut").glob(".*.tmp"))
+
+
+def test_a_batch_systems_signal_checkpoints_then_the_same_command_finishes_bit_identical(tmp_path, monkeypatch, capsys):
+    """SIGTERM (or SIGUSR1) during a --resume-or-start run: a checkpoint after the current round,
+    exit status 75; the same command again finishes with the uninterrupted run's numbers, and once
+    more finds it complete."""
+    cfg_path = tmp_path / "exp.toml"
+    cfg_path.write_text(config.dumps(_small(rounds=30)))
+    experiment.run(_small(rounds=30), out=tmp_path / "full", progress=False)
+    real_step = Engine.step
+
+    def step(self):
+        real_step(self)
+        if self.round == 7:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    monkeypatch.setattr(Engine, "step", step)
+    command = ["run", str(cfg_path), "--out", str(tmp_path / "cut"), "--resume-or-start"]
+    assert main(command) == 75
+    assert "stopped by signal" in capsys.readouterr().err
+    assert _rounds_done(tmp_path / "cut" / "history.h5") == 7
+    monkeypatch.setattr(Engine, "step", real_step)
+    assert main(command) == 0
+    a, b = (history.read_h5(tmp_path / d / "history.h5").arrays for d in ("full", "cut"))
+    assert np.array_equal(a["params/trained"], b["params/trained"])
+    assert main(command) == 0 and _rounds_done(tmp_path / "cut" / "history.h5") == 30
 
 
 class _Crash(Exception):

@@ -137,7 +137,7 @@ def _top(name: str) -> str:
 
 LAYERS = [  # a module may import only from its own layer or the layers before it
     {"registry", "seeding", "config", "aggregate", "transport", "history", "release", "tasks", "ledger", "devices",
-     "subspace", "compress", "stats", "flops", "hooks", "api"},
+     "subspace", "compress", "stats", "flops", "hooks", "api", "progress"},
     {"topology", "partition", "poison", "data", "models", "rounds", "metrics", "optim"},
     {"engine"},
     {"unlearn", "audit"},

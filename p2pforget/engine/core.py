@@ -6,12 +6,12 @@ from typing import Callable, Iterable
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
 from .. import aggregate, data as datasets, devices, models, seeding, topology
 from ..config import Config
 from .. import transport as transport_mod
 from ..hooks import Hook
+from ..progress import bar as progress_bar
 from ..registry import AGGREGATORS, ROUNDS
 from ..tasks import Task
 from ..transport import Transport
@@ -233,7 +233,7 @@ class Engine(Batches, Compute, Gossip, Evaluation, Checkpoint):
         called after each one."""
         if rounds is None:
             rounds = max(self.config.run.rounds - self.round, 0)
-        bar = tqdm(total=rounds, desc=desc, disable=not (progress and self.transport.is_root), leave=False)
+        bar = progress_bar(total=rounds, desc=desc, show=progress and self.transport.is_root, leave=False)
         for _ in range(rounds):
             self.step()
             bar.update()

@@ -6,9 +6,9 @@ from __future__ import annotations
 import numpy as np
 import scipy.sparse as sp
 import torch
-from tqdm import tqdm
 
 from .. import aggregate, ledger as ledger_mod, topology
+from ..progress import bar as progress_bar
 from ..registry import ROUNDS
 
 
@@ -100,7 +100,7 @@ class Gossip:
         W = self.base_mixing
         R = topology.gossip_rounds(W, nodes, tol)
         x = flat
-        for _ in tqdm(range(R), desc="gossip sum", leave=False, disable=not (progress and self.transport.is_root) or R < 200):
+        for _ in progress_bar(range(R), desc="gossip sum", leave=False, show=progress and self.transport.is_root and R >= 200):
             x = self.mix(x, W)
         messages = topology.message_count(W)
         return (len(nodes) * x).reshape(rows.shape), float(R * messages * flat.shape[1] * itemsize), R
