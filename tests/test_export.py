@@ -27,24 +27,24 @@ def test_node_module_predicts_what_the_engine_scores():
         engine.node_module(9)
 
 
-@pytest.mark.parametrize("fmt", ["pt", "safetensors"])
-def test_export_writes_a_state_dict_the_model_loads(tmp_path, fmt, capsys):
+def test_export_writes_a_state_dict_the_model_loads(tmp_path, capsys):
     cfg = config.from_dict(CFG)
     result = experiment.run(cfg, out=tmp_path / "run", progress=False)
-    assert main(["export", str(tmp_path / "run"), "--node", "2", "--format", fmt]) == 0
-    path = tmp_path / "run" / f"node2.{fmt}"
-    assert str(path) in capsys.readouterr().out
-    if fmt == "pt":
-        state = torch.load(path)
-    else:
-        from safetensors.torch import load_file
-        state = load_file(path)
-    fresh = models.build(cfg.model, input_shape=result.engine.data.input_shape, n_classes=result.engine.data.n_classes)
-    fresh.load_state_dict(state)
-    fresh = fresh.to(result.engine.dtype).eval()
     expected = result.engine.node_module(2)
-    with torch.no_grad():
-        torch.testing.assert_close(fresh(result.engine.x_test), expected(result.engine.x_test), rtol=0, atol=0)
+    for fmt in ("pt", "safetensors"):
+        assert main(["export", str(tmp_path / "run"), "--node", "2", "--format", fmt]) == 0
+        path = tmp_path / "run" / f"node2.{fmt}"
+        assert str(path) in capsys.readouterr().out
+        if fmt == "pt":
+            state = torch.load(path)
+        else:
+            from safetensors.torch import load_file
+            state = load_file(path)
+        fresh = models.build(cfg.model, input_shape=result.engine.data.input_shape, n_classes=result.engine.data.n_classes)
+        fresh.load_state_dict(state)
+        fresh = fresh.to(result.engine.dtype).eval()
+        with torch.no_grad():
+            torch.testing.assert_close(fresh(result.engine.x_test), expected(result.engine.x_test), rtol=0, atol=0)
 
 
 STUDY = {"run": {"rounds": 3, "eval_every": 0}, "topology": {"n_clients": 5}, "data": {"n_samples_per_client": 8},
