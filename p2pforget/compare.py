@@ -308,6 +308,7 @@ def grid_table(rows: list[dict], grid: Grid, *, margin: float = EQUIVALENCE_MARG
              f"| FA held-out − Retrain, 90% CI: verdict (±{margin:g}) |",
              "|---|---|---|" + "---|" * len(cols) + "---|---|---|---|---|---|"]
     for t in grid.topologies:
+        lines.append(_trained_line(rows, t, cols))
         for m in grid.methods:
             mine = [r for r in rows if r["topology"] == t and r["method"] == m]
             gap = mine[0]["spectral_gap"]
@@ -321,6 +322,26 @@ def grid_table(rows: list[dict], grid: Grid, *, margin: float = EQUIVALENCE_MARG
                          f" | {fmt([r['seconds'] for r in mine])} | {fmt([r.get('seconds_ratio_to_retrain') for r in mine], 2)}"
                          f" | {what} | {verdict} |")
     return "\n".join(lines)
+
+
+def _trained_line(rows: list[dict], topology: str, cols: list[tuple[str, str]]) -> str:
+    """The do-nothing line: the trained models before the request, against the same Retrain."""
+    first = {}
+    for r in rows:
+        if r["topology"] == topology:
+            first.setdefault(r["seed"], r)
+    refs = {r["seed"]: r for r in rows if r["topology"] == topology and r["method"] == "retrain"}
+    before = []
+    for seed, r in first.items():
+        row = {k: r.get(f"{k}_trained") for k in ("FA", "FA_heldout", "RA", "TA", "MIA", "ASR")}
+        ref = refs.get(seed)
+        for k in ("FA", "RA", "MIA", "ASR"):
+            row[f"{k}_gap_to_retrain"] = (None if ref is None or row[k] is None or ref.get(k) is None else row[k] - ref[k])
+        row["relative_distance_to_retrain"] = 1.0 if ref is not None else None  # the unit of that column
+        before.append(row)
+    gap = next(iter(first.values()))["spectral_gap"]
+    return (f"| {topology} | {gap:.3g} | trained (before) | " + " | ".join(report.mean_std([r.get(k) for r in before])
+                                                                       for k, _ in cols) + " | - | - | - | - | - | do nothing |")
 
 
 def grid(cfg: Config, grid_spec: Grid, *, out: str | Path, task: int | None = None, merge_only: bool = False,

@@ -27,6 +27,11 @@ def test_grid_writes_every_cell_and_resumes_without_rerunning(tmp_path, monkeypa
                                                                             ("ring", "finetune", "0")]
     retrain = [r for r in table if r["method"] == "retrain"]
     assert all(float(r["FA_gap_to_retrain"]) == 0.0 and float(r["bytes_ratio_to_retrain"]) == 1.0 for r in retrain)
+    md = (tmp_path / "g" / "compare.md").read_text()
+    before = [line for line in md.splitlines() if "trained (before)" in line]  # the do-nothing line per topology
+    assert len(before) == 2 and all(line.endswith("do nothing |") for line in before)
+    ring_trained_fa = [float(r["FA_trained"]) for r in table if r["topology"] == "ring" and r["method"] == "retrain"]
+    assert f"| {sum(ring_trained_fa) / 2:.1f} ± " in before[0]
     star = [r for r in table if r["topology"] == "star"]
     assert all(float(r["spectral_gap"]) == 1.0 for r in star)
     for name in ("compare.md", "timing.csv", "accuracy_vs_round.png", "influence_share_vs_round.png",
