@@ -64,9 +64,11 @@ def _print_final(report: dict, out: Path) -> None:
     from .report import table
 
     f = report["final"]
+    # the training's rounds: a forget request's own rounds (a method's, Retrain's) are not training
+    trained = min(report["rounds_done"], report["config"]["run"]["rounds"])
     print(table(["rounds", "loss", "test acc (mean of nodes)", "test acc (min)", "test acc of mean model", "consensus",
                  "comm MB", "seconds"],
-                [[report["rounds_done"], f["loss_mean"], f["test_acc_mean"], f["test_acc_min"], f.get("test_acc_of_mean"),
+                [[trained, f["loss_mean"], f["test_acc_mean"], f["test_acc_min"], f.get("test_acc_of_mean"),
                   f["consensus_distance"], report["bytes_total"] / 1e6, report["seconds"]]]))
     print(_files(out))
 

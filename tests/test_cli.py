@@ -125,3 +125,15 @@ def test_quiet_runs_draw_no_progress_bar(tmp_path, capsys, monkeypatch, how):
     assert "\r" not in capsys.readouterr().err
     assert main(["run", str(path), "--out", str(tmp_path / "next")]) == 0
     assert ("\r" in capsys.readouterr().err) == (how == "flag")
+
+
+def test_the_training_table_counts_training_rounds_only(tmp_path, capsys):
+    """A run with a forget request: the method's rounds are not reported as training rounds."""
+    cfg = config.from_dict({"run": {"rounds": 4}, "topology": {"n_clients": 4}, "data": {"n_samples_per_client": 10, "n_test": 20},
+                            "unlearn": {"clients": [1], "method": "finetune", "finetune": {"rounds": 3}}})
+    path = tmp_path / "exp.toml"
+    path.write_text(config.dumps(cfg))
+    assert main(["run", str(path), "--out", str(tmp_path / "run")]) == 0
+    first_row = capsys.readouterr().out.splitlines()[2]
+    assert first_row.split("|")[0].strip() == "4"
+    assert json.loads((tmp_path / "run" / "report.json").read_text())["rounds_done"] > 4  # the engine did go on
