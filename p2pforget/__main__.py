@@ -124,7 +124,12 @@ def forget_table(report: dict) -> str:
     text = table(["method", "FA", "RA", "TA", "MIA"] + (["ASR"] if asr else [])
                  + ["dist. to Retrain", "seconds", "comm MB", "GFLOPs", "T2F rounds"], rows)
     text += "\n" + status_line(status)
-    if "sigma" in info:
+    if "sigma" in info and not info["certified"]:
+        # no certificate line for a release that is not certified (e.g. a non-convex model)
+        text += f"\nno certificate: {info.get('not_certified_because') or 'the bound does not hold'}"
+        if info["sigma"]:
+            text += f"\n(the release still carries the configured noise, sigma={info['sigma']:.3g}; it certifies nothing here)"
+    elif "sigma" in info:
         text += (f"\ncertificate: epsilon={info['epsilon']}, delta={info['delta']}, sigma={info['sigma']:.3g} "
                  f"(budget {info['budget']:.3g}), residual bound={info['residual_bound']:.3g}, "
                  f"Newton steps={info.get('newton_steps_taken')}, certified={info['certified']}")
@@ -133,8 +138,6 @@ def forget_table(report: dict) -> str:
                      "(fallback, charged to unlearning)")
         if info.get("cumulative_epsilon") is not None and len(report.get("requests", [])) > 1:
             text += f"\nall certified releases of this run: epsilon={info['cumulative_epsilon']:.3g}, delta={info['cumulative_delta']:.3g}"
-        if not info["certified"] and info.get("not_certified_because"):
-            text += f"\nnot certified: {info['not_certified_because']}"
     else:
         text += f"\n{info['method']} issues no certificate"
     if "distance_to_remaining_optimum" in m.get("unlearned", {}):

@@ -137,3 +137,17 @@ def test_the_training_table_counts_training_rounds_only(tmp_path, capsys):
     first_row = capsys.readouterr().out.splitlines()[2]
     assert first_row.split("|")[0].strip() == "4"
     assert json.loads((tmp_path / "run" / "report.json").read_text())["rounds_done"] > 4  # the engine did go on
+
+
+def test_an_uncertified_release_prints_no_certificate_line(tmp_path, capsys):
+    """The default method on a non-convex model: the reason it is not certified, never a
+    certificate line with a sigma that certifies nothing."""
+    cfg = config.from_dict({"run": {"rounds": 3}, "topology": {"n_clients": 4},
+                            "data": {"kind": "digits", "n_samples_per_client": 8, "n_test": 16},
+                            "model": {"kind": "mlp"}, "unlearn": {"clients": [1]}, "audit": {"after_forget": False}})
+    path = tmp_path / "exp.toml"
+    path.write_text(config.dumps(cfg))
+    assert main(["run", str(path), "--out", str(tmp_path / "run")]) == 0
+    out = capsys.readouterr().out
+    assert "certificate: epsilon" not in out
+    assert "no certificate: the objective is not known to be strongly convex" in out
