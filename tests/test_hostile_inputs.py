@@ -281,11 +281,14 @@ def test_a_stored_plugin_is_imported_only_when_the_user_names_it(runs, tmp_path)
     cfg = tmp_path / "exp.toml"
     cfg.write_text(config.dumps(_cfg()))
     cli = [sys.executable, "-m", "p2pforget", "forget", str(run), "--clients", "2", "--no-retrain"]
-    for argv in (cli, [sys.executable, "-m", "p2pforget", "audit", str(run)],
-                 [sys.executable, "-m", "p2pforget", "run", str(cfg), "--resume", str(run)]):
-        refused = subprocess.run(argv, env=env, capture_output=True, text=True)
-        assert refused.returncode == 2 and "names plug-in modules" in refused.stderr, refused.stderr
-        assert not marker.exists(), argv[3]
+    # the three refusals in one fresh process (each a CLI call; the marker says whether any imported it)
+    calls = [["forget", str(run), "--clients", "2", "--no-retrain"], ["audit", str(run)], ["run", str(cfg), "--resume", str(run)]]
+    script = ("import sys; from p2pforget.__main__ import main; "
+              f"codes = [main(argv) for argv in {calls!r}]; print(codes)")
+    refused = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True)
+    assert refused.stdout.strip() == "[2, 2, 2]", refused.stderr
+    assert refused.stderr.count("names plug-in modules") == 3, refused.stderr
+    assert not marker.exists()
     plugin = str(runs["top"] / "marker_plugin.py")
     done = subprocess.run(cli + ["--plugins", plugin], env=env, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
