@@ -95,6 +95,8 @@ def status_line(status: dict) -> str:
         text += f"; {status['checks']} checks"
     if status.get("validation_start") is not None and status.get("validation_final") is not None:
         text += f"; validation accuracy {status['validation_start']:.1f} -> {status['validation_final']:.1f}"
+    if status.get("retained_start") is not None and status.get("retained_final") is not None:
+        text += f"; retained accuracy {status['retained_start']:.1f} -> {status['retained_final']:.1f}"
     return text
 
 

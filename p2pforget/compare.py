@@ -192,10 +192,22 @@ def _training_numbers(run_dir: Path, topology: str, seed: int) -> dict:
             "train_comm_bytes": r["bytes_total"]}
 
 
-def merge(grid: Grid, *, out: Path, margin: float = EQUIVALENCE_MARGIN) -> list[dict]:
+FIGURE_FORMATS = ("png", "pdf")
+"""The grid's figures are written in these formats (PDF for papers)."""
+
+
+def training_curves(run_dir: Path) -> dict[str, list]:
+    """The per-round training metrics stored in a run's ``history.h5``."""
+    stored = history.read_h5(Path(run_dir) / "history.h5")
+    return {k[len("metrics/"):]: list(v) for k, v in stored.arrays.items() if k.startswith("metrics/")}
+
+
+def merge(grid: Grid, *, out: Path, margin: float = EQUIVALENCE_MARGIN,
+          formats: Sequence[str] = FIGURE_FORMATS) -> list[dict]:
     """Read every group and cell of the grid and write ``compare.csv``, ``timing.csv``,
     ``compare.md`` (training, then methods: mean ± std over seeds, statuses, FA_heldout verdicts),
-    ``verdicts.json`` and the figures; returns the rows. Parts not yet computed are named in an error."""
+    ``verdicts.json`` and the figures (in ``formats``); returns the rows. Parts not yet computed are
+    named in an error."""
     missing = ([g for g in grid.groups if not _group_file(out, *g).exists()]
                + [c for c in grid.cells() if not _cell_file(out, *c).exists()])
     if missing:
@@ -226,13 +238,10 @@ def merge(grid: Grid, *, out: Path, margin: float = EQUIVALENCE_MARGIN) -> list[
                           [[r["topology"], r["method"], r["seed"], r["seconds"], r["flops"]] for r in rows])
     (out / "compare.md").write_text(training_table(rows, grid) + "\n"
                                     + ("\n" + grid_table(rows, grid, margin=margin) + "\n" if grid.methods else ""))
-    curves = {}
-    for t in grid.topologies:
-        stored = history.read_h5(out / "runs" / f"{t}-s{grid.seeds[0]}" / "history.h5")
-        curves[t] = {k[len("metrics/"):]: list(v) for k, v in stored.arrays.items() if k.startswith("metrics/")}
-    report.plot_comparison(curves, out / "comparison.png")
+    curves = {t: [training_curves(out / "runs" / f"{t}-s{s}") for s in grid.seeds] for t in grid.topologies}
+    report.plot_comparison(curves, out / "comparison.png", formats=formats)
     if grid.methods:
-        report.plot_grid(rows, grid.topologies, grid.methods, grid.seeds, out=out)
+        report.plot_grid(rows, grid.topologies, grid.methods, grid.seeds, out=out, formats=formats)
     return rows
 
 

@@ -244,15 +244,19 @@ class StoppingConfig:
     """When an iterative unlearning method stops (``rule = "plateau"``: its FA on the forgotten
     samples has dropped by at most ``plateau_points`` over the last ``plateau_rounds`` checks, or its
     round budget is spent; ``"budget"``: the whole budget),
-    and the collapse guard: with ``guard``, a method whose validation accuracy (the staying clients'
-    held-out split) falls more than ``guard_points`` below the trained model's stops and rolls back
-    (see :mod:`p2pforget.unlearn.stopping` and docs/methods/stopping.md)."""
+    and the collapse guard: with ``guard``, a method that ends with its validation accuracy (the
+    staying clients' held-out split) more than ``guard_points`` below the trained model's, or with
+    ``guard_retained`` its accuracy on the staying clients' training samples more than
+    ``retained_points`` below theirs, rolls back (see :mod:`p2pforget.unlearn.stopping` and
+    docs/methods/stopping.md)."""
 
     rule: str = choice("plateau", "plateau", "budget")  # budget: always run the method's whole round budget
     plateau_rounds: int = bounded(3, 1)
     plateau_points: float = bounded(1.0, 0.0)
     guard: bool = True
     guard_points: float = bounded(5.0, 0.0)
+    guard_retained: bool = True
+    retained_points: float = bounded(5.0, 0.0)
 
 
 @dataclass(frozen=True)

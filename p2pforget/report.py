@@ -57,13 +57,23 @@ def table(headers: Sequence[str], rows: Sequence[Sequence]) -> str:
 FORMATS = ("png",)
 """Formats figures are written in by default; ``formats=("png", "pdf", "svg")`` writes each."""
 
+COLUMN, FULL = 3.4, 7.0
+"""Figure widths in inches: one column and the full text width of a two-column paper."""
+
+PAPER_STYLE = {"font.size": 7, "axes.titlesize": 7, "axes.labelsize": 7, "legend.fontsize": 6,
+               "xtick.labelsize": 6, "ytick.labelsize": 6, "lines.linewidth": 1.0, "lines.markersize": 3,
+               "errorbar.capsize": 2}
+"""Matplotlib settings of the comparison figures (sized for :data:`COLUMN` / :data:`FULL`)."""
+
+MARKERS, LINESTYLES = "osD^vP*X", ("-", "--", ":", "-.")
+
 
 def _save(fig, path: str | Path, formats: Sequence[str] = FORMATS) -> Path:
     """Write ``fig`` as ``path`` in every format (its suffix replaced), close it, return the first."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     for fmt in formats:
-        fig.savefig(path.with_suffix(f".{fmt}"), dpi=110, bbox_inches="tight")
+        fig.savefig(path.with_suffix(f".{fmt}"), dpi=200 if fig.get_figwidth() <= FULL else 110, bbox_inches="tight")
     plt.close(fig)
     return path.with_suffix(f".{formats[0]}")
 
@@ -118,30 +128,68 @@ def plot_metrics(metrics: dict[str, np.ndarray], path: str | Path, *, title: str
     return _save(fig, path, formats)
 
 
-def plot_comparison(curves: dict[str, dict[str, list[float]]], path: str | Path, *,
+def _band(ax, x, runs: np.ndarray, *, label: str, k: int, log: bool = False) -> None:
+    """The mean over seeds (rows of ``runs``) as a line, their min to max as a band (one seed: the line)."""
+    runs = np.asarray(runs, dtype=np.float64)
+    centre = np.exp(np.log(runs).mean(axis=0)) if log else runs.mean(axis=0)
+    line, = ax.plot(x, centre, ls=LINESTYLES[k % len(LINESTYLES)], marker=MARKERS[k % len(MARKERS)],
+                    markevery=max(1, len(x) // 6), label=label)
+    if len(runs) > 1:
+        ax.fill_between(x, runs.min(axis=0), runs.max(axis=0), color=line.get_color(), alpha=0.2, lw=0)
+
+
+def _floor_axis(ax, values: np.ndarray, floor: float = 1e-12) -> float:
+    """A log axis that starts at the smallest value above ``floor`` (a decade below it); values at
+    or below ``floor`` (a star's exact consensus) are drawn on the axis' bottom edge and named
+    there, so no empty decades are shown."""
+    values = np.asarray(values, dtype=np.float64)
+    above = values[values > floor]
+    bottom = 10 ** np.floor(np.log10(above.min())) / 10 if above.size else floor
+    ax.set_yscale("log")
+    ax.set_ylim(bottom=bottom)
+    if (values <= floor).any():
+        ax.text(0.02, 0.02, f"on the bottom edge: {floor:g} or less (exact consensus)", transform=ax.transAxes,
+                fontsize=5, va="bottom")
+    return bottom
+
+
+def plot_comparison(curves: dict[str, list[dict[str, list[float]]]], path: str | Path, *,
                     formats: Sequence[str] = FORMATS) -> Path:
-    """Test accuracy (percent) vs round and vs bytes sent, consensus distance and communication of
-    several runs (one line each, a legend in every panel)."""
-    fig, axes = plt.subplots(1, 4, figsize=(19, 4))
-    every = []
-    for name, m in curves.items():
-        rounds = np.asarray(m.get("round") or np.arange(1, len(m["test_acc_mean"]) + 1))
-        sent = np.cumsum(m["bytes_sent"]) / 1e6
-        axes[0].plot(rounds, _percent(m["test_acc_mean"]), label=name)
-        axes[1].plot(sent[np.clip(rounds - 1, 0, len(sent) - 1)], _percent(m["test_acc_mean"]), label=name)
-        axes[2].plot(rounds, m["consensus_distance"], label=name)
-        axes[3].plot(np.arange(1, len(sent) + 1), sent, label=name)
-        every += list(m["consensus_distance"])
-    axes[0].set(title="test accuracy (mean over nodes)", xlabel="round", ylabel="test accuracy (%)")
-    axes[1].set(title="test accuracy vs communication", xlabel="bytes sent, cumulative (MB)", ylabel="test accuracy (%)")
-    axes[2].set(title="consensus distance", xlabel="round", ylabel="mean_i ||x_i - x̄||")
-    _distance_axis(axes[2], np.asarray(every))
-    axes[3].set(title="communication", xlabel="round", ylabel="bytes sent, cumulative (MB)")
-    for ax in axes:
-        ax.legend(fontsize=8)
-        ax.grid(alpha=0.3)
-    fig.tight_layout()
-    return _save(fig, path, formats)
+    """Training of several topologies, full text width: test accuracy vs round and vs bytes sent,
+    consensus distance and communication; a line per topology (its own line style and marker) with
+    the band from the lowest to the highest seed. ``curves[topology]`` is one metrics dict per seed
+    (a bare dict counts as one seed)."""
+    curves = {t: (c if isinstance(c, list) else [c]) for t, c in curves.items()}
+    with plt.rc_context(PAPER_STYLE):
+        fig, axes = plt.subplots(2, 2, figsize=(FULL, 4.6))
+        axes = axes.ravel()
+        every = []
+        for k, (name, runs) in enumerate(curves.items()):
+            m0 = runs[0]
+            rounds = np.asarray(m0.get("round") or np.arange(1, len(m0["test_acc_mean"]) + 1))
+            n = min(len(m["test_acc_mean"]) for m in runs)
+            rounds = rounds[:n]
+            acc = np.array([_percent(m["test_acc_mean"][:n]) for m in runs])
+            sent = np.array([np.cumsum(m["bytes_sent"]) / 1e6 for m in runs])
+            at = sent[:, np.clip(rounds - 1, 0, sent.shape[1] - 1)]
+            label = f"{name} ({len(runs)} seeds)" if len(runs) > 1 else name
+            _band(axes[0], rounds, acc, label=label, k=k)
+            axes[1].plot(at.mean(axis=0), acc.mean(axis=0), ls=LINESTYLES[k % 4], marker=MARKERS[k % len(MARKERS)],
+                         markevery=max(1, n // 6), label=label)
+            consensus = np.array([np.maximum(np.asarray(m["consensus_distance"][:n], dtype=np.float64), 1e-12) for m in runs])
+            _band(axes[2], rounds, consensus, label=label, k=k, log=True)
+            _band(axes[3], np.arange(1, sent.shape[1] + 1), sent, label=label, k=k)
+            every += list(consensus.ravel())
+        axes[0].set(title="test accuracy (mean over nodes)", xlabel="round", ylabel="test accuracy (%)")
+        axes[1].set(title="test accuracy vs communication", xlabel="bytes sent, cumulative (MB)", ylabel="test accuracy (%)")
+        axes[2].set(title="consensus distance", xlabel="round", ylabel="mean_i ||x_i - x̄||")
+        _floor_axis(axes[2], np.asarray(every))
+        axes[3].set(title="communication", xlabel="round", ylabel="bytes sent, cumulative (MB)")
+        for ax in axes:
+            ax.legend()
+            ax.grid(alpha=0.3)
+        fig.tight_layout()
+        return _save(fig, path, formats)
 
 
 def plot_graph(g: nx.Graph, path: str | Path, *, title: str = "", formats: Sequence[str] = FORMATS) -> Path:
@@ -170,47 +218,93 @@ def plot_ledger(C: np.ndarray, path: str | Path, *, title: str = "influence ledg
 
 def plot_influence_share(mixings: list[np.ndarray], client: int, path: str | Path, *,
                          formats: Sequence[str] = FORMATS) -> Path:
-    """Share of ``client``'s influence at every node after each round (one line per node)."""
+    """Share of ``client``'s influence at every node after each round: the client itself, the
+    other nodes' mean with their min to max as a band, and the uniform share 1/n."""
     from .ledger import share_history
 
     h = share_history(mixings, client)
     n = h.shape[1]
-    fig, ax = plt.subplots(figsize=(7, 4))
-    for i in range(n):
-        ax.plot(np.arange(1, len(h) + 1), h[:, i], lw=2.0 if i == client else 0.8, color="tab:red" if i == client else None,
-                label=f"node {client} (the client itself)" if i == client else ("other nodes" if i == (client + 1) % n else None))
-    ax.axhline(1 / n, color="k", ls="--", lw=0.8, label="uniform 1/n")
-    ax.set(title=f"share of client {client}'s updates held by each node", xlabel="round",
-           ylabel="share of the node's accumulated updates", xscale="log")
-    ax.legend()
-    return _save(fig, path, formats)
+    rounds = np.arange(1, len(h) + 1)
+    others = np.delete(np.arange(n), client)
+    with plt.rc_context(PAPER_STYLE):
+        fig, ax = plt.subplots(figsize=(COLUMN, 2.4))
+        if len(others):
+            ax.fill_between(rounds, h[:, others].min(axis=1), h[:, others].max(axis=1), color="tab:blue", alpha=0.2,
+                            lw=0, label=f"other nodes, min to max ({len(others)})")
+            ax.plot(rounds, h[:, others].mean(axis=1), color="tab:blue", label="other nodes, mean")
+        ax.plot(rounds, h[:, client], color="tab:red", lw=1.5, label=f"node {client} (the client itself)")
+        ax.axhline(1 / n, color="k", ls="--", lw=0.8, label=f"uniform 1/n = {1 / n:.3g}")
+        ax.set(title=f"share of client {client}'s updates held by each node", xlabel="round",
+               ylabel="share of the node's updates", xscale="log")
+        ax.grid(alpha=0.3)
+        ax.legend()
+        return _save(fig, path, formats)
+
+
+ACCURACIES = ("FA", "FA_heldout", "RA", "TA")
+
+
+def _value(m: dict, key: str) -> tuple[float, float, float] | None:
+    """(mean, min, max over nodes) of a metric entry, or ``None``."""
+    v = m.get(key)
+    if isinstance(v, dict):
+        return v["mean"], v.get("min", v["mean"]), v.get("max", v["mean"])
+    return None if v is None else (float(v), float(v), float(v))
 
 
 def plot_unlearning(metrics: dict, path: str | Path, *, formats: Sequence[str] = FORMATS) -> Path:
-    """FA / RA / TA / MIA of the trained, retrained and unlearned models, side by side."""
+    """The trained, retrained and unlearned models side by side: accuracies in percent (bars at the
+    mean over nodes, error bars from the lowest to the highest node, the value written on each bar)
+    and, on its own axis, the membership attack's AUC x 100 (50 = the forgotten data look unseen)."""
     names = [k for k in ("trained", "retrained", "unlearned") if k in metrics]
-    labels = ["FA", "RA", "TA", "MIA"] + (["ASR"] if any("ASR" in metrics[k] for k in names) else [])
-    fig, ax = plt.subplots(figsize=(8, 4))
-    width = 0.8 / len(names)
-    for k, name in enumerate(names):
-        m = metrics[name]
-        vals = [m[x]["mean"] if isinstance(m.get(x), dict) else (m.get(x) or 0.0) for x in labels]
-        ax.bar(np.arange(len(labels)) + k * width, vals, width, label=name)
-    ax.set_xticks(np.arange(len(labels)) + width * (len(names) - 1) / 2, labels)
-    ax.set(xlabel="metric", ylabel="percent (mean over nodes)", title="unlearning metrics (MIA 50 = forgotten data look unseen)")
-    ax.legend()
-    return _save(fig, path, formats)
+    accs = [x for x in ACCURACIES + ("ASR",) if any(_value(metrics[k], x) for k in names)]
+    with plt.rc_context(PAPER_STYLE):
+        fig, (ax, mia) = plt.subplots(1, 2, figsize=(FULL, 2.6), gridspec_kw={"width_ratios": [len(accs), 1.3]})
+        width = 0.8 / len(names)
+        for k, name in enumerate(names):
+            values = [_value(metrics[name], x) or (np.nan,) * 3 for x in accs]
+            mean = np.array([v[0] for v in values])
+            err = np.array([[v[0] - v[1] for v in values], [v[2] - v[0] for v in values]])
+            bars = ax.bar(np.arange(len(accs)) + k * width, mean, width, yerr=err, label=name)
+            ax.bar_label(bars, fmt="%.1f", fontsize=5, padding=2)
+            auc = _value(metrics[name], "MIA")
+            if auc is not None:
+                b = mia.bar([k], [auc[0]], 0.7, color=bars.patches[0].get_facecolor(), label=name)
+                mia.bar_label(b, fmt="%.1f", fontsize=5, padding=2)
+        ax.set_xticks(np.arange(len(accs)) + width * (len(names) - 1) / 2, [a.replace("_", " ") for a in accs])
+        ax.set(ylabel="accuracy (%), mean over nodes", ylim=(0, 110),
+               title="accuracies (error bars: lowest to highest node)")
+        ax.legend(loc="lower right")
+        mia.axhline(50, color="k", ls="--", lw=0.8)
+        mia.set_xticks(range(len(names)), names)
+        mia.set(ylabel="membership attack AUC x 100", ylim=(0, 105), title="MIA (50 = looks unseen)")
+        for a in (ax, mia):
+            a.grid(alpha=0.3, axis="y")
+        fig.tight_layout()
+        return _save(fig, path, formats)
 
 
 def plot_fa_traces(traces: dict[str, list[float]], path: str | Path, *, formats: Sequence[str] = FORMATS) -> Path:
-    """FA after each round of unlearning (and of Retrain's training), the time-to-forget picture."""
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for name, trace in traces.items():
-        ax.plot(np.arange(1, len(trace) + 1), trace, marker="o" if len(trace) < 5 else None, label=name)
-    ax.set(xlabel="round (unlearning; Retrain: training)", ylabel="FA (%)", title="accuracy on the forgotten data")
-    ax.grid(alpha=0.3)
-    ax.legend()
-    return _save(fig, path, formats)
+    """FA after each round: the unlearning methods on the left (x = unlearning round), Retrain on
+    the right (x = its training round), so the two kinds of round never share an axis."""
+    unlearning = {k: v for k, v in traces.items() if k not in ("retrained", "retrain")}
+    retrain = {k: v for k, v in traces.items() if k in ("retrained", "retrain")}
+    with plt.rc_context(PAPER_STYLE):
+        fig, axes = plt.subplots(1, 2 if retrain else 1, figsize=(FULL if retrain else COLUMN, 2.4), squeeze=False,
+                                 sharey=True)
+        for ax, group, xlabel in zip(axes[0], (unlearning, retrain), ("unlearning round", "Retrain's training round")):
+            for k, (name, trace) in enumerate(group.items()):
+                ax.plot(np.arange(1, len(trace) + 1), trace, ls=LINESTYLES[k % 4], marker=MARKERS[k % len(MARKERS)],
+                        markevery=max(1, len(trace) // 8), label=name)
+            ax.set(xlabel=xlabel, ylabel="FA (%)")
+            ax.grid(alpha=0.3)
+            if group:
+                ax.legend()
+        axes[0, 0].set_title("accuracy on the forgotten data while unlearning")
+        if retrain:
+            axes[0, 1].set_title("... and while Retrain trains without them")
+        fig.tight_layout()
+        return _save(fig, path, formats)
 
 
 def plot_probe_per_node(rounds: np.ndarray, values: np.ndarray, highlight: Sequence[int], path: str | Path, *,
@@ -271,74 +365,103 @@ def report_run(run_dir: str | Path, *, formats: Sequence[str] = FORMATS) -> list
     return pngs
 
 
+def _dodged_errorbars(ax, categories: Sequence[str], series: dict[str, list[list[float]]], *, zero: bool = True) -> None:
+    """At each category one point per series (its mean over seeds), side by side, with the 90%
+    t-interval over seeds as error bars (none for one seed); points are not joined. ``zero`` draws
+    the zero line (gaps)."""
+    from .stats import mean_ci
+
+    width = 0.7 / max(1, len(series))
+    for k, (name, per_category) in enumerate(series.items()):
+        x = np.arange(len(categories)) - 0.35 + width * (k + 0.5)
+        cis = [mean_ci(v) if v else (np.nan, np.nan, np.nan) for v in per_category]
+        mean = np.array([c[0] for c in cis])
+        err = np.array([[c[0] - c[1] for c in cis], [c[2] - c[0] for c in cis]])
+        ax.errorbar(x, mean, yerr=np.nan_to_num(err), ls="none", marker=MARKERS[k % len(MARKERS)], label=name)
+    ax.set_xticks(np.arange(len(categories)), categories)
+    if zero:
+        ax.axhline(0, color="k", lw=0.6)
+    ax.grid(alpha=0.3, axis="y")
+
+
 def plot_grid(rows: list[dict], topologies: Sequence[str], methods: Sequence[str], seeds: Sequence[int], *, out: Path,
               formats: Sequence[str] = FORMATS) -> list[Path]:
-    """The figures of a method x topology grid (``p2pforget compare --methods``): test accuracy vs
-    round per topology (mean over seeds), the forgotten client's share of every other node's
-    model vs round (influence ledger, first seed), and unlearning quality (FA and MIA gaps to
-    Retrain) and cost (bytes) against the graph's spectral gap, one line per method."""
+    """The figures of a method x topology grid (``p2pforget compare --methods``), sized for a paper:
+
+    - ``accuracy_vs_round``: training test accuracy per topology (mean over seeds, band from the
+      lowest to the highest seed) and, after unlearning, each method's test accuracy per topology
+      (90% interval over seeds);
+    - ``influence_share_vs_round``: the forgotten client's share of the other nodes' models (first seed);
+    - ``quality_and_cost_vs_spectral_gap``: FA held-out, MIA and (with a poisoned client) ASR gaps
+      to Retrain and the method's bytes, at each topology (ordered by spectral gap, named with it),
+      one point per method with its 90% interval over seeds, never joined across topologies."""
     out = Path(out)
     paths = []
-    fig, ax = plt.subplots(figsize=(7, 4))
-    for t in topologies:
-        curves = []
-        for s in seeds:
-            rf = history.read_h5(out / "runs" / f"{t}-s{s}" / "history.h5")
-            curves.append((rf.arrays["metrics/round"], _percent(rf.arrays["metrics/test_acc_mean"])))
-        ax.plot(curves[0][0], np.mean([c[1] for c in curves], axis=0), label=t)
-    ax.set(title="training: test accuracy (mean over nodes and seeds)", xlabel="round", ylabel="test accuracy (%)")
-    ax.legend(fontsize=8)
-    ax.grid(alpha=0.3)
-    paths.append(_save(fig, out / "accuracy_vs_round.png", formats))
-
-    fig, ax = plt.subplots(figsize=(7, 4))
-    drawn = False
-    for t in topologies:
-        rf = history.read_h5(out / "runs" / f"{t}-s{seeds[0]}" / "history.h5")
-        rounds = int(rf.attrs["rounds_done"])
-        mixings = history.stored_mixings(rf, rounds)
-        client = _forgotten_client(rows)
-        if len(mixings) != rounds or client is None:
-            continue
-        from .ledger import share_history
-
-        h = share_history(mixings, client)
-        others = np.delete(np.arange(h.shape[1]), client)
-        ax.plot(np.arange(1, rounds + 1), h[:, others].mean(axis=1), label=t)
-        drawn = True
-    ax.set(title="the forgotten client's share of the other nodes' models", xlabel="round",
-           ylabel="share (mean over the other nodes)", xscale="log")
-    if drawn:
-        ax.legend(fontsize=8)
-    ax.grid(alpha=0.3)
-    paths.append(_save(fig, out / "influence_share_vs_round.png", formats))
-
     gaps = {t: next(r["spectral_gap"] for r in rows if r["topology"] == t) for t in topologies}
     order = sorted(topologies, key=gaps.get)
-    asr = any(r.get("ASR") is not None for r in rows)
-    fig, axes = plt.subplots(1, 4 if asr else 3, figsize=(21 if asr else 16, 4))
-    for m in methods:
-        def mean(key, t):
-            vals = [r[key] for r in rows if r["topology"] == t and r["method"] == m and r.get(key) is not None]
-            return np.mean(vals) if vals else np.nan
-        x = [gaps[t] for t in order]
-        axes[0].plot(x, [mean("FA_gap_to_retrain", t) for t in order], marker="o", label=m)
-        axes[1].plot(x, [mean("MIA_gap_to_retrain", t) for t in order], marker="o", label=m)
-        axes[2].plot(x, [mean("comm_bytes", t) / 1e6 for t in order], marker="o", label=m)
-        if asr:
-            axes[3].plot(x, [mean("ASR_gap_to_retrain", t) for t in order], marker="o", label=m)
-    axes[0].set(title="forget accuracy − Retrain's", xlabel="spectral gap of the graph", ylabel="FA gap (points)")
-    axes[1].set(title="MIA − Retrain's", xlabel="spectral gap of the graph", ylabel="MIA gap (AUC points)")
-    axes[2].set(title="communication of the method", xlabel="spectral gap of the graph", ylabel="bytes sent (MB)",
-                yscale="symlog")
-    if asr:
-        axes[3].set(title="attack success rate − Retrain's", xlabel="spectral gap of the graph", ylabel="ASR gap (points)")
-    for ax in axes:
-        ax.legend(fontsize=8)
+    ticks = [f"{t}\ngap {gaps[t]:.2g}" for t in order]
+
+    def values(key, t, m):
+        return [r[key] for r in rows if r["topology"] == t and r["method"] == m and r.get(key) is not None]
+
+    with plt.rc_context(PAPER_STYLE):
+        fig, (train, after) = plt.subplots(1, 2, figsize=(FULL, 2.6), gridspec_kw={"width_ratios": [1.4, 1]})
+        for k, t in enumerate(topologies):
+            curves = [history.read_h5(out / "runs" / f"{t}-s{s}" / "history.h5").arrays for s in seeds]
+            n = min(len(c["metrics/round"]) for c in curves)
+            _band(train, curves[0]["metrics/round"][:n], [_percent(c["metrics/test_acc_mean"][:n]) for c in curves],
+                  label=t, k=k)
+        train.set(title=f"training: test accuracy ({len(seeds)} seeds, band = min to max)", xlabel="round",
+                  ylabel="test accuracy (%)")
+        train.legend()
+        train.grid(alpha=0.3)
+        shown = [m for m in methods if any(values("TA", t, m) for t in topologies)]
+        _dodged_errorbars(after, shown, {t: [values("TA", t, m) for m in shown] for t in order}, zero=False)
+        after.set(title="after unlearning: test accuracy (90% CI)", ylabel="test accuracy (%)")
+        after.tick_params(axis="x", rotation=30)
+        after.legend()
+        fig.tight_layout()
+        paths.append(_save(fig, out / "accuracy_vs_round.png", formats))
+
+        fig, ax = plt.subplots(figsize=(COLUMN, 2.4))
+        drawn = False
+        client = _forgotten_client(rows)
+        for k, t in enumerate(topologies):
+            rf = history.read_h5(out / "runs" / f"{t}-s{seeds[0]}" / "history.h5")
+            rounds = int(rf.attrs["rounds_done"])
+            mixings = history.stored_mixings(rf, rounds)
+            if len(mixings) != rounds or client is None:
+                continue
+            from .ledger import share_history
+
+            h = share_history(mixings, client)
+            others = np.delete(np.arange(h.shape[1]), client)
+            ax.plot(np.arange(1, rounds + 1), h[:, others].mean(axis=1), ls=LINESTYLES[k % 4], label=t)
+            drawn = True
+        ax.set(title="the forgotten client's share of the other nodes' models", xlabel="round",
+               ylabel="share (mean over the other nodes)", xscale="log")
+        if drawn:
+            ax.legend()
         ax.grid(alpha=0.3)
-        ax.set_xscale("log")
-    fig.tight_layout()
-    paths.append(_save(fig, out / "quality_and_cost_vs_spectral_gap.png", formats))
+        paths.append(_save(fig, out / "influence_share_vs_round.png", formats))
+
+        asr = any(r.get("ASR") is not None for r in rows)
+        fa_key = "FA_heldout_gap_to_retrain" if any(r.get("FA_heldout_gap_to_retrain") is not None for r in rows) \
+            else "FA_gap_to_retrain"
+        panels = [(fa_key, "forget accuracy" + (" (held out)" if "heldout" in fa_key else "") + " − Retrain's",
+                   "gap (points)", 1.0),
+                  ("MIA_gap_to_retrain", "MIA − Retrain's", "gap (AUC x 100)", 1.0),
+                  ("comm_bytes", "communication of the method", "bytes sent (MB)", 1e-6)]
+        if asr:
+            panels.append(("ASR_gap_to_retrain", "attack success rate − Retrain's", "gap (points)", 1.0))
+        fig, axes = plt.subplots(1, len(panels), figsize=(FULL, 2.5))
+        for ax, (key, title, ylabel, scale) in zip(axes, panels):
+            _dodged_errorbars(ax, ticks, {m: [[v * scale for v in values(key, t, m)] for t in order] for m in methods})
+            ax.set(title=title, ylabel=ylabel, xlabel="topology (spectral gap)")
+        handles, labels = axes[0].get_legend_handles_labels()
+        fig.legend(handles, labels, loc="lower center", ncol=min(len(labels), 6), bbox_to_anchor=(0.5, -0.02))
+        fig.tight_layout(rect=(0, 0.1, 1, 1))
+        paths.append(_save(fig, out / "quality_and_cost_vs_spectral_gap.png", formats))
     return paths
 
 

@@ -1,9 +1,10 @@
 """The method x topology x seed grid: resumable, the same CSV in one process or as array tasks."""
 import csv
+from pathlib import Path
 
 import pytest
 
-from p2pforget import compare, config
+from p2pforget import compare, config, report
 from p2pforget.__main__ import main
 
 CFG = {"run": {"seed": 0, "rounds": 6, "eval_every": 2}, "topology": {"n_clients": 6},
@@ -20,6 +21,10 @@ def _rows(path):
 
 def test_grid_writes_every_cell_and_resumes_without_rerunning(tmp_path, monkeypatch):
     cfg = config.from_dict(CFG)
+    figures = {}
+    real_save = report._save
+    monkeypatch.setattr(report, "_save", lambda fig, path, formats=report.FORMATS:
+                        figures.setdefault(Path(path).stem, fig) and real_save(fig, path, formats))
     rows = compare.grid(cfg, SPEC, out=tmp_path / "g")
     assert len(rows) == 12
     table = _rows(tmp_path / "g" / "compare.csv")
@@ -35,8 +40,9 @@ def test_grid_writes_every_cell_and_resumes_without_rerunning(tmp_path, monkeypa
     star = [r for r in table if r["topology"] == "star"]
     assert all(float(r["spectral_gap"]) == 1.0 for r in star)
     for name in ("compare.md", "timing.csv", "accuracy_vs_round.png", "influence_share_vs_round.png",
-                 "quality_and_cost_vs_spectral_gap.png"):
+                 "quality_and_cost_vs_spectral_gap.png", "quality_and_cost_vs_spectral_gap.pdf"):
         assert (tmp_path / "g" / name).is_file()
+    _check_grid_figures(figures)
 
     # a killed grid: one cell lost; the rerun computes that cell only, and no training
     (tmp_path / "g" / "cells" / "star__finetune__s1.json").unlink()
@@ -48,6 +54,33 @@ def test_grid_writes_every_cell_and_resumes_without_rerunning(tmp_path, monkeypa
     compare.grid(cfg, SPEC, out=tmp_path / "g")
     assert calls == ["finetune"]
     assert _rows(tmp_path / "g" / "compare.csv") == table
+
+
+def _check_grid_figures(figures):
+    """Paper-ready: full text width, topologies as named categories (ordered by spectral gap, never
+    joined by a line), every method's point with its 90% interval over the two seeds, one legend."""
+    from matplotlib.container import ErrorbarContainer
+
+    quality = figures["quality_and_cost_vs_spectral_gap"]
+    assert quality.get_figwidth() == report.FULL
+    axes = [ax for ax in quality.axes if ax.axison]
+    assert [ax.get_title() for ax in axes] == ["forget accuracy (held out) − Retrain's", "MIA − Retrain's",
+                                               "communication of the method"]
+    for ax in axes:
+        ticks = [t.get_text() for t in ax.get_xticklabels()]
+        assert ticks[0].startswith("ring\ngap") and ticks[1] == "star\ngap 1"
+        bars = [c for c in ax.containers if isinstance(c, ErrorbarContainer)]
+        assert len(bars) == 3 and all(c.lines[0].get_linestyle() == "None" for c in bars)
+        assert all(c.has_yerr for c in bars)
+    finetune = [c for c in axes[1].containers if isinstance(c, ErrorbarContainer)][1]
+    segments = finetune.lines[2][0].get_segments()  # one interval per topology, from the two seeds' MIA gaps
+    assert len(segments) == 2 and any(seg[1][1] > seg[0][1] for seg in segments)
+    (legend,) = quality.legends
+    assert [t.get_text() for t in legend.get_texts()] == ["retrain", "finetune", "certified"]
+    train, after = [ax for ax in figures["accuracy_vs_round"].axes if ax.axison]
+    assert len(train.collections) == 2  # a seed band per topology
+    assert [t.get_text() for t in after.get_xticklabels()] == ["retrain", "finetune", "certified"]
+    assert len([c for c in after.containers if isinstance(c, ErrorbarContainer)]) == 2
 
 
 def test_array_tasks_then_merge_give_the_same_csv(tmp_path, capsys):

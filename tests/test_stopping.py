@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from p2pforget import Engine, config, forget
-from p2pforget.unlearn.stopping import Monitor, collapsed, plateaued, validation_clients
+from p2pforget.unlearn.stopping import Monitor, collapsed, plateaued, retained_rows, validation_clients
 
 UNMONITORED = config.StoppingConfig(rule="budget", guard=False)
 
@@ -91,22 +91,69 @@ def test_checks_are_charged_to_the_method():
         r = forget(e, clients=[2], method="finetune", reference=False, progress=False, rounds=3, stopping=stopping)
         assert r.status["status"] == "budget_exhausted"
         costs[name] = r.cost["unlearn"].flops
-    # the same three rounds; the guarded run also evaluated the validation set five times (start,
-    # three checks, the release)
+    # the same three rounds; the guarded run also evaluated the validation set and the retained
+    # samples five times each (start, three checks, the release)
     e = Engine(config=engine.config)
     e.load_state(state)
     m = Monitor.build(e, config.StoppingConfig(), forgotten={2: np.arange(40)}, nodes=np.array([0, 1, 3, 4, 5]))
     from p2pforget.unlearn import measured
 
     one = measured(lambda: m.mean_score(e.params, m.validation_set))[2]
-    assert one > 0 and costs["guarded"] - costs["bare"] == pytest.approx(5 * one, rel=1e-9)
+    retained = measured(lambda: m.mean_score(e.params, m.retained_set))[2]
+    assert one > 0 and retained > 0
+    assert costs["guarded"] - costs["bare"] == pytest.approx(5 * (one + retained), rel=1e-9)
 
 
-def _scripted(monitor, validation):
-    """The monitor with the validation accuracies it will see set in advance (FA stays flat)."""
-    values = iter(validation)
-    monitor.mean_score = lambda params, batch: next(values) if batch is monitor.validation_set else 50.0
+def _scripted(monitor, validation, retained=None):
+    """The monitor with the validation (and retained) accuracies it will see set in advance (FA stays
+    flat; the retained accuracy too unless given)."""
+    values, kept = iter(validation), iter(retained or [])
+
+    def score(params, batch):
+        if batch is monitor.validation_set:
+            return next(values)
+        return next(kept, 50.0) if batch is monitor.retained_set else 50.0
+
+    monitor.mean_score = score
     return monitor
+
+
+def test_retained_samples_the_guard_scores_are_the_untouched_clients_kept_data_thinned_by_seed():
+    engine = _engine()
+    nodes = np.array([0, 1, 3, 4, 5])
+    m = Monitor.build(engine, engine.config.stopping, forgotten={2: np.arange(40)}, nodes=nodes)
+    d = engine.data
+    want = np.concatenate([d.x[j][engine.retained[j]] for j in (0, 1, 3, 4, 5)])
+    assert np.array_equal(m.retained_set["x"].numpy(), want.astype(np.float32))
+    thin = retained_rows(engine, nodes, limit=50)
+    assert thin.sum() == 50 and not thin[2].any() and not (thin & ~engine.retained).any()
+    assert np.array_equal(thin, retained_rows(engine, nodes, limit=50))  # drawn with the run's seed
+    off = Monitor.build(engine, config.StoppingConfig(guard_retained=False), forgotten={2: np.arange(40)}, nodes=nodes)
+    assert off.retained_set is None and off.validation_set is not None
+
+
+def test_the_guard_rolls_back_a_run_whose_retained_accuracy_stays_down():
+    # the validation accuracy comes back (80 -> 78) but the retained accuracy ends 6 points down
+    engine = _engine()
+    m = _scripted(Monitor.build(engine, config.StoppingConfig(rule="budget"), forgotten={2: np.arange(40)},
+                                nodes=np.array([0, 1, 3, 4, 5])),
+                  [80.0, 5.0, 60.0, 78.0], retained=[90.0, 10.0, 80.0, 84.0])
+    m.begin(engine.params)
+    assert not any(m.check(engine.params + k) for k in (1, 2, 3))
+    assert m.roll_back and m.good_checks == 0 and torch.equal(m.last_good, engine.params)
+
+
+def test_the_plateau_rule_waits_for_the_retained_accuracy_to_come_back():
+    # validation stays at its start and FA is flat, but the retained accuracy fell 6 points (check 1
+    # fails the guard) and is still rising: the rule stops once it has stayed within 1 point of its
+    # start (90) for three checks (89.2, 89.5, 89.6: check 6), not when FA first looks settled (check 4)
+    engine = _engine()
+    m = _scripted(Monitor.build(engine, engine.config.stopping, forgotten={2: np.arange(40)},
+                                nodes=np.array([0, 1, 3, 4, 5])),
+                  [80.0] * 11, retained=[90.0, 84.0, 86.0, 87.5, 89.2, 89.5, 89.6, 89.7, 89.8, 89.9, 90.0])
+    m.begin(engine.params)
+    checks = next(k for k in range(1, 10) if m.check(engine.params))
+    assert checks == 6 and m.good_checks == 5
 
 
 @pytest.mark.parametrize("validation, rolled_back, good", [

@@ -10,8 +10,11 @@ fixes the rule and its defaults).
   repair is in progress (:func:`recovering`: the validation accuracy fell below its start and is
   still rising, and has not yet stayed back at its start for that many checks). Otherwise it runs its round budget (its own ``rounds`` or ``steps``).
 - **Collapse guard**: the validation accuracy is the staying clients' held-out split
-  (``data.holdout_fraction``: never trained on, and not the test split). A check *fails* when it
-  is more than ``stopping.guard_points`` below the trained models'. The guard never
+  (``data.holdout_fraction``: never trained on, and not the test split); with
+  ``stopping.guard_retained`` the guard also scores the staying clients' own training samples (at
+  most :data:`RETAINED_CHECK_SAMPLES` of them). A check *fails* when the validation accuracy is more
+  than ``stopping.guard_points`` below the trained models', or the retained accuracy more than
+  ``stopping.retained_points`` below theirs; a repair on either keeps the plateau rule waiting. The guard never
   stops a method early: a model that fails a check may be on its way back (NoT breaks the model on
   purpose and then repairs it, and its repair can stay flat for several rounds before it rises).
   It trips when the method ends on a failed check. The models then roll back to the last check that
@@ -104,19 +107,48 @@ def _batch(engine: "Engine", x: np.ndarray, y: np.ndarray, extras: dict[str, np.
     return {k: v.to(engine.device) for k, v in out.items()}
 
 
+RETAINED_CHECK_SAMPLES = 1024   # the retained samples the guard scores, at most (drawn once per request)
+
+
+def retained_rows(engine: "Engine", clients: np.ndarray, *, limit: int = RETAINED_CHECK_SAMPLES) -> np.ndarray:
+    """A ``[n_clients, n_max]`` mask of the training samples ``clients`` keep, thinned to at most
+    ``limit`` of them, drawn with the run's seed (the same samples at any rank count).
+
+    >>> # doctest: +SKIP
+    >>> retained_rows(engine, np.array([0, 1])).sum() <= RETAINED_CHECK_SAMPLES
+    True
+    """
+    rows = np.zeros_like(engine.retained)
+    rows[clients] = engine.retained[clients]
+    flat = np.flatnonzero(rows)
+    if len(flat) > limit:
+        keep = np.random.default_rng(engine.config.run.seed).choice(flat, size=limit, replace=False)
+        rows = np.zeros_like(rows)
+        rows.flat[keep] = True
+    return rows
+
+
 @dataclass
 class Monitor:
-    """The stopping rule and the collapse guard of one forget request (see the module docstring);
-    :meth:`fresh` gives an unused copy (for a re-run that counts FLOPs)."""
+    """The stopping rule and the collapse guard of one forget request (see the module docstring).
+
+    The guard watches two accuracies of the staying nodes' models, each against its value for the
+    models the method starts from: on the validation split (``validation_set``, points
+    ``guard_points``) and, with ``guard_retained``, on the staying clients' own training samples
+    (``retained_set``, points ``retained_points``): a repair can bring the first back while the second
+    stays down (docs/methods/stopping.md)."""
 
     engine: "Engine"
     options: "StoppingConfig"
     forget_set: dict[str, torch.Tensor]
     validation_set: dict[str, torch.Tensor] | None
     nodes: np.ndarray
+    retained_set: dict[str, torch.Tensor] | None = None
     start: float | None = None            # validation accuracy of the models the method starts from
+    retained_start: float | None = None   # their accuracy on the retained samples the guard scores
     fa: list[float] = field(default_factory=list)
     validation: list[float] = field(default_factory=list)
+    retained: list[float] = field(default_factory=list)
     last_good: torch.Tensor | None = None
     good_checks: int = 0
     calls: int = 0
@@ -137,31 +169,55 @@ class Monitor:
             held = np.zeros(d.y_holdout.shape, dtype=bool)
             held[clients] = np.arange(d.y_holdout.shape[1])[None, :] < d.holdout_counts[clients, None]
             validation = _batch(engine, d.x_holdout[held], d.y_holdout[held], {k: v[held] for k, v in d.extras_holdout.items()})
-        return cls(engine=engine, options=options, forget_set=forget_set, validation_set=validation, nodes=nodes)
+        retained = None
+        if options.guard and options.guard_retained:
+            untouched = np.asarray([j for j in nodes if int(j) not in forgotten and j < len(rows)], dtype=np.int64)
+            kept = retained_rows(engine, untouched)
+            if kept.any():
+                retained = _batch(engine, d.x[kept], d.y[kept], {k: v[kept] for k, v in d.extras.items()})
+        return cls(engine=engine, options=options, forget_set=forget_set, validation_set=validation, nodes=nodes,
+                   retained_set=retained)
 
     @property
     def guarded(self) -> bool:
-        return self.validation_set is not None
+        return self.validation_set is not None or self.retained_set is not None
 
     def mean_score(self, params: torch.Tensor, batch: dict[str, torch.Tensor]) -> float:
         """Mean over the staying nodes of the task's score (percent); the same number on every rank."""
         return self.engine.transport.bcast_object(metrics.mean_score(self.engine, params, batch, nodes=self.nodes))
 
+    def _health(self, params: torch.Tensor) -> tuple[float | None, float | None]:
+        """The validation and retained accuracies of ``params`` (``None`` for a set not watched)."""
+        return tuple(None if b is None else self.mean_score(params, b) for b in (self.validation_set, self.retained_set))
+
+    def _fails(self, validation: float | None, retained: float | None) -> bool:
+        o = self.options
+        return ((validation is not None and collapsed(validation, self.start, points=o.guard_points))
+                or (retained is not None and collapsed(retained, self.retained_start, points=o.retained_points)))
+
     def begin(self, params: torch.Tensor) -> None:
-        """Record the starting models' validation accuracy (part of the guard's cost)."""
-        if self.guarded:
-            self.start = self.mean_score(params, self.validation_set)
+        """Record the starting models' validation and retained accuracies (part of the guard's cost)."""
+        self.start, self.retained_start = self._health(params)
         self.last_good = params.detach().clone()
         if self.options.rule == "plateau":
             self.fa = [self.mean_score(params, self.forget_set)]
+
+    def repairing(self) -> bool:
+        """Whether a repair is in progress on either watched accuracy (:func:`recovering`)."""
+        o = self.options
+        return any(start is not None and recovering(trace, start, rounds=o.plateau_rounds, points=o.plateau_points)
+                   for trace, start in ((self.validation, self.start), (self.retained, self.retained_start)))
 
     def check(self, params: torch.Tensor) -> bool:
         """After one of the method's rounds: ``True`` when it should stop (the plateau rule)."""
         self.calls += 1
         if self.guarded:
-            value = self.mean_score(params, self.validation_set)
-            self.failing = collapsed(value, self.start, points=self.options.guard_points)
-            self.validation.append(value)
+            validation, retained = self._health(params)
+            if validation is not None:
+                self.validation.append(validation)
+            if retained is not None:
+                self.retained.append(retained)
+            self.failing = self._fails(validation, retained)
             if self.failing:
                 return False
         self.last_good = params.detach().clone()
@@ -170,8 +226,7 @@ class Monitor:
             return False
         self.fa.append(self.mean_score(params, self.forget_set))
         o = self.options
-        if plateaued(self.fa, rounds=o.plateau_rounds, points=o.plateau_points) and not (
-                self.guarded and recovering(self.validation, self.start, rounds=o.plateau_rounds, points=o.plateau_points)):
+        if plateaued(self.fa, rounds=o.plateau_rounds, points=o.plateau_points) and not self.repairing():
             self.stopped = True
         return self.stopped
 
@@ -183,14 +238,15 @@ class Monitor:
 
     def final(self, released: torch.Tensor) -> dict[str, Any]:
         """The status of the released models (after any roll-back) and what the guard saw."""
-        value = self.mean_score(released, self.validation_set) if self.guarded else None
+        validation, retained = self._health(released) if self.guarded else (None, None)
         if self.failing:
             status = "rolled_back"
-        elif value is not None and collapsed(value, self.start, points=self.options.guard_points):
+        elif self._fails(validation, retained):
             status = "collapsed"
         elif self.stopped or self.calls == 0:
             status = "ok"
         else:
             status = "budget_exhausted"
         return {"status": status, "flagged": status in FLAGGED, "checks": self.calls, "good_checks": self.good_checks,
-                "validation_start": self.start, "validation_final": value, "fa_checks": list(self.fa)}
+                "validation_start": self.start, "validation_final": validation,
+                "retained_start": self.retained_start, "retained_final": retained, "fa_checks": list(self.fa)}
