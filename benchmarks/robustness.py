@@ -61,7 +61,7 @@ DATASETS = {
 
 def base_config(dataset: str):
     overrides, _ = DATASETS[dataset]
-    common = {"run": {"rounds": 30}, "topology": {"n_clients": 12, "erdos_renyi": {"p": 0.4}},
+    common = {"run": {"rounds": 30}, "topology": {"n_clients": 12, "erdos_renyi": {"p": 0.4, "redraws": 100}},
               "unlearn": {"clients": [3]}, "audit": {"after_forget": False}}
     for section, values in overrides.items():
         common[section] = common.get(section, {}) | values

@@ -138,19 +138,12 @@ def _band(ax, x, runs: np.ndarray, *, label: str, k: int, log: bool = False) -> 
         ax.fill_between(x, runs.min(axis=0), runs.max(axis=0), color=line.get_color(), alpha=0.2, lw=0)
 
 
-def _floor_axis(ax, values: np.ndarray, floor: float = 1e-12) -> float:
-    """A log axis that starts at the smallest value above ``floor`` (a decade below it); values at
-    or below ``floor`` (a star's exact consensus) are drawn on the axis' bottom edge and named
-    there, so no empty decades are shown."""
+def _log_floor(values: np.ndarray, floor: float = 1e-12) -> float:
+    """The bottom of a log axis for ``values``: a decade below the smallest value above ``floor``
+    (values at or below it, a star's exact consensus, go on the bottom edge: no empty decades)."""
     values = np.asarray(values, dtype=np.float64)
     above = values[values > floor]
-    bottom = 10 ** np.floor(np.log10(above.min())) / 10 if above.size else floor
-    ax.set_yscale("log")
-    ax.set_ylim(bottom=bottom)
-    if (values <= floor).any():
-        ax.text(0.02, 0.02, f"on the bottom edge: {floor:g} or less (exact consensus)", transform=ax.transAxes,
-                fontsize=5, va="bottom")
-    return bottom
+    return float(10 ** np.floor(np.log10(above.min())) / 10) if above.size else floor
 
 
 def plot_comparison(curves: dict[str, list[dict[str, list[float]]]], path: str | Path, *,
@@ -163,7 +156,9 @@ def plot_comparison(curves: dict[str, list[dict[str, list[float]]]], path: str |
     with plt.rc_context(PAPER_STYLE):
         fig, axes = plt.subplots(2, 2, figsize=(FULL, 4.6))
         axes = axes.ravel()
-        every = []
+        consensus = {t: np.array([np.asarray(m["consensus_distance"], dtype=np.float64) for m in runs])
+                     for t, runs in curves.items()}
+        bottom = _log_floor(np.concatenate([c.ravel() for c in consensus.values()]))
         for k, (name, runs) in enumerate(curves.items()):
             m0 = runs[0]
             rounds = np.asarray(m0.get("round") or np.arange(1, len(m0["test_acc_mean"]) + 1))
@@ -176,14 +171,14 @@ def plot_comparison(curves: dict[str, list[dict[str, list[float]]]], path: str |
             _band(axes[0], rounds, acc, label=label, k=k)
             axes[1].plot(at.mean(axis=0), acc.mean(axis=0), ls=LINESTYLES[k % 4], marker=MARKERS[k % len(MARKERS)],
                          markevery=max(1, n // 6), label=label)
-            consensus = np.array([np.maximum(np.asarray(m["consensus_distance"][:n], dtype=np.float64), 1e-12) for m in runs])
-            _band(axes[2], rounds, consensus, label=label, k=k, log=True)
+            exact = (consensus[name][:, :n] <= 1e-12).all()
+            _band(axes[2], rounds, np.maximum(consensus[name][:, :n], bottom), k=k, log=True,
+                  label=f"{label}: exact, on the bottom edge" if exact else label)
             _band(axes[3], np.arange(1, sent.shape[1] + 1), sent, label=label, k=k)
-            every += list(consensus.ravel())
         axes[0].set(title="test accuracy (mean over nodes)", xlabel="round", ylabel="test accuracy (%)")
         axes[1].set(title="test accuracy vs communication", xlabel="bytes sent, cumulative (MB)", ylabel="test accuracy (%)")
-        axes[2].set(title="consensus distance", xlabel="round", ylabel="mean_i ||x_i - x̄||")
-        _floor_axis(axes[2], np.asarray(every))
+        axes[2].set(title="consensus distance", xlabel="round", ylabel="mean_i ||x_i - x̄||", yscale="log")
+        axes[2].set_ylim(bottom=bottom)
         axes[3].set(title="communication", xlabel="round", ylabel="bytes sent, cumulative (MB)")
         for ax in axes:
             ax.legend()

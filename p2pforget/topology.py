@@ -128,9 +128,12 @@ def complete(n: int, **_) -> nx.Graph:
 
 @dataclass(frozen=True)
 class ErdosRenyiOptions:
-    """Keys of ``[topology.erdos_renyi]``: the edge probability."""
+    """Keys of ``[topology.erdos_renyi]``: the edge probability, and how many further graphs may be
+    drawn when one is disconnected (``redraws``; 0 refuses a disconnected draw). Redrawing samples
+    G(n, p) conditioned on being connected, the same graph for the same seed."""
 
     p: float = bounded(0.3, 0.0, 1.0)
+    redraws: int = bounded(0, 0)
 
 
 @dataclass(frozen=True)
@@ -149,10 +152,16 @@ class RandomRegularOptions:
 
 
 @TOPOLOGIES.register("erdos_renyi", options=ErdosRenyiOptions, help="G(n, p) random graph (seeded; must be connected)")
-def erdos_renyi(n: int, *, seed: int, p: float, **_) -> nx.Graph:
+def erdos_renyi(n: int, *, seed: int, p: float, redraws: int = 0, **_) -> nx.Graph:
     if not 0 < p <= 1:
         raise TopologyError(f"erdos_renyi needs an edge probability p in (0, 1]; got p = {p}")
-    return nx.gnp_random_graph(n, p, seed=seed)
+    rng = np.random.default_rng(seed)
+    g = nx.gnp_random_graph(n, p, seed=seed)
+    for _ in range(redraws):
+        if nx.is_connected(g):
+            break
+        g = nx.gnp_random_graph(n, p, seed=int(rng.integers(2**31)))
+    return g
 
 
 @TOPOLOGIES.register("small_world", options=SmallWorldOptions,
@@ -204,7 +213,8 @@ def build_graph(kind: str, n_clients: int, *, seed: int = 0, path: str | Path = 
     defaults = entry.meta.get("options")
     given = (dataclasses.asdict(defaults()) if defaults is not None else {}) | options
     g = entry.obj(n_clients, seed=seeding.int_seed(seed, purpose=f"topology/{kind}"), path=path, **given)
-    check_connected(g, hint={"erdos_renyi": "raise topology.erdos_renyi.p or change run.seed",
+    check_connected(g, hint={"erdos_renyi": "raise topology.erdos_renyi.p, change run.seed, or allow "
+                                             "topology.erdos_renyi.redraws",
                              "small_world": "raise topology.small_world.k or lower topology.small_world.beta"}.get(kind, ""))
     return g
 

@@ -59,8 +59,10 @@ def test_comparison_has_seed_bands_a_legend_in_every_panel_and_no_empty_decades(
     ring_line, star_line = axes[0].lines[:2]
     assert ring_line.get_linestyle() != star_line.get_linestyle()  # one line never hides the other
     consensus = axes[2]
-    assert consensus.get_yscale() == "log" and consensus.get_ylim()[0] >= 1e-5  # not down to the star's 1e-16
-    assert any("exact consensus" in t.get_text() for t in consensus.texts)
+    assert consensus.get_yscale() == "log" and consensus.get_ylim()[0] == pytest.approx(1e-5)  # not down to 1e-16
+    star_consensus = consensus.lines[1]
+    assert star_consensus.get_ydata().tolist() == pytest.approx([1e-5] * 3)  # drawn on the bottom edge, and named
+    assert consensus.get_legend().get_texts()[1].get_text() == "star (2 seeds): exact, on the bottom edge"
 
 
 def test_unlearning_figure_writes_values_spread_and_the_attack_on_its_own_axis(tmp_path, figures):

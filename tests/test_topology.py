@@ -57,6 +57,20 @@ def test_disconnected_graph_is_a_clear_error():
         topology.build_graph("erdos_renyi", 30, p=0.01)
 
 
+def test_erdos_renyi_redraws_until_connected_the_same_graph_for_the_same_seed():
+    # seed 2 draws a disconnected G(12, 0.2): refused by default, redrawn when allowed
+    with pytest.raises(TopologyError, match="topology.erdos_renyi.redraws"):
+        topology.build_graph("erdos_renyi", 12, seed=2, p=0.2)
+    g = topology.build_graph("erdos_renyi", 12, seed=2, p=0.2, redraws=50)
+    assert nx.is_connected(g) and sorted(g.edges) == sorted(topology.build_graph("erdos_renyi", 12, seed=2, p=0.2,
+                                                                                redraws=50).edges)
+    # a first draw that is connected is kept: redraws change no existing graph
+    assert sorted(topology.build_graph("erdos_renyi", 12, seed=1, p=0.2, redraws=50).edges) == \
+        sorted(topology.build_graph("erdos_renyi", 12, seed=1, p=0.2).edges)
+    with pytest.raises(TopologyError, match="disconnected"):
+        topology.build_graph("erdos_renyi", 30, p=0.01, redraws=3)  # too sparse to connect in 3 tries
+
+
 def test_graph_files(tmp_path):
     g = topology.build_graph("file", 6, path="topologies/barbell6.edgelist")
     assert g.number_of_edges() == 7 and nx.is_connected(g)
