@@ -4,7 +4,9 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import time
 import traceback
+import warnings
 from importlib import resources
 from pathlib import Path
 
@@ -434,18 +436,41 @@ def _close_progress_bars() -> None:
         bar.close()
 
 
+OFF_ROOT_ERROR_DELAY = 3.0
+"""Seconds a rank other than 0 waits, once MPI runs, before printing its error: every rank usually
+meets the same error (a file, a collective check), and the root's report aborts the job first; an
+error of that rank alone is still printed, named by its rank. Before MPI starts (the command line,
+the config) every rank reads the same input, so only the root prints."""
+
+
+def _mpi_running() -> bool:
+    mpi = sys.modules.get("mpi4py.MPI")
+    return mpi is not None and mpi.Is_initialized() and not mpi.Is_finalized()
+
+
 def main(argv: list[str] | None = None) -> int:
+    from .transport import launched_rank
+
     args = parser().parse_args(argv)
     before = os.environ.get("TQDM_DISABLE")
     if args.quiet:
         os.environ["TQDM_DISABLE"] = "1"
+    rank = launched_rank()
     try:
-        return args.fn(args)
+        with warnings.catch_warnings():
+            if rank != 0:  # every rank would warn alike: the root speaks for the job
+                warnings.simplefilter("ignore")
+            return args.fn(args)
     except (ValueError, OSError) as e:
         message = str(e) if not isinstance(e, OSError) or not e.strerror else f"{e.strerror}: {e.filename or ''}".rstrip(": ")
         if not getattr(e, "reported_by_root", False):
             _close_progress_bars()
-            print(f"p2pforget: error: {'; '.join(line.strip() for line in message.splitlines() if line.strip())}", file=sys.stderr)
+            if rank != 0 and _mpi_running():
+                time.sleep(OFF_ROOT_ERROR_DELAY)
+            if rank == 0 or _mpi_running():
+                where = f"rank {rank}: " if rank != 0 else ""
+                text = "; ".join(line.strip() for line in message.splitlines() if line.strip())
+                print(f"p2pforget: error: {where}{text}", file=sys.stderr)
         _abort_other_ranks(2)
         return 2
     except KeyboardInterrupt:

@@ -151,3 +151,21 @@ def test_every_key_the_launch_scripts_name_exists():
     assert named, "the launch scripts name no key: the pattern is stale"
     for override in sorted(named):
         config.with_overrides(config.from_dict({}), [override])
+
+
+def test_warnings_and_errors_are_printed_once_per_job(tmp_path):
+    """Every rank meets the same warning and the same config error: the job prints each once (the
+    root's), not once per rank."""
+    path = tmp_path / "exp.toml"
+    path.write_text(config.dumps(config.from_dict({
+        "run": {"rounds": 2}, "topology": {"kind": "torus", "n_clients": 16},
+        "data": {"n_samples_per_client": 4, "n_test": 5}, "train": {"algorithm": "gradient_tracking"}})))
+    run = [str(MPIRUN), "-n", "3", "--oversubscribe", sys.executable, "-m", "p2pforget", "--quiet", "run", str(path)]
+    res = subprocess.run(run + ["--out", str(tmp_path / "out")], env=ENV, capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stderr
+    assert sum("gradient tracking may stall" in line for line in res.stderr.splitlines()) == 1, res.stderr
+    res = subprocess.run(run + ["--set", "train.lrr=0.1", "--out", str(tmp_path / "bad")], env=ENV,
+                         capture_output=True, text=True, timeout=120)
+    assert res.returncode == 2, res.stderr
+    errors = [line for line in res.stderr.splitlines() if "p2pforget: error:" in line]
+    assert len(errors) == 1 and "train.lrr" in errors[0] and "rank" not in errors[0], res.stderr

@@ -84,6 +84,7 @@ class Transport(ABC):
 
 _LAUNCHER_SIZE_VARS = ("OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "PMIX_SIZE", "MPI_LOCALNRANKS")
 _LAUNCHER_LOCAL_RANK_VARS = ("OMPI_COMM_WORLD_LOCAL_RANK", "SLURM_LOCALID", "MPI_LOCALRANKID", "PMI_LOCAL_RANK")
+_LAUNCHER_RANK_VARS = ("OMPI_COMM_WORLD_RANK", "PMI_RANK", "PMIX_RANK")
 
 
 def _launcher_int(names: tuple[str, ...], default: int) -> int:
@@ -97,6 +98,12 @@ def _launcher_int(names: tuple[str, ...], default: int) -> int:
 def launched_size() -> int:
     """How many ranks the MPI launcher (mpirun/mpiexec/srun) started, read from its environment; 1 if none."""
     return _launcher_int(_LAUNCHER_SIZE_VARS, 1)
+
+
+def launched_rank() -> int:
+    """This process's rank in the launched job, read from the launcher's environment (known before
+    MPI starts); 0 if not launched by MPI."""
+    return _launcher_int(_LAUNCHER_RANK_VARS, 0)
 
 
 def launched_local_rank() -> int:
