@@ -1,6 +1,8 @@
 """SFR-on: the saliency mask against a direct computation, the fast-slow update against a
 hand-computed two-step example, and where it runs (only the nodes holding forget data on a
 gossip graph; the hub on the star)."""
+import warnings
+
 import numpy as np
 import pytest
 import torch
@@ -120,6 +122,21 @@ def test_on_a_gossip_graph_only_the_node_holding_forget_data_changes():
     outcome = SFRon().unlearn(engine, request, SFRonOptions(steps=10))
     changed = (engine.params != before).any(dim=1).tolist()
     assert changed == [False, False, True, False, False, False] and outcome.comm_bytes == 0.0
+
+
+def test_holders_placement_on_a_whole_client_request_says_it_changes_no_staying_node():
+    engine = Engine(config=_cfg("ring", 6))
+    engine.train(3, progress=False)
+    before = engine.params.clone()
+    with pytest.warns(UserWarning, match="no staying node changes and nothing is sent.*placement = 'auto'"):
+        outcome = SFRon().unlearn(engine, ForgetRequest.build(engine, clients=[2]), SFRonOptions(steps=3, placement="holders"))
+    stay = [0, 1, 3, 4, 5]
+    assert outcome.comm_bytes == 0.0 and torch.equal(engine.params[stay], before[stay])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the default placement acts on the staying nodes: no note
+        engine2 = Engine(config=_cfg("ring", 6))
+        engine2.train(3, progress=False)
+        SFRon().unlearn(engine2, ForgetRequest.build(engine2, clients=[2]), SFRonOptions(steps=1))
 
 
 def test_every_node_placement_runs_at_the_nodes_that_stay_and_counts_requests_per_hop():

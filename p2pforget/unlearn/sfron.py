@@ -40,6 +40,7 @@ Every ``check_every`` steps the request's stopping rule and collapse guard look 
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Callable
 
@@ -216,6 +217,11 @@ class SFRon:
         if not engine.is_star and placement == "every_node":
             comm = self._at_every_node(engine, request, options)
             return Outcome.plain(engine.params.clone(), comm_bytes=comm, rounds=options.steps)
+        if not engine.is_star and request.whole_clients and placement == "holders":
+            warnings.warn("sfron placement = 'holders' on a whole-client request: only the forgotten nodes run it and "
+                          "they leave with their models, so no staying node changes and nothing is sent; set "
+                          "[unlearn.sfron] placement = 'auto' (or 'every_node') to act on the nodes that stay",
+                          stacklevel=3)
         batch = forget_batch(engine, request.samples)
         engine.exclude(samples=request.samples)  # the forgotten nodes stay in the graph while it runs
         run = self._at_hub if engine.is_star else self._at_holders
