@@ -66,6 +66,23 @@ def write_idx(path: str | Path, array: np.ndarray) -> None:
     Path(path).write_bytes(bytes([0, 0, codes[name], array.ndim]) + struct.pack(f">{array.ndim}i", *array.shape) + body)
 
 
+def write_mnist(folder: str | Path, *, train: tuple[np.ndarray, np.ndarray], test: tuple[np.ndarray, np.ndarray]) -> Path:
+    """Write ``(images, labels)`` pairs as the four MNIST IDX files that ``data.kind = "mnist"``
+    reads (images ``uint8 [n, 28, 28]``, labels ``uint8 [n]``); returns the folder.
+
+    >>> import tempfile
+    >>> x, y = np.zeros((2, 28, 28), np.uint8), np.array([3, 1], np.uint8)
+    >>> sorted(p.name for p in write_mnist(tempfile.mkdtemp(), train=(x, y), test=(x, y)).iterdir())[:2]
+    ['t10k-images-idx3-ubyte', 't10k-labels-idx1-ubyte']
+    """
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    for split, (images, labels) in (("train", train), ("t10k", test)):
+        write_idx(folder / f"{split}-images-idx3-ubyte", np.asarray(images, dtype=np.uint8))
+        write_idx(folder / f"{split}-labels-idx1-ubyte", np.asarray(labels, dtype=np.uint8))
+    return folder
+
+
 def _one(folder: Path, patterns: tuple[str, ...], what: str, kind: str) -> Path:
     for pattern in patterns:
         for suffix in ("", ".gz"):
