@@ -239,7 +239,11 @@ def merge(grid: Grid, *, out: Path, margin: float = EQUIVALENCE_MARGIN,
     (out / "compare.md").write_text(training_table(rows, grid) + "\n"
                                     + ("\n" + grid_table(rows, grid, margin=margin) + "\n" if grid.methods else ""))
     curves = {t: [training_curves(out / "runs" / f"{t}-s{s}") for s in grid.seeds] for t in grid.topologies}
-    report.plot_comparison(curves, out / "comparison.png", formats=formats)
+    after = {m: {t: [r["FA_heldout_gap_to_retrain"] for r in rows if r["method"] == m and r["topology"] == t
+                     and r.get("FA_heldout_gap_to_retrain") is not None] for t in grid.topologies}
+             for m in grid.methods if m != "retrain"}
+    report.plot_comparison(curves, out / "comparison.png", after={m: v for m, v in after.items() if any(v.values())},
+                           formats=formats)
     if grid.methods:
         report.plot_grid(rows, grid.topologies, grid.methods, grid.seeds, out=out, formats=formats)
     return rows

@@ -147,15 +147,24 @@ def _log_floor(values: np.ndarray, floor: float = 1e-12) -> float:
 
 
 def plot_comparison(curves: dict[str, list[dict[str, list[float]]]], path: str | Path, *,
+                    after: dict[str, dict[str, list[float]]] | None = None,
                     formats: Sequence[str] = FORMATS) -> Path:
     """Training of several topologies, full text width: test accuracy vs round and vs bytes sent,
     consensus distance and communication; a line per topology (its own line style and marker) with
     the band from the lowest to the highest seed. ``curves[topology]`` is one metrics dict per seed
-    (a bare dict counts as one seed)."""
+    (a bare dict counts as one seed). With ``after`` (``{method: {topology: per-seed gaps}}``), a
+    fifth panel: each method's FA held-out gap to Retrain after unlearning, per topology, with its
+    90% interval over seeds."""
     curves = {t: (c if isinstance(c, list) else [c]) for t, c in curves.items()}
     with plt.rc_context(PAPER_STYLE):
-        fig, axes = plt.subplots(2, 2, figsize=(FULL, 4.6))
+        fig, axes = plt.subplots(2, 3 if after else 2, figsize=(FULL, 4.6))
         axes = axes.ravel()
+        if after:
+            _dodged_errorbars(axes[4], list(after), {t: [after[m].get(t, []) for m in after] for t in curves})
+            axes[4].set(title="after unlearning: FA held-out − Retrain's (90% CI)", ylabel="gap (points)")
+            axes[4].tick_params(axis="x", rotation=30)
+            axes[4].legend()
+            axes[5].set_axis_off()
         consensus = {t: np.array([np.asarray(m["consensus_distance"], dtype=np.float64) for m in runs])
                      for t, runs in curves.items()}
         bottom = _log_floor(np.concatenate([c.ravel() for c in consensus.values()]))
@@ -180,7 +189,7 @@ def plot_comparison(curves: dict[str, list[dict[str, list[float]]]], path: str |
         axes[2].set(title="consensus distance", xlabel="round", ylabel="mean_i ||x_i - x̄||", yscale="log")
         axes[2].set_ylim(bottom=bottom)
         axes[3].set(title="communication", xlabel="round", ylabel="bytes sent, cumulative (MB)")
-        for ax in axes:
+        for ax in axes[:4]:
             ax.legend()
             ax.grid(alpha=0.3)
         fig.tight_layout()

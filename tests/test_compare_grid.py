@@ -77,6 +77,10 @@ def _check_grid_figures(figures):
     assert len(segments) == 2 and any(seg[1][1] > seg[0][1] for seg in segments)
     (legend,) = quality.legends
     assert [t.get_text() for t in legend.get_texts()] == ["retrain", "finetune", "certified"]
+    comparison = [ax for ax in figures["comparison"].axes if ax.axison]
+    assert len(comparison) == 5 and comparison[4].get_title().startswith("after unlearning: FA held-out")
+    assert [t.get_text() for t in comparison[4].get_xticklabels()] == ["finetune", "certified"]
+    assert len([c for c in comparison[4].containers if isinstance(c, ErrorbarContainer)]) == 2  # one per topology
     train, after = [ax for ax in figures["accuracy_vs_round"].axes if ax.axison]
     assert len(train.collections) == 2  # a seed band per topology
     assert [t.get_text() for t in after.get_xticklabels()] == ["retrain", "finetune", "certified"]
