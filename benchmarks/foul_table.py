@@ -198,8 +198,8 @@ def main() -> int:
     for kind in args.topologies.split(","):
         lines, judged[kind] = verdict_table(cells, kind)
         text += [f"## {kind}", "", table(cells, kind), "",
-                 f"Verdicts on FA held-out (paired by seed, 90% t-interval, pass = inside ±5 points; uninformative = "
-                 f"the trained model passes too):", "", lines, ""]
+                 "Verdicts on FA held-out (paired by seed, 90% t-interval, pass = inside ±5 points; uninformative = "
+                 "the trained model passes too):", "", lines, ""]
     out.with_name("foul_verdicts.json").write_text(json.dumps({"commit": commit, "verdicts": judged}, indent=1))
     text += ["## Every seed (FA / MIA)", "", per_seed(cells), "",
              "## Acceptance checks (star, FOUL as in foul_pacs.toml, seed means)", "", *checks(cells), "",

@@ -12,7 +12,6 @@ device(type='cpu')
 """
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import torch

@@ -112,7 +112,6 @@ def runs(tmp_path_factory):
 
 def files(tmp: Path, runs: dict) -> None:
     """Everything the cases name under ``{tmp}``."""
-    top = runs["top"]
     (tmp / "other_ring5.edgelist").write_text(OTHER_RING5)
     np.savetxt(tmp / "lazy_ring5.txt", _ring_matrix(lazy=0.5))
     _idx_set(tmp / "mnist_b", 1)
