@@ -81,7 +81,8 @@ def main() -> int:
         timing = list(csv.DictReader(f))
     figures = ROOT / "docs" / "guide" / "compare"
     figures.mkdir(parents=True, exist_ok=True)
-    for name in ("accuracy_vs_round.png", "influence_share_vs_round.png", "quality_and_cost_vs_spectral_gap.png"):
+    for name in ("comparison.png", "accuracy_vs_round.png", "influence_share_vs_round.png",
+                 "quality_and_cost_vs_spectral_gap.png"):
         shutil.copyfile(out / name, figures / name)
     seconds = {m: [float(r["seconds"]) for r in timing if r["method"] == m] for m in METHODS.split(",")}
     text = [
@@ -127,6 +128,8 @@ def main() -> int:
         "## SFR-on against its targets (seed means)",
         "",
         *sfron_checks(rows, timing),
+        "",
+        "![training on each topology, and each method after unlearning](compare/comparison.png)",
         "",
         "![test accuracy vs round](compare/accuracy_vs_round.png)",
         "",

@@ -51,7 +51,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         cfg = config_mod.replace(cfg, run={"out": str(out)})
     try:
         result = experiment.run(cfg, out=out, resume=resume, overwrite=args.overwrite,
-                                stop_on_signal=args.resume_or_start)
+                                stop_on_signal=args.resume_or_start, progress=True)
     except experiment.Preempted as e:
         print(f"p2pforget: {e}", file=sys.stderr)
         return experiment.PREEMPTED_EXIT
@@ -179,7 +179,8 @@ def cmd_forget(args: argparse.Namespace) -> int:
     from . import experiment
 
     report = experiment.forget_run(args.run_dir, clients=args.clients or (), samples=_parse_samples(args.samples or []),
-                                   overrides=args.set or [], reference=not args.no_retrain, plugins=_plugins(args))
+                                   overrides=args.set or [], reference=not args.no_retrain, plugins=_plugins(args),
+                                   progress=True)
     if report:
         print(forget_table(report))
         print(_files(args.run_dir, "updated"))
@@ -250,7 +251,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     print(f"p2pforget demo: {t.n_clients} clients on a {t.kind}, {cfg.data.kind} data ({cfg.data.partition} split), "
           f"{cfg.model.kind} model, {cfg.train.algorithm}, {cfg.run.rounds} rounds; then forget client(s) "
           f"{list(u.clients)} with {u.method} unlearning (epsilon={o.epsilon}, delta={o.delta}) next to Retrain")
-    result = experiment.run(cfg, out=out, overwrite=args.overwrite)
+    result = experiment.run(cfg, out=out, overwrite=args.overwrite, progress=True)
     m = result.engine.metrics
     at = {r: k for k, r in enumerate(m["round"])}
     step = max(1, cfg.run.rounds // 6)

@@ -118,7 +118,7 @@ def study(cfg: Config, *, topologies: Sequence[str], methods: Sequence[str] | No
     return pandas.DataFrame.from_records(records, columns=GRID_FIELDS + ["seconds", "flops"])
 
 
-def compare(cfg: Config, topologies: Sequence[str], *, out: str | Path, progress: bool = True,
+def compare(cfg: Config, topologies: Sequence[str], *, out: str | Path, progress: bool = False,
             overwrite: bool = False) -> list[dict]:
     """Run ``cfg`` on each topology kind (same seed): :func:`grid` of :func:`default_grid`.
     Returns the merged rows (:data:`GRID_FIELDS`); a finished topology is not run again."""

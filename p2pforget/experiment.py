@@ -355,7 +355,7 @@ def run_state(run_dir: str | Path) -> str:
 
 
 def run(cfg: Config, *, out: str | Path | None = None, resume: bool = False, overwrite: bool = False,
-        transport: Transport | None = None, progress: bool = True,
+        transport: Transport | None = None, progress: bool = False,
         callback: Callable[[Engine], None] | None = None, stop_on_signal: bool = False) -> RunResult:
     """Train ``cfg.run.rounds`` rounds, checkpointing every ``run.checkpoint_every`` rounds, then
     carry out the config's forget request (if any).
@@ -591,7 +591,7 @@ def _check_same_run(now: dict[str, int], stored: dict[str, Any], *, where: str, 
 
 
 def forget_run(run_dir: str | Path, *, clients=(), samples: dict | None = None, overrides: list[str] = (),
-               reference: bool = True, progress: bool = True, transport: Transport | None = None,
+               reference: bool = True, progress: bool = False, transport: Transport | None = None,
                plugins: tuple[str, ...] = ()) -> dict[str, Any] | None:
     """Forget ``clients``/``samples`` in the finished run at ``run_dir`` (holding its lock) and add
     the request to its files, all or nothing; returns the updated report at the root."""

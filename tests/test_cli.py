@@ -127,6 +127,22 @@ def test_quiet_runs_draw_no_progress_bar(tmp_path, capsys, monkeypatch, how):
     assert ("\r" in capsys.readouterr().err) == (how == "flag")
 
 
+def test_library_calls_draw_no_progress_bar_unless_asked(tmp_path, capsys, monkeypatch):
+    """In Python, training, a run and a forget request are silent by default; ``progress=True`` asks."""
+    monkeypatch.delenv("TQDM_DISABLE", raising=False)
+    from p2pforget import Engine, experiment, forget
+
+    cfg = config.from_dict({"run": {"rounds": 3}, "topology": {"n_clients": 4}, "data": {"n_samples_per_client": 10, "n_test": 20},
+                            "audit": {"after_forget": False}})
+    engine = Engine(config=cfg)
+    engine.train(3)
+    experiment.run(cfg, out=tmp_path / "run")
+    forget(engine, clients=[1], method="finetune", rounds=2)
+    assert "\r" not in capsys.readouterr().err
+    engine.train(2, progress=True)
+    assert "\r" in capsys.readouterr().err
+
+
 def test_the_training_table_counts_training_rounds_only(tmp_path, capsys):
     """A run with a forget request: the method's rounds are not reported as training rounds."""
     cfg = config.from_dict({"run": {"rounds": 4}, "topology": {"n_clients": 4}, "data": {"n_samples_per_client": 10, "n_test": 20},

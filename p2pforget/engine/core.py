@@ -227,7 +227,7 @@ class Engine(Batches, Compute, Gossip, Evaluation, Checkpoint):
         k = self.config.run.eval_every
         return round == self.config.run.rounds or (k > 0 and round % k == 0)
 
-    def train(self, rounds: int | None = None, *, progress: bool = True,
+    def train(self, rounds: int | None = None, *, progress: bool = False,
               callback: Callable[["Engine"], None] | None = None, desc: str = "train") -> None:
         """Run ``rounds`` more rounds (default: up to ``run.rounds``); ``callback(engine)`` is
         called after each one."""

@@ -82,7 +82,7 @@ def check_request(engine: "Engine", *, clients=(), samples: dict | None = None, 
 
 
 def plan(engine: "Engine", *, clients=(), samples: dict | None = None, method: str | None = None,
-         mode: str | None = None, progress: bool = True, stopping: "config_mod.StoppingConfig | None" = None,
+         mode: str | None = None, progress: bool = False, stopping: "config_mod.StoppingConfig | None" = None,
          options: dict | None = None) -> Plan:
     """Check the request and set up its probes (see :func:`forget` for the arguments)."""
     from .stopping import Monitor
@@ -187,7 +187,7 @@ def _fine_tune(engine: "Engine", released: torch.Tensor, rounds: int, start: int
 
 
 def forget(engine: "Engine", *, clients=(), samples: dict | None = None, method: str | None = None,
-           mode: str | None = None, reference: bool = True, progress: bool = True,
+           mode: str | None = None, reference: bool = True, progress: bool = False,
            stopping: "config_mod.StoppingConfig | None" = None, **options) -> ForgetResult:
     """Forget ``clients`` and/or ``samples`` (client id -> indices) with ``method`` (default
     ``unlearn.method``; ``options`` override keys of its ``[unlearn.<method>]`` table), and train

@@ -14,7 +14,7 @@ from ..flops import measured
 from . import Cost, ForgetRequest, Outcome, evaluation_work
 
 
-def retrain(engine: Engine, *, rounds: int, progress: bool = True,
+def retrain(engine: Engine, *, rounds: int, progress: bool = False,
             observe: Callable[[torch.Tensor], None] | None = None,
             excluded: dict[str, float] | None = None) -> tuple[Engine, Cost]:
     """A fresh fork of ``engine`` (its data, transport and exclusions; round 0, the initial models)
