@@ -7,7 +7,7 @@ then every method from that state), so the sweep resumes where it stopped and ru
 array: ``--list`` prints the groups, ``--task I`` runs one of them, ``--merge`` writes the page.
 
     python benchmarks/robustness.py                      # everything, one process (two --task workers
-                                                         # over even/odd groups: 13 min on 2 cores)
+                                                         # over even/odd groups: about 25 min on 2 cores)
     sbatch --array=0-59 --wrap "python benchmarks/robustness.py --task \\$SLURM_ARRAY_TASK_ID"
     python benchmarks/robustness.py --merge
 
