@@ -462,6 +462,12 @@ def plot_grid(rows: list[dict], topologies: Sequence[str], methods: Sequence[str
         for ax, (key, title, ylabel, scale) in zip(axes, panels):
             _dodged_errorbars(ax, ticks, {m: [[v * scale for v in values(key, t, m)] for t in order] for m in methods})
             ax.set(title=title, ylabel=ylabel, xlabel="topology (spectral gap)")
+            if len(order) > 3:
+                ax.tick_params(axis="x", rotation=45, labelsize=5)
+            if key == "comm_bytes":  # methods differ by orders of magnitude, and some send nothing
+                top = max([v * scale for t in order for m in methods for v in values(key, t, m)], default=1.0)
+                ax.set_yscale("symlog", linthresh=0.01)
+                ax.set_ylim(0, 3 * max(top, 0.01))
         handles, labels = axes[0].get_legend_handles_labels()
         fig.legend(handles, labels, loc="lower center", ncol=min(len(labels), 6), bbox_to_anchor=(0.5, -0.02))
         fig.tight_layout(rect=(0, 0.1, 1, 1))

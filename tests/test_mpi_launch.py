@@ -160,7 +160,7 @@ def test_warnings_and_errors_are_printed_once_per_job(tmp_path):
     path.write_text(config.dumps(config.from_dict({
         "run": {"rounds": 2}, "topology": {"kind": "torus", "n_clients": 16},
         "data": {"n_samples_per_client": 4, "n_test": 5}, "train": {"algorithm": "gradient_tracking"}})))
-    run = [str(MPIRUN), "-n", "3", "--oversubscribe", sys.executable, "-m", "p2pforget", "--quiet", "run", str(path)]
+    run = [str(MPIRUN), "-n", "2", sys.executable, "-m", "p2pforget", "--quiet", "run", str(path)]
     res = subprocess.run(run + ["--out", str(tmp_path / "out")], env=ENV, capture_output=True, text=True, timeout=120)
     assert res.returncode == 0, res.stderr
     assert sum("gradient tracking may stall" in line for line in res.stderr.splitlines()) == 1, res.stderr
