@@ -420,14 +420,18 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
+def _mpi_running() -> bool:
+    mpi = sys.modules.get("mpi4py.MPI")
+    return mpi is not None and mpi.Is_initialized() and not mpi.Is_finalized()
+
+
 def _abort_other_ranks(code: int) -> None:
     """Under MPI, one rank's failure must end the whole job: the other ranks would otherwise
     wait forever in the next collective call."""
-    mpi = sys.modules.get("mpi4py.MPI")
-    if mpi is not None and mpi.Is_initialized() and not mpi.Is_finalized() and mpi.COMM_WORLD.Get_size() > 1:
+    if _mpi_running() and sys.modules["mpi4py.MPI"].COMM_WORLD.Get_size() > 1:
         sys.stdout.flush()
         sys.stderr.flush()
-        mpi.COMM_WORLD.Abort(code)
+        sys.modules["mpi4py.MPI"].COMM_WORLD.Abort(code)
 
 
 def _close_progress_bars() -> None:
@@ -442,11 +446,6 @@ OFF_ROOT_ERROR_DELAY = 3.0
 meets the same error (a file, a collective check), and the root's report aborts the job first; an
 error of that rank alone is still printed, named by its rank. Before MPI starts (the command line,
 the config) every rank reads the same input, so only the root prints."""
-
-
-def _mpi_running() -> bool:
-    mpi = sys.modules.get("mpi4py.MPI")
-    return mpi is not None and mpi.Is_initialized() and not mpi.Is_finalized()
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -166,7 +166,7 @@ class Monitor:
             validation = _batch(engine, d.x_holdout[held], d.y_holdout[held], {k: v[held] for k, v in d.extras_holdout.items()})
         retained = None
         if options.guard and options.guard_retained:
-            untouched = np.asarray([j for j in nodes if int(j) not in forgotten and j < len(rows)], dtype=np.int64)
+            untouched = np.asarray([j for j in nodes if int(j) not in forgotten], dtype=np.int64)
             kept = retained_rows(engine, untouched)
             if kept.any():
                 retained = _batch(engine, d.x[kept], d.y[kept], {k: v[kept] for k, v in d.extras.items()})
