@@ -35,7 +35,8 @@ def _trained(algorithm: str, seed: int) -> tuple[config.Config, dict]:
     cfg = config.from_dict({
         "run": {"seed": seed},
         "topology": {"kind": "ring", "n_clients": 16},
-        "data": {"n_samples_per_client": 40, "n_features": 10, "n_classes": 3, "partition": "dirichlet", "alpha": 0.3},
+        "data": {"n_samples_per_client": 40, "partition": "dirichlet", "alpha": 0.3,
+                 "gaussian_logistic": {"n_features": 10, "n_classes": 3}},
         "train": {"algorithm": algorithm, "lr": 0.1, "dtype": "float64", "weight_decay": 0.1},
         "unlearn": {"mode": "keep_relay", "certified": {"noise": False, "fallback": "none"}},
         "audit": {"after_forget": False},

@@ -33,8 +33,8 @@ def cell(features: int, solver: str) -> dict:
 
     cfg = config.from_dict({
         "run": {"seed": 0}, "topology": {"kind": "ring", "n_clients": 4},
-        "data": {"n_samples_per_client": 30, "n_features": features, "n_classes": 10, "n_test": 20,
-                 "holdout_fraction": 0.0},
+        "data": {"n_samples_per_client": 30, "n_test": 20,
+                 "holdout_fraction": 0.0, "gaussian_logistic": {"n_features": features, "n_classes": 10}},
         "train": {"algorithm": "gradient_tracking", "dtype": "float64", "weight_decay": 0.1, "lr": 0.05},
         "unlearn": {"mode": "keep_relay", "certified": {"solver": solver, "noise": False, "budget": 1e-8,
                                                         "first_step": "none"}},

@@ -48,8 +48,8 @@ def _config(data: dict):
     return config.from_dict({
         "run": {"seed": 0, "rounds": ROUNDS, "eval_every": 0},
         "topology": {"kind": "ring", "n_clients": 8},
-        "data": {"n_samples_per_client": 20, "n_classes": 10, "n_test": 200, "holdout_fraction": 0.0,
-                 "normalize": "unit_norm"} | data,
+        "data": {"n_samples_per_client": 20, "n_test": 200, "holdout_fraction": 0.0, "normalize": "unit_norm", **data,
+                 "gaussian_logistic": {"n_classes": 10} | data.get("gaussian_logistic", {})},
         "model": {"kind": "logistic"},
         "audit": {"after_forget": False},
     })
@@ -225,7 +225,7 @@ def main() -> int:
         (results / "certified_cost.md").write_text(page(stored["cells"], stored["commit"]))
         return 0
     if len(sys.argv) == 2:
-        print(json.dumps(cell({"n_features": int(sys.argv[1])}, f"gaussian, {sys.argv[1]} features")))
+        print(json.dumps(cell({"gaussian_logistic": {"n_features": int(sys.argv[1])}}, f"gaussian, {sys.argv[1]} features")))
         return 0
     cells = []
     for f in FEATURES:

@@ -128,7 +128,7 @@ def engine_config(n: int, topology: str, model: str = "mlp"):
     return config.from_dict({
         "run": {"seed": 0, "eval_every": 0},
         "topology": {"kind": topology, "n_clients": n},
-        "data": {"n_samples_per_client": SAMPLES, "n_features": FEATURES, "n_classes": CLASSES, "n_test": 10},
+        "data": {"n_samples_per_client": SAMPLES, "n_test": 10, "gaussian_logistic": {"n_features": FEATURES, "n_classes": CLASSES}},
         "model": {"kind": model} | ({model: {"hidden": HIDDEN}} if model != "logistic" else {}),
         "train": {"lr": LR, "local_steps": STEPS, "batch_size": BATCH, "weight_decay": 0.0, "dtype": "float32"},
         "ledger": {"kind": "off"},

@@ -33,7 +33,8 @@ def main() -> int:
     for kind, n, lr in GRAPHS:
         cfg = config.from_dict({
             "topology": {"kind": kind, "n_clients": n, "erdos_renyi": {"p": 0.3}},
-            "data": {"n_samples_per_client": 50, "n_features": 4, "n_classes": 3, "partition": "dirichlet", "alpha": 1.0},
+            "data": {"n_samples_per_client": 50, "partition": "dirichlet", "alpha": 1.0,
+                     "gaussian_logistic": {"n_features": 4, "n_classes": 3}},
             "train": {"algorithm": "gradient_tracking", "lr": lr, "dtype": "float64", "weight_decay": 0.1},
             "unlearn": {"certified": {"noise": False, "averaging": "tree"}},
         })

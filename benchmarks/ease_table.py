@@ -72,7 +72,7 @@ def experiment_config(seed: int, kind: str, checkpoint: str):
         "run": {"seed": seed, "rounds": ROUNDS, "eval_every": 0},
         "topology": {"kind": kind, "n_clients": 10},
         "data": {"kind": "captions_synth", "n_samples_per_client": 60, "n_test": 100, "partition": "iid",
-                 "concept": "colour"},
+                 "captions_synth": {"concept": "colour"}},
         "model": {"kind": "clip", "clip": {"pretrained": checkpoint}},
         "train": {"lr": 0.5, "local_steps": 2, "batch_size": 32, "weight_decay": 0.0},
         "audit": {"after_forget": False},
@@ -90,7 +90,8 @@ def pretrain(path: Path, *, steps: int, seed: int = 1000) -> None:
 
     model = build(ModelConfig(kind="clip", tables={"clip": clip.CLIPOptions(finetune="full")}), input_shape=(3, 32, 32),
                   n_classes=0)
-    pool = captions.captions_synth(DataConfig(kind="captions_synth", concept="colour", n_samples_per_client=3000, n_test=1),
+    pool = captions.captions_synth(DataConfig(kind="captions_synth", n_samples_per_client=3000, n_test=1,
+                                              tables={"captions_synth": captions.SynthCaptionOptions(concept="colour")}),
                                    1, seed)
     keep = pool.y[0] != FORGET_COLOUR  # the backbone never sees the colour that will be forgotten
     x = torch.as_tensor(pool.x[0][keep], dtype=torch.float32)

@@ -36,7 +36,7 @@ def experiment(kind: str, device: str, rounds: int):
         "run": {"seed": 0, "rounds": rounds, "eval_every": 0, "device": device},
         "topology": {"kind": kind, "n_clients": 10},
         "data": {"kind": "captions_synth", "n_samples_per_client": 60, "n_test": 100, "partition": "iid",
-                 "concept": "colour"},
+                 "captions_synth": {"concept": "colour"}},
         "model": {"kind": "clip"},
         "train": {"lr": 0.5, "local_steps": 2, "batch_size": 32, "weight_decay": 0.0},
         "audit": {"after_forget": False},
@@ -92,7 +92,7 @@ def vit_round(clients: int) -> None:
     cfg = config.from_dict({
         "run": {"seed": 0, "rounds": 2, "eval_every": 0, "device": "cuda"},
         "topology": {"kind": "star", "n_clients": clients},
-        "data": {"kind": "captions_synth", "n_samples_per_client": 32, "n_test": 8, "image_size": 224},
+        "data": {"kind": "captions_synth", "n_samples_per_client": 32, "n_test": 8, "captions_synth": {"image_size": 224}},
         "model": {"kind": "clip", "clip": {"clip_config": "ViT-B-32"}},
         "train": {"lr": 0.1, "local_steps": 1, "batch_size": 32},
         "audit": {"after_forget": False},

@@ -27,7 +27,7 @@ def experiment(clients: int, rounds: int):
     return config.from_dict({
         "run": {"seed": 0, "rounds": rounds, "transport": "mpi"},
         "topology": {"kind": "torus", "n_clients": clients},
-        "data": {"n_samples_per_client": 64, "n_features": 32, "n_classes": 10},
+        "data": {"n_samples_per_client": 64, "gaussian_logistic": {"n_features": 32, "n_classes": 10}},
         "model": {"kind": "mlp", "mlp": {"hidden": 128}},
         "train": {"batch_size": 32, "local_steps": 2, "lr": 0.1},
     })

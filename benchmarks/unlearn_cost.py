@@ -29,8 +29,8 @@ def experiment(kind: str, n: int, rounds: int) -> config.Config:
     return config.from_dict({
         "run": {"seed": 0, "rounds": rounds, "eval_every": 0},  # metric evaluation is left out of every cost anyway
         "topology": {"kind": kind, "n_clients": n, "erdos_renyi": {"p": min(1.0, 2.5 * math.log(n) / n)}},
-        "data": {"n_samples_per_client": 25, "n_features": 20, "n_classes": 4, "separation": 2.0,
-                 "partition": "dirichlet", "alpha": 0.5},
+        "data": {"n_samples_per_client": 25,
+                 "partition": "dirichlet", "alpha": 0.5, "gaussian_logistic": {"n_features": 20, "n_classes": 4, "separation": 2.0}},
         "train": {"algorithm": "gradient_tracking", "lr": 0.07 if kind == "torus" else 0.15, "dtype": "float64",
                   "weight_decay": 0.05},
         "unlearn": {"clients": [0], "mode": "keep_relay", "certified": {"noise": True}},

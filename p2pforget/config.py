@@ -135,16 +135,13 @@ class PoisonConfig:
 class DataConfig(KindOptions):
     """The federated dataset: ``kind`` from the dataset registry (a dataset registered with
     ``options=`` reads its own keys from ``[data.<kind>]``); how many samples each client holds and
-    how they are split (``partition`` and its keys); the built-in generators' shape keys
-    (``n_features``, ``n_classes``, ``separation``, ``image_size``, ``context_length``, ``concept``);
+    how they are split (``partition`` and its keys); a kind's shape keys in its table (e.g.
+    ``[data.gaussian_logistic] n_features = 20``, ``[data.pacs_like] image_size = 64``);
     ``path`` for datasets read from files; malicious clients in ``[data.poison]``."""
 
     kind: str = registered("gaussian_logistic", "data")
     n_samples_per_client: int = bounded(50, 1)
     n_test: int = bounded(200, 1)
-    n_features: int = bounded(10, 1)
-    n_classes: int = bounded(3, 2)
-    separation: float = bounded(1.5, 0.0)
     partition: str = registered("iid", "partition")
     shards_per_client: int = bounded(2, 1)
     normalize: str = choice("none", "none", "standard", "unit_norm")
@@ -153,9 +150,6 @@ class DataConfig(KindOptions):
     quantity_skew: float = bounded(0.0, 0.0, 3.0)
     quantity_dirichlet: float = bounded(0.0, 0.0)
     holdout_fraction: float = bounded(0.2, 0.0, 0.9)
-    image_size: int = bounded(32, 8)
-    context_length: int = bounded(16, 4)
-    concept: str = choice("shape", "shape", "colour")
     path: str = ""
     save: bool = False
     poison: PoisonConfig = table(PoisonConfig)
@@ -353,8 +347,9 @@ def _sub_tables(cls: type) -> dict[str, type]:
     return registered_options(which) if which else {}
 
 
-DEPRECATED_FLAT = ("model", "topology", "train")
-"""Sections whose kinds' keys moved into per-kind tables in 0.2: a flat key there (``model.hidden``, ``topology.p``)
+DEPRECATED_FLAT = ("data", "model", "topology", "train")
+"""Sections whose kinds' keys moved into per-kind tables in 0.2: a flat key there (``model.hidden``, ``topology.p``,
+``data.n_features``)
 still works for this release, with a warning naming its table; ``[unlearn]``'s flat keys are errors."""
 
 
@@ -614,8 +609,25 @@ def replace(cfg: Config, **sections: dict[str, Any]) -> Config:
     """A copy of ``cfg`` with some keys changed, e.g. ``replace(cfg, run={"rounds": 3})`` or
     ``replace(cfg, unlearn={"certified": {"epsilon": 0.5}})``."""
     data = to_dict(cfg)
-    _deep_update(data, sections)
+    _deep_update(data, {name: _lift_flat(name, type(getattr(cfg, name, None)), values) for name, values in sections.items()})
     return from_dict(data)
+
+
+def _lift_flat(name: str, cls: type, values: Any) -> Any:
+    """``values`` with the flat keys of a :data:`DEPRECATED_FLAT` section moved into the tables that
+    hold them (a change through :func:`replace` overrides the stored tables, which name every key)."""
+    if name not in DEPRECATED_FLAT or not isinstance(values, dict):
+        return values
+    subs, out = _sub_tables(cls), dict(values)
+    for key in set(values) - set(_plain_fields(cls)) - set(subs) - set(_tables(cls)):
+        moved = _moved(name, key, subs)
+        if moved:
+            _deprecated(name, key, moved)
+            value = out.pop(key)
+            for m in moved:
+                table = out.get(m, {})
+                out[m] = table if not isinstance(table, dict) or key in table else table | {key: value}
+    return out
 
 
 def dumps(cfg: Config) -> str:

@@ -16,7 +16,7 @@ def small_cfg():
     return config.from_dict({
         "run": {"seed": 3, "rounds": 6},
         "topology": {"kind": "ring", "n_clients": 6},
-        "data": {"n_samples_per_client": 20, "n_test": 40, "n_features": 4, "n_classes": 3},
+        "data": {"n_samples_per_client": 20, "n_test": 40, "gaussian_logistic": {"n_features": 4, "n_classes": 3}},
         "train": {"dtype": "float64", "lr": 0.3},
     })
 

@@ -12,10 +12,12 @@ from p2pforget.__main__ import main
 from p2pforget.audit import bootstrap_auc, lira_offline, tpr_at_fpr
 from p2pforget.config import DataConfig
 from p2pforget.data import build
+from p2pforget.data.synthetic import GaussianOptions
 
 
 def test_holdout_split_is_disjoint_and_keeps_the_training_size():
-    fd = build(DataConfig(n_samples_per_client=40, partition="dirichlet", alpha=0.1, n_features=6), n_clients=5, seed=2)
+    fd = build(DataConfig(n_samples_per_client=40, partition="dirichlet", alpha=0.1,
+                          tables={"gaussian_logistic": GaussianOptions(n_features=6)}), n_clients=5, seed=2)
     assert fd.counts.tolist() == [40] * 5 and fd.holdout_counts.tolist() == [10] * 5  # 20% of 50
     for i in range(5):
         train = {tuple(r) for r in fd.x[i].round(12)}
@@ -23,7 +25,7 @@ def test_holdout_split_is_disjoint_and_keeps_the_training_size():
         assert len(train) == 40 and len(held) == 10 and not train & held
         # held out from the client's own shard: the same classes (Dirichlet 0.1 skews them per client)
         assert set(fd.y_holdout[i]) <= set(fd.y[i]) | set(np.unique(fd.y_holdout[i]))
-    plain = build(DataConfig(n_samples_per_client=40, holdout_fraction=0.0, n_features=6), n_clients=5, seed=2)
+    plain = build(DataConfig(n_samples_per_client=40, holdout_fraction=0.0, tables={"gaussian_logistic": GaussianOptions(n_features=6)}), n_clients=5, seed=2)
     assert plain.x_holdout is None and plain.x.shape == (5, 40, 6)
 
 
@@ -51,8 +53,8 @@ def _audited(partition, *, n_features, separation, wd, rounds):
     cfg = config.from_dict({
         "run": {"seed": 5},
         "topology": {"kind": "ring", "n_clients": 8},
-        "data": {"n_samples_per_client": 150, "holdout_fraction": 0.5, "n_features": n_features, "n_classes": 3,
-                 "separation": separation, "partition": partition, "alpha": 0.1},
+        "data": {"n_samples_per_client": 150, "holdout_fraction": 0.5, "partition": partition, "alpha": 0.1,
+                 "gaussian_logistic": {"n_features": n_features, "n_classes": 3, "separation": separation}},
         "train": {"algorithm": "gradient_tracking", "lr": 0.2, "dtype": "float64", "weight_decay": wd},
         "unlearn": {"method": "finetune", "mode": "keep_relay", "finetune": {"rounds": 1}},
         "audit": {"bootstrap": 200, "shadow_models": 8, "relearn_steps": 0},
@@ -78,7 +80,7 @@ def test_audit_command_updates_the_run(tmp_path, capsys):
     cfg = config.from_dict({
         "run": {"seed": 1, "rounds": 30},
         "topology": {"kind": "ring", "n_clients": 6},
-        "data": {"n_samples_per_client": 20, "n_features": 5},
+        "data": {"n_samples_per_client": 20, "gaussian_logistic": {"n_features": 5}},
         "train": {"dtype": "float64", "weight_decay": 0.1},
         "unlearn": {"clients": [2], "certified": {"noise_seed": 0}},
         "audit": {"bootstrap": 50, "shadow_models": 2, "relearn_steps": 5},

@@ -18,7 +18,7 @@ from p2pforget import config, experiment
 from p2pforget.__main__ import main
 
 BASE = {"run": {"rounds": 2, "seed": 3}, "topology": {"n_clients": 5},
-        "data": {"n_samples_per_client": 8, "n_test": 10, "n_features": 3}, "model": {"kind": "logistic"}}
+        "data": {"n_samples_per_client": 8, "n_test": 10, "gaussian_logistic": {"n_features": 3}}, "model": {"kind": "logistic"}}
 
 
 def _write_config(path, data=None):

@@ -36,7 +36,7 @@ def _engine(algorithm, dtype, wd, partition, dropout, kind, **certified_opts):
     cfg = config.from_dict({
         "run": {"seed": 3},
         "topology": {"kind": kind, "n_clients": N, "dropout": dropout},
-        "data": {"n_samples_per_client": M, "n_features": F, "n_classes": C, "partition": partition, "alpha": 0.1},
+        "data": {"n_samples_per_client": M, "partition": partition, "alpha": 0.1, "gaussian_logistic": {"n_features": F, "n_classes": C}},
         "train": {"algorithm": algorithm, "lr": 0.1, "dtype": dtype, "weight_decay": wd},
         "unlearn": {"mode": "keep_relay", "certified": {"noise": False} | certified_opts},
     })

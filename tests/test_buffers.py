@@ -12,7 +12,7 @@ from p2pforget import Engine, config, experiment, history
 # 16x16 images keep 2x2 positions in ResNet-18's last stage: with 8 per batch, every BatchNorm
 # averages over at least 32 values
 RESNET = {"run": {"rounds": 2, "eval_every": 0}, "topology": {"n_clients": 2},
-          "data": {"kind": "pacs_like", "image_size": 16, "n_samples_per_client": 16, "n_test": 12},
+          "data": {"kind": "pacs_like", "n_samples_per_client": 16, "n_test": 12, "pacs_like": {"image_size": 16}},
           "model": {"kind": "resnet18"}, "train": {"batch_size": 8, "lr": 0.01, "weight_decay": 0.0}}
 
 

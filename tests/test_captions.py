@@ -17,7 +17,8 @@ def _decode(tokens):
 
 
 def test_synthetic_captions_describe_their_images():
-    fd = build(DataConfig(kind="captions_synth", n_samples_per_client=15, n_test=20, concept="colour",
+    fd = build(DataConfig(kind="captions_synth", n_samples_per_client=15, n_test=20,
+                          tables={"captions_synth": captions.SynthCaptionOptions(concept="colour")},
                           partition="by_class"), n_clients=5, seed=1)
     assert fd.x.shape == (5, 15, 3, 32, 32) and fd.extras["tokens"].shape == (5, 15, 5, 16)
     assert fd.extras_holdout["tokens"].shape[:3] == (5, 4, 5) and fd.extras_test["tokens"].shape == (20, 5, 16)
@@ -50,8 +51,8 @@ def test_flickr30k_and_coco_loaders_read_their_formats(tmp_path):
         entries.append({"filename": f"{k}.png", "split": "train",
                         "sentences": [{"raw": f"photo number {k} caption {j}"} for j in range(5 if k else 3)]})
     (tmp_path / "dataset_flickr30k.json").write_text(json.dumps({"images": entries, "dataset": "flickr30k"}))
-    cfg = DataConfig(kind="flickr30k", path=str(tmp_path / "dataset_flickr30k.json"), image_size=16, n_test=2,
-                     n_samples_per_client=4, holdout_fraction=0.0)
+    cfg = DataConfig(kind="flickr30k", path=str(tmp_path / "dataset_flickr30k.json"), n_test=2,
+                     tables={"flickr30k": captions.CaptionOptions(image_size=16)}, n_samples_per_client=4, holdout_fraction=0.0)
     fd = build(cfg, n_clients=2, seed=0)
     files, caps = captions.read_flickr30k(cfg.path)
     assert caps[0] == ["photo number 0 caption 0", "photo number 0 caption 1", "photo number 0 caption 2",

@@ -60,8 +60,8 @@ def test_auto_solver_is_matrix_free_above_the_size_and_certified():
 
     def engine(features, model="logistic"):
         return Engine(config=config.from_dict({"topology": {"n_clients": 6}, "model": {"kind": model},
-                                               "data": {"n_samples_per_client": 20, "n_features": features,
-                                                        "n_classes": 10}}))
+                                               "data": {"n_samples_per_client": 20,
+                                                        "gaussian_logistic": {"n_features": features, "n_classes": 10}}}))
 
     small, large = engine(19), engine(20)
     assert small.dim == CG_ABOVE_DIM < large.dim

@@ -35,7 +35,7 @@ def _cfg(**certified):
     return config.from_dict({
         "run": {"seed": 1},
         "topology": {"kind": "ring", "n_clients": 8},
-        "data": {"n_samples_per_client": 20, "n_features": 50, "n_classes": 3},
+        "data": {"n_samples_per_client": 20, "gaussian_logistic": {"n_features": 50, "n_classes": 3}},
         "train": {"algorithm": "gradient_tracking", "lr": 0.1, "dtype": "float64", "weight_decay": 0.1},
         "unlearn": {"mode": "keep_relay", "certified": {"newton_steps": 5, "averaging": "tree"} | certified},
     })

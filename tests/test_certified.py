@@ -19,8 +19,8 @@ def _trained(kind, n, wd, seed=0):
     cfg = config.from_dict({
         "run": {"seed": seed},
         "topology": {"kind": kind, "n_clients": n, "erdos_renyi": {"p": 0.3}},
-        "data": {"n_samples_per_client": 50, "n_features": 4, "n_classes": 3, "partition": "dirichlet", "alpha": 1.0,
-                 "holdout_fraction": 0.0},
+        "data": {"n_samples_per_client": 50, "partition": "dirichlet", "alpha": 1.0,
+                 "holdout_fraction": 0.0, "gaussian_logistic": {"n_features": 4, "n_classes": 3}},
         "train": {"algorithm": "gradient_tracking", "lr": LR.get(kind, 0.15), "dtype": "float64", "weight_decay": wd},
         "unlearn": {"certified": {"noise": False, "gossip_tol": 1e-13, "curvature_tol": 1e-12}},
     })
@@ -143,7 +143,7 @@ def test_gossip_rounds_formula():
 def test_noise_matches_sigma():
     cfg = config.from_dict({
         "topology": {"kind": "ring", "n_clients": 8},
-        "data": {"n_samples_per_client": 30, "n_features": 120, "n_classes": 4},
+        "data": {"n_samples_per_client": 30, "gaussian_logistic": {"n_features": 120, "n_classes": 4}},
         "train": {"algorithm": "gradient_tracking", "lr": 0.1, "dtype": "float64", "weight_decay": 0.1},
         "unlearn": {"certified": {"curvature": "diag_fisher", "epsilon": 5.0, "noise_scope": "per_node",
                                   "noise_seed": 3}},
@@ -209,7 +209,8 @@ def test_cg_unlearns_a_30k_parameter_logistic_model_to_the_remaining_optimum():
 
     cfg = config.from_dict({
         "run": {"seed": 0}, "topology": {"kind": "ring", "n_clients": 4},
-        "data": {"n_samples_per_client": 30, "n_features": 3072, "n_classes": 10, "n_test": 20, "holdout_fraction": 0.0},
+        "data": {"n_samples_per_client": 30, "n_test": 20, "holdout_fraction": 0.0,
+                 "gaussian_logistic": {"n_features": 3072, "n_classes": 10}},
         "train": {"algorithm": "gradient_tracking", "dtype": "float64", "weight_decay": 0.1, "lr": 0.05},
         "unlearn": {"mode": "keep_relay", "certified": {"solver": "cg", "noise": False, "budget": 1e-8}},
         "audit": {"after_forget": False},
@@ -279,7 +280,7 @@ def test_topk_sparsified_curvature():
 ])
 def test_auto_curvature_is_exact_for_logistic_and_damped_ggn_otherwise(model, options, want):
     cfg = config.from_dict({"topology": {"kind": "ring", "n_clients": 4}, "model": model, "audit": {"after_forget": False},
-                            "data": {"n_features": 4, "n_classes": 3, "n_samples_per_client": 20},
+                            "data": {"n_samples_per_client": 20, "gaussian_logistic": {"n_features": 4, "n_classes": 3}},
                             "unlearn": {"certified": {"noise": False, **options}}})
     engine = Engine(config=cfg)
     engine.train(2, progress=False)

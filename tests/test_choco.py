@@ -9,7 +9,7 @@ from p2pforget.engine import Engine
 
 def _cfg(**choco):
     return config.from_dict({"run": {"seed": 7, "rounds": 6, "eval_every": 0}, "topology": {"kind": "ring", "n_clients": 5},
-                             "data": {"n_samples_per_client": 10, "n_test": 10, "n_features": 6},
+                             "data": {"n_samples_per_client": 10, "n_test": 10, "gaussian_logistic": {"n_features": 6}},
                              "model": {"kind": "logistic"},
                              "train": {"algorithm": "choco", "dtype": "float64", "batch_size": 0, "lr": 0.2, "choco": choco}})
 

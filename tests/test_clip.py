@@ -102,5 +102,5 @@ def test_shorter_token_rows_are_padded_to_the_text_context_and_longer_ones_are_r
     with torch.no_grad():
         full, short = model.embed_texts(tokens), model.embed_texts(tokens[:, :end])
     assert end < 16 and torch.allclose(short, full, atol=1e-6)
-    with pytest.raises(ValueError, match="data.context_length = 16"):
+    with pytest.raises(ValueError, match=r"context_length = 16 \(or less\) in the dataset's table"):
         model.embed_texts(torch.cat([tokens, tokens[:, :2]], dim=1))

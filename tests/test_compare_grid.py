@@ -8,7 +8,7 @@ from p2pforget import compare, config, report
 from p2pforget.__main__ import main
 
 CFG = {"run": {"seed": 0, "rounds": 6, "eval_every": 2}, "topology": {"n_clients": 6},
-       "data": {"n_samples_per_client": 12, "n_test": 20, "n_features": 4},
+       "data": {"n_samples_per_client": 12, "n_test": 20, "gaussian_logistic": {"n_features": 4}},
        "model": {"kind": "logistic"}, "train": {"dtype": "float64", "weight_decay": 0.05, "lr": 0.3},
        "unlearn": {"clients": [2], "finetune": {"rounds": 2}, "certified": {"noise": False}}}
 SPEC = compare.Grid(topologies=("ring", "star"), methods=("retrain", "finetune", "certified"), seeds=(0, 1))

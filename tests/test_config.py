@@ -118,3 +118,28 @@ def test_topology_options_live_in_their_kinds_table():
                                                 r"\[topology.erdos_renyi\]"):
         old = config.from_dict({"topology": {"kind": "erdos_renyi", "p": 0.6}})
     assert old == config.from_dict({"topology": {"kind": "erdos_renyi", "erdos_renyi": {"p": 0.6}}})
+
+
+def test_dataset_shape_keys_live_in_their_kinds_table():
+    cfg = config.loads('[data]\nkind = "pacs_like"\n[data.pacs_like]\nimage_size = 12\n'
+                       '[data.gaussian_logistic]\nn_features = 7\n')
+    assert cfg.data.options().image_size == 12 and cfg.data.options("gaussian_logistic").n_features == 7
+    assert cfg.data.options("captions_synth").concept == "shape" and cfg.data.options("digits") is None
+    assert config.loads(config.dumps(cfg)) == cfg
+    with pytest.raises(ConfigError, match=r"unknown key data.gaussian_logistic.image_size; valid keys in "
+                                          r"\[data.gaussian_logistic\]: n_features, n_classes, separation"):
+        config.from_dict({"data": {"gaussian_logistic": {"image_size": 3}}})
+    with pytest.warns(DeprecationWarning, match=r"data.image_size has moved to the kind's own table: write it under "
+                                                r"\[data.pacs_like\] / \[data.image_folder\] / \[data.captions_synth\]"):
+        old = config.from_dict({"data": {"kind": "pacs_like", "image_size": 12, "n_features": 7}})
+    assert old.data.options() == cfg.data.options() and old.data.options("captions_synth").image_size == 12
+
+
+def test_a_flat_key_given_to_replace_takes_effect():
+    """``replace`` starts from a config whose tables name every key: the flat value must still win."""
+    cfg = config.from_dict({"model": {"kind": "mlp"}})
+    with pytest.warns(DeprecationWarning, match="model.hidden has moved"):
+        assert config.replace(cfg, model={"hidden": 64}).model.options().hidden == 64
+    with pytest.warns(DeprecationWarning, match="data.n_features has moved"):
+        assert config.replace(cfg, data={"n_features": 5}).data.options("gaussian_logistic").n_features == 5
+    assert config.replace(cfg, data={"gaussian_logistic": {"n_features": 5}}) == config.replace(cfg, data={"n_features": 5})

@@ -4,6 +4,8 @@ import torch
 
 from p2pforget import data, models, partition, registry
 from p2pforget.config import DataConfig, ModelConfig
+from p2pforget.data.images import ImageOptions
+from p2pforget.data.synthetic import GaussianOptions
 
 
 @pytest.mark.parametrize("kind", list(registry.PARTITIONS.names()))
@@ -60,7 +62,8 @@ def test_too_many_samples_is_a_clear_error():
 
 
 def test_gaussian_classes_are_separated_by_the_configured_distance():
-    fd = data.build(DataConfig(n_samples_per_client=500, n_features=5, n_classes=2, separation=3.0), n_clients=4, seed=1)
+    fd = data.build(DataConfig(n_samples_per_client=500, tables={"gaussian_logistic": GaussianOptions(
+        n_features=5, n_classes=2, separation=3.0)}), n_clients=4, seed=1)
     x, y = fd.x.reshape(-1, 5), fd.y.ravel()
     mu0, mu1 = x[y == 0].mean(0), x[y == 1].mean(0)
     assert np.linalg.norm(mu0) == pytest.approx(3.0, abs=0.15) and np.linalg.norm(mu1) == pytest.approx(3.0, abs=0.15)
@@ -117,7 +120,7 @@ def test_image_folder_reads_pacs_style_folders(tmp_path):
     assert x.shape == (20, 3, 16, 16) and 0 <= x.min() and x.max() <= 1
     assert domains == ("photo", "sketch") and classes == ("cat", "dog", "horse")
     assert np.bincount(dom).tolist() == [9, 11] and np.bincount(y).tolist() == [10, 8, 2]
-    fd = data.build(DataConfig(kind="image_folder", path=str(tmp_path), image_size=16, n_test=4, n_samples_per_client=4,
+    fd = data.build(DataConfig(kind="image_folder", path=str(tmp_path), tables={"image_folder": ImageOptions(image_size=16)}, n_test=4, n_samples_per_client=4,
                                holdout_fraction=0.0,
                                partition="by_domain"), n_clients=4, seed=0)
     assert fd.x.shape[2:] == (3, 16, 16) and fd.n_classes == 3 and fd.counts.tolist() == [4, 4, 4, 4]
@@ -139,7 +142,7 @@ def test_digits_and_pacs_like_train_the_l2u_model():
 
     for kind, shape in [("digits", (1, 8, 8)), ("pacs_like", (3, 16, 16))]:
         cfg = config.from_dict({"topology": {"kind": "star", "n_clients": 4},
-                                "data": {"kind": kind, "n_samples_per_client": 28, "n_test": 56, "image_size": 16},
+                                "data": {"kind": kind, "n_samples_per_client": 28, "n_test": 56, "pacs_like": {"image_size": 16}},
                                 "model": {"kind": "l2u", "l2u": {"hidden": 8}}, "train": {"lr": 0.1, "local_steps": 3}})
         e = Engine(config=cfg)
         assert e.data.input_shape == shape
@@ -158,7 +161,8 @@ def test_a_registered_partition_is_chosen_by_data_partition():
         return np.split(order[:int(np.sum(sizes))], np.cumsum(sizes)[:-1])
 
     try:
-        cfg = config.from_dict({"data": {"partition": "label_order_test", "n_samples_per_client": 10, "n_classes": 2},
+        cfg = config.from_dict({"data": {"partition": "label_order_test", "n_samples_per_client": 10,
+                                         "gaussian_logistic": {"n_classes": 2}},
                                 "topology": {"n_clients": 4}})
         built = data.build(cfg.data, n_clients=4, seed=0)
         assert (built.y[0] == built.y[0, 0]).all() and built.y[0, 0] <= built.y[-1, 0]

@@ -28,7 +28,7 @@ def _small(rounds=150, **unlearn):
     return config.from_dict({
         "run": {"seed": 11, "rounds": rounds},
         "topology": {"kind": "erdos_renyi", "n_clients": 7, "erdos_renyi": {"p": 0.5}, "dropout": 0.3},
-        "data": {"n_samples_per_client": 30, "n_test": 50, "n_features": 4},
+        "data": {"n_samples_per_client": 30, "n_test": 50, "gaussian_logistic": {"n_features": 4}},
         "model": {"kind": "mlp", "mlp": {"hidden": 8}},
         "train": {"batch_size": 8, "local_steps": 2},
         "unlearn": {"certified": {"noise": False}} | unlearn,

@@ -14,7 +14,7 @@ def _cfg(**unlearn):
     return config.from_dict({
         "run": {"seed": 2, "rounds": 400},
         "topology": {"kind": "erdos_renyi", "n_clients": 10, "erdos_renyi": {"p": 0.5}},
-        "data": {"n_samples_per_client": 20, "n_features": 3, "n_classes": 3, "n_test": 60},
+        "data": {"n_samples_per_client": 20, "n_test": 60, "gaussian_logistic": {"n_features": 3, "n_classes": 3}},
         "train": {"algorithm": "gradient_tracking", "lr": 0.15, "dtype": "float64", "weight_decay": 0.1},
         "unlearn": {"certified": {"noise": False, "newton_steps": 4, "averaging": "tree"}} | unlearn,
     })

@@ -145,7 +145,7 @@ def _foul_cfg(kind="star", **foul):
     return config.from_dict({
         "run": {"seed": 1},
         "topology": {"kind": kind, "n_clients": 6},
-        "data": {"kind": "pacs_like", "n_samples_per_client": 14, "n_test": 28, "image_size": 16, "partition": "by_domain"},
+        "data": {"kind": "pacs_like", "n_samples_per_client": 14, "n_test": 28, "partition": "by_domain", "pacs_like": {"image_size": 16}},
         "model": {"kind": "l2u", "l2u": {"hidden": 8}},
         "train": {"lr": 0.1, "local_steps": 2, "batch_size": 7},
         "unlearn": {"method": "foul", "foul": {"rounds": 2} | foul},

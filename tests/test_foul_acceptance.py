@@ -1,7 +1,7 @@
 """FOUL against Retrain on the PACS-like set (20 clients, star, seed 0), at 16-pixel images.
 
 The experiment is ``p2pforget/configs/foul_pacs.toml`` (FOUL as the official code: all parameters,
-at most 15 rounds: the stopping rule may end it sooner) with ``data.image_size = 16`` instead of
+at most 15 rounds: the stopping rule may end it sooner) with ``data.pacs_like.image_size = 16`` instead of
 32, which makes this check three times faster and leaves the rounds, clients, domains and message
 sizes as they are. Asserted: FOUL forgets part of the domain (FA more than 5 points below the
 trained model's), keeps RA within 2 and TA within 3 points of Retrain's or above, and costs at most
@@ -22,7 +22,7 @@ from p2pforget import Engine, config, forget
 @pytest.mark.slow
 def test_foul_on_pacs_like_star_forgets_at_lower_cost_than_retrain():
     cfg = config.loads(resources.files("p2pforget").joinpath("configs/foul_pacs.toml").read_text())
-    cfg = config.replace(cfg, data={"image_size": 16}, audit={"after_forget": False})
+    cfg = config.replace(cfg, data={"pacs_like": {"image_size": 16}}, audit={"after_forget": False})
     engine = Engine(config=cfg)
     engine.train(cfg.run.rounds, progress=False)
     result = forget(engine, clients=list(cfg.unlearn.clients), progress=False)

@@ -19,7 +19,7 @@ from p2pforget.__main__ import main
 from p2pforget.data.files import write_idx
 
 BASE = {"run": {"rounds": 3, "seed": 4}, "topology": {"n_clients": 5},
-        "data": {"n_samples_per_client": 8, "n_test": 10, "n_features": 3}, "model": {"kind": "logistic"},
+        "data": {"n_samples_per_client": 8, "n_test": 10, "gaussian_logistic": {"n_features": 3}}, "model": {"kind": "logistic"},
         "audit": {"after_forget": False}}
 RING5 = "0 1\n1 2\n2 3\n3 4\n4 0\n"
 OTHER_RING5 = "0 2\n2 1\n1 3\n3 4\n4 0\n"
@@ -168,8 +168,8 @@ CASES = [
     (RUN + [S, "train.lr=-inf"], "train.lr = -inf " + NOT_FINITE),
     (RUN + [S, "train.momentum=nan"], "train.momentum = nan " + NOT_FINITE),
     (RUN + [S, "train.momentum=1.0"], "train.momentum = 1.0 is out of range; allowed [0.0, 1.0)"),
-    (RUN + [S, "data.separation=nan"], "data.separation = nan " + NOT_FINITE),
-    (RUN + [S, "data.separation=inf"], "data.separation = inf " + NOT_FINITE),
+    (RUN + [S, "data.gaussian_logistic.separation=nan"], "data.gaussian_logistic.separation = nan " + NOT_FINITE),
+    (RUN + [S, "data.gaussian_logistic.separation=inf"], "data.gaussian_logistic.separation = inf " + NOT_FINITE),
     (RUN + [S, "train.weight_decay=nan"], "train.weight_decay = nan " + NOT_FINITE),
     (RUN + [S, "train.weight_decay=inf"], "train.weight_decay = inf " + NOT_FINITE),
     (RUN + [S, "train.beta1=1.0"], "train.beta1 = 1.0 is out of range; allowed [0.0, 1.0)"),

@@ -104,7 +104,7 @@ def test_membership_non_members_are_held_out_samples_of_the_forgotten_classes():
     from p2pforget import Engine, config, unlearn
 
     engine = Engine(config=config.from_dict({"topology": {"n_clients": 3},
-                                             "data": {"n_samples_per_client": 40, "n_classes": 3, "n_test": 30}}))
+                                             "data": {"n_samples_per_client": 40, "n_test": 30, "gaussian_logistic": {"n_classes": 3}}}))
     engine.train(3, progress=False)
     d = engine.data
     picked = unlearn.class_samples(engine, [1])

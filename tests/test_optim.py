@@ -49,7 +49,7 @@ def test_schedules():
 
 def _cfg(**train):
     return config.from_dict({"run": {"seed": 3, "rounds": 6}, "topology": {"kind": "ring", "n_clients": 5},
-                             "data": {"n_samples_per_client": 12, "n_test": 20, "n_features": 4},
+                             "data": {"n_samples_per_client": 12, "n_test": 20, "gaussian_logistic": {"n_features": 4}},
                              "model": {"kind": "mlp", "mlp": {"hidden": 6}}, "train": {"batch_size": 4, "local_steps": 2} | train})
 
 

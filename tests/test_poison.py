@@ -108,8 +108,9 @@ def test_certified_unlearning_of_a_poisoned_client_is_certified_and_removes_the_
     two probe samples (the noise is of order 1e-6)."""
     cfg = config.from_dict({
         "run": {"seed": 1, "rounds": 120}, "topology": {"kind": "ring", "n_clients": 6},
-        "data": {"kind": "gaussian_logistic", "n_samples_per_client": 40, "n_features": 10, "n_classes": 3,
-                 "n_test": 300, "poison": {"kind": "feature", "clients": [3], "fraction": 1.0, "size": 2}},
+        "data": {"kind": "gaussian_logistic", "n_samples_per_client": 40,
+                 "n_test": 300, "poison": {"kind": "feature", "clients": [3], "fraction": 1.0, "size": 2},
+                 "gaussian_logistic": {"n_features": 10, "n_classes": 3}},
         "model": {"kind": "logistic"},
         "train": {"algorithm": "gradient_tracking", "lr": 0.15, "dtype": "float64", "weight_decay": 0.01},
         "audit": {"after_forget": False}})

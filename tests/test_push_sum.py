@@ -11,7 +11,7 @@ from p2pforget.engine import Engine
 def _cfg(kind="ring", n=6, **extra):
     train = {"algorithm": "push_sum", "dtype": "float64", "batch_size": 0, "lr": 0.1, "same_init": False}
     return config.from_dict({"run": {"seed": 5, "rounds": 5, "eval_every": 0}, "topology": {"kind": kind, "n_clients": n} | extra,
-                             "data": {"n_samples_per_client": 10, "n_test": 10, "n_features": 5},
+                             "data": {"n_samples_per_client": 10, "n_test": 10, "gaussian_logistic": {"n_features": 5}},
                              "model": {"kind": "logistic"}, "train": train})
 
 

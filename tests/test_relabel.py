@@ -36,7 +36,7 @@ def test_saliency_top_keeps_the_largest_magnitudes_as_numpy_does():
 
 def _engine(kind):
     cfg = config.from_dict({"run": {"seed": 2, "rounds": 4}, "topology": {"kind": kind, "n_clients": 5},
-                            "data": {"n_samples_per_client": 10, "n_test": 20, "n_features": 6, "n_classes": 4},
+                            "data": {"n_samples_per_client": 10, "n_test": 20, "gaussian_logistic": {"n_features": 6, "n_classes": 4}},
                             "model": {"kind": "mlp", "mlp": {"hidden": 5}},
                             "train": {"batch_size": 5, "lr": 0.2, "dtype": "float64"},
                             "audit": {"after_forget": False}})

@@ -14,7 +14,7 @@ def _cfg(tmp_path, **run):
     return config.from_dict({
         "run": {"seed": 3, "rounds": 15, "out": str(tmp_path)} | run,
         "topology": {"kind": "ring", "n_clients": 6},
-        "data": {"n_samples_per_client": 15, "n_features": 4, "n_test": 40},
+        "data": {"n_samples_per_client": 15, "n_test": 40, "gaussian_logistic": {"n_features": 4}},
         "train": {"dtype": "float32", "weight_decay": 1e-3},
         "unlearn": {"clients": [2], "mode": "remove"},
         "audit": {"after_forget": False},

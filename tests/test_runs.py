@@ -15,7 +15,7 @@ def _cfg(**train):
     return config.from_dict({
         "run": {"seed": 11, "rounds": 8},
         "topology": {"kind": "erdos_renyi", "n_clients": 7, "erdos_renyi": {"p": 0.5}, "dropout": 0.3},
-        "data": {"n_samples_per_client": 30, "n_test": 50, "n_features": 4, "save": True},
+        "data": {"n_samples_per_client": 30, "n_test": 50, "save": True, "gaussian_logistic": {"n_features": 4}},
         "model": {"kind": "mlp", "mlp": {"hidden": 8}},
         "train": {"batch_size": 8, "local_steps": 2, "dtype": "float32"} | train,
     })

@@ -51,7 +51,7 @@ UNMONITORED = config.StoppingConfig(rule="budget", guard=False)  # the method's 
 
 def _cfg(kind, n):
     return config.from_dict({"run": {"seed": 4, "rounds": 5}, "topology": {"kind": kind, "n_clients": n},
-                             "data": {"n_samples_per_client": 12, "n_test": 20, "n_features": 5},
+                             "data": {"n_samples_per_client": 12, "n_test": 20, "gaussian_logistic": {"n_features": 5}},
                              "model": {"kind": "mlp", "mlp": {"hidden": 6}},
                              "train": {"batch_size": 4, "lr": 0.2, "dtype": "float64"},
                              "audit": {"after_forget": False}})

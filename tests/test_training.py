@@ -26,7 +26,8 @@ def test_star_fedavg_matches_numpy_loop():
     cfg = config.from_dict({
         "run": {"seed": 1, "rounds": 7},
         "topology": {"kind": "star", "n_clients": 5},
-        "data": {"n_samples_per_client": 25, "n_features": 6, "n_classes": 4, "partition": "dirichlet", "alpha": 0.5},
+        "data": {"n_samples_per_client": 25, "partition": "dirichlet", "alpha": 0.5,
+                 "gaussian_logistic": {"n_features": 6, "n_classes": 4}},
         "model": {"kind": "logistic"},
         "train": {"lr": 0.4, "local_steps": 3, "batch_size": 0, "dtype": "float64", "weight_decay": 0.01},
     })
@@ -53,8 +54,8 @@ def test_gradient_tracking_reaches_centralized_optimum(kind, n):
     cfg = config.from_dict({
         "run": {"seed": 2},
         "topology": {"kind": kind, "n_clients": n, "erdos_renyi": {"p": 0.5}},
-        "data": {"n_samples_per_client": 20, "n_features": 3, "n_classes": 3, "partition": "dirichlet", "alpha": 1.0,
-                 "holdout_fraction": 0.0},
+        "data": {"n_samples_per_client": 20, "partition": "dirichlet", "alpha": 1.0,
+                 "holdout_fraction": 0.0, "gaussian_logistic": {"n_features": 3, "n_classes": 3}},
         "train": {"algorithm": "gradient_tracking", "lr": 0.15, "batch_size": 0, "dtype": "float64", "weight_decay": 0.3},
     })
     engine = Engine(config=cfg)

@@ -9,8 +9,8 @@ def test_mlp_certified_matches_retrain_in_less_time():
     cfg = config.from_dict({
         "run": {"seed": 0},
         "topology": {"kind": "ring", "n_clients": 16},
-        "data": {"n_samples_per_client": 30, "n_features": 20, "n_classes": 3, "partition": "dirichlet", "alpha": 0.3,
-                 "n_test": 600, "separation": 1.2},
+        "data": {"n_samples_per_client": 30, "partition": "dirichlet", "alpha": 0.3,
+                 "n_test": 600, "gaussian_logistic": {"n_features": 20, "n_classes": 3, "separation": 1.2}},
         "model": {"kind": "mlp", "mlp": {"hidden": 32}},
         "train": {"algorithm": "dsgd", "lr": 0.5, "local_steps": 2, "weight_decay": 1e-3},
         # No noise: the certificate needs a convex loss (certified = False for an MLP).

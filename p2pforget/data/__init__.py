@@ -99,7 +99,7 @@ def estimated_bytes(cfg: DataConfig, *, n_clients: int) -> int | None:
     client's training and held-out samples, before anything is allocated), from the builder's
     ``sample_numbers`` (numbers per input sample); ``None`` for a builder that does not say.
 
-    >>> estimated_bytes(DataConfig(n_samples_per_client=80, n_features=10, holdout_fraction=0.2), n_clients=1000)
+    >>> estimated_bytes(DataConfig(n_samples_per_client=80, holdout_fraction=0.2), n_clients=1000)
     8000000
     """
     numbers = DATASETS.entry(cfg.kind).meta.get("sample_numbers")

@@ -1,13 +1,14 @@
 """Image-caption data for CLIP: a procedural generator and loaders for Flickr30K and COCO captions.
 
 Every builder returns images ``x [n_clients, m, 3, S, S]`` (standardized), five captions per
-image as open_clip BPE tokens in ``extras["tokens"] [n_clients, m, 5, data.context_length]``,
+image as open_clip BPE tokens in ``extras["tokens"] [n_clients, m, 5, context_length]``,
 and a concept label ``y`` used to partition clients (``data.partition = "dirichlet"`` or
-``"by_class"`` skews clients by concept).
+``"by_class"`` skews clients by concept). Each kind's table (``[data.<kind>]``) sets
+``image_size`` and ``context_length``.
 
 - ``captions_synth``: shapes x colours x positions x sizes x backgrounds, drawn on
-  ``data.image_size`` pixels, each with five template captions as in Flickr30K; the concept is
-  the shape or the colour (``data.concept``). Seconds to generate.
+  ``image_size`` pixels, each with five template captions as in Flickr30K; the concept is
+  the shape or the colour (``data.captions_synth.concept``). Seconds to generate.
 - ``flickr30k``: Karpathy's ``dataset_flickr30k.json`` (``data.path``) with its image folder next to
   it (``flickr30k-images/`` or ``images/``).
 - ``coco_captions``: a COCO captions JSON (``data.path``, e.g. ``captions_train2017.json``) with
@@ -23,14 +24,32 @@ Example
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from .. import seeding
-from ..config import DataConfig
+from ..config import DataConfig, bounded, choice
 from . import FederatedData, register, shard
 from .images import standardize
+
+
+@dataclass(frozen=True)
+class CaptionOptions:
+    """Keys of ``[data.flickr30k]`` and ``[data.coco_captions]``: the side of the square images
+    (pixels) and the caption tokens' context length."""
+
+    image_size: int = bounded(32, 8)
+    context_length: int = bounded(16, 4)
+
+
+@dataclass(frozen=True)
+class SynthCaptionOptions(CaptionOptions):
+    """Keys of ``[data.captions_synth]``: those of :class:`CaptionOptions` and the concept that
+    labels a pair (its shape or its colour)."""
+
+    concept: str = choice("shape", "shape", "colour")
 
 SHAPES = ("square", "circle", "triangle", "cross")
 COLOURS = {"red": (0.9, 0.1, 0.1), "green": (0.1, 0.8, 0.2), "blue": (0.15, 0.3, 0.95), "yellow": (0.95, 0.85, 0.1),
@@ -97,7 +116,7 @@ def tokenize(captions: list[list[str]], context_length: int) -> np.ndarray:
 
 def _dataset(x: np.ndarray, captions: list[list[str]], y: np.ndarray, n_classes: int, cfg: DataConfig,
              n_clients: int, seed: int, *, purpose: str) -> FederatedData:
-    tokens = tokenize(captions, cfg.context_length)
+    tokens = tokenize(captions, cfg.options().context_length)
     if cfg.n_test >= len(y):
         raise ValueError(f"data.n_test = {cfg.n_test} leaves no training pairs out of {len(y)}; lower it")
     perm = seeding.rng(seed, purpose=purpose).permutation(len(y))
@@ -107,17 +126,19 @@ def _dataset(x: np.ndarray, captions: list[list[str]], y: np.ndarray, n_classes:
                          extras_test={"tokens": tokens[test]})
 
 
-@register("captions_synth", help="procedural image-caption pairs (shapes, colours, positions, sizes, backgrounds; "
+@register("captions_synth", options=SynthCaptionOptions,
+          help="procedural image-caption pairs (shapes, colours, positions, sizes, backgrounds; "
                                  "5 captions each) for CLIP")
 def captions_synth(cfg: DataConfig, n_clients: int, seed: int) -> FederatedData:
     n = n_clients * cfg.n_samples_per_client + cfg.n_test
     r = seeding.rng(seed, purpose="data/captions_synth")
     attrs = np.stack([r.integers(0, len(values), n) for values in ATTRIBUTES], axis=1)
-    concept = 0 if cfg.concept == "shape" else 1
+    o = cfg.options("captions_synth")
+    concept = 0 if o.concept == "shape" else 1
     # Balanced concepts, so that a by-concept split gives every client its share.
     attrs[:, concept] = r.permutation(np.arange(n) % len(ATTRIBUTES[concept]))
     captions = describe(attrs)
-    x = standardize(render(attrs, size=cfg.image_size, r=r))
+    x = standardize(render(attrs, size=o.image_size, r=r))
     return _dataset(x, captions, attrs[:, concept].astype(np.int64), len(ATTRIBUTES[concept]), cfg, n_clients, seed,
                     purpose="data/captions_synth/split")
 
@@ -178,15 +199,15 @@ def _real(reader, cfg: DataConfig, n_clients: int, seed: int, kind: str) -> Fede
     if cfg.partition != "iid":
         raise ValueError(f"data.kind = {kind!r} has no concept labels to skew clients by: set data.partition = \"iid\"")
     files, captions = reader(cfg.path)
-    x = standardize(_read_images(files, cfg.image_size))
+    x = standardize(_read_images(files, cfg.options(kind).image_size))
     return _dataset(x, captions, np.zeros(len(files), dtype=np.int64), 1, cfg, n_clients, seed, purpose=f"data/{kind}/split")
 
 
-@register("flickr30k", help="Flickr30K (Karpathy's dataset_flickr30k.json at data.path, images next to it)")
+@register("flickr30k", options=CaptionOptions, help="Flickr30K (Karpathy's dataset_flickr30k.json at data.path, images next to it)")
 def flickr30k(cfg: DataConfig, n_clients: int, seed: int) -> FederatedData:
     return _real(read_flickr30k, cfg, n_clients, seed, "flickr30k")
 
 
-@register("coco_captions", help="COCO captions (a captions_*.json at data.path, images next to it)")
+@register("coco_captions", options=CaptionOptions, help="COCO captions (a captions_*.json at data.path, images next to it)")
 def coco_captions(cfg: DataConfig, n_clients: int, seed: int) -> FederatedData:
     return _real(read_coco_captions, cfg, n_clients, seed, "coco_captions")

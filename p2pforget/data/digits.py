@@ -1,7 +1,7 @@
 """scikit-learn's bundled 8x8 handwritten digits (1797 images, 10 classes; no download).
 
 Images are scaled to [0, 1] and kept as ``(1, 8, 8)`` so both MLP and CNN models apply.
-``data.n_features`` and ``data.n_classes`` are ignored (fixed at 64 and 10).
+Its shape is fixed (64 pixels, 10 classes): ``[data.digits]`` has no keys.
 """
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """Multi-domain image classification: a synthetic PACS-like set and a loader for PACS-style folders.
 
-``pacs_like``: 4 domains x 7 classes of RGB images (``data.image_size``, default 32). A class is a
+``pacs_like``: 4 domains x 7 classes of RGB images (``data.pacs_like.image_size``, default 32). A class is a
 shape (circle, square, triangle, cross, ring, diamond, bars) drawn at a jittered position, size and
 aspect; a domain is a style over it:
 
@@ -11,7 +11,7 @@ aspect; a domain is a style over it:
 
 Everything is a pure function of the seed (seconds for thousands of images). The test split mixes
 all domains equally. ``image_folder`` reads ``data.path/<domain>/<class>/*.png|jpg`` (the layout of
-PACS, DomainNet, OfficeHome), resizes to ``data.image_size`` and keeps the domain of every image.
+PACS, DomainNet, OfficeHome), resizes to ``data.image_folder.image_size`` and keeps the domain of every image.
 Both standardize pixels with :func:`standardize`.
 
 Example
@@ -25,13 +25,22 @@ True
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from .. import seeding
-from ..config import DataConfig
+from ..config import DataConfig, bounded
 from . import FederatedData, register, shard
+
+
+@dataclass(frozen=True)
+class ImageOptions:
+    """Keys of ``[data.pacs_like]`` and ``[data.image_folder]``: the side of the square images
+    (pixels) that the model sees."""
+
+    image_size: int = bounded(32, 8)
 
 DOMAINS = ("art_painting", "cartoon", "photo", "sketch")
 SHAPES = ("circle", "square", "triangle", "cross", "ring", "diamond", "bars")
@@ -106,8 +115,9 @@ def standardize(x: np.ndarray) -> np.ndarray:
     return (x - 0.5) / 0.25
 
 
-@register("pacs_like", help="synthetic PACS-like images: 4 domains (styles) x 7 classes (shapes), RGB",
-          sample_numbers=lambda cfg: 3 * cfg.image_size ** 2)
+@register("pacs_like", options=ImageOptions,
+          help="synthetic PACS-like images: 4 domains (styles) x 7 classes (shapes), RGB",
+          sample_numbers=lambda cfg: 3 * cfg.options("pacs_like").image_size ** 2)
 def pacs_like(cfg: DataConfig, n_clients: int, seed: int) -> FederatedData:
     pool_n = n_clients * cfg.n_samples_per_client
     r = seeding.rng(seed, purpose="data/pacs_like")
@@ -115,7 +125,7 @@ def pacs_like(cfg: DataConfig, n_clients: int, seed: int) -> FederatedData:
     # Classes and domains balanced within the training pool and within the test split.
     y = np.concatenate([r.permutation(np.arange(k) % len(SHAPES)) for k in (pool_n, cfg.n_test)])
     dom = np.concatenate([r.permutation(np.arange(k) % len(DOMAINS)) for k in (pool_n, cfg.n_test)])
-    x = standardize(render(y, dom, size=cfg.image_size, r=r))
+    x = standardize(render(y, dom, size=cfg.options("pacs_like").image_size, r=r))
     test = slice(pool_n, total)
     fields = shard(x[:pool_n], y[:pool_n], cfg, n_clients, seed, domains=dom[:pool_n])
     return FederatedData(**fields, x_test=x[test], y_test=y[test], n_classes=len(SHAPES),
@@ -149,11 +159,11 @@ def read_image_folder(root: str | Path, *, size: int) -> tuple[np.ndarray, np.nd
     return np.stack(images), np.array(labels, dtype=np.int64), np.array(doms, dtype=np.int64), domains, classes
 
 
-@register("image_folder", help="PACS/DomainNet-style folders data.path/<domain>/<class>/*.png|jpg")
+@register("image_folder", options=ImageOptions, help="PACS/DomainNet-style folders data.path/<domain>/<class>/*.png|jpg")
 def image_folder(cfg: DataConfig, n_clients: int, seed: int) -> FederatedData:
     if not cfg.path:
         raise ValueError("data.kind = 'image_folder' needs data.path = \"path/to/root\" (root/<domain>/<class>/*.png)")
-    x, y, dom, names, classes = read_image_folder(cfg.path, size=cfg.image_size)
+    x, y, dom, names, classes = read_image_folder(cfg.path, size=cfg.options("image_folder").image_size)
     x = standardize(x)
     if cfg.n_test >= len(y):
         raise ValueError(f"data.n_test = {cfg.n_test} leaves no training images out of {len(y)}; lower it")

@@ -204,7 +204,7 @@ class ContrastiveCLIP(nn.Module):
         context = self.clip.context_length
         if tokens.shape[-1] > context:
             raise ValueError(f"captions have {tokens.shape[-1]} tokens but the model's text tower reads at most "
-                             f"{context}: set data.context_length = {context} (or less)")
+                             f"{context}: set context_length = {context} (or less) in the dataset's table, e.g. [data.captions_synth]")
         if tokens.shape[-1] < context:
             tokens = torch.nn.functional.pad(tokens, (0, context - tokens.shape[-1]))
         with _batchable_attention(tokens.device):

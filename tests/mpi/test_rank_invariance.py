@@ -21,7 +21,7 @@ COMM = MPI.COMM_WORLD
 
 BASE = {
     "run": {"seed": 5, "rounds": 6},
-    "data": {"n_samples_per_client": 16, "n_test": 30, "n_features": 4, "partition": "dirichlet"},
+    "data": {"n_samples_per_client": 16, "n_test": 30, "partition": "dirichlet", "gaussian_logistic": {"n_features": 4}},
     "model": {"kind": "mlp", "mlp": {"hidden": 6}},
     "train": {"batch_size": 4, "local_steps": 2, "lr": 0.2},
 }
@@ -37,8 +37,8 @@ UNLEARN_CASES = {
                                    "unlearn": {"clients": [6], "certified": {"curvature": "ggn", "averaging": "tree", "damping": 0.1,
                                                "finetune_rounds": 2, "noise_seed": 5}}},
     "star6_foul_pacs_like": {"topology": {"kind": "star", "n_clients": 6},
-                             "data": {"kind": "pacs_like", "image_size": 16, "n_samples_per_client": 14, "n_test": 28,
-                                      "partition": "by_domain"},
+                             "data": {"kind": "pacs_like", "n_samples_per_client": 14, "n_test": 28,
+                                      "partition": "by_domain", "pacs_like": {"image_size": 16}},
                              "model": {"kind": "l2u", "l2u": {"hidden": 8}}, "train": {"batch_size": 7, "lr": 0.1},
                              "unlearn": {"method": "foul", "clients": [4, 5], "foul": {"rounds": 2}}},
     "ring7_foul_digits": {"topology": {"kind": "ring", "n_clients": 7}, "data": {"kind": "digits", "n_test": 40},
@@ -98,12 +98,12 @@ CASES = {
                          "train": {"optimizer": "adamw", "lr": 0.01, "schedule": "step", "step_every": 2}},
     "file_barbell6": {"topology": {"kind": "file", "n_clients": 6,
                                    "path": str(Path(__file__).resolve().parents[2] / "topologies" / "barbell6.edgelist")}},
-    "random_regular8_cnn": {"topology": {"kind": "random_regular", "n_clients": 8}, "data": {"n_features": 16},
+    "random_regular8_cnn": {"topology": {"kind": "random_regular", "n_clients": 8}, "data": {"gaussian_logistic": {"n_features": 16}},
                             "model": {"kind": "cnn", "cnn": {"hidden": 6}}},
     # running statistics: per client, mixed on the graph / FedAvg-averaged at the hub, checkpointed
-    "ring6_cnn_batchnorm": {"topology": {"kind": "ring", "n_clients": 6}, "data": {"n_features": 16},
+    "ring6_cnn_batchnorm": {"topology": {"kind": "ring", "n_clients": 6}, "data": {"gaussian_logistic": {"n_features": 16}},
                             "model": {"kind": "cnn", "cnn": {"hidden": 6, "norm": "batch"}}},
-    "star5_cnn_batchnorm": {"topology": {"kind": "star", "n_clients": 5}, "data": {"n_features": 16},
+    "star5_cnn_batchnorm": {"topology": {"kind": "star", "n_clients": 5}, "data": {"gaussian_logistic": {"n_features": 16}},
                             "model": {"kind": "cnn", "cnn": {"hidden": 6, "norm": "batch"}}},
 }
 
@@ -230,7 +230,7 @@ def test_compare_grid_csv_is_the_same_under_mpi(tmp_path):
 
     out = _shared(tmp_path)
     base = {"run": {"seed": 0, "rounds": 4, "eval_every": 2}, "topology": {"n_clients": 6},
-            "data": {"n_samples_per_client": 10, "n_test": 20, "n_features": 4}, "model": {"kind": "logistic"},
+            "data": {"n_samples_per_client": 10, "n_test": 20, "gaussian_logistic": {"n_features": 4}}, "model": {"kind": "logistic"},
             "train": {"dtype": "float64", "weight_decay": 0.05}, "unlearn": {"clients": [1], "finetune": {"rounds": 2}}}
     spec = compare.Grid(topologies=("ring", "star"), methods=("retrain", "finetune"), seeds=(0,))
     compare.grid(config.from_dict(base | {"run": base["run"] | {"transport": "mpi"}}), spec, out=out / "mpi")
