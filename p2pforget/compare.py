@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -396,6 +397,18 @@ def _experiment(cfg: Config) -> dict:
     return d
 
 
+def _current_form(stored: dict) -> dict:
+    """A stored grid's experiment as this version writes it (keys that moved into per-kind tables
+    read where they went), so a grid started by an earlier version resumes; as stored when it no
+    longer reads as a config (the comparison then names the differences)."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)
+            return json.loads(history.json_text(config_mod.to_dict(config_mod.from_dict(stored))))
+    except (config_mod.ConfigError, TypeError, ValueError):
+        return stored
+
+
 def _claim(cfg: Config, out: Path, *, overwrite: bool) -> str | None:
     """Mark ``out`` as this experiment's grid; a message when it holds another's."""
     path = out / "grid.json"
@@ -405,7 +418,7 @@ def _claim(cfg: Config, out: Path, *, overwrite: bool) -> str | None:
         path.unlink(missing_ok=True)
     mine = json.loads(history.json_text(_experiment(cfg)))
     if path.exists():
-        theirs = history.read_json(path)
+        theirs = _current_form(history.read_json(path))
         diffs = [f"{s}.{k}: {theirs.get(s, {}).get(k)!r} -> {v!r}" for s in mine for k, v in mine[s].items()
                  if theirs.get(s, {}).get(k) != v]
         if diffs:

@@ -104,3 +104,18 @@ def test_array_tasks_then_merge_give_the_same_csv(tmp_path, capsys):
     assert (tmp_path / "array" / "compare.csv").read_bytes() == (tmp_path / "one" / "compare.csv").read_bytes()
     assert main(base + ["--task", "4"]) == 2
     assert "numbered 0..3" in capsys.readouterr().err
+
+
+def test_a_grid_stored_with_flat_dataset_keys_resumes_and_a_changed_option_is_named(tmp_path):
+    from p2pforget import history
+
+    cfg = config.from_dict(CFG)
+    assert compare._claim(cfg, tmp_path, overwrite=False) is None
+    stored = history.read_json(tmp_path / "grid.json")
+    flat = stored["data"] | stored["data"].pop("gaussian_logistic")   # the form written before the kind tables
+    for kind in ("pacs_like", "image_folder", "captions_synth", "flickr30k", "coco_captions"):
+        flat.pop(kind)
+    history.write_json(tmp_path / "grid.json", stored | {"data": flat})
+    assert compare._claim(cfg, tmp_path, overwrite=False) is None
+    changed = config.replace(cfg, data={"gaussian_logistic": {"n_features": 5}})
+    assert "data.gaussian_logistic: {'n_features': 4" in compare._claim(changed, tmp_path, overwrite=False)
