@@ -221,3 +221,14 @@ def test_edge_dropout_works_on_edge_arrays():
     W = e.mixing_at(5)
     assert W.shape == (50_000, 50_000) and 50_000 < W.nnz < 150_000
     topology.validate_mixing(W)
+
+
+def test_the_default_ledger_is_dense_up_to_its_limit_and_sparse_above():
+    limit = config.LedgerConfig.FULL_UP_TO
+    small = Engine(config=_cfg(topology={"n_clients": limit}, data={"n_samples_per_client": 2, "n_test": 4}))
+    big = Engine(config=_cfg(topology={"n_clients": limit + 1}, data={"n_samples_per_client": 2, "n_test": 4}))
+    assert isinstance(small.ledger, torch.Tensor) and small.ledger.shape == (limit, limit)
+    assert isinstance(big.ledger, ledger.SparseRows)
+    big.step()
+    # after one ring round node 0 holds itself and its two neighbours (1 and n - 1), 1/3 each
+    np.testing.assert_allclose(big.ledger_shares([0, 1, 2, limit])[0].numpy(), [1 / 3, 1 / 3, 0, 1 / 3])

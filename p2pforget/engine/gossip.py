@@ -136,7 +136,7 @@ class Gossip:
     def _empty_ledger(self):
         """A zero ledger of ``[ledger] kind``: dense ``[n_local, n]`` (full), :class:`~p2pforget.ledger.SparseRows`
         (sparse) or ``None`` (off)."""
-        kind, rows = self.config.ledger.kind, self.hi - self.lo
+        kind, rows = self.config.ledger.kind_for(self.n_clients), self.hi - self.lo
         if kind == "off":
             return None
         if kind == "sparse":

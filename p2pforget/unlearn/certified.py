@@ -101,7 +101,7 @@ def ledger_bytes(engine: "Engine") -> float:
     gradient tracking)."""
     if engine.ledger is None or engine.is_star or engine.config.train.algorithm == "gradient_tracking":
         return 0.0
-    entries = engine.n_clients if engine.config.ledger.kind == "full" else 2 * engine.config.ledger.keep
+    entries = engine.n_clients if engine.config.ledger.kind_for(engine.n_clients) == "full" else 2 * engine.config.ledger.keep
     return float(engine.round * topology.message_count(engine.base_mixing) * entries * 8)
 
 
