@@ -114,6 +114,11 @@ class Task:
         c = active.to(rows.dtype) * self.weight_decay
         return 0.5 * c * (rows * rows).sum(dim=1), c[:, None] * rows
 
+    def decay_gradient(self, rows: torch.Tensor, active: torch.Tensor, *, out: torch.Tensor) -> torch.Tensor:
+        """The gradient part of :meth:`decay` written into ``out`` (a training step's buffer: no
+        allocation, and the loss value a step does not need is not computed); the same numbers."""
+        return torch.mul(rows, (active.to(rows.dtype) * self.weight_decay)[:, None], out=out)
+
     def objective(self, flat: torch.Tensor, batch: Batch, active: torch.Tensor) -> torch.Tensor:
         """What a client minimizes: :meth:`data_loss` plus ``active * weight_decay/2 ||flat||^2``
         (``active`` is 0 for a client without data, which only relays). ``flat`` may also be a dict

@@ -155,8 +155,8 @@ class Compute:
             new = torch.empty_like(params)
 
             def step(rows: slice, g: torch.Tensor, old: torch.Tensor = params) -> None:
-                if decay:
-                    g = g + self.task.decay(old[rows].detach(), self._local_active[rows])[1]
+                if decay:  # g is this step's own gradient buffer, and new[rows] is free until the update
+                    g = g.add_(self.task.decay_gradient(old[rows].detach(), self._local_active[rows], out=new[rows]))
                 for hook in self.hooks.values():
                     extra = hook.gradient(old[rows].detach(), rows)
                     if extra is not None:
