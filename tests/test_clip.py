@@ -91,6 +91,11 @@ def test_pretrained_weights_only_from_a_local_file(tmp_path):
     torch.save(source.state_dict(), tmp_path / "ckpt.pt")
     loaded = clip.build_clip(_clip(finetune="full", pretrained=str(tmp_path / "ckpt.pt")))
     assert torch.equal(loaded.text_projection, source.text_projection)
+    # what open_clip's trainer writes: DDP's "module." prefixes inside "state_dict", next to the epoch
+    trainer = {"epoch": 3, "name": "run", "state_dict": {f"module.{k}": v for k, v in source.state_dict().items()}}
+    torch.save(trainer, tmp_path / "epoch_3.pt")
+    resumed = clip.build_clip(_clip(finetune="full", pretrained=str(tmp_path / "epoch_3.pt")))
+    assert all(torch.equal(a, b) for a, b in zip(resumed.state_dict().values(), source.state_dict().values()))
     with pytest.raises(ValueError, match="not an open_clip config"):
         clip.build_clip(_clip(clip_config="no-such-model"))
 

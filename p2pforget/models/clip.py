@@ -141,8 +141,10 @@ def build_clip(cfg: ModelConfig) -> nn.Module:
         if not path.is_file():
             raise FileNotFoundError(f"model.clip.pretrained = {cfg.pretrained!r} does not exist; p2pforget never downloads "
                                     "weights: give the path of a local open_clip checkpoint, or leave it empty")
-        state = torch.load(path, map_location="cpu", weights_only=True)
-        model.load_state_dict(state.get("state_dict", state) if isinstance(state, dict) else state)
+        # open_clip's own loader reads every format it writes or converts: a bare state dict, an
+        # open_clip training checkpoint ({"state_dict": {"module.*": ...}, "epoch": ...}), .safetensors,
+        # OpenAI's and big_vision's weights.
+        open_clip.load_checkpoint(model, str(path))
     if cfg.finetune == "full":
         return model
     for p in model.parameters():
