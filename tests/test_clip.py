@@ -109,3 +109,9 @@ def test_shorter_token_rows_are_padded_to_the_text_context_and_longer_ones_are_r
     assert end < 16 and torch.allclose(short, full, atol=1e-6)
     with pytest.raises(ValueError, match=r"context_length = 16 \(or less\) in the dataset's table"):
         model.embed_texts(torch.cat([tokens, tokens[:, :2]], dim=1))
+
+
+def test_images_of_another_size_than_the_image_tower_reads_are_refused_by_name():
+    with pytest.raises(ValueError, match=r"images are 16x16 pixels but the CLIP model's image tower reads 32x32: "
+                                         r"set image_size = 32 in the dataset's table"):
+        build(_clip(), input_shape=(3, 16, 16), n_classes=0)

@@ -363,4 +363,19 @@ class CLIPOptions:
                  help="open_clip CLIP (model.clip.clip_config: tiny | an open_clip name | JSON path), "
                       "fine-tuned by model.clip.finetune: lora | last_blocks | full; symmetric InfoNCE")
 def _clip(cfg: ModelConfig, input_shape: tuple[int, ...], n_classes: int) -> nn.Module:
-    return ContrastiveCLIP(build_clip(cfg))
+    model = build_clip(cfg)
+    check_image_size(model, input_shape)
+    return ContrastiveCLIP(model)
+
+
+def check_image_size(model: nn.Module, input_shape: tuple[int, ...]) -> None:
+    """A clear error when the data's images are not the size the image tower was built for (a
+    ViT's position embedding has one row per patch of that size, and open_clip's own message is a
+    tensor-shape mismatch deep in the forward)."""
+    size = getattr(model.visual, "image_size", None)
+    size = (size, size) if isinstance(size, int) else tuple(size) if size is not None else None
+    if size is not None and tuple(input_shape[-2:]) != size:
+        raise ValueError(f"the data's images are {input_shape[-2]}x{input_shape[-1]} pixels but the CLIP model's image tower "
+                         f"reads {size[0]}x{size[1]}: set image_size = {size[0]} in the dataset's table (e.g. "
+                         f"[data.captions_synth] image_size = {size[0]}), or choose a model.clip.clip_config for "
+                         f"{input_shape[-1]}-pixel images")
