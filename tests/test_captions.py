@@ -62,8 +62,8 @@ def test_flickr30k_and_coco_loaders_read_their_formats(tmp_path):
         for k in range(4):
             text = _decode(fd.extras["tokens"][i, k, 0])
             n = int(text.split("caption")[0].replace("photo number", "").replace(" ", ""))  # BPE splits digits
-            expected = (np.array([20 * n, 100, 200 - 10 * n]) / 255.0 - 0.5) / 0.25
-            np.testing.assert_allclose(fd.x[i, k][:, 0, 0], expected, atol=1e-12)  # the image of that caption
+            expected = (np.array([20 * n, 100, 200 - 10 * n]) / 255.0 - captions.CLIP_MEAN) / captions.CLIP_STD
+            np.testing.assert_allclose(fd.x[i, k][:, 0, 0], expected, atol=1e-6)  # the image of that caption
             seen += 1
     assert seen == 8
 
@@ -84,3 +84,30 @@ def test_caption_loaders_say_what_is_missing(tmp_path):
         build(DataConfig(kind="coco_captions", holdout_fraction=0.0), n_clients=2, seed=0)
     with pytest.raises(ValueError, match="data.partition"):
         build(DataConfig(kind="coco_captions", path="x.json", partition="dirichlet", holdout_fraction=0.0), n_clients=2, seed=0)
+
+
+def test_real_caption_images_are_preprocessed_as_the_clip_model_expects(tmp_path):
+    """A non-square photo goes through the same steps as the transform open_clip builds from the
+    model's own ``preprocess_cfg``: shortest side to the model's size (bicubic), centre crop, CLIP's
+    mean and std."""
+    from PIL import Image
+
+    from p2pforget.config import ModelConfig
+    from p2pforget.models import clip
+
+    rng = np.random.default_rng(0)
+    Image.fromarray(rng.integers(0, 256, (45, 70, 3), dtype=np.uint8)).save(tmp_path / "wide.png")
+    entries = [{"filename": "wide.png", "split": "train", "sentences": [{"raw": "a wide photo"}]}] * 3
+    (tmp_path / "dataset_flickr30k.json").write_text(json.dumps({"images": entries, "dataset": "flickr30k"}))
+    model = clip.build_clip(ModelConfig(kind="clip"))
+    size = model.visual.image_size[0] if isinstance(model.visual.image_size, tuple) else model.visual.image_size
+    cfg = DataConfig(kind="flickr30k", path=str(tmp_path / "dataset_flickr30k.json"), n_test=1, holdout_fraction=0.0,
+                     n_samples_per_client=2, tables={"flickr30k": captions.CaptionOptions(image_size=size)})
+    fd = build(cfg, n_clients=1, seed=0)
+    from open_clip.transform import PreprocessCfg, image_transform_v2
+
+    preprocess = image_transform_v2(PreprocessCfg(**model.visual.preprocess_cfg), is_train=False)
+    with Image.open(tmp_path / "wide.png") as im:
+        reference = preprocess(im).numpy()
+    np.testing.assert_allclose(fd.x[0, 0], reference, atol=1e-6)
+    np.testing.assert_allclose(fd.x_test[0], reference, atol=1e-6)

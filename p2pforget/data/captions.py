@@ -1,6 +1,6 @@
 """Image-caption data for CLIP: a procedural generator and loaders for Flickr30K and COCO captions.
 
-Every builder returns images ``x [n_clients, m, 3, S, S]`` (standardized), five captions per
+Every builder returns images ``x [n_clients, m, 3, S, S]`` (normalized), five captions per
 image as open_clip BPE tokens in ``extras["tokens"] [n_clients, m, 5, context_length]``,
 and a concept label ``y`` used to partition clients (``data.partition = "dirichlet"`` or
 ``"by_class"`` skews clients by concept). Each kind's table (``[data.<kind>]``) sets
@@ -14,7 +14,9 @@ and a concept label ``y`` used to partition clients (``data.partition = "dirichl
 - ``coco_captions``: a COCO captions JSON (``data.path``, e.g. ``captions_train2017.json``) with
   its images next to it (``train2017/``, ``val2017/`` or ``images/``).
 
-Real datasets have no concept label (``y = 0``) and are split iid.
+Real datasets have no concept label (``y = 0``) and are split iid; their images are preprocessed
+as open_clip's pretrained CLIP models expect (:func:`_read_images`), the synthetic ones
+standardized as ``(x - 0.5) / 0.25``.
 
 Example
 -------
@@ -33,6 +35,11 @@ from .. import seeding
 from ..config import DataConfig, bounded, choice
 from . import FederatedData, register, shard
 from .images import standardize
+
+
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+"""The per-channel mean and standard deviation CLIP (Radford et al. 2021) normalizes images with."""
 
 
 @dataclass(frozen=True)
@@ -144,12 +151,18 @@ def captions_synth(cfg: DataConfig, n_clients: int, seed: int) -> FederatedData:
 
 
 def _read_images(files: list[Path], size: int) -> np.ndarray:
+    """``[N, 3, size, size]`` float32 images as a pretrained CLIP sees them: open_clip's evaluation
+    transform (shortest side resized to ``size`` with bicubic interpolation, centre crop,
+    normalized with CLIP's mean and std: the ``preprocess_cfg`` of open_clip's CLIP models)."""
+    from open_clip import image_transform
     from PIL import Image
 
-    out = np.empty((len(files), 3, size, size))
+    preprocess = image_transform(size, is_train=False, mean=CLIP_MEAN, std=CLIP_STD, resize_mode="shortest",
+                                 interpolation="bicubic")
+    out = np.empty((len(files), 3, size, size), dtype=np.float32)
     for k, f in enumerate(files):
         with Image.open(f) as im:
-            out[k] = np.asarray(im.convert("RGB").resize((size, size), Image.BILINEAR), dtype=np.float64).transpose(2, 0, 1) / 255.0
+            out[k] = preprocess(im).numpy()
     return out
 
 
@@ -199,7 +212,7 @@ def _real(reader, cfg: DataConfig, n_clients: int, seed: int, kind: str) -> Fede
     if cfg.partition != "iid":
         raise ValueError(f"data.kind = {kind!r} has no concept labels to skew clients by: set data.partition = \"iid\"")
     files, captions = reader(cfg.path)
-    x = standardize(_read_images(files, cfg.options(kind).image_size))
+    x = _read_images(files, cfg.options(kind).image_size)
     return _dataset(x, captions, np.zeros(len(files), dtype=np.int64), 1, cfg, n_clients, seed, purpose=f"data/{kind}/split")
 
 
