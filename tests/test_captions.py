@@ -1,5 +1,6 @@
 """Image-caption data: the procedural generator, and the Flickr30K / COCO loaders on small files
 written in those formats."""
+import dataclasses
 import json
 
 import numpy as np
@@ -111,3 +112,22 @@ def test_real_caption_images_are_preprocessed_as_the_clip_model_expects(tmp_path
         reference = preprocess(im).numpy()
     np.testing.assert_allclose(fd.x[0, 0], reference, atol=1e-6)
     np.testing.assert_allclose(fd.x_test[0], reference, atol=1e-6)
+
+
+def test_karpathy_splits_are_honoured(tmp_path):
+    folder = tmp_path / "flickr30k-images"
+    folder.mkdir()
+    split_of = ["train"] * 6 + ["restval"] * 2 + ["val"] * 3 + ["test"] * 4
+    entries = []
+    for k, split in enumerate(split_of):
+        _png(folder / f"{k}.png", (10 * k, 0, 0))
+        entries.append({"filename": f"{k}.png", "split": split, "sentences": [{"raw": f"photo {split} {k}"}]})
+    (tmp_path / "dataset_flickr30k.json").write_text(json.dumps({"images": entries, "dataset": "flickr30k"}))
+    cfg = DataConfig(kind="flickr30k", path=str(tmp_path / "dataset_flickr30k.json"), n_test=3, holdout_fraction=0.0,
+                     n_samples_per_client=4, tables={"flickr30k": captions.CaptionOptions(image_size=16)})
+    fd = build(cfg, n_clients=2, seed=0)
+    train_words = {_decode(t[0]).split()[1] for t in fd.extras["tokens"].reshape(-1, 5, fd.extras["tokens"].shape[-1])}
+    test_words = {_decode(t[0]).split()[1] for t in fd.extras_test["tokens"]}
+    assert train_words == {"train", "restval"} and test_words == {"test"} and len(fd.y_test) == 3
+    with pytest.raises(ValueError, match=r"mark 4 pairs as split \"test\"; set data.n_test to at most 4"):
+        build(dataclasses.replace(cfg, n_test=5), n_clients=2, seed=0)

@@ -10,7 +10,8 @@ and a concept label ``y`` used to partition clients (``data.partition = "dirichl
   ``image_size`` pixels, each with five template captions as in Flickr30K; the concept is
   the shape or the colour (``data.captions_synth.concept``). Seconds to generate.
 - ``flickr30k``: Karpathy's ``dataset_flickr30k.json`` (``data.path``) with its image folder next to
-  it (``flickr30k-images/`` or ``images/``).
+  it (``flickr30k-images/`` or ``images/``); its ``split`` is honoured: the test pairs come from
+  ``test``, the clients' pool from ``train`` and ``restval``, ``val`` is left out.
 - ``coco_captions``: a COCO captions JSON (``data.path``, e.g. ``captions_train2017.json``) with
   its images next to it (``train2017/``, ``val2017/`` or ``images/``).
 
@@ -122,12 +123,25 @@ def tokenize(captions: list[list[str]], context_length: int) -> np.ndarray:
 
 
 def _dataset(x: np.ndarray, captions: list[list[str]], y: np.ndarray, n_classes: int, cfg: DataConfig,
-             n_clients: int, seed: int, *, purpose: str) -> FederatedData:
+             n_clients: int, seed: int, *, purpose: str, splits: list[str] | None = None) -> FederatedData:
+    """Pairs split into a test set of ``data.n_test`` and a training pool shared among the clients:
+    at random, or by ``splits`` (Karpathy's: the test set is drawn from the ``test`` pairs, the pool
+    is the ``train`` and ``restval`` pairs, ``val`` pairs are not used)."""
     tokens = tokenize(captions, cfg.options().context_length)
-    if cfg.n_test >= len(y):
-        raise ValueError(f"data.n_test = {cfg.n_test} leaves no training pairs out of {len(y)}; lower it")
-    perm = seeding.rng(seed, purpose=purpose).permutation(len(y))
-    test, pool = perm[:cfg.n_test], perm[cfg.n_test:]
+    r = seeding.rng(seed, purpose=purpose)
+    if splits is not None:
+        split = np.asarray(splits)
+        tests = np.flatnonzero(split == "test")
+        if cfg.n_test > len(tests):
+            raise ValueError(f"data.n_test = {cfg.n_test} but the annotations mark {len(tests)} pairs as split \"test\"; "
+                             f"set data.n_test to at most {len(tests)}")
+        test = np.sort(r.choice(tests, cfg.n_test, replace=False))
+        pool = r.permutation(np.flatnonzero(np.isin(split, ("train", "restval"))))
+    else:
+        if cfg.n_test >= len(y):
+            raise ValueError(f"data.n_test = {cfg.n_test} leaves no training pairs out of {len(y)}; lower it")
+        perm = r.permutation(len(y))
+        test, pool = perm[:cfg.n_test], perm[cfg.n_test:]
     fields = shard(x[pool], y[pool], cfg, n_clients, seed, extras={"tokens": tokens[pool]})
     return FederatedData(**fields, x_test=x[test], y_test=y[test], n_classes=n_classes,
                          extras_test={"tokens": tokens[test]})
@@ -191,6 +205,13 @@ def read_flickr30k(path: str | Path) -> tuple[list[Path], list[list[str]]]:
     return files, [_five([s["raw"] for s in e["sentences"]], e["filename"]) for e in entries]
 
 
+def karpathy_splits(path: str | Path) -> list[str] | None:
+    """The ``split`` of every image of a Karpathy JSON (``train``, ``restval``, ``val``, ``test``),
+    in file order; ``None`` when it marks none as ``test`` (the pairs are then split at random)."""
+    splits = [e.get("split", "train") for e in json.loads(Path(path).read_text())["images"]]
+    return splits if "test" in splits else None
+
+
 def read_coco_captions(path: str | Path) -> tuple[list[Path], list[list[str]]]:
     """Image files and five captions each from a COCO captions JSON (images + annotations)."""
     path = Path(path)
@@ -206,19 +227,24 @@ def read_coco_captions(path: str | Path) -> tuple[list[Path], list[list[str]]]:
     return files, [_five(by_image.get(im["id"], []), im["file_name"]) for im in images]
 
 
-def _real(reader, cfg: DataConfig, n_clients: int, seed: int, kind: str) -> FederatedData:
+def _real(reader, cfg: DataConfig, n_clients: int, seed: int, kind: str, splits=None) -> FederatedData:
     if not cfg.path:
         raise ValueError(f"data.kind = {kind!r} needs data.path = \"path/to/annotations.json\"")
     if cfg.partition != "iid":
         raise ValueError(f"data.kind = {kind!r} has no concept labels to skew clients by: set data.partition = \"iid\"")
     files, captions = reader(cfg.path)
+    marked = splits(cfg.path) if splits is not None else None
+    if marked is not None:  # the val images are never used: not even decoded
+        used = [k for k, s in enumerate(marked) if s != "val"]
+        files, captions, marked = [files[k] for k in used], [captions[k] for k in used], [marked[k] for k in used]
     x = _read_images(files, cfg.options(kind).image_size)
-    return _dataset(x, captions, np.zeros(len(files), dtype=np.int64), 1, cfg, n_clients, seed, purpose=f"data/{kind}/split")
+    return _dataset(x, captions, np.zeros(len(files), dtype=np.int64), 1, cfg, n_clients, seed,
+                    purpose=f"data/{kind}/split", splits=marked)
 
 
 @register("flickr30k", options=CaptionOptions, help="Flickr30K (Karpathy's dataset_flickr30k.json at data.path, images next to it)")
 def flickr30k(cfg: DataConfig, n_clients: int, seed: int) -> FederatedData:
-    return _real(read_flickr30k, cfg, n_clients, seed, "flickr30k")
+    return _real(read_flickr30k, cfg, n_clients, seed, "flickr30k", splits=karpathy_splits)
 
 
 @register("coco_captions", options=CaptionOptions, help="COCO captions (a captions_*.json at data.path, images next to it)")
