@@ -166,9 +166,10 @@ class Gossip:
             self.ledger = ledger_mod.sparse_mix(torch.cat([packed, self.halo.exchange(packed)]), pos, weight,
                                                 keep=self.config.ledger.keep, n=self.n_clients)
             return
-        eye = torch.zeros_like(self.ledger)
-        eye[torch.arange(self.hi - self.lo), torch.arange(self.lo, self.hi)] = 1.0
-        self.ledger = self.mix(self.ledger + eye, W)
+        # C + I in place (the engine's own tensor: forks and checkpoints copy it), then the mix
+        local = torch.arange(self.hi - self.lo, device=self.ledger.device)
+        self.ledger[local, local + self.lo] += 1.0
+        self.ledger = self.mix(self.ledger, W)
 
     def member_graph(self):
         """The graph of the nodes still in it (and a star's hub)."""
