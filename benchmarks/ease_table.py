@@ -306,7 +306,9 @@ def main() -> int:
         checkpoint = out.with_name(f"{out.stem}_tiny_backbone.pt")
         import torch
 
-        torch.set_num_threads(args.jobs)
+        # One thread whatever --jobs says: a CPU matmul's summation order depends on the thread
+        # count, so the backbone (and every number after it) would depend on how the table was run.
+        torch.set_num_threads(1)
         pretrain(checkpoint, steps=args.pretrain_steps)
         pretrain_seconds = time.perf_counter() - start
         jobs = [(k, s, str(checkpoint)) for k in args.topologies.split(",") for s in seed_list(args.seeds)]
