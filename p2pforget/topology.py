@@ -130,10 +130,13 @@ def complete(n: int, **_) -> nx.Graph:
 class ErdosRenyiOptions:
     """Keys of ``[topology.erdos_renyi]``: the edge probability, and how many further graphs may be
     drawn when one is disconnected (``redraws``; 0 refuses a disconnected draw). Redrawing samples
-    G(n, p) conditioned on being connected, the same graph for the same seed."""
+    G(n, p) conditioned on being connected, the same graph for the same seed. ``biconnected``
+    conditions on staying connected whichever single client leaves (what removing a forgotten
+    client from the graph needs; it takes ``redraws``)."""
 
     p: float = bounded(0.3, 0.0, 1.0)
     redraws: int = bounded(0, 0)
+    biconnected: bool = False
 
 
 @dataclass(frozen=True)
@@ -152,15 +155,19 @@ class RandomRegularOptions:
 
 
 @TOPOLOGIES.register("erdos_renyi", options=ErdosRenyiOptions, help="G(n, p) random graph (seeded; must be connected)")
-def erdos_renyi(n: int, *, seed: int, p: float, redraws: int = 0, **_) -> nx.Graph:
+def erdos_renyi(n: int, *, seed: int, p: float, redraws: int = 0, biconnected: bool = False, **_) -> nx.Graph:
     if not 0 < p <= 1:
         raise TopologyError(f"erdos_renyi needs an edge probability p in (0, 1]; got p = {p}")
+    accept = nx.is_biconnected if biconnected else nx.is_connected
     rng = np.random.default_rng(seed)
     g = nx.gnp_random_graph(n, p, seed=seed)
     for _ in range(redraws):
-        if nx.is_connected(g):
+        if accept(g):
             break
         g = nx.gnp_random_graph(n, p, seed=int(rng.integers(2**31)))
+    if biconnected and not accept(g):
+        raise TopologyError(f"no biconnected G({n}, {p}) in {redraws} redraws (seed {seed}): raise topology.erdos_renyi.p "
+                            "or topology.erdos_renyi.redraws")
     return g
 
 

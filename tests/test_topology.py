@@ -71,6 +71,21 @@ def test_erdos_renyi_redraws_until_connected_the_same_graph_for_the_same_seed():
         topology.build_graph("erdos_renyi", 30, p=0.01, redraws=3)  # too sparse to connect in 3 tries
 
 
+def test_erdos_renyi_can_be_drawn_to_survive_any_single_client_leaving():
+    # seed 13 draws a connected G(12, 0.4) in which client 8 hangs on client 3 alone
+    g = topology.build_graph("erdos_renyi", 12, seed=13, p=0.4, redraws=100)
+    assert nx.is_connected(g) and not nx.is_connected(g.subgraph(set(g) - {3}))
+    b = topology.build_graph("erdos_renyi", 12, seed=13, p=0.4, redraws=100, biconnected=True)
+    assert nx.is_biconnected(b) and sorted(b.edges) == sorted(topology.build_graph(
+        "erdos_renyi", 12, seed=13, p=0.4, redraws=100, biconnected=True).edges)
+    # a first draw that is already biconnected is kept
+    first = topology.build_graph("erdos_renyi", 12, seed=10, p=0.4)
+    assert nx.is_biconnected(first) and sorted(first.edges) == sorted(topology.build_graph(
+        "erdos_renyi", 12, seed=10, p=0.4, redraws=100, biconnected=True).edges)
+    with pytest.raises(TopologyError, match="no biconnected G"):
+        topology.build_graph("erdos_renyi", 12, seed=13, p=0.4, biconnected=True)
+
+
 def test_graph_files(tmp_path):
     g = topology.build_graph("file", 6, path="topologies/barbell6.edgelist")
     assert g.number_of_edges() == 7 and nx.is_connected(g)
