@@ -65,17 +65,29 @@ def gossip_mix(X: torch.Tensor, idx: torch.Tensor | np.ndarray, weight: torch.Te
                                           torch.as_tensor(weight, dtype=X.dtype, device=X.device))
 
 
+MIX_BLOCK = 4096
+"""Rows mixed at a time: the neighbour rows gathered for one slot are a block's, not the whole
+matrix's (at 100,000 clients a whole gathered copy of the models is 1.1 GB)."""
+
+
 @torch.library.custom_op("p2pforget::gossip_mix", mutates_args=())
 def _gossip_mix(X: torch.Tensor, idx: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-    rows = torch.arange(len(idx), device=X.device)
+    n = len(idx)
+    out = torch.empty((n,) + tuple(X.shape[1:]), dtype=X.dtype, device=X.device)
+    spare = torch.empty((min(n, MIX_BLOCK),) + tuple(X.shape[1:]), dtype=X.dtype, device=X.device) if idx.shape[1] > 1 else None
+    for a in range(0, n, MIX_BLOCK):
+        b = min(a + MIX_BLOCK, n)
+        rows = torch.arange(a, b, device=X.device)
 
-    def term(s: int) -> torch.Tensor:
-        same = len(idx) <= len(X) and bool((idx[:, s] == rows).all())  # a slot of the rows themselves: no copy
-        return torch.mul(X[:len(idx)], weight[:, s:s + 1]) if same else torch.index_select(X, 0, idx[:, s]).mul_(weight[:, s:s + 1])
+        def term(s: int, into: torch.Tensor) -> torch.Tensor:
+            w = weight[a:b, s:s + 1]
+            if b <= len(X) and bool((idx[a:b, s] == rows).all()):  # a slot of the rows themselves: no gather
+                return torch.mul(X[a:b], w, out=into)
+            return torch.index_select(X, 0, idx[a:b, s], out=into).mul_(w)
 
-    out = term(0)
-    for s in range(1, idx.shape[1]):
-        out.add_(term(s))  # multiply, then add (no fused multiply-add): the same bits on every process
+        block = term(0, out[a:b])
+        for s in range(1, idx.shape[1]):
+            block.add_(term(s, spare[:b - a]))  # multiply, then add (no fused multiply-add): the same bits on every process
     return out
 
 

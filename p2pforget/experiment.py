@@ -152,7 +152,7 @@ class RunWriter:
         if adjust is not None and state is not None:
             state = adjust(state)
         if self._static is None:  # written unchanged at every checkpoint: gather and build once
-            init = e.gather_params(e.init_params)
+            init = e.gather_params(e.init_params.contiguous())
             self._static = _static_arrays(e, rounds_total) | {"params/init": init} if e.transport.is_root else {}
         self.checkpoint_round = int(e.round)
         self.written = time.perf_counter()

@@ -85,7 +85,11 @@ def shard(x: np.ndarray, y: np.ndarray, cfg: DataConfig, n_clients: int, seed: i
     m = max(len(p) for p in parts)
     idx = np.stack([np.concatenate([p, np.full(m - len(p), p[0] if len(p) else 0)]) for p in parts])
     valid = np.arange(m)[None, :] < np.array([len(p) for p in parts])[:, None]
-    xs = np.where(valid.reshape(valid.shape + (1,) * (x.ndim - 1)), x[idx], 0.0)
+    xs = x[idx]
+    if np.issubdtype(xs.dtype, np.floating):
+        xs[~valid] = 0.0  # in place: one copy of the pool, not two (np.where's)
+    else:
+        xs = np.where(valid.reshape(valid.shape + (1,) * (x.ndim - 1)), xs, 0.0)
     out = {"x": xs, "y": np.where(valid, y[idx], 0), "counts": valid.sum(axis=1)}
     if domains is not None:
         out["domain"] = np.where(valid, domains[idx], -1)
