@@ -28,7 +28,8 @@ class Evaluation:
             acc = self.per_client(self.task.score, scored, self.test_batch(params.shape[0]))
             mean = self.member_mean(params)
             mean_statistics = self.member_mean(self.buffers) if self.model.buffer_dim else None
-            dist = torch.linalg.vector_norm(params.detach().double() - mean, dim=1)
+            dist = torch.cat([torch.linalg.vector_norm(params[r].detach().double() - mean, dim=1)
+                              for r in _blocks(params.shape[0])])
             finite = torch.isfinite(params).all(dim=1)
             probed = [self.per_client(self.task.score, scored, self._probe_batch(name, params.shape[0])).double()
                       for name in self.probes]
@@ -48,16 +49,27 @@ class Evaluation:
         processes, at a resolution of about ``2^-60 * max|x| * n``. ``weights`` (this process's
         rows, summing to one over the members): the weighted sum instead."""
         keep = torch.as_tensor(self.members[self.lo:self.hi], device=params.device)
-        rows = params.detach().double()
-        if weights is not None:
-            rows = rows * weights.to(rows)[:, None]
-        rows = rows[keep]
-        finite = torch.where(torch.isfinite(rows), rows, torch.zeros_like(rows))
-        top = finite.abs().max() if finite.numel() else torch.zeros((), dtype=torch.float64, device=params.device)
+
+        def finite_rows(r: slice) -> torch.Tensor:
+            rows = params[r].detach().double()
+            if weights is not None:
+                rows = rows * weights[r].to(rows)[:, None]
+            rows = rows[keep[r]]
+            return torch.where(torch.isfinite(rows), rows, torch.zeros_like(rows))
+
+        # Row blocks bound the float64 and fixed-point copies (a whole one is 2.2 GB at 100,000
+        # clients); integer sums are exact, so blocking changes no bit.
+        top = torch.zeros((), dtype=torch.float64, device=params.device)
+        for r in _blocks(params.shape[0]):
+            block = finite_rows(r)
+            if block.numel():
+                top = torch.maximum(top, block.abs().max())
         top = float(self.transport.allreduce(top.reshape(1), "max")[0])
         n = int(self.members.sum())
         shift = 61 - math.ceil(math.log2(max(top, 1e-300) * n + 1e-300))
-        q = torch.round(torch.ldexp(finite, torch.tensor(shift, device=params.device))).to(torch.int64).sum(dim=0)
+        q = torch.zeros(params.shape[1:], dtype=torch.int64, device=params.device)
+        for r in _blocks(params.shape[0]):
+            q += torch.round(torch.ldexp(finite_rows(r), torch.tensor(shift, device=params.device))).to(torch.int64).sum(dim=0)
         total = self.transport.allreduce(q, "sum")
         return torch.ldexp(total.double(), torch.tensor(-shift, device=params.device)) / (1 if weights is not None else n)
 
@@ -96,6 +108,14 @@ class Evaluation:
         if self.is_star:
             return self.sample_counts / self.data.counts.mean()
         return self.has_data.astype(np.float64)
+
+
+ROW_BLOCK = 4096
+"""Rows of the stacked models converted to float64 or fixed point at a time."""
+
+
+def _blocks(n: int) -> list[slice]:
+    return [slice(a, min(a + ROW_BLOCK, n)) for a in range(0, n, ROW_BLOCK)] or [slice(0, 0)]
 
 
 def consensus_distance(params: np.ndarray) -> float:
