@@ -399,19 +399,13 @@ def _build_section(name: str, cls: type, values: dict[str, Any]) -> Any:
     fields = _plain_fields(cls)
     subs = _sub_tables(cls)
     nested = _tables(cls)
+    values = _lift_flat(name, cls, values)
     unknown = sorted(set(values) - set(fields) - set(subs) - set(nested))
-    values = dict(values)
     for key in unknown:
         moved = _moved(name, key, subs)
-        if moved and name in DEPRECATED_FLAT:
-            _deprecated(name, key, moved)
-            for m in moved:  # the flat value fills every table that has the key, unless the table sets it
-                table = values.get(m, {})
-                values[m] = table if not isinstance(table, dict) or key in table else table | {key: values[key]}
-        elif moved:
+        if moved:
             raise ConfigError(f"{name}.{key} has moved to the {NOUNS.get(name, 'kind')}'s own table: "
                               f"write it under [{name}.{moved[0]}] (e.g. --set {name}.{moved[0]}.{key}=...)")
-    unknown = [k for k in unknown if not (name in DEPRECATED_FLAT and _moved(name, k, subs))]
     if unknown:
         tables = f"; kind tables: {', '.join(f'[{name}.{m}]' for m in subs)}" if subs else ""
         tables += f"; tables: {', '.join(f'[{name}.{t}]' for t in nested)}" if nested else ""
@@ -623,17 +617,18 @@ def replace(cfg: Config, **sections: dict[str, Any]) -> Config:
     """A copy of ``cfg`` with some keys changed, e.g. ``replace(cfg, run={"rounds": 3})`` or
     ``replace(cfg, unlearn={"certified": {"epsilon": 0.5}})``."""
     data = to_dict(cfg)
+    # lifted before the merge: the stored tables name every key and would otherwise win
     _deep_update(data, {name: _lift_flat(name, type(getattr(cfg, name, None)), values) for name, values in sections.items()})
     return from_dict(data)
 
 
 def _lift_flat(name: str, cls: type, values: Any) -> Any:
-    """``values`` with the flat keys of a :data:`DEPRECATED_FLAT` section moved into the tables that
-    hold them (a change through :func:`replace` overrides the stored tables, which name every key)."""
+    """``values`` with the flat keys of a :data:`DEPRECATED_FLAT` section moved, with a warning,
+    into every table that holds them, unless the table sets the key itself."""
     if name not in DEPRECATED_FLAT or not isinstance(values, dict):
         return values
     subs, out = _sub_tables(cls), dict(values)
-    for key in set(values) - set(_plain_fields(cls)) - set(subs) - set(_tables(cls)):
+    for key in sorted(set(values) - set(_plain_fields(cls)) - set(subs) - set(_tables(cls))):
         moved = _moved(name, key, subs)
         if moved:
             _deprecated(name, key, moved)
