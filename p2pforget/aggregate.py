@@ -65,18 +65,29 @@ def gossip_mix(X: torch.Tensor, idx: torch.Tensor | np.ndarray, weight: torch.Te
                                           torch.as_tensor(weight, dtype=X.dtype, device=X.device))
 
 
-MIX_BLOCK = 4096
-"""Rows mixed at a time: the neighbour rows gathered for one slot are a block's, not the whole
-matrix's (at 100,000 clients a whole gathered copy of the models is 1.1 GB)."""
+ROW_BLOCK = 4096
+"""Rows of stacked models worked on at a time where a whole copy would be large (at 100,000
+clients one copy of the models is 1.1 GB, in float64 2.2 GB): the neighbour rows gossip gathers,
+the float64 and fixed-point rows of the members' mean."""
+
+
+def row_blocks(n: int) -> list[slice]:
+    """Consecutive slices of at most :data:`ROW_BLOCK` rows covering ``range(n)`` (one empty slice
+    for ``n = 0``).
+
+    >>> row_blocks(5000)
+    [slice(0, 4096, None), slice(4096, 5000, None)]
+    """
+    return [slice(a, min(a + ROW_BLOCK, n)) for a in range(0, n, ROW_BLOCK)] or [slice(0, 0)]
 
 
 @torch.library.custom_op("p2pforget::gossip_mix", mutates_args=())
 def _gossip_mix(X: torch.Tensor, idx: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     n = len(idx)
     out = torch.empty((n,) + tuple(X.shape[1:]), dtype=X.dtype, device=X.device)
-    spare = torch.empty((min(n, MIX_BLOCK),) + tuple(X.shape[1:]), dtype=X.dtype, device=X.device) if idx.shape[1] > 1 else None
-    for a in range(0, n, MIX_BLOCK):
-        b = min(a + MIX_BLOCK, n)
+    spare = torch.empty((min(n, ROW_BLOCK),) + tuple(X.shape[1:]), dtype=X.dtype, device=X.device) if idx.shape[1] > 1 else None
+    for block_rows in row_blocks(n):
+        a, b = block_rows.start, block_rows.stop
         rows = torch.arange(a, b, device=X.device)
 
         def term(s: int, into: torch.Tensor) -> torch.Tensor:

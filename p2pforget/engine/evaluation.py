@@ -9,6 +9,8 @@ import time
 import numpy as np
 import torch
 
+from ..aggregate import row_blocks
+
 
 class DivergenceError(ValueError):
     """Training produced non-finite parameters or losses."""
@@ -29,7 +31,7 @@ class Evaluation:
             mean = self.member_mean(params)
             mean_statistics = self.member_mean(self.buffers) if self.model.buffer_dim else None
             dist = torch.cat([torch.linalg.vector_norm(params[r].detach().double() - mean, dim=1)
-                              for r in _blocks(params.shape[0])])
+                              for r in row_blocks(params.shape[0])])
             finite = torch.isfinite(params).all(dim=1)
             probed = [self.per_client(self.task.score, scored, self._probe_batch(name, params.shape[0])).double()
                       for name in self.probes]
@@ -58,18 +60,22 @@ class Evaluation:
             return torch.where(torch.isfinite(rows), rows, torch.zeros_like(rows))
 
         # Row blocks bound the float64 and fixed-point copies (a whole one is 2.2 GB at 100,000
-        # clients); integer sums are exact, so blocking changes no bit.
+        # clients); integer sums are exact, so blocking changes no bit. The scale needs every
+        # block's maximum first, so several blocks are converted twice; a single one is kept.
+        blocks = row_blocks(params.shape[0])
+        kept = [finite_rows(blocks[0])] if len(blocks) == 1 else None
         top = torch.zeros((), dtype=torch.float64, device=params.device)
-        for r in _blocks(params.shape[0]):
-            block = finite_rows(r)
+        for k, r in enumerate(blocks):
+            block = kept[k] if kept else finite_rows(r)
             if block.numel():
                 top = torch.maximum(top, block.abs().max())
         top = float(self.transport.allreduce(top.reshape(1), "max")[0])
         n = int(self.members.sum())
         shift = 61 - math.ceil(math.log2(max(top, 1e-300) * n + 1e-300))
         q = torch.zeros(params.shape[1:], dtype=torch.int64, device=params.device)
-        for r in _blocks(params.shape[0]):
-            q += torch.round(torch.ldexp(finite_rows(r), torch.tensor(shift, device=params.device))).to(torch.int64).sum(dim=0)
+        for k, r in enumerate(blocks):
+            block = kept[k] if kept else finite_rows(r)
+            q += torch.round(torch.ldexp(block, torch.tensor(shift, device=params.device))).to(torch.int64).sum(dim=0)
         total = self.transport.allreduce(q, "sum")
         return torch.ldexp(total.double(), torch.tensor(-shift, device=params.device)) / (1 if weights is not None else n)
 
@@ -108,14 +114,6 @@ class Evaluation:
         if self.is_star:
             return self.sample_counts / self.data.counts.mean()
         return self.has_data.astype(np.float64)
-
-
-ROW_BLOCK = 4096
-"""Rows of the stacked models converted to float64 or fixed point at a time."""
-
-
-def _blocks(n: int) -> list[slice]:
-    return [slice(a, min(a + ROW_BLOCK, n)) for a in range(0, n, ROW_BLOCK)] or [slice(0, 0)]
 
 
 def consensus_distance(params: np.ndarray) -> float:
