@@ -187,6 +187,21 @@ def test_the_plateau_rule_lets_a_repair_finish():
     assert checks == 7 and m.good_checks == 5
 
 
+@pytest.mark.parametrize("repair_end, stops_at", [("settled", 6), ("back", 9)])
+def test_a_repair_that_stalls_below_its_start_goes_on_only_with_repair_end_back(repair_end, stops_at):
+    # FA is flat; the validation accuracy comes back to 76-76.5, stalls 3.5-4 points below its start
+    # (80, inside the guard's margin), then rises back. "settled" stops once it has not risen more than
+    # 1 point over three checks (check 6, at 76.4); "back" waits until it has stayed within 1 point of
+    # 80 for three checks (check 9).
+    engine = _engine(repair_end=repair_end)
+    m = _scripted(Monitor.build(engine, engine.config.stopping, forgotten={2: np.arange(40)},
+                                nodes=np.array([0, 1, 3, 4, 5])),
+                  [80.0, 5.0, 40.0, 76.0, 76.5, 76.2, 76.4, 79.2, 79.4, 79.6, 79.8, 79.9])
+    m.begin(engine.params)
+    checks = next(k for k in range(1, 12) if m.check(engine.params))
+    assert checks == stops_at and not m.roll_back
+
+
 def test_a_one_shot_release_that_fails_the_guard_is_collapsed():
     engine = _engine()
     m = Monitor.build(engine, engine.config.stopping, forgotten={2: np.arange(40)}, nodes=np.array([0, 1, 3, 4, 5]))

@@ -56,12 +56,15 @@ def plateaued(fa: list[float], *, rounds: int, points: float) -> bool:
     return len(fa) > rounds and fa[-rounds - 1] - fa[-1] <= points
 
 
-def recovering(validation: list[float], start: float, *, rounds: int, points: float) -> bool:
+def recovering(validation: list[float], start: float, *, rounds: int, points: float, until_back: bool = False) -> bool:
     """Whether a repair is in progress (NoT's fine-tuning), which the plateau rule lets finish: the
     validation trace was more than ``points`` below ``start`` at one of its last ``rounds`` checks
     and has risen by more than ``points`` over them. A repair ends once the validation accuracy has
     stayed within ``points`` of its start for ``rounds`` checks in a row (one lucky check is not
-    enough), or once it stops rising.
+    enough), or once it stops rising. With ``until_back`` (``stopping.repair_end = "back"``) a
+    repair that stops rising below its start goes on: it is in progress while the trace is more than
+    ``points`` above its lowest value and has not stayed back at its start for ``rounds`` checks. A
+    trace that only falls (no repair began) never holds the rule.
 
     >>> recovering([20.0, 40.0, 50.0, 55.0], 60.0, rounds=3, points=1.0)
     True
@@ -71,12 +74,18 @@ def recovering(validation: list[float], start: float, *, rounds: int, points: fl
     True
     >>> recovering([50.0, 59.5, 61.0, 60.5], 60.0, rounds=2, points=1.0)   # back for two checks
     False
+    >>> recovering([20.0, 54.0, 55.0, 54.5, 55.0], 60.0, rounds=3, points=1.0, until_back=True)
+    True
+    >>> recovering([58.0, 57.0, 56.5, 56.0], 60.0, rounds=3, points=1.0, until_back=True)   # only falling
+    False
     """
     if not validation:
         return False
     recent = validation[-rounds:]
     if min(recent) >= start - points:
         return False
+    if until_back:
+        return validation[-1] - min(validation) > points
     earlier = validation[-rounds - 1] if len(validation) > rounds else start
     return validation[-1] - earlier > points
 
@@ -200,7 +209,8 @@ class Monitor:
     def repairing(self) -> bool:
         """Whether a repair is in progress on either watched accuracy (:func:`recovering`)."""
         o = self.options
-        return any(start is not None and recovering(trace, start, rounds=o.plateau_rounds, points=o.plateau_points)
+        return any(start is not None and recovering(trace, start, rounds=o.plateau_rounds, points=o.plateau_points,
+                                                    until_back=o.repair_end == "back")
                    for trace, start in ((self.validation, self.start), (self.retained, self.retained_start)))
 
     def check(self, params: torch.Tensor) -> bool:
