@@ -37,6 +37,7 @@ from scipy.stats import norm
 
 from . import seeding
 from .metrics import auc
+from .tasks import as_inputs
 
 if TYPE_CHECKING:
     from .config import AuditConfig
@@ -117,7 +118,7 @@ class Targets:
         """``side`` (``forget`` or ``heldout``), or its rows ``pick``, as a task batch on ``device``."""
         pick = slice(None) if pick is None else pick
         x, y = getattr(self, f"x_{side}")[pick], getattr(self, f"y_{side}")[pick]
-        out = {"x": torch.as_tensor(x, dtype=dtype), "y": torch.as_tensor(y), "mask": torch.ones(len(y), dtype=dtype)}
+        out = {"x": as_inputs(x, dtype), "y": torch.as_tensor(y), "mask": torch.ones(len(y), dtype=dtype)}
         extras = getattr(self, f"extras_{side}")
         if extras:
             out |= {k: torch.as_tensor(v[pick]) for k, v in extras.items()} | {"u": torch.zeros(len(y), dtype=dtype)}
@@ -174,7 +175,7 @@ def shadow_models(engine: "Engine", count: int, *, seed: int, steps: int = 0) ->
     dtype = _dtype(engine)
     keep = engine.retained & engine.members[:, None]
     dev = engine.device
-    x = torch.as_tensor(d.x[keep], dtype=dtype, device=dev)
+    x = as_inputs(d.x[keep], dtype, dev)
     y = torch.as_tensor(d.y[keep], device=dev)
     extras = {k: torch.as_tensor(v[keep], device=dev) for k, v in d.extras.items()}
     init = engine.model.init_vector(seeding.int_seed(engine.seed, purpose="init"), dtype).to(dev)

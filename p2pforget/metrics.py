@@ -24,6 +24,8 @@ import numpy as np
 import torch
 from scipy.stats import rankdata
 
+from .tasks import as_inputs
+
 if TYPE_CHECKING:
     from .engine import Engine
 
@@ -74,13 +76,13 @@ class EvalSets:
 
     def batch(self, name: str, dtype: torch.dtype, device: torch.device | str) -> dict[str, torch.Tensor]:
         """Set ``name`` (one of :attr:`NAMES`) as a task batch on ``device``."""
-        out = {"x": torch.as_tensor(getattr(self, f"x_{name}"), dtype=dtype), "y": torch.as_tensor(getattr(self, f"y_{name}"))}
+        out = {"x": as_inputs(getattr(self, f"x_{name}"), dtype), "y": torch.as_tensor(getattr(self, f"y_{name}"))}
         extras = self.extras.get(name, {})
         out |= {k: torch.as_tensor(v) for k, v in extras.items()}
         if extras and name != "test":
             # Retrieval is scored against a common gallery, the test pairs: every set's pairs face
             # the same distractors, whatever its size and make-up (one client's similar pairs).
-            out |= {"gallery_x": torch.as_tensor(self.x_test, dtype=dtype)}
+            out |= {"gallery_x": as_inputs(self.x_test, dtype)}
             out |= {f"gallery_{k}": torch.as_tensor(v) for k, v in self.extras["test"].items()}
         return {k: v.to(device) for k, v in out.items()}
 

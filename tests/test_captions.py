@@ -6,8 +6,9 @@ import json
 import numpy as np
 import open_clip
 import pytest
+import torch
 
-from p2pforget.config import DataConfig
+from p2pforget.config import DataConfig, ModelConfig
 from p2pforget.data import build, captions
 
 
@@ -63,8 +64,7 @@ def test_flickr30k_and_coco_loaders_read_their_formats(tmp_path):
         for k in range(4):
             text = _decode(fd.extras["tokens"][i, k, 0])
             n = int(text.split("caption")[0].replace("photo number", "").replace(" ", ""))  # BPE splits digits
-            expected = (np.array([20 * n, 100, 200 - 10 * n]) / 255.0 - captions.CLIP_MEAN) / captions.CLIP_STD
-            np.testing.assert_allclose(fd.x[i, k][:, 0, 0], expected, atol=1e-6)  # the image of that caption
+            assert fd.x.dtype == np.uint8 and fd.x[i, k][:, 0, 0].tolist() == [20 * n, 100, 200 - 10 * n]  # its image
             seen += 1
     assert seen == 8
 
@@ -90,7 +90,7 @@ def test_caption_loaders_say_what_is_missing(tmp_path):
 def test_real_caption_images_are_preprocessed_as_the_clip_model_expects(tmp_path):
     """A non-square photo goes through the same steps as the transform open_clip builds from the
     model's own ``preprocess_cfg``: shortest side to the model's size (bicubic), centre crop, CLIP's
-    mean and std."""
+    mean and std; stored as uint8 pixels and decoded per batch, the very float32 numbers."""
     from PIL import Image
 
     from p2pforget.config import ModelConfig
@@ -110,8 +110,9 @@ def test_real_caption_images_are_preprocessed_as_the_clip_model_expects(tmp_path
     preprocess = image_transform_v2(PreprocessCfg(**model.visual.preprocess_cfg), is_train=False)
     with Image.open(tmp_path / "wide.png") as im:
         reference = preprocess(im).numpy()
-    np.testing.assert_allclose(fd.x[0, 0], reference, atol=1e-6)
-    np.testing.assert_allclose(fd.x_test[0], reference, atol=1e-6)
+    assert fd.x.dtype == fd.x_test.dtype == np.uint8
+    for stored in (fd.x[0, 0], fd.x_test[0]):
+        assert np.array_equal(captions.decode_pixels(torch.as_tensor(stored), torch.float32).numpy(), reference)
 
 
 def test_karpathy_splits_are_honoured(tmp_path):
@@ -131,3 +132,41 @@ def test_karpathy_splits_are_honoured(tmp_path):
     assert train_words == {"train", "restval"} and test_words == {"test"} and len(fd.y_test) == 3
     with pytest.raises(ValueError, match=r"mark 4 pairs as split \"test\"; set data.n_test to at most 4"):
         build(dataclasses.replace(cfg, n_test=5), n_clients=2, seed=0)
+
+
+def test_a_flickr30k_folder_and_a_trainer_checkpoint_run_on_the_engine_with_uint8_images(tmp_path):
+    """The real-data path end to end: Karpathy JSON + image folder, an open_clip-trainer checkpoint
+    (``{"state_dict": {"module.*"}}``), a round of training and a forget request. The images stay
+    uint8 in the engine; the model decodes them per batch, and its loss equals that of the same
+    batch decoded up front."""
+    from PIL import Image
+
+    from p2pforget import Engine, config, forget
+    from p2pforget.models import clip
+
+    folder = tmp_path / "flickr30k-images"
+    folder.mkdir()
+    rng = np.random.default_rng(1)
+    entries = []
+    for k in range(16):
+        Image.fromarray(rng.integers(0, 256, (40, 48, 3), dtype=np.uint8)).save(folder / f"{k}.png")
+        entries.append({"filename": f"{k}.png", "split": "test" if k < 4 else "train",
+                        "sentences": [{"raw": f"photo {k} take {j}"} for j in range(5)]})
+    (tmp_path / "dataset_flickr30k.json").write_text(json.dumps({"images": entries, "dataset": "flickr30k"}))
+    source = clip.build_clip(ModelConfig(kind="clip", tables={"clip": clip.CLIPOptions(finetune="full")}))
+    torch.save({"epoch": 1, "state_dict": {f"module.{k}": v for k, v in source.state_dict().items()}}, tmp_path / "epoch_1.pt")
+    cfg = config.from_dict({
+        "run": {"seed": 0, "rounds": 1}, "topology": {"kind": "ring", "n_clients": 3},
+        "data": {"kind": "flickr30k", "path": str(tmp_path / "dataset_flickr30k.json"), "n_samples_per_client": 3,
+                 "n_test": 4, "holdout_fraction": 0.25, "flickr30k": {"image_size": 32}},
+        "model": {"kind": "clip", "clip": {"pretrained": str(tmp_path / "epoch_1.pt")}},
+        "train": {"lr": 0.01, "local_steps": 1, "batch_size": 0}, "audit": {"after_forget": False}})
+    engine = Engine(config=cfg)
+    assert engine.x.dtype == torch.uint8 and engine.x_test.dtype == torch.uint8
+    batch = {k: v[0] for k, v in engine.full_batch().items()}
+    decoded = batch | {"x": captions.decode_pixels(batch["x"], torch.float32)}
+    flat = engine.params[0]
+    assert torch.equal(engine.task.data_loss(flat, batch), engine.task.data_loss(flat, decoded))
+    engine.train(progress=False)
+    result = forget(engine, clients=[1], method="finetune", rounds=1, progress=False)
+    assert result.metrics["unlearned"]["TA"]["mean"] >= 0.0 and engine.x.dtype == torch.uint8

@@ -22,7 +22,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Callable, Protocol
 
 import numpy as np
 
@@ -73,11 +73,58 @@ Builder = Callable[[DataConfig, int, int], FederatedData]
 register = DATASETS.register
 
 
+class Pool(Protocol):
+    """Samples read on demand (e.g. images decoded from files), for data too big to hold twice:
+    ``shape`` is ``(N, *input_shape)``; ``take(idx)`` returns the samples at ``idx`` (in that
+    order) as an array of ``dtype``. :func:`shard` plans the clients' shards on its indices and the
+    build reads every sample once, into its final place (:class:`Rows`)."""
+
+    shape: tuple[int, ...]
+    dtype: np.dtype
+
+    def take(self, idx: np.ndarray) -> np.ndarray: ...
+
+
+@dataclass(frozen=True)
+class Rows:
+    """Client shards of a :class:`Pool` not read yet: the samples at ``idx [n_clients, m]`` (-1 is
+    padding, read as zeros). :func:`build` reads them (:meth:`read`) after the held-out split, so
+    that a sample is decoded once, straight into the array it stays in.
+
+    >>> class Squares:
+    ...     shape, dtype = (5, 1), np.dtype(np.int64)
+    ...     def take(self, idx): return (np.asarray(idx) ** 2)[:, None]
+    >>> Rows(Squares(), np.array([[4, 1], [2, -1]])).read()[..., 0].tolist()
+    [[16, 1], [4, 0]]
+    """
+
+    pool: Pool
+    idx: np.ndarray
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return tuple(self.idx.shape) + tuple(self.pool.shape[1:])
+
+    @property
+    def dtype(self) -> np.dtype:
+        return self.pool.dtype
+
+    def read(self, chunk: int = 256) -> np.ndarray:
+        """The shards as one array, read ``chunk`` samples at a time (no second copy of the data)."""
+        out = np.zeros(self.shape, dtype=self.dtype)
+        flat, idx = out.reshape(-1, *self.shape[2:]), self.idx.reshape(-1)
+        where = np.flatnonzero(idx >= 0)
+        for s in range(0, len(where), chunk):
+            flat[where[s:s + chunk]] = self.pool.take(idx[where[s:s + chunk]])
+        return out
+
+
 def shard(x: np.ndarray, y: np.ndarray, cfg: DataConfig, n_clients: int, seed: int, *,
           domains: np.ndarray | None = None, extras: dict[str, np.ndarray] | None = None) -> dict:
     """Partition a pool ``(x, y[, domains, extras])`` into stacked, padded client shards: the
     ``x, y, counts`` (and ``domain``, ``extras``) fields of a :class:`FederatedData`. ``extras`` are
-    further per-sample arrays (e.g. caption tokens) that travel with the samples."""
+    further per-sample arrays (e.g. caption tokens) that travel with the samples. ``x`` may be a
+    :class:`Pool` read on demand: its shards are then :class:`Rows`, read once by :func:`build`."""
     sizes = _partition.client_sizes(n_clients, cfg.n_samples_per_client, skew=cfg.quantity_skew,
                                      dirichlet=cfg.quantity_dirichlet, seed=seed)
     parts = _partition.partition(y, sizes=sizes, kind=cfg.partition, alpha=cfg.alpha, domains=domains,
@@ -85,11 +132,14 @@ def shard(x: np.ndarray, y: np.ndarray, cfg: DataConfig, n_clients: int, seed: i
     m = max(len(p) for p in parts)
     idx = np.stack([np.concatenate([p, np.full(m - len(p), p[0] if len(p) else 0)]) for p in parts])
     valid = np.arange(m)[None, :] < np.array([len(p) for p in parts])[:, None]
-    xs = x[idx]
-    if np.issubdtype(xs.dtype, np.floating):
-        xs[~valid] = 0.0  # in place: one copy of the pool, not two (np.where's)
+    if not isinstance(x, np.ndarray):
+        xs = Rows(x, np.where(valid, idx, -1))
     else:
-        xs = np.where(valid.reshape(valid.shape + (1,) * (x.ndim - 1)), xs, 0.0)
+        xs = x[idx]
+        if np.issubdtype(xs.dtype, np.floating):
+            xs[~valid] = 0.0  # in place: one copy of the pool, not two (np.where's)
+        else:
+            xs = np.where(valid.reshape(valid.shape + (1,) * (x.ndim - 1)), xs, 0.0)
     out = {"x": xs, "y": np.where(valid, y[idx], 0), "counts": valid.sum(axis=1)}
     if domains is not None:
         out["domain"] = np.where(valid, domains[idx], -1)
@@ -117,8 +167,16 @@ def build(cfg: DataConfig, *, n_clients: int, seed: int) -> FederatedData:
     """Build the dataset registered as ``cfg.kind``, with each client's held-out split, its inputs
     normalized by ``cfg.normalize``, and the malicious clients of ``cfg.poison`` poisoned (after
     normalization: a trigger is written in the units the model sees)."""
-    data = normalize(_build(cfg, n_clients=n_clients, seed=seed), cfg.normalize)
+    data = _read(_build(cfg, n_clients=n_clients, seed=seed))
+    data = normalize(data, cfg.normalize)
     return _poison.apply(data, cfg.poison, seed=seed)
+
+
+def _read(data: FederatedData) -> FederatedData:
+    """Shards of a :class:`Pool` read into arrays (after the held-out split: each sample once)."""
+    if not isinstance(data.x, Rows):
+        return data
+    return dataclasses.replace(data, x=data.x.read(), x_holdout=None if data.x_holdout is None else data.x_holdout.read())
 
 
 def normalize(data: FederatedData, kind: str) -> FederatedData:
@@ -189,9 +247,12 @@ def split_holdout(data: FederatedData, fraction: float, *, seed: int, train_tota
     train_counts = np.clip(train_counts, 0, data.counts)
     held_counts = data.counts - train_counts
     m_train, m_held = max(int(train_counts.max()), 1), max(int(held_counts.max()), 1)
-    x = np.zeros((n, m_train) + data.x.shape[2:], dtype=data.x.dtype)
+    # Shards of a Pool split by their indices (-1: padding): the samples are read afterwards.
+    planned = isinstance(data.x, Rows)
+    source = data.x.idx if planned else data.x
+    x = np.full((n, m_train), -1) if planned else np.zeros((n, m_train) + data.x.shape[2:], dtype=data.x.dtype)
     y = np.zeros((n, m_train), dtype=np.int64)
-    xh = np.zeros((n, m_held) + data.x.shape[2:], dtype=data.x.dtype)
+    xh = np.full((n, m_held), -1) if planned else np.zeros((n, m_held) + data.x.shape[2:], dtype=data.x.dtype)
     yh = np.zeros((n, m_held), dtype=np.int64)
     domain = None if data.domain is None else np.full((n, m_train), -1, dtype=data.domain.dtype)
     extras = {k: np.zeros((n, m_train) + v.shape[2:], dtype=v.dtype) for k, v in data.extras.items()}
@@ -199,12 +260,14 @@ def split_holdout(data: FederatedData, fraction: float, *, seed: int, train_tota
     for i in range(n):
         perm = seeding.rng(seed, client=i, purpose="data/holdout").permutation(int(data.counts[i]))
         train, held = np.sort(perm[:train_counts[i]]), np.sort(perm[train_counts[i]:])
-        x[i, :len(train)], y[i, :len(train)] = data.x[i, train], data.y[i, train]
-        xh[i, :len(held)], yh[i, :len(held)] = data.x[i, held], data.y[i, held]
+        x[i, :len(train)], y[i, :len(train)] = source[i, train], data.y[i, train]
+        xh[i, :len(held)], yh[i, :len(held)] = source[i, held], data.y[i, held]
         if domain is not None:
             domain[i, :len(train)] = data.domain[i, train]
         for k, v in data.extras.items():
             extras[k][i, :len(train)], extras_h[k][i, :len(held)] = v[i, train], v[i, held]
+    if planned:
+        x, xh = Rows(data.x.pool, x), Rows(data.x.pool, xh)
     return dataclasses.replace(data, x=x, y=y, counts=train_counts, domain=domain, extras=extras,
                                extras_holdout=extras_h, x_holdout=xh, y_holdout=yh, holdout_counts=held_counts)
 

@@ -7,7 +7,7 @@ import numpy as np
 import torch
 
 from .. import seeding
-from ..tasks import Batch
+from ..tasks import Batch, as_inputs
 
 
 class Batches:
@@ -19,7 +19,7 @@ class Batches:
         batch = {"x": self.x, "y": self.y, "mask": self._local_mask} | self._extras_batch(self.extras, self.y.shape, None)
         if dtype is None or dtype == self.dtype:
             return batch
-        return batch | {"x": self.x.to(dtype), "mask": self._local_mask.to(dtype)}
+        return batch | {"x": as_inputs(self.x, dtype), "mask": self._local_mask.to(dtype)}
 
     def _extras_batch(self, extras: dict[str, torch.Tensor], shape: tuple[int, int], key: tuple[int, int] | None) -> Batch:
         """``extras`` plus ``u``: one uniform number in [0, 1) per sample for the task's own random

@@ -13,7 +13,7 @@ from .. import transport as transport_mod
 from ..hooks import Hook
 from ..progress import bar as progress_bar
 from ..registry import AGGREGATORS, ROUNDS
-from ..tasks import Task
+from ..tasks import Task, as_inputs
 from ..transport import Transport
 from .batches import Batches
 from .checkpoint import Checkpoint
@@ -83,19 +83,19 @@ class Engine(Batches, Compute, Gossip, Evaluation, Checkpoint):
             check(cfg, star=self.is_star)
 
         self.data = datasets.build(cfg.data, n_clients=n, seed=self.seed)
-        self.x = torch.as_tensor(self.data.x[self.lo:self.hi], dtype=self.dtype, device=self.device)
+        self.x = as_inputs(self.data.x[self.lo:self.hi], self.dtype, self.device)
         self.y = torch.as_tensor(self.data.y[self.lo:self.hi], device=self.device)
         # Which samples each client still trains on, and which nodes are still in the graph;
         # forgetting (exclude) changes both.
         self.retained = self.data.valid.copy()
         self.members = np.ones(n, dtype=bool)
-        self.x_test = torch.as_tensor(self.data.x_test, dtype=self.dtype, device=self.device)
+        self.x_test = as_inputs(self.data.x_test, self.dtype, self.device)
         self.y_test = torch.as_tensor(self.data.y_test, device=self.device)
         # Further per-sample inputs (e.g. caption tokens) travel with the samples into batches.
         self.extras = {k: torch.as_tensor(v[self.lo:self.hi], device=self.device) for k, v in self.data.extras.items()}
         self.extras_test = {k: torch.as_tensor(v, device=self.device) for k, v in self.data.extras_test.items()}
         # Further test sets every node is scored on at every evaluation (e.g. a backdoor's triggered inputs).
-        self.probes = {name: {"x": torch.as_tensor(x, dtype=self.dtype, device=self.device),
+        self.probes = {name: {"x": as_inputs(x, self.dtype, self.device),
                               "y": torch.as_tensor(y, device=self.device)} for name, (x, y) in self.data.probes.items()}
         self.metric_names = METRICS + tuple(f"{name}_mean" for name in self.probes)
         self.per_node_names = PER_NODE + tuple(self.probes)

@@ -40,6 +40,7 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from ..config import ModelConfig, bounded, choice
+from ..data.captions import decode_pixels
 from ..registry import MODELS
 
 BACKBONE_SEED = 0
@@ -190,14 +191,21 @@ class ContrastiveCLIP(nn.Module):
         self.subnetworks = {"image": "clip.visual"}
 
     def forward(self, images: torch.Tensor, tokens: torch.Tensor):
-        return self.clip(images, tokens)
+        return self.clip(self.pixels(images), tokens)
+
+    def pixels(self, images: torch.Tensor) -> torch.Tensor:
+        """Images as the image tower takes them: stored uint8 pixels (Flickr30K, COCO) decoded per
+        batch (:func:`~p2pforget.data.captions.decode_pixels`); float images as they are."""
+        if images.is_floating_point():
+            return images
+        return decode_pixels(images, self.clip.logit_scale.dtype)
 
     def scale(self) -> torch.Tensor:
         return self.clip.logit_scale.clamp(max=MAX_LOGIT_SCALE).exp()
 
     def embed_images(self, images: torch.Tensor) -> torch.Tensor:
         with _batchable_attention(images.device):
-            return self.clip.encode_image(images, normalize=True)
+            return self.clip.encode_image(self.pixels(images), normalize=True)
 
     def embed_texts(self, tokens: torch.Tensor) -> torch.Tensor:
         """Normalized caption embeddings of ``tokens [b, L]``. Shorter token rows than the text

@@ -53,6 +53,7 @@ from torch.func import grad
 from ..aggregate import weighted_average
 from ..config import bounded, choice
 from ..registry import METHODS
+from ..tasks import as_inputs
 from . import ForgetRequest, Outcome, forget_batch, require_classifier
 
 if TYPE_CHECKING:
@@ -295,7 +296,7 @@ class SFRon:
         held = []
         for j in request.clients:
             idx = np.asarray(request.samples[j])
-            held.append({"x": torch.as_tensor(engine.data.x[j, idx], dtype=engine.dtype, device=engine.device),
+            held.append({"x": as_inputs(engine.data.x[j, idx], engine.dtype, engine.device),
                          "y": torch.as_tensor(engine.data.y[j, idx], device=engine.device),
                          "mask": torch.ones(len(idx), dtype=engine.dtype, device=engine.device)})
         engine.exclude(samples=request.samples, removed=request.removed)

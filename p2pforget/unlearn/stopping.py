@@ -42,6 +42,7 @@ import numpy as np
 import torch
 
 from .. import metrics
+from ..tasks import as_inputs
 
 if TYPE_CHECKING:
     from ..config import StoppingConfig
@@ -111,7 +112,7 @@ def validation_clients(engine: "Engine", forgotten: dict[int, np.ndarray], nodes
 
 
 def _batch(engine: "Engine", x: np.ndarray, y: np.ndarray, extras: dict[str, np.ndarray]) -> dict[str, torch.Tensor]:
-    out = {"x": torch.as_tensor(x, dtype=engine.dtype), "y": torch.as_tensor(y)}
+    out = {"x": as_inputs(x, engine.dtype), "y": torch.as_tensor(y)}
     out |= {k: torch.as_tensor(v) for k, v in extras.items()}
     return {k: v.to(engine.device) for k, v in out.items()}
 
