@@ -261,8 +261,8 @@ class StoppingConfig:
     rule: str = choice("plateau", "plateau", "budget")  # budget: always run the method's whole round budget
     plateau_rounds: int = bounded(3, 1)
     plateau_points: float = bounded(1.0, 0.0)
-    # settled: a repair ends once it stops rising; back: only once it is back at its start (or the budget)
-    repair_end: str = choice("settled", "settled", "back")
+    # back: a repair ends once it is back at its start (or at the budget); settled: once it stops rising
+    repair_end: str = choice("back", "back", "settled")
     guard: bool = True
     guard_points: float = bounded(5.0, 0.0)
     guard_retained: bool = True
