@@ -11,7 +11,7 @@ from p2pforget import config, history
 from p2pforget.engine import Engine
 from p2pforget.models.clip import infonce
 from p2pforget.unlearn import ForgetRequest, forget
-from p2pforget.unlearn.ease import EASE, EASEOptions, displacement_loss, excision_bases, partners
+from p2pforget.unlearn.ease import EASE, EASEOptions, block_sparse_entries, displacement_loss, excision_bases, partners
 
 
 def _log_softmax(z):
@@ -296,3 +296,21 @@ def test_dropping_a_clients_padding_leaves_its_displacement_loss_as_it_was():
     full = displacement_loss(sim, batch["partner"], batch["mask"], batch["valid"])
     trimmed = displacement_loss(sim[keep][:, keep], own["partner"], own["mask"], own["valid"])
     assert float(trimmed) == pytest.approx(float(full), rel=1e-12)
+
+
+def test_the_bases_travel_block_sparse():
+    # every column excision_bases builds is nonzero inside one parameter block only, so it is sent
+    # as that block's entries and its index: counted independently here from the columns' supports
+    gen = torch.Generator().manual_seed(3)
+    sizes = [3, 5, 4]
+    G_f, G_r = torch.randn(12, 2, generator=gen, dtype=torch.float64), torch.randn(12, 2, generator=gen, dtype=torch.float64)
+    B, E = excision_bases(G_f, G_r, sizes, rank=2, threshold=0.6)
+    ends = np.cumsum(sizes)
+    for basis in (B, E):
+        support = [np.flatnonzero(basis[:, k].numpy()) for k in range(basis.shape[1])]
+        blocks = [set(np.searchsorted(ends, s, side="right").tolist()) for s in support]
+        assert all(len(b) == 1 for b in blocks)
+        expected = sum(sizes[b.pop()] + 1 for b in blocks)
+        assert block_sparse_entries(basis, sizes) == expected
+        assert expected < basis.shape[1] * 12 or not basis.shape[1]
+    assert B.shape[1] and E.shape[1]

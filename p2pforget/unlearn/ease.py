@@ -173,6 +173,22 @@ def _tree_gather_bytes(engine: "Engine", root: int, sources: list[int], entries:
     return float(hops * entries * itemsize)
 
 
+def block_sparse_entries(basis: torch.Tensor, sizes: list[int]) -> int:
+    """Numbers sent for the columns of ``basis`` (``[d, s]``) as :func:`excision_bases` builds them,
+    each nonzero in one parameter block of ``sizes`` only: per column its block's entries and the
+    block's index, not ``d`` numbers.
+
+    >>> B = torch.zeros(5, 2); B[0, 0] = B[1, 0] = 1.0; B[3, 1] = 1.0
+    >>> block_sparse_entries(B, [2, 3])   # (2 + 1) + (3 + 1)
+    7
+    """
+    if not basis.shape[1]:
+        return 0
+    ends = np.cumsum(sizes)
+    first = (basis != 0).int().argmax(dim=0).cpu().numpy()  # a column's first nonzero entry
+    return int(sum(int(np.asarray(sizes)[np.searchsorted(ends, f, side="right")]) + 1 for f in first))
+
+
 def _unchanged(g: torch.Tensor) -> torch.Tensor:
     return g
 
@@ -272,10 +288,11 @@ class EASE:
                                    entangled=options.excision == "entangled")
             bases = [b.cpu().numpy() for b in bases]
         basis, entangled = (torch.as_tensor(b, device=engine.device) for b in engine.transport.bcast_object(bases))
-        columns = basis.shape[1] + entangled.shape[1]
+        # each basis column lives in one parameter block: it travels as that block and its index
+        entries = sum(block_sparse_entries(b, engine.model.sizes) for b in (basis, entangled))
         root = forget_clients[0]
         members = [int(i) for i in np.flatnonzero(engine.members)]
         sent = _tree_gather_bytes(engine, root, members, engine.dim)                               # retained gradients
         sent += _tree_gather_bytes(engine, root, forget_clients, options.rank * engine.dim)       # forget chunks
-        sent += _tree_gather_bytes(engine, root, members, columns * engine.dim)                   # the bases
+        sent += _tree_gather_bytes(engine, root, members, entries)                                # the bases
         return basis, entangled, sent
