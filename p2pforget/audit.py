@@ -130,13 +130,18 @@ class Targets:
         if d.x_holdout is None:
             raise ValueError("the audit needs held-out samples: set data.holdout_fraction > 0 (default 0.2)")
         clients = sorted(int(j) for j in forgotten)
-        xf = np.concatenate([d.x[j][np.asarray(forgotten[j], dtype=np.int64)] for j in clients])
-        yf = np.concatenate([d.y[j][np.asarray(forgotten[j], dtype=np.int64)] for j in clients])
-        xh = np.concatenate([d.x_holdout[j][:d.holdout_counts[j]] for j in clients])
-        yh = np.concatenate([d.y_holdout[j][:d.holdout_counts[j]] for j in clients])
-        ef = {k: np.concatenate([v[j][np.asarray(forgotten[j], dtype=np.int64)] for j in clients]) for k, v in d.extras.items()}
-        eh = {k: np.concatenate([v[j][:d.holdout_counts[j]] for j in clients]) for k, v in d.extras_holdout.items()}
-        return cls(x_forget=xf, y_forget=yf, x_heldout=xh, y_heldout=yh, extras_forget=ef, extras_heldout=eh)
+        f = [np.asarray(forgotten[j], dtype=np.int64) for j in clients]
+        picked = np.zeros(d.y.shape, dtype=bool)
+        for j, idx in zip(clients, f):
+            picked[j, idx] = True
+        sample = engine.samples(picked)  # in (client, position) order: back to the order each client's request lists
+        starts = np.cumsum([0] + [len(idx) for idx in f])
+        inverse = np.concatenate([starts[k] + np.searchsorted(np.sort(idx), idx) for k, idx in enumerate(f)])
+        held = np.zeros(d.y_holdout.shape, dtype=bool)
+        held[clients] = np.arange(d.y_holdout.shape[1])[None, :] < d.holdout_counts[clients, None]
+        h = engine.samples(held, held_out=True)
+        return cls(x_forget=sample.pop("x")[inverse], y_forget=sample.pop("y")[inverse], x_heldout=h.pop("x"),
+                   y_heldout=h.pop("y"), extras_forget={k: v[inverse] for k, v in sample.items()}, extras_heldout=h)
 
 
 def _dtype(engine: "Engine") -> torch.dtype:
@@ -166,18 +171,19 @@ SHADOW_FRACTION = 0.8
 the audited models' training set, with enough variation between shadows for the Gaussian fit."""
 
 
-def shadow_models(engine: "Engine", count: int, *, seed: int, steps: int = 0) -> np.ndarray:
+def shadow_models(engine: "Engine", count: int, *, seed: int, steps: int = 0,
+                  retained: dict[str, np.ndarray] | None = None) -> np.ndarray:
     """``count`` models trained centrally on random subsets of the remaining training data (none of
-    the audited examples), from the engine's initialization, by gradient descent on the task's
-    objective with the training learning rate and batch size, for ``steps`` steps (0: as many as
-    the engine trained, rounds x local steps)."""
-    d = engine.data
+    the audited examples; ``retained``: those samples as :meth:`~p2pforget.engine.Engine.samples`
+    gives them, default: gathered here), from the engine's initialization, by gradient descent on
+    the task's objective with the training learning rate and batch size, for ``steps`` steps (0: as
+    many as the engine trained, rounds x local steps)."""
     dtype = _dtype(engine)
-    keep = engine.retained & engine.members[:, None]
     dev = engine.device
-    x = as_inputs(d.x[keep], dtype, dev)
-    y = torch.as_tensor(d.y[keep], device=dev)
-    extras = {k: torch.as_tensor(v[keep], device=dev) for k, v in d.extras.items()}
+    kept = dict(retained if retained is not None else engine.samples(engine.retained & engine.members[:, None]))
+    x = as_inputs(kept.pop("x"), dtype, dev)
+    y = torch.as_tensor(kept.pop("y"), device=dev)
+    extras = {k: torch.as_tensor(v, device=dev) for k, v in kept.items()}
     init = engine.model.init_vector(seeding.int_seed(engine.seed, purpose="init"), dtype).to(dev)
     steps = steps or max(1, engine.round * engine.config.train.local_steps)
     lr, b = engine.config.train.lr, engine.config.train.batch_size
@@ -219,11 +225,28 @@ def relearn(engine: "Engine", theta: np.ndarray, targets: Targets, *, samples: i
     return {"steps_to_recover": hit, "fa_before": fa[0], "fa_after": fa[-1]}
 
 
+@dataclass(frozen=True)
+class AuditData:
+    """What the audit reads of the data: its targets and, for shadow models, the remaining training
+    samples. Every process holds its own clients' inputs only, so every process calls
+    :meth:`gather`; the audit itself may then run at the root alone."""
+
+    targets: Targets
+    retained: dict[str, np.ndarray] | None = None
+
+    @classmethod
+    def gather(cls, engine: "Engine", forgotten: dict[int, np.ndarray], options: "AuditConfig") -> "AuditData":
+        retained = engine.samples(engine.retained & engine.members[:, None]) if options.shadow_models else None
+        return cls(targets=Targets.of(engine, forgotten), retained=retained)
+
+
 def audit(engine: "Engine", *, forgotten: dict[int, np.ndarray], models: dict[str, np.ndarray], nodes: np.ndarray,
-          options: "AuditConfig", seed: int) -> dict:
+          options: "AuditConfig", seed: int, data: AuditData | None = None) -> dict:
     """The audit of one request (see the module docstring) for every model set in ``models``
-    (``[n_clients, d]`` arrays, e.g. ``trained``, ``unlearned``, ``retrained``), over ``nodes``."""
-    targets = Targets.of(engine, forgotten)
+    (``[n_clients, d]`` arrays, e.g. ``trained``, ``unlearned``, ``retrained``), over ``nodes``;
+    ``data``: :meth:`AuditData.gather`'s (default: gathered here, which every process must call)."""
+    data = data if data is not None else AuditData.gather(engine, forgotten, options)
+    targets = data.targets
     phi = {k: (_phi(engine, v[nodes], targets, "forget"), _phi(engine, v[nodes], targets, "heldout"))
            for k, v in models.items()}
     out: dict = {"n_forgotten": int(len(targets.y_forget)), "n_heldout": int(len(targets.y_heldout)),
@@ -233,7 +256,8 @@ def audit(engine: "Engine", *, forgotten: dict[int, np.ndarray], models: dict[st
         out["mia"][k] = bootstrap_auc(pos, neg, reference=reference if k != "retrained" else None,
                                       rounds=options.bootstrap, seed=seed)
     if options.shadow_models:
-        shadows = shadow_models(engine, options.shadow_models, seed=seed, steps=options.shadow_steps)
+        shadows = shadow_models(engine, options.shadow_models, seed=seed, steps=options.shadow_steps,
+                                retained=data.retained)
         sh_pos = _phi(engine, shadows, targets, "forget")
         sh_neg = _phi(engine, shadows, targets, "heldout")
         out["lira"] = {}

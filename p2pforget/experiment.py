@@ -81,7 +81,9 @@ all; above it only the base matrix is (each round's is ``Engine.mixing_at(t)``, 
 of the seed and the round)."""
 
 
-def _static_arrays(engine: Engine, rounds: int) -> dict[str, np.ndarray]:
+def _static_arrays(engine: Engine, rounds: int, inputs: np.ndarray | None) -> dict[str, np.ndarray]:
+    """What every checkpoint writes unchanged (at the root): the graph, its mixing, and with
+    ``data.save`` every client's ``inputs`` (gathered by every process) and labels."""
     arrays = {"topology/edges": engine.edges()}
     if engine.is_star:
         arrays["topology/fedavg_weights"] = engine.fedavg_weights
@@ -93,7 +95,7 @@ def _static_arrays(engine: Engine, rounds: int) -> dict[str, np.ndarray]:
     if engine.config.data.save:
         d = engine.data
         for i in range(engine.n_clients):
-            arrays[f"data/client_{i:04d}/x"] = d.x[i]
+            arrays[f"data/client_{i:04d}/x"] = inputs[i]
             arrays[f"data/client_{i:04d}/y"] = d.y[i]
         arrays["data/test/x"] = d.x_test
         arrays["data/test/y"] = d.y_test
@@ -153,7 +155,8 @@ class RunWriter:
             state = adjust(state)
         if self._static is None:  # written unchanged at every checkpoint: gather and build once
             init = e.gather_params(e.init_params.contiguous())
-            self._static = _static_arrays(e, rounds_total) | {"params/init": init} if e.transport.is_root else {}
+            inputs = e.inputs() if e.config.data.save else None  # every process takes part
+            self._static = _static_arrays(e, rounds_total, inputs) | {"params/init": init} if e.transport.is_root else {}
         self.checkpoint_round = int(e.round)
         self.written = time.perf_counter()
         if not e.transport.is_root:
@@ -574,7 +577,13 @@ def run_fingerprint(engine: Engine) -> dict[str, int]:
         W = sp.coo_array(engine.base_mixing)
         order = np.lexsort((W.col, W.row))
         graph += [W.row[order].astype(np.int64), W.col[order].astype(np.int64), W.data[order].astype(np.float64)]
-    return {"data_crc32": history.checksum(d.x, d.y, d.x_test, d.y_test), "graph_crc32": history.checksum(*graph)}
+    # Each process holds its own clients' inputs: it continues the CRC over its block in turn, which
+    # gives the CRC of the whole array's bytes.
+    crc = 0
+    for r in range(engine.transport.size):
+        mine = history.checksum(d.x, start=crc) if engine.transport.rank == r else None
+        crc = engine.transport.allgather_object(mine)[r]
+    return {"data_crc32": history.checksum(d.y, d.x_test, d.y_test, start=crc), "graph_crc32": history.checksum(*graph)}
 
 
 def _check_same_run(now: dict[str, int], stored: dict[str, Any], *, where: str, overrides: list[str]) -> None:

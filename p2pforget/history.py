@@ -98,9 +98,10 @@ CHECKSUM = "crc32"
 their canonical JSON, under this attribute; :func:`read_h5` checks them all."""
 
 
-def checksum(*arrays: np.ndarray) -> int:
-    """CRC-32 of the arrays' bytes, in order (a dataset's checksum, or a fingerprint of several)."""
-    out = 0
+def checksum(*arrays: np.ndarray, start: int = 0) -> int:
+    """CRC-32 of the arrays' bytes, in order (a dataset's checksum, or a fingerprint of several),
+    continuing from the CRC ``start`` of the bytes before them."""
+    out = start
     for a in arrays:
         out = zlib.crc32(np.ascontiguousarray(a).tobytes(), out)
     return out

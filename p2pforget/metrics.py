@@ -53,7 +53,8 @@ class EvalSets:
 
     @classmethod
     def from_masks(cls, engine: "Engine", forgotten: np.ndarray, retained: np.ndarray) -> "EvalSets":
-        """Sets from boolean ``(n_clients, m)`` masks over the engine's training data."""
+        """Sets from boolean ``(n_clients, m)`` masks over the engine's training data (every
+        process calls this: the samples other processes hold come through the transport)."""
         d = engine.data
         clients = np.flatnonzero(forgotten.any(axis=1))
         own = bool(d.x_holdout is not None and len(clients) and d.holdout_counts[clients].sum())
@@ -61,18 +62,22 @@ class EvalSets:
             held = np.arange(d.y_holdout.shape[1])[None, :] < d.holdout_counts[:, None]
             rows = np.zeros_like(held)
             rows[clients] = held[clients]
-            xh, yh = d.x_holdout[rows], d.y_holdout[rows]
-            eh = {k: v[rows] for k, v in d.extras_holdout.items()}
+            heldout = engine.samples(rows, held_out=True)
         else:
-            xh, yh, eh = d.x_test, d.y_test, d.extras_test
+            heldout = {"x": d.x_test, "y": d.y_test} | d.extras_test
         # The attack's non-members are of the members' classes only: after a class-level request,
         # held-out samples of the other classes would tell classes apart, not members from non-members.
-        same = np.isin(yh, np.unique(d.y[forgotten]))
-        extras = {"forget": {k: v[forgotten] for k, v in d.extras.items()},
-                  "retain": {k: v[retained] for k, v in d.extras.items()}, "test": d.extras_test, "heldout": eh}
-        return cls(x_forget=d.x[forgotten], y_forget=d.y[forgotten], x_retain=d.x[retained], y_retain=d.y[retained],
-                   x_test=d.x_test, y_test=d.y_test, x_heldout=xh, y_heldout=yh, extras=extras, clients_heldout=own,
-                   non_members=same if same.any() else np.ones_like(same))
+        same = np.isin(heldout["y"], np.unique(d.y[forgotten]))
+        forget, retain = engine.samples(forgotten), engine.samples(retained)
+
+        def extras(picked: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+            return {k: v for k, v in picked.items() if k not in ("x", "y")}
+
+        return cls(x_forget=forget["x"], y_forget=forget["y"], x_retain=retain["x"], y_retain=retain["y"],
+                   x_test=d.x_test, y_test=d.y_test, x_heldout=heldout["x"], y_heldout=heldout["y"],
+                   extras={"forget": extras(forget), "retain": extras(retain), "test": d.extras_test,
+                           "heldout": extras(heldout)},
+                   clients_heldout=own, non_members=same if same.any() else np.ones_like(same))
 
     def batch(self, name: str, dtype: torch.dtype, device: torch.device | str) -> dict[str, torch.Tensor]:
         """Set ``name`` (one of :attr:`NAMES`) as a task batch on ``device``."""

@@ -130,6 +130,7 @@ def apply(data: "FederatedData", cfg: "PoisonConfig", *, seed: int) -> "Federate
     for i in cfg.clients:
         rows = chosen(int(data.counts[i]), cfg.fraction, seed=seed, client=i)
         poisoned[i, rows] = True
-        x[i, rows] = attack(x[i, rows], size=cfg.size, value=value)
+        if i in data.clients:  # the inputs held here (a process holds its own clients' only)
+            x[i - data.first, rows] = attack(x[i - data.first, rows], size=cfg.size, value=value)
         y[i, rows] = cfg.target
     return dataclasses.replace(data, x=x, y=y, poisoned=poisoned, probes=data.probes | {PROBE: probe(cfg, data)})

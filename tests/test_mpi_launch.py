@@ -56,7 +56,7 @@ def test_one_failing_rank_ends_the_whole_job(tmp_path):
     )
     start = time.perf_counter()
     res = subprocess.run([str(MPIRUN), "-n", "2", "--oversubscribe", sys.executable, str(script)],
-                         env=ENV, capture_output=True, text=True, timeout=120)
+                         env=ENV, capture_output=True, text=True, timeout=300)
     elapsed = time.perf_counter() - start
     assert res.returncode != 0
     assert "missing.toml' does not exist" in res.stderr
@@ -82,7 +82,7 @@ def test_exception_inside_the_round_loop_aborts(tmp_path):
     )
     start = time.perf_counter()
     res = subprocess.run([str(MPIRUN), "-n", "2", "--oversubscribe", sys.executable, str(script)],
-                         env=ENV, capture_output=True, text=True, timeout=120)
+                         env=ENV, capture_output=True, text=True, timeout=300)
     assert res.returncode != 0
     assert "RuntimeError: simulated node failure" in res.stderr
     assert time.perf_counter() - start < 30
@@ -101,7 +101,7 @@ def test_launcher_and_mpi_library_mismatch_is_clear(tmp_path):
     run the whole experiment alone."""
     _, path = _config(tmp_path)
     res = subprocess.run([sys.executable, "-m", "p2pforget", "run", str(path), "--out", str(tmp_path / "o")],
-                         env=ENV | {"OMPI_COMM_WORLD_SIZE": "3"}, capture_output=True, text=True, timeout=120)
+                         env=ENV | {"OMPI_COMM_WORLD_SIZE": "3"}, capture_output=True, text=True, timeout=300)
     assert res.returncode == 2
     assert "the launcher started 3 processes but MPI sees 1" in res.stderr
 
@@ -117,7 +117,7 @@ def test_damaged_run_file_under_mpirun_is_one_clear_line(tmp_path, command):
     argv = (["forget", str(tmp_path / "run"), "--clients", "1"] if command == "forget"
             else ["run", str(path), "--resume", str(tmp_path / "run")])
     res = subprocess.run([str(MPIRUN), "-n", "2", "--oversubscribe", sys.executable, "-m", "p2pforget"] + argv,
-                         env=ENV, capture_output=True, text=True, timeout=120)
+                         env=ENV, capture_output=True, text=True, timeout=300)
     assert res.returncode == 2, res.stderr
     assert "Traceback" not in res.stderr
     # mpirun forwards each rank's stderr next to its own banners, and a banner's last bytes can
@@ -132,7 +132,7 @@ def test_more_ranks_than_clients_is_printed_once(tmp_path):
     path.write_text(config.dumps(config.from_dict({"run": {"rounds": 1}, "topology": {"n_clients": 2},
                                                    "data": {"n_samples_per_client": 4, "n_test": 5}})))
     res = subprocess.run([str(MPIRUN), "-n", "3", "--oversubscribe", sys.executable, "-m", "p2pforget", "run", str(path),
-                          "--out", str(tmp_path / "out")], env=ENV, capture_output=True, text=True, timeout=120)
+                          "--out", str(tmp_path / "out")], env=ENV, capture_output=True, text=True, timeout=300)
     assert res.returncode == 2, res.stderr
     errors = [line for line in res.stderr.splitlines() if "p2pforget: error:" in line]
     assert len(errors) == 1 and "3 ranks but only 2 clients" in errors[0], res.stderr
@@ -161,11 +161,11 @@ def test_warnings_and_errors_are_printed_once_per_job(tmp_path):
         "run": {"rounds": 2}, "topology": {"kind": "torus", "n_clients": 16},
         "data": {"n_samples_per_client": 4, "n_test": 5}, "train": {"algorithm": "gradient_tracking"}})))
     run = [str(MPIRUN), "-n", "2", sys.executable, "-m", "p2pforget", "--quiet", "run", str(path)]
-    res = subprocess.run(run + ["--out", str(tmp_path / "out")], env=ENV, capture_output=True, text=True, timeout=120)
+    res = subprocess.run(run + ["--out", str(tmp_path / "out")], env=ENV, capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stderr
     assert sum("gradient tracking may stall" in line for line in res.stderr.splitlines()) == 1, res.stderr
     res = subprocess.run(run + ["--set", "train.lrr=0.1", "--out", str(tmp_path / "bad")], env=ENV,
-                         capture_output=True, text=True, timeout=120)
+                         capture_output=True, text=True, timeout=300)
     assert res.returncode == 2, res.stderr
     errors = [line for line in res.stderr.splitlines() if "p2pforget: error:" in line]
     assert len(errors) == 1 and "train.lrr" in errors[0] and "rank" not in errors[0], res.stderr

@@ -50,10 +50,13 @@ class FederatedData:
     extras_holdout: dict[str, np.ndarray] = field(default_factory=dict)  # name -> (n_clients, h, ...)
     poisoned: np.ndarray | None = None      # (n_clients, m) which training samples carry an attack (p2pforget.poison)
     probes: dict[str, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)  # name -> (x, y) scored per node
+    # The inputs (x, x_holdout, extras, extras_holdout) may hold only the clients one process
+    # hosts, from client `first` on (build(clients=...)); labels and counts always hold every client.
+    first: int = 0
 
     def __post_init__(self) -> None:
         if self.counts is None:
-            object.__setattr__(self, "counts", np.full(self.x.shape[0], self.x.shape[1], dtype=np.int64))
+            object.__setattr__(self, "counts", np.full(self.y.shape[0], self.y.shape[1], dtype=np.int64))
 
     @property
     def input_shape(self) -> tuple[int, ...]:
@@ -61,12 +64,17 @@ class FederatedData:
 
     @property
     def n_clients(self) -> int:
-        return self.x.shape[0]
+        return self.y.shape[0]
+
+    @property
+    def clients(self) -> range:
+        """The clients whose inputs ``x`` holds (every client unless built for one process)."""
+        return range(self.first, self.first + self.x.shape[0])
 
     @property
     def valid(self) -> np.ndarray:
         """Boolean ``(n_clients, m)``: which rows are real samples (not padding)."""
-        return np.arange(self.x.shape[1])[None, :] < self.counts[:, None]
+        return np.arange(self.y.shape[1])[None, :] < self.counts[:, None]
 
 
 Builder = Callable[[DataConfig, int, int], FederatedData]
@@ -94,8 +102,9 @@ class Rows:
     >>> class Squares:
     ...     shape, dtype = (5, 1), np.dtype(np.int64)
     ...     def take(self, idx): return (np.asarray(idx) ** 2)[:, None]
-    >>> Rows(Squares(), np.array([[4, 1], [2, -1]])).read()[..., 0].tolist()
-    [[16, 1], [4, 0]]
+    >>> rows = Rows(Squares(), np.array([[4, 1], [2, -1]]))
+    >>> rows.read()[..., 0].tolist(), rows.read(range(1, 2))[..., 0].tolist()
+    ([[16, 1], [4, 0]], [[4, 0]])
     """
 
     pool: Pool
@@ -109,11 +118,16 @@ class Rows:
     def dtype(self) -> np.dtype:
         return self.pool.dtype
 
-    def read(self, chunk: int = 256) -> np.ndarray:
-        """The shards as one array, read ``chunk`` samples at a time (no second copy of the data)."""
-        out = np.zeros(self.shape, dtype=self.dtype)
-        flat, idx = out.reshape(-1, *self.shape[2:]), self.idx.reshape(-1)
+    def read(self, clients: range | None = None, *, chunk_bytes: int = 1 << 26) -> np.ndarray:
+        """The shards of ``clients`` (default: all) as one array, read in pool order about
+        ``chunk_bytes`` at a time (no second copy of the data; a pool that streams, like
+        :class:`~p2pforget.data.synthetic.GaussianPool`, is passed once)."""
+        idx = self.idx if clients is None else self.idx[clients.start:clients.stop]
+        out = np.zeros(tuple(idx.shape) + tuple(self.pool.shape[1:]), dtype=self.dtype)
+        flat, idx = out.reshape(-1, *out.shape[2:]), idx.reshape(-1)
         where = np.flatnonzero(idx >= 0)
+        where = where[np.argsort(idx[where], kind="stable")]
+        chunk = max(1, chunk_bytes // max(1, flat[:1].nbytes))
         for s in range(0, len(where), chunk):
             flat[where[s:s + chunk]] = self.pool.take(idx[where[s:s + chunk]])
         return out
@@ -163,20 +177,48 @@ def estimated_bytes(cfg: DataConfig, *, n_clients: int) -> int | None:
     return int(n_clients * per_client * numbers(cfg) * 8)
 
 
-def build(cfg: DataConfig, *, n_clients: int, seed: int) -> FederatedData:
+def build(cfg: DataConfig, *, n_clients: int, seed: int, clients: range | None = None) -> FederatedData:
     """Build the dataset registered as ``cfg.kind``, with each client's held-out split, its inputs
     normalized by ``cfg.normalize``, and the malicious clients of ``cfg.poison`` poisoned (after
-    normalization: a trigger is written in the units the model sees)."""
-    data = _read(_build(cfg, n_clients=n_clients, seed=seed))
+    normalization: a trigger is written in the units the model sees).
+
+    ``clients`` (a process's block of client ids): keep only their inputs (``FederatedData.first``
+    says where they start), the same samples as a build of every client. A builder whose pool is a
+    :class:`Pool` (``gaussian_logistic``, Flickr30K, COCO) never reads the other clients' samples;
+    the others are built whole and cut.
+
+    >>> cfg = DataConfig(n_samples_per_client=10, n_test=20)
+    >>> every, mine = build(cfg, n_clients=4, seed=0), build(cfg, n_clients=4, seed=0, clients=range(2, 4))
+    >>> mine.x.shape[0], mine.first, bool(np.array_equal(mine.x, every.x[2:])), mine.y.shape == every.y.shape
+    (2, 2, True, True)
+    """
+    data = read(_build(cfg, n_clients=n_clients, seed=seed), clients)
     data = normalize(data, cfg.normalize)
     return _poison.apply(data, cfg.poison, seed=seed)
 
 
-def _read(data: FederatedData) -> FederatedData:
-    """Shards of a :class:`Pool` read into arrays (after the held-out split: each sample once)."""
-    if not isinstance(data.x, Rows):
+def read(data: FederatedData, clients: range | None = None) -> FederatedData:
+    """The inputs of ``clients`` (default: all) as arrays: shards of a :class:`Pool` are read (after
+    the held-out split: each sample once), arrays cut (a copy, so that the rest can be freed).
+
+    A builder that plans its shards on a :class:`Pool` registers that planning function as
+    ``planned=``, which :func:`build` calls, and returns ``read(planned(...))`` itself: what a
+    builder returns holds arrays (a user's builder may wrap a built-in one)."""
+    every = clients is None or (clients.start == 0 and clients.stop >= data.n_clients)
+    if every and not isinstance(data.x, Rows):
         return data
-    return dataclasses.replace(data, x=data.x.read(), x_holdout=None if data.x_holdout is None else data.x_holdout.read())
+    clients = range(0, data.n_clients) if every else clients
+
+    def cut(v):
+        if v is None:
+            return None
+        if isinstance(v, Rows):
+            return v.read(clients)
+        return v if every else v[clients.start:clients.stop].copy()
+
+    return dataclasses.replace(data, x=cut(data.x), x_holdout=cut(data.x_holdout), first=clients.start,
+                               extras={k: cut(v) for k, v in data.extras.items()},
+                               extras_holdout={k: cut(v) for k, v in data.extras_holdout.items()})
 
 
 def normalize(data: FederatedData, kind: str) -> FederatedData:
@@ -208,13 +250,14 @@ def normalize(data: FederatedData, kind: str) -> FederatedData:
             return ((flat - mean) / std).reshape(x.shape)
     else:
         raise ValueError(f"data.normalize = {kind!r}; choose none, standard or unit_norm")
-    x = np.where(data.valid.reshape(data.valid.shape + (1,) * (data.x.ndim - 2)), f(data.x), 0.0)
+    valid = data.valid[data.clients.start:data.clients.stop]
+    x = np.where(valid.reshape(valid.shape + (1,) * (data.x.ndim - 2)), f(data.x), 0.0)
     holdout = None if data.x_holdout is None else f(data.x_holdout)
     return dataclasses.replace(data, x=x, x_test=f(data.x_test), x_holdout=holdout)
 
 
 def _build(cfg: DataConfig, *, n_clients: int, seed: int) -> FederatedData:
-    builder = DATASETS.get(cfg.kind)
+    builder = DATASETS.entry(cfg.kind).meta.get("planned") or DATASETS.get(cfg.kind)
     f = cfg.holdout_fraction
     if f == 0:
         return builder(cfg, n_clients, seed)

@@ -31,12 +31,16 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from .. import seeding
 from ..config import DataConfig, bounded, choice
-from . import FederatedData, register, shard
+from . import FederatedData, read, register, shard
+
+if TYPE_CHECKING:
+    import torch
 from .images import standardize
 
 
@@ -275,11 +279,21 @@ def _real(reader, cfg: DataConfig, n_clients: int, seed: int, kind: str, splits=
                     purpose=f"data/{kind}/split", splits=marked)
 
 
-@register("flickr30k", options=CaptionOptions, help="Flickr30K (Karpathy's dataset_flickr30k.json at data.path, images next to it)")
-def flickr30k(cfg: DataConfig, n_clients: int, seed: int) -> FederatedData:
+def _flickr30k(cfg: DataConfig, n_clients: int, seed: int) -> FederatedData:
     return _real(read_flickr30k, cfg, n_clients, seed, "flickr30k", splits=karpathy_splits)
 
 
-@register("coco_captions", options=CaptionOptions, help="COCO captions (a captions_*.json at data.path, images next to it)")
-def coco_captions(cfg: DataConfig, n_clients: int, seed: int) -> FederatedData:
+def _coco_captions(cfg: DataConfig, n_clients: int, seed: int) -> FederatedData:
     return _real(read_coco_captions, cfg, n_clients, seed, "coco_captions")
+
+
+@register("flickr30k", options=CaptionOptions, planned=_flickr30k,
+          help="Flickr30K (Karpathy's dataset_flickr30k.json at data.path, images next to it)")
+def flickr30k(cfg: DataConfig, n_clients: int, seed: int) -> FederatedData:
+    return read(_flickr30k(cfg, n_clients, seed))
+
+
+@register("coco_captions", options=CaptionOptions, planned=_coco_captions,
+          help="COCO captions (a captions_*.json at data.path, images next to it)")
+def coco_captions(cfg: DataConfig, n_clients: int, seed: int) -> FederatedData:
+    return read(_coco_captions(cfg, n_clients, seed))

@@ -58,5 +58,36 @@ class Batches:
         return ({"x": x, "y": y, "mask": torch.as_tensor(mask, dtype=self.dtype, device=self.device)}
                 | self._extras_batch(extras, (n_loc, b), key))
 
+    def samples(self, mask: np.ndarray, *, held_out: bool = False) -> dict[str, np.ndarray]:
+        """The samples ``mask`` picks (boolean ``[n_clients, m]`` over the training samples, or over
+        the held-out ones with ``held_out``) as ``x``, ``y`` and the data's extras, in client order,
+        on every process. A process holds its own clients' inputs only: the picked ones of the
+        others come through the transport (every process calls this)."""
+        d = self.data
+        x, extras, y = (d.x_holdout, d.extras_holdout, d.y_holdout) if held_out else (d.x, d.extras, d.y)
+        local = mask[d.clients.start:d.clients.stop]
+        part = {"x": x[local]} | {k: v[local] for k, v in extras.items()}
+        if len(d.clients) < self.n_clients:
+            parts = self.transport.allgather_object(part)
+            part = {k: np.concatenate([p[k] for p in parts]) for k in part}
+        return part | {"y": y[mask]}
+
+    def client_samples(self, client: int, idx: np.ndarray) -> dict[str, np.ndarray]:
+        """Samples ``idx`` of ``client``, in that order (:meth:`samples`; every process calls this)."""
+        idx = np.asarray(idx, dtype=np.int64)
+        mask = np.zeros(self.data.y.shape, dtype=bool)
+        mask[client, idx] = True
+        order = np.searchsorted(np.sort(idx), idx)
+        return {k: v[order] for k, v in self.samples(mask).items()}
+
+    def inputs(self) -> np.ndarray:
+        """Every client's training inputs ``[n_clients, m, ...]`` on every process (gathered from
+        the processes that hold them), for what needs the whole federation's data at once (the
+        certificate's objective, a run file that saves the data)."""
+        d = self.data
+        if len(d.clients) == self.n_clients:
+            return d.x
+        return np.concatenate(self.transport.allgather_object(d.x))
+
     def _probe_batch(self, name: str, n_local: int) -> Batch:
         return {k: v.expand(n_local, *v.shape) for k, v in self.probes[name].items()}

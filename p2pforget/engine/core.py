@@ -12,7 +12,7 @@ from ..config import Config
 from .. import transport as transport_mod
 from ..hooks import Hook
 from ..progress import bar as progress_bar
-from ..registry import AGGREGATORS, ROUNDS
+from ..registry import AGGREGATORS, DATASETS, ROUNDS
 from ..tasks import Task, as_inputs
 from ..transport import Transport
 from .batches import Batches
@@ -62,11 +62,13 @@ class Engine(Batches, Compute, Gossip, Evaluation, Checkpoint):
         self.aggregator = aggregator or AGGREGATORS.get(cfg.train.aggregator)()
 
         # Before anything is allocated (the graph of a million nodes takes a while already).
-        need = datasets.estimated_bytes(cfg.data, n_clients=n)
+        # A builder that plans on a pool reads only this process's clients; the others build all first.
+        held = self.hi - self.lo if DATASETS.entry(cfg.data.kind).meta.get("planned") else n
+        need = datasets.estimated_bytes(cfg.data, n_clients=held)
         if need is not None:
-            devices.check_memory(need, f"the data of topology.n_clients = {n} clients x data.n_samples_per_client = "
-                                 f"{cfg.data.n_samples_per_client} ({cfg.data.kind})",
-                                 "use fewer clients or samples per client")
+            devices.check_memory(need, f"the data of {held} of topology.n_clients = {n} clients x "
+                                 f"data.n_samples_per_client = {cfg.data.n_samples_per_client} ({cfg.data.kind})",
+                                 "use fewer clients or samples per client, or more processes")
         t = cfg.topology
         self.graph = topology.build_graph(t.kind, n, seed=self.seed, **topology.graph_options(t))
         self.is_star = t.kind == "star"
@@ -82,8 +84,9 @@ class Engine(Batches, Compute, Gossip, Evaluation, Checkpoint):
         if check is not None:
             check(cfg, star=self.is_star)
 
-        self.data = datasets.build(cfg.data, n_clients=n, seed=self.seed)
-        self.x = as_inputs(self.data.x[self.lo:self.hi], self.dtype, self.device)
+        # Each process builds and keeps its own clients' inputs only (labels and counts of all).
+        self.data = datasets.build(cfg.data, n_clients=n, seed=self.seed, clients=range(self.lo, self.hi))
+        self.x = as_inputs(self.data.x, self.dtype, self.device)
         self.y = torch.as_tensor(self.data.y[self.lo:self.hi], device=self.device)
         # Which samples each client still trains on, and which nodes are still in the graph;
         # forgetting (exclude) changes both.
@@ -92,7 +95,7 @@ class Engine(Batches, Compute, Gossip, Evaluation, Checkpoint):
         self.x_test = as_inputs(self.data.x_test, self.dtype, self.device)
         self.y_test = torch.as_tensor(self.data.y_test, device=self.device)
         # Further per-sample inputs (e.g. caption tokens) travel with the samples into batches.
-        self.extras = {k: torch.as_tensor(v[self.lo:self.hi], device=self.device) for k, v in self.data.extras.items()}
+        self.extras = {k: torch.as_tensor(v, device=self.device) for k, v in self.data.extras.items()}
         self.extras_test = {k: torch.as_tensor(v, device=self.device) for k, v in self.data.extras_test.items()}
         # Further test sets every node is scored on at every evaluation (e.g. a backdoor's triggered inputs).
         self.probes = {name: {"x": as_inputs(x, self.dtype, self.device),

@@ -81,6 +81,11 @@ class Transport(ABC):
         """The root's Python object on every process (setup only, never in the round loop)."""
         return obj
 
+    def allgather_object(self, obj) -> list:
+        """Every process's Python object, in rank order, on every process (never in the round
+        loop: e.g. the samples of a forget request that other processes hold)."""
+        return [obj]
+
 
 _LAUNCHER_SIZE_VARS = ("OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "PMIX_SIZE", "MPI_LOCALNRANKS")
 _LAUNCHER_LOCAL_RANK_VARS = ("OMPI_COMM_WORLD_LOCAL_RANK", "SLURM_LOCALID", "MPI_LOCALRANKID", "PMI_LOCAL_RANK")

@@ -82,6 +82,9 @@ class MPITransport(Transport):
     def bcast_object(self, obj):
         return self.comm.bcast(obj, root=0)
 
+    def allgather_object(self, obj) -> list:
+        return self.comm.allgather(obj)
+
     def allreduce(self, value: torch.Tensor, op: str = "sum") -> torch.Tensor:
         local = np.ascontiguousarray(value.detach().cpu().numpy())
         out = np.empty_like(local)

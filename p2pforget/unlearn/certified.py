@@ -105,24 +105,25 @@ def ledger_bytes(engine: "Engine") -> float:
     return float(engine.round * topology.message_count(engine.base_mixing) * entries * 8)
 
 
-def trained_inputs(engine: "Engine") -> np.ndarray:
-    """Every client's inputs as the engine trains on them: rounded to the training dtype, then held
-    in float64. The Newton steps, Retrain and the certificate all see these values, so that the
-    optimum the certificate measures against is the one the steps converge to (a float32 run's
-    optimum on the unrounded float64 inputs lies ~1e-8 away, which the bound would divide by
-    lambda)."""
-    x = engine.data.x
-    return x if engine.dtype == torch.float64 else torch.as_tensor(x, dtype=engine.dtype).to(torch.float64).numpy()
+def trained_inputs(engine: "Engine", inputs: np.ndarray) -> np.ndarray:
+    """Every client's ``inputs`` (:meth:`~p2pforget.engine.Engine.inputs`) as the engine trains on
+    them: rounded to the training dtype, then held in float64. The Newton steps, Retrain and the
+    certificate all see these values, so that the optimum the certificate measures against is the
+    one the steps converge to (a float32 run's optimum on the unrounded float64 inputs lies ~1e-8
+    away, which the bound would divide by lambda)."""
+    if engine.dtype == torch.float64:
+        return inputs
+    return torch.as_tensor(inputs, dtype=engine.dtype).to(torch.float64).numpy()
 
 
-def remaining_objective(engine: "Engine", dtype: torch.dtype | None = None):
-    """``Phi'(theta) = sum_k a'_k f'_k(theta)`` over all remaining data (the inputs as trained on,
-    :func:`trained_inputs`), from the task's loss (used to evaluate the certificate), in ``dtype``
-    (default: the training dtype)."""
+def remaining_objective(engine: "Engine", inputs: np.ndarray, dtype: torch.dtype | None = None):
+    """``Phi'(theta) = sum_k a'_k f'_k(theta)`` over all remaining data (every client's ``inputs``
+    as trained on, :func:`trained_inputs`), from the task's loss (used to evaluate the
+    certificate), in ``dtype`` (default: the training dtype)."""
     d = engine.data
     dtype = dtype or engine.dtype
     dev = engine.device
-    batch = {"x": torch.as_tensor(trained_inputs(engine), dtype=dtype, device=dev), "y": torch.as_tensor(d.y, device=dev),
+    batch = {"x": torch.as_tensor(trained_inputs(engine, inputs), dtype=dtype, device=dev), "y": torch.as_tensor(d.y, device=dev),
              "mask": torch.as_tensor(engine.retained & engine.members[:, None], dtype=dtype, device=dev)}
     a = torch.as_tensor(engine.objective_weights(), dtype=dtype, device=dev)
     wd = engine.config.train.weight_decay
@@ -138,14 +139,14 @@ OPTIMUM_MAX_DIM = 2000
 """The remaining optimum is solved (dense Newton) for models up to this many parameters."""
 
 
-def remaining_optimum(engine: "Engine", start: np.ndarray) -> np.ndarray | None:
+def remaining_optimum(engine: "Engine", start: np.ndarray, inputs: np.ndarray) -> np.ndarray | None:
     """``theta'* = argmin Phi'`` in float64 by Newton's method with backtracking, from ``start``:
     the point Retrain converges to, which the simulator can compute with global knowledge of the
     data. ``None`` for a model that is not strongly convex or has more than
     :data:`OPTIMUM_MAX_DIM` parameters."""
-    if hessian_lipschitz(engine) is None or engine.config.train.weight_decay <= 0 or engine.dim > OPTIMUM_MAX_DIM:
+    if hessian_lipschitz(engine, inputs) is None or engine.config.train.weight_decay <= 0 or engine.dim > OPTIMUM_MAX_DIM:
         return None
-    phi = remaining_objective(engine, torch.float64)
+    phi = remaining_objective(engine, inputs, torch.float64)
     x = torch.as_tensor(start, dtype=torch.float64, device=engine.device)
     for _ in range(100):
         g = grad(phi)(x)
@@ -170,7 +171,7 @@ def softmax_curvature_lipschitz(n_classes: int) -> float:
     return math.sqrt(2.0) / (3.0 * math.sqrt(3.0)) if n_classes <= 2 else 1.0 / math.sqrt(2.0)
 
 
-def hessian_lipschitz(engine: "Engine") -> float | None:
+def hessian_lipschitz(engine: "Engine", inputs: np.ndarray) -> float | None:
     """Lipschitz constant of ``theta -> Hessian of Phi'`` for the logistic model: each sample's
     cross-entropy Hessian ``(diag p - p p^T) (x) x~ x~^T`` changes at most ``c ||x~||^3`` per unit step
     (``x~`` = features with the bias 1, ``c`` from :func:`softmax_curvature_lipschitz`). ``None`` for
@@ -179,13 +180,13 @@ def hessian_lipschitz(engine: "Engine") -> float | None:
         return None
     d = engine.data
     keep = engine.retained & engine.members[:, None]
-    x = trained_inputs(engine)[keep].reshape(int(keep.sum()), -1)
+    x = trained_inputs(engine, inputs)[keep].reshape(int(keep.sum()), -1)
     norm = np.sqrt((x * x).sum(axis=1) + 1.0).max()
     return softmax_curvature_lipschitz(d.n_classes) * norm ** 3 * float(engine.objective_weights().sum())
 
 
 def certificate(engine: "Engine", before: np.ndarray, step: np.ndarray, per_node: np.ndarray, released: np.ndarray,
-                opts: "CertifiedOptions", *, steps: int, fallback_from: int | None = None) -> dict:
+                opts: "CertifiedOptions", *, inputs: np.ndarray, steps: int, fallback_from: int | None = None) -> dict:
     """The (epsilon, delta) certificate of the noiseless ``released`` models, evaluated at the root
     in float64 (``per_node = before + step`` are the models the last Newton step produced).
 
@@ -205,12 +206,12 @@ def certificate(engine: "Engine", before: np.ndarray, step: np.ndarray, per_node
     steps (``fallback_from = None``: no fallback). Every branch is certified against the same
     reference, the remaining optimum ``theta'*``.
     """
-    phi = remaining_objective(engine, torch.float64)
+    phi = remaining_objective(engine, inputs, torch.float64)
     g_phi = grad(phi)
     nodes = np.flatnonzero(engine.members)
     A = float(engine.objective_weights().sum())
     wd = engine.config.train.weight_decay
-    M = hessian_lipschitz(engine)
+    M = hessian_lipschitz(engine, inputs)
     norms, bounds, sizes = [], [], []
     for i in nodes:
         t, s, p, u = (torch.as_tensor(v[i], dtype=torch.float64, device=engine.device)
@@ -426,8 +427,9 @@ class CertifiedNewton:
 
         def evaluate() -> dict:
             gathered = [engine.gather_params(v) for v in (before, step, per_node, theta)]
-            cert = (certificate(engine, *gathered, options, steps=state.steps, fallback_from=state.fallback_from)
-                    if engine.transport.is_root else None)
+            inputs = engine.inputs()  # every process takes part; only the root uses them
+            cert = (certificate(engine, *gathered, options, inputs=inputs, steps=state.steps,
+                                fallback_from=state.fallback_from) if engine.transport.is_root else None)
             return engine.transport.bcast_object(cert)
 
         cert, seconds, flops = measured(evaluate)

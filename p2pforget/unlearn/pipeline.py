@@ -169,9 +169,10 @@ def remaining_optimum(engine: "Engine") -> np.ndarray | None:
     for a dense Newton solve (see :func:`.certified.remaining_optimum`); ``None`` otherwise."""
     from .certified import remaining_optimum as optimum_from
 
+    inputs = engine.inputs()  # every process takes part; only the root uses them
     if not engine.transport.is_root:
         return None
-    return optimum_from(engine, np.zeros(engine.dim))  # from a start no method chose
+    return optimum_from(engine, np.zeros(engine.dim), inputs)  # from a start no method chose
 
 
 def _fine_tune(engine: "Engine", released: torch.Tensor, rounds: int, start: int, cost: Cost) -> torch.Tensor:
@@ -236,6 +237,11 @@ def forget(engine: "Engine", *, clients=(), samples: dict | None = None, method:
         fa = metrics.forget_accuracy(engine, released, p.sets, nodes=p.nodes)
         trace = [fa] if fa is not None else []
     gathered = {k: engine.gather_params(v) for k, v in local.items()}
+    audited = engine.config.audit.after_forget and engine.data.x_holdout is not None
+    if audited:  # what the audit reads of the data, from the processes that hold it (every rank takes part)
+        from ..audit import AuditData
+
+        audit_data = AuditData.gather(engine, p.request.samples, engine.config.audit)
     if engine.transport.is_root:
         # A node that left the graph releases nothing: its row of the released models is NaN.
         gathered["unlearned"] = np.where(p.members_after[:, None], gathered["unlearned"], np.nan)
@@ -244,12 +250,12 @@ def forget(engine: "Engine", *, clients=(), samples: dict | None = None, method:
         if ref is not None:
             result.traces["retrained"] = [float(v) for v in ref["trace"] if v is not None]
             _compare_with_retrain(result, ref, p.nodes, rounds)
-        if engine.config.audit.after_forget and engine.data.x_holdout is not None:
+        if audited:
             from ..audit import audit
 
             result.audit = audit(engine, forgotten=p.request.samples, nodes=p.nodes, options=engine.config.audit,
                                  seed=engine.seed, models={k: gathered[k] for k in ("trained", "unlearned", "retrained")
-                                                           if k in gathered})
+                                                           if k in gathered}, data=audit_data)
     return result
 
 

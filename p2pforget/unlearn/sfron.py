@@ -291,14 +291,14 @@ class SFRon:
         (in the graph before anyone left), plus the gossip."""
         adaptive, mean_ce = self._losses(engine, o)
         hops = {j: nx.single_source_shortest_path_length(engine.graph, j) for j in request.clients}
-        # The holders' forgotten samples, one batch each; in the simulator every process can read
-        # them, which stands for each node asking the holder (the bytes are counted as such).
+        # The holders' forgotten samples, one batch each; every process gets them through the
+        # transport, which stands for each node asking the holder (the bytes are counted as such).
         held = []
         for j in request.clients:
-            idx = np.asarray(request.samples[j])
-            held.append({"x": as_inputs(engine.data.x[j, idx], engine.dtype, engine.device),
-                         "y": torch.as_tensor(engine.data.y[j, idx], device=engine.device),
-                         "mask": torch.ones(len(idx), dtype=engine.dtype, device=engine.device)})
+            picked = engine.client_samples(j, request.samples[j])
+            held.append({"x": as_inputs(picked["x"], engine.dtype, engine.device),
+                         "y": torch.as_tensor(picked["y"], device=engine.device),
+                         "mask": torch.ones(len(picked["y"]), dtype=engine.dtype, device=engine.device)})
         engine.exclude(samples=request.samples, removed=request.removed)
         n_loc = engine.hi - engine.lo
         running = torch.as_tensor(engine.members[engine.lo:engine.hi], device=engine.device)

@@ -111,9 +111,10 @@ def validation_clients(engine: "Engine", forgotten: dict[int, np.ndarray], nodes
     return untouched if len(untouched) else staying
 
 
-def _batch(engine: "Engine", x: np.ndarray, y: np.ndarray, extras: dict[str, np.ndarray]) -> dict[str, torch.Tensor]:
-    out = {"x": as_inputs(x, engine.dtype), "y": torch.as_tensor(y)}
-    out |= {k: torch.as_tensor(v) for k, v in extras.items()}
+def _batch(engine: "Engine", mask: np.ndarray, *, held_out: bool = False) -> dict[str, torch.Tensor]:
+    """The samples ``mask`` picks (:meth:`~p2pforget.engine.Engine.samples`) as a batch."""
+    picked = engine.samples(mask, held_out=held_out)
+    out = {"x": as_inputs(picked.pop("x"), engine.dtype)} | {k: torch.as_tensor(v) for k, v in picked.items()}
     return {k: v.to(engine.device) for k, v in out.items()}
 
 
@@ -167,19 +168,19 @@ class Monitor:
         rows = np.zeros_like(engine.retained)
         for j, idx in forgotten.items():
             rows[j, idx] = True
-        forget_set = _batch(engine, d.x[rows], d.y[rows], {k: v[rows] for k, v in d.extras.items()})
+        forget_set = _batch(engine, rows)
         clients = validation_clients(engine, forgotten, nodes) if options.guard else np.zeros(0, dtype=np.int64)
         validation = None
         if len(clients):
             held = np.zeros(d.y_holdout.shape, dtype=bool)
             held[clients] = np.arange(d.y_holdout.shape[1])[None, :] < d.holdout_counts[clients, None]
-            validation = _batch(engine, d.x_holdout[held], d.y_holdout[held], {k: v[held] for k, v in d.extras_holdout.items()})
+            validation = _batch(engine, held, held_out=True)
         retained = None
         if options.guard and options.guard_retained:
             untouched = np.asarray([j for j in nodes if int(j) not in forgotten], dtype=np.int64)
             kept = retained_rows(engine, untouched)
             if kept.any():
-                retained = _batch(engine, d.x[kept], d.y[kept], {k: v[kept] for k, v in d.extras.items()})
+                retained = _batch(engine, kept)
         return cls(engine=engine, options=options, forget_set=forget_set, validation_set=validation, nodes=nodes,
                    retained_set=retained)
 

@@ -239,3 +239,24 @@ def test_compare_grid_csv_is_the_same_under_mpi(tmp_path):
         compare.grid(config.from_dict(base | {"run": base["run"] | {"transport": "local"}}), spec, out=out / "local")
         same = (out / "mpi" / "compare.csv").read_bytes() == (out / "local" / "compare.csv").read_bytes()
     assert COMM.bcast(same, root=0), f"compare.csv differs at {COMM.Get_size()} ranks"
+
+
+def test_each_rank_builds_only_its_own_clients_samples(monkeypatch):
+    from p2pforget import Engine, data
+    from p2pforget.data import synthetic
+
+    taken = []
+    original = synthetic.GaussianPool.take
+
+    def counting(self, idx):
+        taken.append(len(idx))
+        return original(self, idx)
+
+    monkeypatch.setattr(synthetic.GaussianPool, "take", counting)
+    cfg = config.from_dict(BASE | {"topology": {"kind": "ring", "n_clients": 7}, "run": BASE["run"] | {"transport": "mpi"}})
+    engine = Engine(config=cfg)
+    d, lo, hi = engine.data, engine.lo, engine.hi
+    assert sum(taken) == int(d.counts[lo:hi].sum() + d.holdout_counts[lo:hi].sum())  # its own samples, nobody else's
+    assert (d.first, d.x.shape[0], d.x_holdout.shape[0]) == (lo, hi - lo, hi - lo) and d.y.shape[0] == 7
+    whole = data.build(cfg.data, n_clients=7, seed=cfg.run.seed)
+    assert np.array_equal(d.x, whole.x[lo:hi]) and np.array_equal(d.x_holdout, whole.x_holdout[lo:hi])
