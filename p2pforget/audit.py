@@ -130,18 +130,14 @@ class Targets:
         if d.x_holdout is None:
             raise ValueError("the audit needs held-out samples: set data.holdout_fraction > 0 (default 0.2)")
         clients = sorted(int(j) for j in forgotten)
-        f = [np.asarray(forgotten[j], dtype=np.int64) for j in clients]
-        picked = np.zeros(d.y.shape, dtype=bool)
-        for j, idx in zip(clients, f):
-            picked[j, idx] = True
-        sample = engine.samples(picked)  # in (client, position) order: back to the order each client's request lists
-        starts = np.cumsum([0] + [len(idx) for idx in f])
-        inverse = np.concatenate([starts[k] + np.searchsorted(np.sort(idx), idx) for k, idx in enumerate(f)])
+        # each client's forgotten samples in the order its request lists them
+        picked = [engine.client_samples(j, forgotten[j]) for j in clients]
+        sample = {k: np.concatenate([p[k] for p in picked]) for k in picked[0]}
         held = np.zeros(d.y_holdout.shape, dtype=bool)
         held[clients] = np.arange(d.y_holdout.shape[1])[None, :] < d.holdout_counts[clients, None]
         h = engine.samples(held, held_out=True)
-        return cls(x_forget=sample.pop("x")[inverse], y_forget=sample.pop("y")[inverse], x_heldout=h.pop("x"),
-                   y_heldout=h.pop("y"), extras_forget={k: v[inverse] for k, v in sample.items()}, extras_heldout=h)
+        return cls(x_forget=sample.pop("x"), y_forget=sample.pop("y"), x_heldout=h.pop("x"), y_heldout=h.pop("y"),
+                   extras_forget=sample, extras_heldout=h)
 
 
 def _dtype(engine: "Engine") -> torch.dtype:

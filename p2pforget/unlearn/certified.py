@@ -139,12 +139,20 @@ OPTIMUM_MAX_DIM = 2000
 """The remaining optimum is solved (dense Newton) for models up to this many parameters."""
 
 
+def optimum_solvable(engine: "Engine") -> bool:
+    """Whether :func:`remaining_optimum` solves for the optimum: a strongly convex model (logistic,
+    with weight decay) of at most :data:`OPTIMUM_MAX_DIM` parameters; decided before any data are
+    gathered."""
+    return (engine.config.model.kind == "logistic" and engine.config.train.weight_decay > 0
+            and engine.dim <= OPTIMUM_MAX_DIM)
+
+
 def remaining_optimum(engine: "Engine", start: np.ndarray, inputs: np.ndarray) -> np.ndarray | None:
     """``theta'* = argmin Phi'`` in float64 by Newton's method with backtracking, from ``start``:
     the point Retrain converges to, which the simulator can compute with global knowledge of the
     data. ``None`` for a model that is not strongly convex or has more than
     :data:`OPTIMUM_MAX_DIM` parameters."""
-    if hessian_lipschitz(engine, inputs) is None or engine.config.train.weight_decay <= 0 or engine.dim > OPTIMUM_MAX_DIM:
+    if not optimum_solvable(engine):
         return None
     phi = remaining_objective(engine, inputs, torch.float64)
     x = torch.as_tensor(start, dtype=torch.float64, device=engine.device)

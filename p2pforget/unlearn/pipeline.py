@@ -167,8 +167,10 @@ def retrain_reference(engine: "Engine", p: Plan, *, rounds: int, progress: bool)
 def remaining_optimum(engine: "Engine") -> np.ndarray | None:
     """At the root, the optimum of the remaining objective for a strongly convex model small enough
     for a dense Newton solve (see :func:`.certified.remaining_optimum`); ``None`` otherwise."""
-    from .certified import remaining_optimum as optimum_from
+    from .certified import optimum_solvable, remaining_optimum as optimum_from
 
+    if not optimum_solvable(engine):
+        return None
     inputs = engine.inputs()  # every process takes part; only the root uses them
     if not engine.transport.is_root:
         return None
