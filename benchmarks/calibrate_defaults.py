@@ -102,14 +102,23 @@ def commit() -> str:
     return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
 
 
-TABLE_HEAD = ["| options | runs | flagged | unflagged RA drops | admissible | mean abs FA held-out gap | mean RA gap | "
-              "FLOPs / Retrain |", "|---|---|---|---|---|---|---|---|"]
+def table_head(*extra: str) -> list[str]:
+    """The head of a candidates table; ``extra`` columns go before ``admissible`` (their cells
+    come as :func:`summary_cells`' ``extra``)."""
+    names = ["options", "runs", "flagged", "unflagged RA drops", *extra, "admissible", "mean abs FA held-out gap",
+             "mean RA gap", "FLOPs / Retrain"]
+    return ["| " + " | ".join(names) + " |", "|" + "---|" * len(names)]
 
 
-def summary_cells(s: dict) -> str:
-    """A :func:`summarize` result as the last seven cells of a candidate's table row."""
-    return (f"{s['runs']} | {s['flagged']} | {s['unflagged_ra_drops']} | {'yes' if s['admissible'] else 'no'} | "
-            f"{s['mean_abs_FA_heldout_gap']:.1f} | {s['mean_RA_gap']:+.1f} | {s['mean_flops_ratio']:.2f} |")
+TABLE_HEAD = table_head()
+
+
+def summary_cells(s: dict, *extra: str) -> str:
+    """A :func:`summarize` result as the cells of a candidate's table row after its options
+    (``extra``: the cells of :func:`table_head`'s extra columns)."""
+    cells = [str(s["runs"]), str(s["flagged"]), str(s["unflagged_ra_drops"]), *extra, "yes" if s["admissible"] else "no",
+             f"{s['mean_abs_FA_heldout_gap']:.1f}", f"{s['mean_RA_gap']:+.1f}", f"{s['mean_flops_ratio']:.2f}"]
+    return " | ".join(cells) + " |"
 
 
 def run_units(units: list[tuple[str, dict, str, str, int]]) -> None:
@@ -118,6 +127,16 @@ def run_units(units: list[tuple[str, dict, str, str, int]]) -> None:
         row = run_one(method, options, dataset, topology, seed)
         print(f"[{i + 1}/{len(units)}] {method} {_key(options)} {dataset} {topology} s{seed}: {row['status']}, "
               f"RA {row['RA_gap']:+.1f}, FA_heldout {row['FA_heldout_gap']:+.1f}", flush=True)
+
+
+def run_or_merge(args: argparse.Namespace, units: list[tuple[str, dict, str, str, int]], merge) -> None:
+    """What every calibration script's command line does: run this process's share of ``units``
+    (``--part`` of ``--parts``), and write the page with ``merge()`` (``--merge``, or when one
+    process ran everything)."""
+    if not args.merge:
+        run_units(units[args.part::args.parts])
+    if args.merge or args.parts == 1:
+        merge()
 
 
 def parser(doc: str) -> argparse.ArgumentParser:
@@ -164,11 +183,8 @@ def main() -> None:
     p = parser(__doc__)
     p.add_argument("--methods", default=",".join(CANDIDATES), help="comma-separated methods to run (default: all)")
     a = p.parse_args()
-    if not a.merge:
-        todo = runs(tuple(a.methods.split(",")))[a.part::a.parts]
-        run_units([(m, CANDIDATES[m][1][k], d, t, s) for m, k, d, t, s in todo])
-    if a.merge or a.parts == 1:
-        merge()
+    units = [(m, CANDIDATES[m][1][k], d, t, s) for m, k, d, t, s in runs(tuple(a.methods.split(",")))]
+    run_or_merge(a, units, merge)
 
 
 if __name__ == "__main__":

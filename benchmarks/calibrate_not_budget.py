@@ -59,17 +59,14 @@ def merge() -> dict:
              f"budgets ran): the smallest budget whose flag rate's one-sided {CONFIDENCE:.0%} upper bound "
              f"(Clopper-Pearson) is at most {cal.FLAG_RATE:.0%}, with no unflagged run with RA more than {cal.RA_DROP:g} "
              "points below Retrain's; larger ones are not run.", "",
-             *[h.replace(" admissible |", " flag rate, 90% upper bound | admissible |", 1)
-               .replace("|---|---|---|---|", "|---|---|---|---|---|", 1) for h in cal.TABLE_HEAD]]
+             *cal.table_head("flag rate, 90% upper bound")]
     out, chosen = {"commit": commit, "candidates": []}, None
     for c in CANDIDATES:
         rows = [cal.run_one(*unit) for unit in runs(c)]
         v = cal.summarize(rows)
         bound = flag_rate_bound(v["flagged"], v["runs"])
         v["admissible"] = bound <= cal.FLAG_RATE and v["unflagged_ra_drops"] == 0
-        cells = cal.summary_cells(v).split(" | ")
-        cells.insert(3, f"{bound:.1%}")
-        lines.append(f"| `{cal._key(c)}` | " + " | ".join(cells))
+        lines.append(f"| `{cal._key(c)}` | " + cal.summary_cells(v, f"{bound:.1%}"))
         flagged = sorted({(r["dataset"], r["seed"]) for r in rows if r["flagged"]})
         out["candidates"].append({"options": c, **v, "flag_rate_bound": bound, "flagged_dataset_seeds": flagged})
         if v["admissible"]:
@@ -90,10 +87,7 @@ def main() -> None:
     p = cal.parser(__doc__)
     p.add_argument("--candidate", type=int, default=0, help="index into CANDIDATES to run")
     a = p.parse_args()
-    if not a.merge:
-        cal.run_units(runs(CANDIDATES[a.candidate])[a.part::a.parts])
-    if a.merge or a.parts == 1:
-        merge()
+    cal.run_or_merge(a, runs(CANDIDATES[a.candidate]), merge)
 
 
 if __name__ == "__main__":

@@ -86,11 +86,7 @@ def merge() -> dict:
 
 
 def main() -> None:
-    a = cal.parser(__doc__).parse_args()
-    if not a.merge:
-        cal.run_units(runs({m: BACK for m in ITERATIVE})[a.part::a.parts])
-    if a.merge or a.parts == 1:
-        merge()
+    cal.run_or_merge(cal.parser(__doc__).parse_args(), runs({m: BACK for m in ITERATIVE}), merge)
 
 
 if __name__ == "__main__":
