@@ -115,6 +115,11 @@ def forget_request(engine) -> dict[str, np.ndarray]:
     return class_samples(engine, [FORGET_COLOUR])
 
 
+def request(engine) -> dict:
+    """The request as keyword arguments of :func:`p2pforget.forget`."""
+    return {"samples": forget_request(engine)}
+
+
 def _row(result, key: str, cost_key: str | None) -> dict:
     m = result.metrics[key]
     c = result.cost.get(cost_key) if cost_key else None

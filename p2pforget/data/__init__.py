@@ -256,12 +256,24 @@ def normalize(data: FederatedData, kind: str) -> FederatedData:
     return dataclasses.replace(data, x=x, x_test=f(data.x_test), x_holdout=holdout)
 
 
+def held_out_size(cfg: DataConfig) -> int:
+    """How many samples each client holds out beside its ``n_samples_per_client`` training ones.
+
+    >>> held_out_size(DataConfig(n_samples_per_client=60, holdout_fraction=0.2))
+    15
+    """
+    return math.ceil(cfg.n_samples_per_client / (1.0 - cfg.holdout_fraction)) - cfg.n_samples_per_client
+
+
 def _build(cfg: DataConfig, *, n_clients: int, seed: int) -> FederatedData:
-    builder = DATASETS.entry(cfg.kind).meta.get("planned") or DATASETS.get(cfg.kind)
+    entry = DATASETS.entry(cfg.kind)
+    builder = entry.meta.get("planned") or entry.obj
     f = cfg.holdout_fraction
-    if f == 0:
+    # A builder registered with holds_out=True draws each client's held-out split itself
+    # (held_out_size(cfg) samples), e.g. of content the client never trains on.
+    if f == 0 or entry.meta.get("holds_out"):
         return builder(cfg, n_clients, seed)
-    total = math.ceil(cfg.n_samples_per_client / (1.0 - f))
+    total = cfg.n_samples_per_client + held_out_size(cfg)
     try:
         full = builder(dataclasses.replace(cfg, n_samples_per_client=total), n_clients, seed)
     except ValueError as e:

@@ -9,6 +9,9 @@ and a concept label ``y`` used to partition clients (``data.partition = "dirichl
 - ``captions_synth``: shapes x colours x positions x sizes x backgrounds, drawn on
   ``image_size`` pixels, each with five template captions as in Flickr30K; the concept is
   the shape or the colour (``data.captions_synth.concept``). Seconds to generate.
+- ``captions_clients``: the same drawings, but each client's pairs show colours of its own (with
+  made-up names) and its held-out split colours no one trains on: for client-level unlearning,
+  where what a model knows of a client's pairs came from that client only.
 - ``flickr30k``: Karpathy's ``dataset_flickr30k.json`` (``data.path``) with its image folder next to
   it (``flickr30k-images/`` or ``images/``); its ``split`` is honoured: the test pairs come from
   ``test``, the clients' pool from ``train`` and ``restval``, ``val`` is left out.
@@ -37,7 +40,7 @@ import numpy as np
 
 from .. import seeding
 from ..config import DataConfig, bounded, choice
-from . import FederatedData, read, register, shard
+from . import FederatedData, held_out_size, read, register, shard
 
 if TYPE_CHECKING:
     import torch
@@ -104,8 +107,10 @@ def _mask(shape: int, size: int, cx: float, cy: float, r: float) -> np.ndarray:
     return ((np.abs(dx) <= 0.35) & (np.abs(dy) <= 1)) | ((np.abs(dy) <= 0.35) & (np.abs(dx) <= 1))
 
 
-def render(attrs: np.ndarray, *, size: int, r: np.random.Generator) -> np.ndarray:
-    """Images ``[N, 3, size, size]`` in [0, 1] of ``attrs [N, 5]``, with a little jitter and noise."""
+def render(attrs: np.ndarray, *, size: int, r: np.random.Generator, palette: np.ndarray | None = None) -> np.ndarray:
+    """Images ``[N, 3, size, size]`` in [0, 1] of ``attrs [N, 5]``, with a little jitter and noise;
+    the colour id indexes ``palette [K, 3]`` (RGB, default :data:`COLOURS`)."""
+    palette = np.asarray(tuple(COLOURS.values()) if palette is None else palette)
     centres = {"left": (0.3, 0.5), "right": (0.7, 0.5), "top": (0.5, 0.3), "bottom": (0.5, 0.7), "centre": (0.5, 0.5)}
     out = np.empty((len(attrs), 3, size, size))
     for k, (shape, colour, position, big, background) in enumerate(attrs):
@@ -114,7 +119,7 @@ def render(attrs: np.ndarray, *, size: int, r: np.random.Generator) -> np.ndarra
         jitter = r.uniform(-0.04, 0.04, 2)
         radius = size * (0.2 if big else 0.11)
         m = _mask(shape, size, (cx + jitter[0]) * size, (cy + jitter[1]) * size, radius)
-        img[:, m] = np.asarray(tuple(COLOURS.values())[colour])[:, None]
+        img[:, m] = palette[colour][:, None]
         out[k] = img + r.normal(0.0, 0.03, img.shape)
     return np.clip(out, 0.0, 1.0)
 
@@ -169,6 +174,106 @@ def captions_synth(cfg: DataConfig, n_clients: int, seed: int) -> FederatedData:
     x = standardize(render(attrs, size=o.image_size, r=r))
     return _dataset(x, captions, attrs[:, concept].astype(np.int64), len(ATTRIBUTES[concept]), cfg, n_clients, seed,
                     purpose="data/captions_synth/split")
+
+
+@dataclass(frozen=True)
+class ClientCaptionOptions(CaptionOptions):
+    """Keys of ``[data.captions_clients]``: those of :class:`CaptionOptions` and how many colours of
+    its own each client's pairs show (no other client's pairs show them)."""
+
+    colours_per_client: int = bounded(1, 1)
+    own_share: float = bounded(0.5, 0.0, 1.0)
+
+
+def made_up_names(count: int, r: np.random.Generator) -> list[str]:
+    """``count`` distinct made-up words of three syllables (names no pretrained text encoder has read).
+
+    >>> made_up_names(2, np.random.default_rng(0))
+    ['toneka', 'dafuru']
+    """
+    consonants, vowels = "bdfgklmnprstvz", "aeiou"
+    names: list[str] = []
+    while len(names) < count:
+        word = "".join(consonants[r.integers(len(consonants))] + vowels[r.integers(len(vowels))] for _ in range(3))
+        if word not in names:
+            names.append(word)
+    return names
+
+
+def distinct_colours(count: int, r: np.random.Generator, *, min_distance: float = 0.2) -> np.ndarray:
+    """``count`` RGB colours ``[count, 3]``, each at least ``min_distance`` away from the named
+    :data:`COLOURS` and from one another, so that no two look alike."""
+    out = np.asarray(tuple(COLOURS.values()))
+    while len(out) < len(COLOURS) + count:
+        for _ in range(10_000):
+            c = r.uniform(0.05, 0.95, 3)
+            if np.linalg.norm(out - c, axis=1).min() >= min_distance:
+                out = np.vstack([out, c])
+                break
+        else:
+            raise ValueError(f"{count} colours at least {min_distance} apart do not fit in RGB; lower "
+                             "data.captions_clients.colours_per_client or the number of clients")
+    return out[len(COLOURS):]
+
+
+@register("captions_clients", options=ClientCaptionOptions, holds_out=True,
+          help="procedural image-caption pairs where each client's pairs show colours of its own "
+               "(made-up names); for client-level unlearning")
+def captions_clients(cfg: DataConfig, n_clients: int, seed: int) -> FederatedData:
+    """Client-level captions: the drawings and captions of ``captions_synth``, but client ``j``'s
+    pairs show only its own ``colours_per_client`` colours, each an RGB colour of its own named by
+    a made-up word (``"a small toneka circle on the top"``). No other client's pairs show them, so a
+    model trained without client ``j`` has never seen its colours. Each client's held-out split
+    shows colours of the same kind that no one trains on, so what a model retrieves of a client's
+    held-out pairs it has learned from the task, not from that client's pairs; the test pairs
+    show the named :data:`COLOURS`. Labels are 0 (the pairs have no class) and clients are not
+    partitioned by a rule: ``data.partition`` must be ``iid``, with no quantity skew.
+
+    Example
+    -------
+    >>> from p2pforget.data import build
+    >>> fd = build(DataConfig(kind="captions_clients", n_samples_per_client=8, n_test=6), n_clients=3, seed=0)
+    >>> fd.x.shape, fd.x_holdout.shape, fd.extras["tokens"].shape
+    ((3, 8, 3, 32, 32), (3, 2, 3, 32, 32), (3, 8, 5, 16))
+    """
+    if cfg.partition != "iid" or cfg.quantity_skew or cfg.quantity_dirichlet:
+        raise ValueError("data.kind = \"captions_clients\" gives each client its own pairs: set data.partition = \"iid\" "
+                         "and leave data.quantity_skew / quantity_dirichlet at 0")
+    o = cfg.options("captions_clients")
+    m, h, k = cfg.n_samples_per_client, held_out_size(cfg), o.colours_per_client
+    r = seeding.rng(seed, purpose="data/captions_clients")
+    palette = np.vstack([np.asarray(tuple(COLOURS.values())), distinct_colours(2 * n_clients * k, r)])
+    words = list(COLOURS) + made_up_names(2 * n_clients * k, r)
+    # colour ids: the named ones, then client j's own (row j), then its held-out ones (row n_clients + j)
+    own = len(COLOURS) + np.arange(2 * n_clients * k).reshape(2 * n_clients, k)
+
+    def pairs(colours: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Images and caption tokens of one pair per entry of ``colours`` (ids into ``palette``)."""
+        attrs = np.stack([r.integers(0, len(v), len(colours)) for v in ATTRIBUTES], axis=1)
+        attrs[:, 1] = colours
+        captions = [[t.format(shape=SHAPES[a[0]], colour=words[a[1]], position=POSITIONS[a[2]], size=SIZES[a[3]],
+                              background=tuple(BACKGROUNDS)[a[4]]) for t in TEMPLATES] for a in attrs]
+        return standardize(render(attrs, size=o.image_size, r=r, palette=palette)), tokenize(captions, o.context_length)
+
+    def client_pairs(colours: np.ndarray, count: int) -> tuple[np.ndarray, np.ndarray]:
+        """``count`` pairs per row of ``colours``, its colours in equal turns (shuffled)."""
+        mine = round(count * o.own_share)
+        picked = np.stack([r.permutation(np.concatenate([row[np.arange(mine) % k],
+                                                          r.integers(0, len(COLOURS), count - mine)]))
+                           for row in colours])
+        x, tokens = pairs(picked.reshape(-1))
+        return x.reshape(len(colours), count, *x.shape[1:]), tokens.reshape(len(colours), count, *tokens.shape[1:])
+
+    x, tokens = client_pairs(own[:n_clients], m)
+    x_test, tokens_test = pairs(r.integers(0, len(COLOURS), cfg.n_test))
+    held = {}
+    if h:
+        xh, tokens_h = client_pairs(own[n_clients:], h)
+        held = {"x_holdout": xh, "y_holdout": np.zeros((n_clients, h), dtype=np.int64),
+                "holdout_counts": np.full(n_clients, h), "extras_holdout": {"tokens": tokens_h}}
+    return FederatedData(x=x, y=np.zeros((n_clients, m), dtype=np.int64), x_test=x_test,
+                         y_test=np.zeros(cfg.n_test, dtype=np.int64), n_classes=1, extras={"tokens": tokens},
+                         extras_test={"tokens": tokens_test}, **held)
 
 
 @dataclass(frozen=True)

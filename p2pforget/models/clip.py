@@ -244,9 +244,9 @@ class ContrastiveCLIP(nn.Module):
 
     def judge(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         """:meth:`score` and :meth:`membership` of the batch's pairs, from one embedding of them."""
-        score, image, text = self._retrieve(batch)
+        both, image, text = self._retrieve(batch)
         n, c = batch["tokens"].shape[:2]
-        return score, self._membership(image[:n], text[:n * c].reshape(n, c, -1))
+        return both.mean(), self._membership(image[:n], text[:n * c].reshape(n, c, -1))
 
     def score(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """The mean of image-to-text and text-to-image R@1 (a fraction) of the batch's pairs with all
@@ -256,10 +256,15 @@ class ContrastiveCLIP(nn.Module):
         client's similar pairs) are scored against the same distractors. A retrieved caption with
         the very words of one of the image's own captions counts as a hit (template captions
         repeat across images; for Flickr30K-style captions this is plain R@1)."""
+        return self._retrieve(batch)[0].mean()
+
+    def directions(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """``[image-to-text R@1, text-to-image R@1]`` (fractions), each retrieved as in :meth:`score`
+        (whose value is their mean)."""
         return self._retrieve(batch)[0]
 
     def _retrieve(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """:meth:`score`, and the image and caption embeddings it was computed from."""
+        """:meth:`directions`, and the image and caption embeddings they were computed from."""
         x, tokens = batch["x"], batch["tokens"]
         n, c = tokens.shape[0], tokens.shape[1]
         own = torch.ones(n, n, dtype=torch.bool, device=x.device)
@@ -285,7 +290,7 @@ class ContrastiveCLIP(nn.Module):
         i2t = (flat[sim.argmax(dim=1)][:, None] == key[:n]).any(dim=1).to(image.dtype).mean()
         sim = torch.where(allowed.repeat_interleave(c, dim=0), text[:n * c] @ image.T, low)
         t2i = (key[sim.argmax(dim=1)] == flat[:n * c, None]).any(dim=1).to(image.dtype).mean()
-        return 0.5 * (i2t + t2i), image, text
+        return torch.stack([i2t, t2i]), image, text
 
     def recall(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """``[i2t R@1, R@5, R@10, t2i R@1, R@5, R@10]`` (fractions) of the batch's pairs, a hit
