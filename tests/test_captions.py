@@ -39,6 +39,54 @@ def test_synthetic_captions_describe_their_images():
     assert max(len(np.unique(fd.y[i])) for i in range(5)) <= 3
 
 
+def test_client_captions_give_each_client_colours_of_its_own():
+    cfg = DataConfig(kind="captions_clients", n_samples_per_client=12, n_test=30, holdout_fraction=0.2)
+    fd = build(cfg, n_clients=4, seed=3)
+    assert fd.x.shape == (4, 12, 3, 32, 32) and fd.x_holdout.shape == (4, 3, 3, 32, 32)
+    assert fd.holdout_counts.tolist() == [3] * 4 and fd.n_classes == 1 and not fd.y.any()
+    named = set(captions.COLOURS)
+
+    def colour_words(tokens):  # the colour word of "a picture of a {colour} {shape}", per pair
+        return [_decode(t[3]).split()[4] for t in tokens]
+
+    train = [colour_words(fd.extras["tokens"][i]) for i in range(4)]
+    held = [colour_words(fd.extras_holdout["tokens"][i]) for i in range(4)]
+    own = [set(words) - named for words in train]
+    assert all(len(o) == 1 for o in own)                                          # colours_per_client = 1
+    assert all(sum(w not in named for w in words) == 6 for words in train)        # own_share = 0.5 of 12
+    assert len(set.union(*own)) == 4                                              # no two clients share one
+    unseen = [set(words) - named for words in held]
+    assert all(len(u) == 1 for u in unseen) and not set.union(*unseen) & set.union(*own)  # held out: never trained on
+    assert set(colour_words(fd.extras_test["tokens"])) <= named                  # the test pairs: named colours only
+    # an own colour is drawn in one RGB value of its own, unlike any named colour
+    for i in range(4):
+        mine = [k for k, w in enumerate(train[i]) if w not in named]
+        pixels = fd.x[i, mine].transpose(0, 2, 3, 1).reshape(len(mine), -1, 3) * 0.25 + 0.5
+        # the shape: pixels away from the image's median colour (its background, plus noise)
+        away = np.linalg.norm(pixels - np.median(pixels, axis=1, keepdims=True), axis=2) > 0.15
+        assert away.sum(axis=1).min() >= 10
+        shape = np.array([np.median(p[a], axis=0) for p, a in zip(pixels, away)])
+        assert np.ptp(shape, axis=0).max() < 0.1
+        assert np.linalg.norm(np.asarray(tuple(captions.COLOURS.values())) - shape[0], axis=1).min() > 0.15
+    again = build(cfg, n_clients=4, seed=3, clients=range(2, 4))
+    assert np.array_equal(again.x, fd.x[2:]) and np.array_equal(again.extras_holdout["tokens"], fd.extras_holdout["tokens"][2:])
+    assert build(dataclasses.replace(cfg, holdout_fraction=0.0), n_clients=4, seed=3).x_holdout is None
+    with pytest.raises(ValueError, match="data.partition"):
+        build(dataclasses.replace(cfg, partition="dirichlet"), n_clients=4, seed=3)
+
+
+def test_distinct_colours_keep_their_distance_or_say_what_to_lower():
+    r = np.random.default_rng(0)
+    c = captions.distinct_colours(30, r)
+    named = np.asarray(tuple(captions.COLOURS.values()))
+    backgrounds = np.repeat(tuple(captions.BACKGROUNDS.values()), 3).reshape(-1, 3)
+    every = np.vstack([named, backgrounds, c])
+    d = np.linalg.norm(every[:, None] - every[None], axis=2)
+    assert d[np.triu_indices(len(every), 1)].min() >= 0.2 and ((c >= 0.05) & (c <= 0.95)).all()
+    with pytest.raises(ValueError, match="colours_per_client"):
+        captions.distinct_colours(400, r)
+
+
 def _png(path, rgb):
     from PIL import Image
     Image.fromarray(np.full((16, 16, 3), rgb, dtype=np.uint8)).save(path)

@@ -236,8 +236,9 @@ def test_with_a_gallery_each_pair_faces_only_the_gallery_as_distractors():
         image = engine.model.call(flat, "embed_images", x)
         text = engine.model.call(flat, "embed_texts", tokens.reshape(60, 16)).reshape(12, 5, -1)
         query, gallery = slice(0, 4), slice(4, 12)
-        got = float(engine.task.score(flat, {"x": x[query], "tokens": tokens[query],
-                                            "gallery_x": x[gallery], "gallery_tokens": tokens[gallery]}))
+        batch = {"x": x[query], "tokens": tokens[query], "gallery_x": x[gallery], "gallery_tokens": tokens[gallery]}
+        got = float(engine.task.score(flat, batch))
+        i2t, t2i = engine.model.call(flat, "directions", batch).tolist()
         hits = []
         for i in range(4):  # by hand: pair i against its own captions / image and the 8 gallery pairs only
             cands = torch.cat([text[i], text[gallery].reshape(-1, text.shape[-1])])
@@ -247,6 +248,7 @@ def test_with_a_gallery_each_pair_faces_only_the_gallery_as_distractors():
             hits += [float(int((imgs @ text[i, j]).argmax()) == 0) for j in range(5)]
     expected = 0.5 * (np.mean(hits[:4]) + np.mean(hits[4:]))
     assert got == pytest.approx(expected, abs=1e-6)
+    assert (i2t, t2i) == pytest.approx((np.mean(hits[:4]), np.mean(hits[4:])), abs=1e-6)  # each direction apart
 
 
 def test_anchored_displacement_loss_targets_anchor_columns_and_never_displaces_anchors():

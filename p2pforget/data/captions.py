@@ -202,9 +202,11 @@ def made_up_names(count: int, r: np.random.Generator) -> list[str]:
 
 def distinct_colours(count: int, r: np.random.Generator, *, min_distance: float = 0.2) -> np.ndarray:
     """``count`` RGB colours ``[count, 3]``, each at least ``min_distance`` away from the named
-    :data:`COLOURS` and from one another, so that no two look alike."""
-    out = np.asarray(tuple(COLOURS.values()))
-    while len(out) < len(COLOURS) + count:
+    :data:`COLOURS`, the :data:`BACKGROUNDS` and one another, so that no two look alike and every
+    shape stands out from its background."""
+    taken = np.vstack([np.asarray(tuple(COLOURS.values())), np.repeat(tuple(BACKGROUNDS.values()), 3).reshape(-1, 3)])
+    out = taken
+    while len(out) < len(taken) + count:
         for _ in range(10_000):
             c = r.uniform(0.05, 0.95, 3)
             if np.linalg.norm(out - c, axis=1).min() >= min_distance:
@@ -213,7 +215,7 @@ def distinct_colours(count: int, r: np.random.Generator, *, min_distance: float 
         else:
             raise ValueError(f"{count} colours at least {min_distance} apart do not fit in RGB; lower "
                              "data.captions_clients.colours_per_client or the number of clients")
-    return out[len(COLOURS):]
+    return out[len(taken):]
 
 
 @register("captions_clients", options=ClientCaptionOptions, holds_out=True,
