@@ -13,13 +13,25 @@ from ..tasks import Batch, as_inputs
 class Batches:
     """The engine's batches (a part of :class:`~p2pforget.engine.Engine`)."""
 
+    @property
+    def x(self) -> torch.Tensor:
+        """Every input of this process's clients ``[n_local, m, ...]`` in the training dtype (cast
+        when first read, then kept)."""
+        if self._cast_inputs is None:
+            self._cast_inputs = as_inputs(self._inputs, self.dtype)
+        return self._cast_inputs
+
     def full_batch(self, dtype: torch.dtype | None = None) -> Batch:
         """Every sample of this process's clients, with the mask of those still trained on; in
         ``dtype`` (default: the training dtype), e.g. float64 for curvature and certificates."""
-        batch = {"x": self.x, "y": self.y, "mask": self._local_mask} | self._extras_batch(self.extras, self.y.shape, None)
+        batch = self._every_sample(self.x)
         if dtype is None or dtype == self.dtype:
             return batch
         return batch | {"x": as_inputs(self.x, dtype), "mask": self._local_mask.to(dtype)}
+
+    def _every_sample(self, x: torch.Tensor) -> Batch:
+        """Every sample of this process's clients with inputs ``x`` and the mask of those still trained on."""
+        return {"x": x, "y": self.y, "mask": self._local_mask} | self._extras_batch(self.extras, self.y.shape, None)
 
     def _extras_batch(self, extras: dict[str, torch.Tensor], shape: tuple[int, int], key: tuple[int, int] | None) -> Batch:
         """``extras`` plus ``u``: one uniform number in [0, 1) per sample for the task's own random
@@ -44,14 +56,15 @@ class Batches:
     def batch(self, key: tuple[int, int]) -> Batch:
         """The minibatch of every local client for ``key = (round, step)`` (``train.batch_size``;
         0 = full batch). Sampled from streams keyed by client id, so any rank count draws the same."""
-        b, m = self.config.train.batch_size, self.x.shape[1]
+        b, m = self.config.train.batch_size, self._inputs.shape[1]
         if b == 0 or b >= m:
             return self.full_batch()
         keys = seeding.uniform_keys(self.seed, np.arange(self.lo, self.hi), purpose="batch", counters=key, width=m)
         idx, mask = seeding.sample_without_replacement(keys, self.retained[self.lo:self.hi], b)
         flat = torch.as_tensor(idx + np.arange(self.hi - self.lo)[:, None] * m, device=self.device).reshape(-1)
         n_loc = self.hi - self.lo
-        x = torch.index_select(self.x.reshape(n_loc * m, *self.x.shape[2:]), 0, flat).reshape(n_loc, b, *self.x.shape[2:])
+        shape = self._inputs.shape[2:]
+        x = as_inputs(torch.index_select(self._inputs.reshape(n_loc * m, *shape), 0, flat).reshape(n_loc, b, *shape), self.dtype)
         y = torch.index_select(self.y.reshape(-1), 0, flat).reshape(n_loc, b)
         extras = {k: torch.index_select(v.reshape(n_loc * m, *v.shape[2:]), 0, flat).reshape(n_loc, b, *v.shape[2:])
                   for k, v in self.extras.items()}

@@ -86,7 +86,11 @@ class Engine(Batches, Compute, Gossip, Evaluation, Checkpoint):
 
         # Each process builds and keeps its own clients' inputs only (labels and counts of all).
         self.data = datasets.build(cfg.data, n_clients=n, seed=self.seed, clients=range(self.lo, self.hi))
-        self.x = as_inputs(self.data.x, self.dtype, self.device)
+        # On the CPU the inputs stay in the data's own array: a minibatch is cast to the training
+        # dtype as it is drawn, and a copy of all of them in that dtype (Engine.x) is made only if
+        # something asks for it (full batches), not held beside the data by every run.
+        self._inputs = torch.as_tensor(self.data.x) if self.device.type == "cpu" else as_inputs(self.data.x, self.dtype, self.device)
+        self._cast_inputs: torch.Tensor | None = None
         self.y = torch.as_tensor(self.data.y[self.lo:self.hi], device=self.device)
         # Which samples each client still trains on, and which nodes are still in the graph;
         # forgetting (exclude) changes both.

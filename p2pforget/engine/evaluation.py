@@ -10,6 +10,7 @@ import numpy as np
 import torch
 
 from ..aggregate import row_blocks
+from ..tasks import as_inputs
 
 
 class DivergenceError(ValueError):
@@ -25,7 +26,10 @@ class Evaluation:
         elsewhere). Only per-client numbers travel: the mean model comes from an allreduce."""
         params = self.params if params is None else params
         with torch.no_grad():
-            loss = self.per_client(self.task.objective, params.detach(), self.full_batch(), self._local_active)
+            # every input, cast to the training dtype a vmap chunk at a time (Engine.x is not made)
+            raw = self._every_sample(self._inputs)
+            loss = self.per_client(lambda flat, b, a: self.task.objective(flat, b | {"x": as_inputs(b["x"], self.dtype)}, a),
+                                   params.detach(), raw, self._local_active)
             scored = self.with_buffers(params.detach())
             acc = self.per_client(self.task.score, scored, self.test_batch(params.shape[0]))
             mean = self.member_mean(params)
