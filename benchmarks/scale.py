@@ -7,11 +7,15 @@ lr 0.05, float32, DSGD on a ring; per-round metrics off, ``run.eval_every = 0``)
     .venv/bin/python benchmarks/scale.py --device cuda          # the same on a GPU (one rank)
     .venv/bin/python benchmarks/scale.py --yardstick            # also the batched limit, same sizes, same run
     .venv/bin/python benchmarks/scale.py --sizes 1024,10000 --ranks 1 --yardstick
+    .venv/bin/python benchmarks/scale.py --sizes 1024 --ranks 1 --mode star --yardstick --repeat 7 --rounds 12
 
 Every cell runs in its own process (``mpirun -n K`` for K ranks), so its peak resident memory
 (``ru_maxrss``, the largest over the ranks) is its own. Seconds per round are the median over
 rounds 2..R of the slowest rank, as the yardstick measures them. One line per cell is printed;
-``--write`` adds them to docs/results/scale.json.
+``--write`` adds them to docs/results/scale.json. ``--repeat K`` runs each size's engine and limit
+K times, alternating (engine, limit, engine, ...), and prints every pair's ratio and their median:
+on a shared machine whose speed drifts from minute to minute, one pair can land on either side of
+a target that the median over pairs made back to back does not.
 """
 from __future__ import annotations
 
@@ -96,6 +100,31 @@ def _run(cmd: list[str]) -> dict | None:
     return json.loads(lines[-1])
 
 
+def repeated_pairs(sizes: list[int], a) -> list[dict]:
+    """``a.repeat`` alternating runs of the engine (one rank) and the batched limit per size: each
+    pair's ratio, then their median and range."""
+    out = []
+    for n in sizes:
+        ratios = []
+        for _ in range(a.repeat):
+            mine = _run([sys.executable, __file__, "--cell", str(n), "--rounds", str(a.rounds), "--mode", a.mode,
+                         "--device", "cpu"])
+            y = _run([sys.executable, str(BENCH / "batched_limit.py"), "--clients", str(n), "--rounds", str(a.rounds),
+                      "--mode", a.mode, "--impl", "manual"])
+            if mine and y:
+                ratios.append(round(y["s_per_round"] / mine["s_per_round"], 2))
+                line = {"system": "pair", "mode": a.mode, "clients": n, "p2pforget_s": mine["s_per_round"],
+                        "limit_s": y["s_per_round"], "p2pforget_vs_limit": ratios[-1]}
+                out.append(line)
+                print(json.dumps(line), flush=True)
+        if ratios:
+            line = {"system": "pairs_median", "mode": a.mode, "clients": n, "pairs": len(ratios),
+                    "p2pforget_vs_limit": statistics.median(ratios), "lowest": min(ratios), "highest": max(ratios)}
+            out.append(line)
+            print(json.dumps(line), flush=True)
+    return out
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--sizes", default="1000,4096,10000,100000", help="clients, comma-separated")
@@ -105,14 +134,19 @@ def main() -> int:
     p.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     p.add_argument("--yardstick", action="store_true", help="also run ../shared/bench/batched_limit.py (manual)")
     p.add_argument("--write", action="store_true", help="append the lines to docs/results/scale.json")
+    p.add_argument("--repeat", type=int, default=1, help="pairs of engine and limit runs per size (one rank)")
     p.add_argument("--cell", type=int, help=argparse.SUPPRESS)  # one cell in this process
     a = p.parse_args()
     if a.cell is not None:
         cell(a.cell, a.rounds, a.mode, a.device)
         return 0
     ranks = [1] if a.device == "cuda" else [int(k) for k in a.ranks.split(",")]
-    results = []
-    for n in (int(s) for s in a.sizes.split(",")):
+    sizes = [int(s) for s in a.sizes.split(",")]
+    if a.repeat > 1:  # pairs at one rank instead of the grid
+        results, sizes = repeated_pairs(sizes, a), []
+    else:
+        results = []
+    for n in sizes:
         for k in ranks:
             cmd = [sys.executable, __file__, "--cell", str(n), "--rounds", str(a.rounds), "--mode", a.mode,
                    "--device", a.device]
