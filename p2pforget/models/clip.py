@@ -40,7 +40,7 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from ..config import ModelConfig, bounded, choice
-from ..data.captions import decode_pixels
+from ..data.captions import CAPTIONS_PER_IMAGE, decode_pixels
 from ..registry import MODELS
 
 BACKBONE_SEED = 0
@@ -204,8 +204,10 @@ class ContrastiveCLIP(nn.Module):
         return self.clip.logit_scale.clamp(max=MAX_LOGIT_SCALE).exp()
 
     def embed_images(self, images: torch.Tensor) -> torch.Tensor:
+        """Normalized image embeddings of ``images [b, 3, S, S]``, :data:`EMBED_PAIRS` images at a
+        time (an evaluation set of any size takes the memory of that many)."""
         with _batchable_attention(images.device):
-            return self.clip.encode_image(self.pixels(images), normalize=True)
+            return _in_chunks(lambda x: self.clip.encode_image(self.pixels(x), normalize=True), images, EMBED_PAIRS)
 
     def embed_texts(self, tokens: torch.Tensor) -> torch.Tensor:
         """Normalized caption embeddings of ``tokens [b, L]``. Shorter token rows than the text
@@ -218,7 +220,7 @@ class ContrastiveCLIP(nn.Module):
         if tokens.shape[-1] < context:
             tokens = torch.nn.functional.pad(tokens, (0, context - tokens.shape[-1]))
         with _batchable_attention(tokens.device):
-            return self.clip.encode_text(tokens, normalize=True)
+            return _in_chunks(lambda t: self.clip.encode_text(t, normalize=True), tokens, EMBED_PAIRS * CAPTIONS_PER_IMAGE)
 
     def chosen_tokens(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         tokens = batch["tokens"]
@@ -320,6 +322,17 @@ class ContrastiveCLIP(nn.Module):
     def _membership(self, image: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
         """``image [n, D]``, ``text [n, c, D]`` -> the scaled similarity of each image and its mean caption."""
         return self.scale() * (image * text.mean(dim=1)).sum(-1)
+
+
+EMBED_PAIRS = 1024
+"""Image-caption pairs embedded at once (their images, or their captions): bigger sets go in chunks."""
+
+
+def _in_chunks(embed, rows: torch.Tensor, size: int) -> torch.Tensor:
+    """``embed(rows)``, ``size`` rows at a time (in one call when they fit)."""
+    if rows.shape[0] <= size:
+        return embed(rows)
+    return torch.cat([embed(rows[s:s + size]) for s in range(0, rows.shape[0], size)])
 
 
 def _batchable_attention(device: torch.device):
