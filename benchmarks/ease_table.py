@@ -3,7 +3,7 @@
     .venv/bin/python benchmarks/ease_table.py [--seeds 0,1,2] [--topologies star,ring] [--jobs 2]
         [--acceptance-seeds 0,1,2] [--also-check "0-2;6-11"] [--out PAGE.md] [--from-json A.json,B.json]
 
-docs/results/ease.md pools two runs (``--seeds 0-5`` and ``--seeds 6-11 --out runs/…/ease.md``)
+docs/results/ease_class.md pools two runs (``--seeds 0-5`` and ``--seeds 6-11 --out runs/…/ease_class.md``)
 with ``--from-json`` their two ``*_cells.json`` ``--acceptance-seeds 0-11 --also-check "0-2;6-11"``:
 the FA item is judged on the 12-seed mean (docs/methods/ease.md says why).
 
@@ -22,7 +22,8 @@ score of forgotten pairs against the same clients' held-out purple pairs (50 = m
 detectable); cost = seconds and FLOPs of the method's work,
 evaluation left out of every method alike, and bytes moved. The drift experiment continues
 federated training for ``DRIFT`` rounds after EASE, with and without the Forget Lock, and traces
-the forget R@1. Writes docs/results/ease.md (mean +- std over seeds) and docs/results/ease_drift.png.
+the forget R@1. Writes docs/results/ease_class.md (mean +- std over seeds) and docs/results/ease_class_drift.png
+(the client-level table, the paper's own scenario, is benchmarks/ease_clients.py's docs/results/ease.md).
 """
 from __future__ import annotations
 
@@ -289,7 +290,7 @@ def main() -> int:
     p.add_argument("--topologies", default="star,ring")
     p.add_argument("--jobs", type=int, default=2, help="processes (one thread each)")
     p.add_argument("--pretrain-steps", type=int, default=800)
-    p.add_argument("--out", default=str(ROOT / "docs" / "results" / "ease.md"))
+    p.add_argument("--out", default=str(ROOT / "docs" / "results" / "ease_class.md"))
     p.add_argument("--from-json", help="rewrite the page from the ease_cells.json of earlier runs, comma-separated "
                                        "(no training; their cells are pooled)")
     args = p.parse_args()

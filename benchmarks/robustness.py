@@ -20,7 +20,7 @@ nothing any more. Judged per cell:
 the FA_heldout verdict (pass / fail / uninformative, 90% CI of the paired gap to Retrain), and
 whether any seed ends with RA more than 5 points below Retrain's without being flagged.
 
-Left out: EASE (it needs a CLIP model: docs/results/ease.md) and FOUL (it needs its L2U model;
+Left out: EASE (it needs a CLIP model: docs/results/ease.md, ease_class.md) and FOUL (it needs its L2U model;
 its star and ring verdicts come from its own table, benchmarks/foul_table.py ->
 docs/results/foul.md, five seeds on the PACS-like set).
 """

@@ -38,7 +38,7 @@ def test_ease_forgets_a_colour_only_the_forgotten_pairs_taught(tmp_path):
     assert trained - ease >= 2 / 3 * (trained - retrain), m
     assert abs(m["unlearned"]["RA"]["mean"] - m["retrained"]["RA"]["mean"]) <= 3, m
     # the stopping rule's and the guard's evaluations are EASE's work too: 0.25 of Retrain's FLOPs
-    # at this seed (0.18 without them, docs/results/ease.md)
+    # at this seed (0.18 without them, docs/results/ease_class.md)
     assert cost["unlearn"].flops <= 0.3 * cost["retrain"].flops
     one_branch = Engine(config=cfg)
     one_branch.load_state(state)

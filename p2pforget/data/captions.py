@@ -178,8 +178,10 @@ def captions_synth(cfg: DataConfig, n_clients: int, seed: int) -> FederatedData:
 
 @dataclass(frozen=True)
 class ClientCaptionOptions(CaptionOptions):
-    """Keys of ``[data.captions_clients]``: those of :class:`CaptionOptions` and how many colours of
-    its own each client's pairs show (no other client's pairs show them)."""
+    """Keys of ``[data.captions_clients]``: those of :class:`CaptionOptions`, how many colours of its
+    own each client has (no other client's pairs show them) and the share of its pairs that show
+    them (the rest show the named colours, as the test pairs do: a batch of one client's pairs then
+    holds pairs that its own colour tells apart, which contrastive training learns from)."""
 
     colours_per_client: int = bounded(1, 1)
     own_share: float = bounded(0.5, 0.0, 1.0)
@@ -222,13 +224,13 @@ def distinct_colours(count: int, r: np.random.Generator, *, min_distance: float 
           help="procedural image-caption pairs where each client's pairs show colours of its own "
                "(made-up names); for client-level unlearning")
 def captions_clients(cfg: DataConfig, n_clients: int, seed: int) -> FederatedData:
-    """Client-level captions: the drawings and captions of ``captions_synth``, but client ``j``'s
-    pairs show only its own ``colours_per_client`` colours, each an RGB colour of its own named by
-    a made-up word (``"a small toneka circle on the top"``). No other client's pairs show them, so a
-    model trained without client ``j`` has never seen its colours. Each client's held-out split
-    shows colours of the same kind that no one trains on, so what a model retrieves of a client's
-    held-out pairs it has learned from the task, not from that client's pairs; the test pairs
-    show the named :data:`COLOURS`. Labels are 0 (the pairs have no class) and clients are not
+    """Client-level captions: the drawings and captions of ``captions_synth``, but ``own_share`` of
+    client ``j``'s pairs show its own ``colours_per_client`` colours, each an RGB colour of its own
+    named by a made-up word (``"a small toneka circle on the top"``); the rest show the named
+    :data:`COLOURS`. No other client's pairs show them, so a model trained without client ``j``
+    has never seen its colours. Each client's held-out split (the same share) shows colours of the
+    same kind that no one trains on, so what a model retrieves of a client's held-out pairs it has
+    learned from the task, not from that client's pairs; the test pairs show the named colours. Labels are 0 (the pairs have no class) and clients are not
     partitioned by a rule: ``data.partition`` must be ``iid``, with no quantity skew.
 
     Example
