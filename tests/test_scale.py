@@ -232,3 +232,13 @@ def test_the_default_ledger_is_dense_up_to_its_limit_and_sparse_above():
     big.step()
     # after one ring round node 0 holds itself and its two neighbours (1 and n - 1), 1/3 each
     np.testing.assert_allclose(big.ledger_shares([0, 1, 2, limit])[0].numpy(), [1 / 3, 1 / 3, 0, 1 / 3])
+
+
+def test_minibatch_training_keeps_the_inputs_once():
+    engine = Engine(config=_cfg(train={"dtype": "float32"}, run={"eval_every": 3}))
+    assert np.shares_memory(engine._inputs.numpy(), engine.data.x)  # the data's own float64 array, not a copy
+    engine.train(6, progress=False)                                  # minibatches and two evaluations
+    assert engine._cast_inputs is None                               # no float32 copy of every input was made
+    batch = engine.full_batch()                                      # a full batch makes it, once
+    assert batch["x"].dtype == torch.float32 and engine.x is batch["x"]
+    np.testing.assert_array_equal(batch["x"].numpy(), engine.data.x.astype(np.float32))
