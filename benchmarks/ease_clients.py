@@ -67,6 +67,7 @@ LABELS = {"trained": "Trained (before)", "retrain": "Retrain (as many rounds as 
           "ease_entangled": "EASE, excision of entangled directions", "ease_no_excision": "EASE without excision",
           "finetune": f"Fine-tune ({EASE_ROUNDS} rounds)"}
 WITHIN = 3.0  # points of Retrain's FA that count as a match
+COLLAPSED = 10.0  # Retrain's RA this far below the trained model's: the reference itself failed to train
 MEASURES = 10.0  # trained FA - Retrain's FA that makes the target measure something
 
 
@@ -156,10 +157,21 @@ def table(mine: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def collapsed(mine: list[dict]) -> list[int]:
+    """Seeds whose Retrain fell more than ``COLLAPSED`` points of RA below the trained model: a
+    reference that did not train is no reference, so these seeds are flagged, and the checks are
+    printed with and without them."""
+    return [c["seed"] for c in mine if c["rows"]["trained"]["RA"] - c["rows"]["retrain"]["RA"] > COLLAPSED]
+
+
 def per_seed(mine: list[dict]) -> str:
     """Each seed's FA and FA_heldout gaps to Retrain, per row."""
     seeds = [c["seed"] for c in mine]
-    lines = ["| method | " + " | ".join(f"seed {s}" for s in seeds) + " | within 3 points |", "|---|" + "---|" * (len(seeds) + 1)]
+    flagged = collapsed(mine)
+    lines = ["| method | " + " | ".join(f"seed {s}" + (" (Retrain collapsed)" if s in flagged else "") for s in seeds)
+             + " | within 3 points |", "|---|" + "---|" * (len(seeds) + 1)]
+    retrain_ra = [c["rows"]["retrain"]["RA"] - c["rows"]["trained"]["RA"] for c in mine]
+    lines.append("| Retrain's RA minus the trained model's | " + " | ".join(f"{d:+.1f}" for d in retrain_ra) + " | |")
     for name in ("trained", *METHODS):
         gaps = [c["rows"][name]["FA"] - c["rows"]["retrain"]["FA"] for c in mine]
         held = [c["rows"][name]["FA_heldout"] - c["rows"]["retrain"]["FA_heldout"] for c in mine]
@@ -236,7 +248,15 @@ def main() -> int:
         mine = [c for c in cells if c["topology"] == kind]
         text += [f"## {kind}", "", table(mine), "",
                  "Per seed: FA minus Retrain's FA (in brackets: the same on the held-out pairs, FA_heldout):", "",
-                 per_seed(mine), "", "Checks:", "", *checks(mine), ""]
+                 per_seed(mine), "", f"Checks (seeds {ease_table.seed_label([c['seed'] for c in mine])}):", "", *checks(mine), ""]
+        flagged = collapsed(mine)
+        if flagged:
+            kept = [c for c in mine if c["seed"] not in flagged]
+            text += [f"**Flagged:** on seed{'s' if len(flagged) > 1 else ''} {ease_table.seed_label(flagged)} Retrain's RA "
+                     f"ended more than {COLLAPSED:g} points below the trained model's: Retrain itself failed to train "
+                     "there, and its FA is no reference. Checks without "
+                     f"{'them' if len(flagged) > 1 else 'it'} (seeds {ease_table.seed_label([c['seed'] for c in kept])}):", "",
+                     *checks(kept), ""]
     out.write_text("\n".join(text))
     print("\n".join(text))
     return 0
