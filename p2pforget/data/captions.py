@@ -230,8 +230,9 @@ def captions_clients(cfg: DataConfig, n_clients: int, seed: int) -> FederatedDat
     :data:`COLOURS`. No other client's pairs show them, so a model trained without client ``j``
     has never seen its colours. Each client's held-out split (the same share) shows colours of the
     same kind that no one trains on, so what a model retrieves of a client's held-out pairs it has
-    learned from the task, not from that client's pairs; the test pairs show the named colours. Labels are 0 (the pairs have no class) and clients are not
-    partitioned by a rule: ``data.partition`` must be ``iid``, with no quantity skew.
+    learned from the task, not from that client's pairs; the test pairs show the named colours.
+    Labels are 0 (the pairs have no class) and clients are not partitioned by a rule:
+    ``data.partition`` must be ``iid``, with no quantity skew.
 
     Example
     -------
