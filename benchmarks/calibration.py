@@ -103,6 +103,24 @@ def band(ax, curves: list, *, label: str, start: int = 0) -> None:
     ax.fill_between(x, curve.min(0), curve.max(0), alpha=0.15)
 
 
+def trained_engine(cfg):
+    """In a worker of :func:`run_cells`: an engine for ``cfg`` trained for ``run.rounds`` on one
+    thread (each worker one thread, whatever the machine has), open_clip's attention warning quiet."""
+    import os
+    import warnings
+
+    import torch
+
+    os.environ["OMP_NUM_THREADS"] = "1"
+    torch.set_num_threads(1)
+    warnings.filterwarnings("ignore", message="There is a performance drop")
+    from p2pforget import Engine
+
+    engine = Engine(config=cfg)
+    engine.train(cfg.run.rounds, progress=False)
+    return engine
+
+
 def run_cells(one_cell, jobs: list, *, processes: int) -> list[dict]:
     """``one_cell(job)`` for every job in ``processes`` spawned processes, in job order; prints the
     minutes taken."""

@@ -14,7 +14,6 @@ the client-level experiment of ``benchmarks/ease_clients.py`` instead of the cla
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from pathlib import Path
 
@@ -30,19 +29,8 @@ KEYS = {"class": ("FA", "RA", "TA", "MIA"), "client": ("FA", "FA_heldout", "RA",
 
 def one_cell(args: tuple[str, int, str, tuple[tuple[str, float], ...], str, str]) -> dict:
     kind, seed, checkpoint, variants, partners, scenario = args
-    os.environ["OMP_NUM_THREADS"] = "1"
-    import warnings
-
-    import torch
-
-    torch.set_num_threads(1)
-    warnings.filterwarnings("ignore", message="There is a performance drop")
-    from p2pforget import Engine
-
     table = SCENARIOS[scenario]
-    cfg = table.experiment_config(seed, kind, checkpoint)
-    engine = Engine(config=cfg)
-    engine.train(cfg.run.rounds, progress=False)
+    engine = calibration.trained_engine(table.experiment_config(seed, kind, checkpoint))
     settings = {f"{excision} {lr}": table.METHODS["ease"][1] | {"lr": lr, "partners": partners, "excision": excision}
                 for excision, lr in variants}
     flops = lambda result, side: {"flops": result.cost[side].flops}  # noqa: E731

@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import time
 from pathlib import Path
@@ -105,19 +104,10 @@ def directions(engine, params: np.ndarray, sets, name: str) -> tuple[float, floa
 def one_cell(args: tuple[str, int, str]) -> dict:
     """Train once, then Retrain and every method from the same state."""
     kind, seed, checkpoint = args
-    os.environ["OMP_NUM_THREADS"] = "1"
-    import warnings
-
-    import torch
-
-    torch.set_num_threads(1)
-    warnings.filterwarnings("ignore", message="There is a performance drop")
-    from p2pforget import Engine, forget, metrics
-
-    cfg = experiment_config(seed, kind, checkpoint)
     start = time.perf_counter()
-    engine = Engine(config=cfg)
-    engine.train(cfg.run.rounds, progress=False)
+    engine = calibration.trained_engine(experiment_config(seed, kind, checkpoint))
+    from p2pforget import forget, metrics
+
     rows = {}
     for row, (method, options) in ({"retrain": ("retrain", {})} | METHODS).items():
         e = engine.fork()

@@ -30,7 +30,6 @@ from __future__ import annotations
 import argparse
 import json
 import multiprocessing as mp
-import os
 import sys
 import time
 from pathlib import Path
@@ -132,19 +131,11 @@ def _row(result, key: str, cost_key: str | None) -> dict:
 def one_cell(args: tuple[str, int, str]) -> dict:
     """Train once, then every method (and Retrain) from the same state; the drift runs after EASE."""
     kind, seed, checkpoint = args
-    os.environ["OMP_NUM_THREADS"] = "1"
-    import warnings
-
-    import torch
-
-    torch.set_num_threads(1)
-    warnings.filterwarnings("ignore", message="There is a performance drop")
-    from p2pforget import Engine, forget, metrics
-
     cfg = experiment_config(seed, kind, checkpoint)
     start = time.perf_counter()
-    engine = Engine(config=cfg)
-    engine.train(cfg.run.rounds, progress=False)
+    engine = calibration.trained_engine(cfg)
+    from p2pforget import Engine, forget, metrics
+
     state = engine.state()
     samples = forget_request(engine)
     rows, drift = {}, {}
