@@ -59,7 +59,7 @@ def main() -> int:
                     r = forget(engine, clients=[5], reference=False, progress=False, first_step=first,
                                newton_steps=k, max_newton_steps=k)
                     nodes = np.flatnonzero(engine.members)
-                    opt = remaining_optimum(engine, np.zeros(engine.dim), engine.inputs())
+                    opt = remaining_optimum(engine, np.zeros(engine.dim), engine.batches.inputs())
                     dist = np.linalg.norm(r.params["unlearned_noiseless"][nodes] - opt, axis=1).max()
                     base = np.linalg.norm(r.params["trained"][nodes] - opt, axis=1).max()
                     results.setdefault((first, k), []).append((dist / base, r.certificate["residual_bound"]))

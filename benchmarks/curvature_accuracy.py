@@ -46,7 +46,7 @@ def main() -> int:
                 engine = Engine(config=cfg)
                 engine.load_state(state)
                 r = forget(engine, clients=[3], reference=False, progress=False, curvature=curvature, newton_steps=steps)
-                phi = remaining_objective(engine, engine.inputs())
+                phi = remaining_objective(engine, engine.batches.inputs())
                 opt = scipy.optimize.minimize(
                     lambda t: float(phi(torch.as_tensor(t))), r.params["trained"][0],
                     jac=lambda t: grad(phi)(torch.as_tensor(t)).numpy(),

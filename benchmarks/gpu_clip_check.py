@@ -73,7 +73,7 @@ def agreement(rounds: int) -> None:
         one = relative_gap(engines["cpu"].params, engines["cuda"].params)
         print(f"{kind}: after 1 round max |cpu - cuda| / max |cpu| = {one:.2g}; seconds (first round, "
               f"with start-up) cpu {seconds['cpu']:.2f}, cuda {seconds['cuda']:.2f}; vmapped on cuda: "
-              f"{engines['cuda'].vectorized}")
+              f"{engines['cuda'].compute.vectorized}")
         assert one <= 1e-5, f"{kind}: one round on the GPU and the CPU disagree beyond float32 rounding"
         for e in engines.values():
             e.train(rounds - 1, progress=False)

@@ -131,11 +131,11 @@ class Targets:
             raise ValueError("the audit needs held-out samples: set data.holdout_fraction > 0 (default 0.2)")
         clients = sorted(int(j) for j in forgotten)
         # each client's forgotten samples in the order its request lists them
-        picked = [engine.client_samples(j, forgotten[j]) for j in clients]
+        picked = [engine.batches.client_samples(j, forgotten[j]) for j in clients]
         sample = {k: np.concatenate([p[k] for p in picked]) for k in picked[0]}
         held = np.zeros(d.y_holdout.shape, dtype=bool)
         held[clients] = np.arange(d.y_holdout.shape[1])[None, :] < d.holdout_counts[clients, None]
-        h = engine.samples(held, held_out=True)
+        h = engine.batches.samples(held, held_out=True)
         return cls(x_forget=sample.pop("x"), y_forget=sample.pop("y"), x_heldout=h.pop("x"), y_heldout=h.pop("y"),
                    extras_forget=sample, extras_heldout=h)
 
@@ -170,13 +170,13 @@ the audited models' training set, with enough variation between shadows for the 
 def shadow_models(engine: "Engine", count: int, *, seed: int, steps: int = 0,
                   retained: dict[str, np.ndarray] | None = None) -> np.ndarray:
     """``count`` models trained centrally on random subsets of the remaining training data (none of
-    the audited examples; ``retained``: those samples as :meth:`~p2pforget.engine.Engine.samples`
+    the audited examples; ``retained``: those samples as :meth:`~p2pforget.engine.batches.Batches.samples`
     gives them, default: gathered here), from the engine's initialization, by gradient descent on
     the task's objective with the training learning rate and batch size, for ``steps`` steps (0: as
     many as the engine trained, rounds x local steps)."""
     dtype = _dtype(engine)
     dev = engine.device
-    kept = dict(retained if retained is not None else engine.samples(engine.retained & engine.members[:, None]))
+    kept = dict(retained if retained is not None else engine.batches.samples(engine.retained & engine.members[:, None]))
     x = as_inputs(kept.pop("x"), dtype, dev)
     y = torch.as_tensor(kept.pop("y"), device=dev)
     extras = {k: torch.as_tensor(v, device=dev) for k, v in kept.items()}
@@ -232,7 +232,7 @@ class AuditData:
 
     @classmethod
     def gather(cls, engine: "Engine", forgotten: dict[int, np.ndarray], options: "AuditConfig") -> "AuditData":
-        retained = engine.samples(engine.retained & engine.members[:, None]) if options.shadow_models else None
+        retained = engine.batches.samples(engine.retained & engine.members[:, None]) if options.shadow_models else None
         return cls(targets=Targets.of(engine, forgotten), retained=retained)
 
 

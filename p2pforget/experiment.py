@@ -77,20 +77,20 @@ class Records:
 
 MIXING_ENTRIES_STORED = 5_000_000
 """Time-varying mixing matrices (edge dropout) are stored per round up to this many entries in
-all; above it only the base matrix is (each round's is ``Engine.mixing_at(t)``, a pure function
+all; above it only the base matrix is (each round's is ``engine.network.mixing_at(t)``, a pure function
 of the seed and the round)."""
 
 
 def _static_arrays(engine: Engine, rounds: int, inputs: np.ndarray | None) -> dict[str, np.ndarray]:
     """What every checkpoint writes unchanged (at the root): the graph, its mixing, and with
     ``data.save`` every client's ``inputs`` (gathered by every process) and labels."""
-    arrays = {"topology/edges": engine.edges()}
+    arrays = {"topology/edges": engine.network.edges()}
     if engine.is_star:
-        arrays["topology/fedavg_weights"] = engine.fedavg_weights
+        arrays["topology/fedavg_weights"] = engine.network.fedavg_weights
     else:
-        mixings = [engine.base_mixing]
-        if engine.config.topology.dropout > 0 and rounds * engine.base_mixing.nnz <= MIXING_ENTRIES_STORED:
-            mixings = [engine.mixing_at(t) for t in range(rounds)]
+        mixings = [engine.network.base_mixing]
+        if engine.config.topology.dropout > 0 and rounds * engine.network.base_mixing.nnz <= MIXING_ENTRIES_STORED:
+            mixings = [engine.network.mixing_at(t) for t in range(rounds)]
         arrays |= _sparse_stack(mixings)
     if engine.config.data.save:
         d = engine.data
@@ -154,8 +154,8 @@ class RunWriter:
         if adjust is not None and state is not None:
             state = adjust(state)
         if self._static is None:  # written unchanged at every checkpoint: gather and build once
-            init = e.gather_params(e.init_params.contiguous())
-            inputs = e.inputs() if e.config.data.save else None  # every process takes part
+            init = e.network.gather(e.init_params.contiguous())
+            inputs = e.batches.inputs() if e.config.data.save else None  # every process takes part
             self._static = _static_arrays(e, rounds_total, inputs) | {"params/init": init} if e.transport.is_root else {}
         self.checkpoint_round = int(e.round)
         self.written = time.perf_counter()
@@ -246,7 +246,7 @@ def write_csv_logs(out: Path, state: dict[str, np.ndarray]) -> None:
 
 
 def build_report(engine: Engine, *, seconds: float, complete: bool) -> dict[str, Any]:
-    s = engine.topology_stats()  # of the nodes still in the graph (forget requests may remove some)
+    s = engine.network.stats()  # of the nodes still in the graph (forget requests may remove some)
     return {
         "config": config_mod.to_dict(engine.config),
         "n_clients": engine.n_clients,
@@ -572,9 +572,9 @@ def run_fingerprint(engine: Engine) -> dict[str, int]:
     ``data_crc32`` of every client's inputs and labels and the test split, ``graph_crc32`` of the
     graph's edges and its mixing matrix. Stored in the run file and checked when a run is rebuilt."""
     d = engine.data
-    graph = [engine.edges()]
-    if engine.base_mixing is not None:
-        W = sp.coo_array(engine.base_mixing)
+    graph = [engine.network.edges()]
+    if engine.network.base_mixing is not None:
+        W = sp.coo_array(engine.network.base_mixing)
         order = np.lexsort((W.col, W.row))
         graph += [W.row[order].astype(np.int64), W.col[order].astype(np.int64), W.data[order].astype(np.float64)]
     # Each process holds its own clients' inputs: it continues the CRC over its block in turn, which

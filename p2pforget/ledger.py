@@ -163,3 +163,75 @@ def fedavg_step(C: "torch.Tensor | SparseRows", w: torch.Tensor, *, keep: int = 
     row = merge(torch.cat([C.index[0], ids])[None], torch.cat([C.value[0], w])[None], C.dropped[:1], keep=keep, n=n)
     return SparseRows(index=row.index.expand(rows, -1).clone(), value=row.value.expand(rows, -1).clone(),
                       dropped=row.dropped.expand(rows).clone())
+
+
+class Ledger:
+    """This process's ledger rows ``C`` (``engine.ledger``): a dense ``[n_local, n]`` float64
+    tensor (``kind = "full"``) or :class:`SparseRows` (``"sparse"``), one row per local node,
+    kept by the engine after every round with the matrix the round mixed with.
+
+    >>> ledger = Ledger.empty("full", lo=0, hi=2, n=2, keep=0)
+    >>> ledger.shares([0]).tolist()
+    [[0.0], [0.0]]
+    """
+
+    def __init__(self, C: "torch.Tensor | SparseRows", *, lo: int, n: int, keep: int) -> None:
+        self.C, self.lo, self.n, self.keep = C, lo, n, keep
+
+    @classmethod
+    def empty(cls, kind: str, *, lo: int, hi: int, n: int, keep: int, device=None) -> "Ledger | None":
+        """A zero ledger of ``kind`` for the nodes ``lo..hi-1`` of ``n`` (``None`` for ``"off"``)."""
+        if kind == "off":
+            return None
+        C = (SparseRows.empty(hi - lo, keep, device=device) if kind == "sparse"
+             else torch.zeros(hi - lo, n, dtype=torch.float64, device=device))
+        return cls(C, lo=lo, n=n, keep=keep)
+
+    def shares(self, clients: list[int]) -> torch.Tensor:
+        """``[n_local, len(clients)]``: the share of each client's updates in each local node's model."""
+        if isinstance(self.C, SparseRows):
+            return self.C.shares(clients)
+        return torch.as_tensor(shares(self.C.cpu().numpy())[:, clients], device=self.C.device)
+
+    def step(self, W, network) -> None:
+        """``C <- W (C + I)`` with the matrix a round mixed with: ``W`` through ``network``'s
+        exchange (:class:`~p2pforget.engine.network.Network`), or on a star (``W`` is ``None``)
+        FedAvg's ``1 w^T`` in closed form (:func:`fedavg_step`). For push-sum ``W`` is the
+        column-stochastic push matrix: the de-biased model divides a row by its weight, which
+        leaves the row's shares as they are."""
+        if W is None:
+            device = self.C.index.device if isinstance(self.C, SparseRows) else self.C.device
+            self.C = fedavg_step(self.C, torch.as_tensor(network.fedavg_weights, device=device), keep=self.keep)
+        elif isinstance(self.C, SparseRows):
+            rows = self.C.index.shape[0]
+            packed = self.C.pack(torch.arange(self.lo, self.lo + rows, device=self.C.index.device))
+            pos, weight = network.mixing_rows(W)
+            self.C = sparse_mix(torch.cat([packed, network.halo.exchange(packed)]), pos, weight, keep=self.keep, n=self.n)
+        else:
+            # C + I in place (the ledger's own tensor: copies and checkpoints take their own), then the mix
+            local = torch.arange(self.C.shape[0], device=self.C.device)
+            self.C[local, local + self.lo] += 1.0
+            self.C = network.mix(self.C, W)
+
+    def copy(self) -> "Ledger":
+        C = self.C
+        C = (SparseRows(index=C.index.clone(), value=C.value.clone(), dropped=C.dropped.clone())
+             if isinstance(C, SparseRows) else C.clone())
+        return Ledger(C, lo=self.lo, n=self.n, keep=self.keep)
+
+    def arrays(self) -> dict[str, torch.Tensor]:
+        """The rows as checkpoint arrays (``ledger``, or ``ledger_index`` / ``ledger_value`` / ``ledger_dropped``)."""
+        if isinstance(self.C, SparseRows):
+            return {"ledger_index": self.C.index, "ledger_value": self.C.value, "ledger_dropped": self.C.dropped}
+        return {"ledger": self.C}
+
+    def load(self, state: dict[str, np.ndarray], rows: slice) -> None:
+        """Take this process's ``rows`` of checkpoint arrays (:meth:`arrays`, gathered); a
+        checkpoint without the ledger leaves it at zero."""
+        if isinstance(self.C, SparseRows) and "ledger_index" in state:
+            device = self.C.index.device
+            self.C = SparseRows(index=torch.as_tensor(state["ledger_index"][rows], device=device).clone(),
+                                value=torch.as_tensor(state["ledger_value"][rows], dtype=torch.float64, device=device).clone(),
+                                dropped=torch.as_tensor(state["ledger_dropped"][rows], dtype=torch.float64, device=device).clone())
+        elif not isinstance(self.C, SparseRows) and "ledger" in state:
+            self.C = torch.as_tensor(state["ledger"][rows], dtype=torch.float64).to(self.C.device).clone()

@@ -62,13 +62,13 @@ class EvalSets:
             held = np.arange(d.y_holdout.shape[1])[None, :] < d.holdout_counts[:, None]
             rows = np.zeros_like(held)
             rows[clients] = held[clients]
-            heldout = engine.samples(rows, held_out=True)
+            heldout = engine.batches.samples(rows, held_out=True)
         else:
             heldout = {"x": d.x_test, "y": d.y_test} | d.extras_test
         # The attack's non-members are of the members' classes only: after a class-level request,
         # held-out samples of the other classes would tell classes apart, not members from non-members.
         same = np.isin(heldout["y"], np.unique(d.y[forgotten]))
-        forget, retain = engine.samples(forgotten), engine.samples(retained)
+        forget, retain = engine.batches.samples(forgotten), engine.batches.samples(retained)
 
         def extras(picked: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
             return {k: v for k, v in picked.items() if k not in ("x", "y")}
@@ -133,7 +133,7 @@ def evaluate(engine: "Engine", params: torch.Tensor, sets: EvalSets, *, nodes: n
     FA_heldout (the same on the forgotten clients' held-out split; ``None`` without one), the
     score on each of the data's probes under its name (``ASR`` of a poisoned client) and MIA
     (mean over ``nodes``) of the stacked local ``params``; the dict at the root, ``None`` elsewhere."""
-    params = engine.with_buffers(params)  # a model's running statistics, if it keeps any
+    params = engine.compute.with_buffers(params)  # a model's running statistics, if it keeps any
     names = [n for n in EvalSets.NAMES if sets.size(n)]
     batches = [sets.batch(name, engine.dtype, engine.device) for name in names]
     with torch.no_grad():
@@ -141,7 +141,7 @@ def evaluate(engine: "Engine", params: torch.Tensor, sets: EvalSets, *, nodes: n
         judged = _per_row(lambda p: [engine.task.judge(p, b) for b in engine.task.with_gallery(p, batches)], params)
         # the data's probes (e.g. a backdoor's triggered test inputs: ASR), scored like the test set
         probed = [torch.stack([s.double() for s in _per_row(lambda p: engine.task.score(p, batch), params)])
-                  for batch in engine.probes.values()]
+                  for batch in engine.batches.probes.values()]
     scores = [torch.stack([row[k][0].double() for row in judged]) for k in range(len(names))] + probed
     member = [torch.stack([row[k][1] for row in judged]) for k in range(len(names))]
     full = engine.transport.gather(torch.cat([torch.stack(scores, dim=1)] + member, dim=1))
@@ -149,7 +149,7 @@ def evaluate(engine: "Engine", params: torch.Tensor, sets: EvalSets, *, nodes: n
         return None
     full = full.cpu().numpy()[nodes]
     score = dict(zip(names, full[:, :len(names)].T))
-    probes = {name: _summary(100 * full[:, len(names) + k]) for k, name in enumerate(engine.probes)}
+    probes = {name: _summary(100 * full[:, len(names) + k]) for k, name in enumerate(engine.batches.probes)}
     offsets = np.cumsum([len(names) + len(probes)] + [sets.size(n) for n in names])
     phi = {n: full[:, offsets[i]:offsets[i + 1]] for i, n in enumerate(names)}
     out = {"FA": _summary(100 * score["forget"]) if "forget" in score else None,
@@ -173,7 +173,7 @@ def forget_accuracy(engine: "Engine", params: torch.Tensor, sets: EvalSets, *, n
 def mean_score(engine: "Engine", params: torch.Tensor, batch: dict[str, torch.Tensor], *, nodes: np.ndarray) -> float | None:
     """The task's score on ``batch`` (percent), mean over ``nodes``, of the stacked local
     ``params``; at the root, ``None`` elsewhere."""
-    params = engine.with_buffers(params)
+    params = engine.compute.with_buffers(params)
     with torch.no_grad():
         score = torch.stack([s.double() for s in _per_row(lambda p: engine.task.score(p, batch), params)])
     full = engine.transport.gather(score[:, None])
@@ -189,8 +189,8 @@ def retrieval(engine: "Engine", params: torch.Tensor | None = None) -> dict[str,
         return None
     params = engine.params if params is None else params
     with torch.no_grad():
-        rec = engine.per_client(lambda flat, b: engine.model.call(flat, "recall", b), params.detach(),
-                                engine.test_batch(params.shape[0]))
+        rec = engine.compute.per_client(lambda flat, b: engine.model.call(flat, "recall", b), params.detach(),
+                                engine.batches.test(params.shape[0]))
     full = engine.transport.gather(rec.double())
     if full is None:
         return None

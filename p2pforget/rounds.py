@@ -35,7 +35,7 @@ if TYPE_CHECKING:
 @ROUNDS.register("dsgd", help="adapt-then-combine decentralized SGD: x <- W (x - lr g)")
 def dsgd(engine: "Engine", W: np.ndarray) -> int:
     """Adapt-then-combine DSGD: ``x <- W (x - lr * g)`` (Lian et al., NeurIPS 2017)."""
-    engine.set_params(engine.mix(engine.local_steps(engine.params), W), copy=False, keep_optimizer_state=True)
+    engine.set_params(engine.network.mix(engine.compute.local_steps(engine.params), W), copy=False, keep_optimizer_state=True)
     return 1
 
 
@@ -53,7 +53,7 @@ def _tracking_spectrum(engine: "Engine") -> None:
     torus); lazy mixing moves the spectrum into [0, 1]."""
     if engine.config.topology.lazy or engine.n_clients > 2000:
         return
-    dense = engine.base_mixing.toarray()
+    dense = engine.network.base_mixing.toarray()
     lowest = float(np.linalg.eigvalsh((dense + dense.T) / 2).min())
     if lowest < -0.5:
         warnings.warn(f"the mixing matrix has eigenvalue {lowest:.2f}: gradient tracking may stall or diverge; "
@@ -67,12 +67,12 @@ def gradient_tracking(engine: "Engine", W: np.ndarray) -> int:
     ``x <- W x - lr y``; ``y <- W y + g(x_new) - g(x)``; converges to the exact optimum with a constant step."""
     state = engine.optimizer_state
     if "tracker" not in state:
-        state["last_grad"] = _gradients(engine, engine.params, engine.batch((0, 0)))
+        state["last_grad"] = _gradients(engine, engine.params, engine.batches.minibatch((0, 0)))
         state["tracker"] = state["last_grad"].clone()
     d = engine.dim
-    mixed = engine.mix(torch.cat([engine.params, state["tracker"]], dim=1), W)
+    mixed = engine.network.mix(torch.cat([engine.params, state["tracker"]], dim=1), W)
     engine.set_params(mixed[:, :d] - engine.config.train.lr * state["tracker"], keep_optimizer_state=True)
-    g = _gradients(engine, engine.params, engine.batch((engine.round + 1, 0)))
+    g = _gradients(engine, engine.params, engine.batches.minibatch((engine.round + 1, 0)))
     state["tracker"] = mixed[:, d:] + g - state["last_grad"]
     state["last_grad"] = g
     return 2
@@ -80,7 +80,7 @@ def gradient_tracking(engine: "Engine", W: np.ndarray) -> int:
 
 def _gradients(engine: "Engine", params: torch.Tensor, batch) -> torch.Tensor:
     """The objective's gradient of every local row, computed for the clients that hold data only."""
-    g, _ = engine.training_gradients(params, batch)
+    g, _ = engine.compute.training_gradients(params, batch)
     if engine.task.weight_decay:
         g = g + engine.task.decay(params.detach(), engine.active)[1]
     return g
@@ -90,7 +90,7 @@ def _gradients(engine: "Engine", params: torch.Tensor, batch) -> torch.Tensor:
 def star(engine: "Engine", W: np.ndarray) -> int:
     """The star's two-phase round: local steps, upload to the hub, the hub's aggregator computes the
     global model, the hub broadcasts it back."""
-    local = engine.local_steps(engine.params)
+    local = engine.compute.local_steps(engine.params)
     full = engine.transport.gather(local)
     new = None
     if engine.transport.is_root:
@@ -125,7 +125,7 @@ def choco(engine: "Engine", W: np.ndarray) -> float:
     vectors-equivalent of the bytes sent."""
     cfg = engine.config.train.options("choco")
     state = engine.optimizer_state
-    half = engine.local_steps(engine.params)
+    half = engine.compute.local_steps(engine.params)
     if "choco/public" not in state:
         state["choco/public"] = torch.zeros_like(half)
     public = state["choco/public"]
@@ -142,7 +142,7 @@ def choco(engine: "Engine", W: np.ndarray) -> float:
         q = compress.quantize(diff, cfg.quantization_levels, u)
         sent = compress.quantize_bytes(d, cfg.quantization_levels, itemsize)
     public = public + q
-    new = half + cfg.consensus_step * (engine.mix(public, W) - public)
+    new = half + cfg.consensus_step * (engine.network.mix(public, W) - public)
     engine.set_params(new, copy=False, keep_optimizer_state=True)
     state["choco/public"] = public
     return sent / (d * itemsize)
@@ -158,7 +158,7 @@ def push_sum(engine: "Engine", W: np.ndarray) -> float:
     of ``(x_i, y_i)`` to itself and its out-neighbours. The column-stochastic mixing needs no
     doubly stochastic weights. Returns the vectors-equivalent of the bytes sent (one directed
     message per edge, ``d + 1`` numbers)."""
-    A = engine.round_mixing(W)
+    A = engine.network.round_mixing(W)
     state = engine.optimizer_state
     if "pushsum/x" not in state:
         ids = np.flatnonzero(engine.members)
@@ -172,8 +172,8 @@ def push_sum(engine: "Engine", W: np.ndarray) -> float:
         state["pushsum/x"] = engine.params.clone()
         state["pushsum/y"] = torch.ones(engine.params.shape[0], 1, dtype=engine.dtype, device=engine.device)
     z = engine.params
-    x = state["pushsum/x"] + (engine.local_steps(z) - z)
-    both = engine.mix(torch.cat([x, state["pushsum/y"]], dim=1), A)
+    x = state["pushsum/x"] + (engine.compute.local_steps(z) - z)
+    both = engine.network.mix(torch.cat([x, state["pushsum/y"]], dim=1), A)
     d = engine.dim
     state["pushsum/x"], state["pushsum/y"] = both[:, :d], both[:, d:]
     engine.set_params(both[:, :d] / both[:, d:], copy=False, keep_optimizer_state=True)

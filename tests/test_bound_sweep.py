@@ -101,8 +101,8 @@ def test_hessian_lipschitz_constant_of_the_remaining_objective():
     """||H(a) - H(b)||_2 <= M ||a - b|| for the logistic model's remaining objective, with H from autograd."""
     engine = _engine("dsgd", "float64", 0.1, "iid", 0.0, "ring")
     engine.exclude(samples={2: np.arange(M)})
-    phi = certified.remaining_objective(engine, engine.inputs(), torch.float64)
-    M_bound = certified.hessian_lipschitz(engine, engine.inputs())
+    phi = certified.remaining_objective(engine, engine.batches.inputs(), torch.float64)
+    M_bound = certified.hessian_lipschitz(engine, engine.batches.inputs())
     gen = torch.Generator().manual_seed(0)
     ratios = []
     for _ in range(20):

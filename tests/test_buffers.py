@@ -39,8 +39,8 @@ def test_resnet18_batchnorm_statistics_and_steps_equal_a_per_client_module_loop(
     assert engine.model.buffer_dim > 0 and engine.buffers.shape == (2, engine.model.buffer_dim)
     loop = engine.buffers.clone()
     for _ in range(2):
-        params, batch = engine.params.clone(), engine.batch((engine.round, 0))
-        stepped = engine.local_steps(params)
+        params, batch = engine.params.clone(), engine.batches.minibatch((engine.round, 0))
+        stepped = engine.compute.local_steps(params)
         engine.buffers = loop.clone()  # local_steps updated them: start the round from the loop's again
         for i in range(2):
             module = _client_module(engine, i, params, loop)
@@ -62,7 +62,7 @@ def test_resnet18_batchnorm_statistics_and_steps_equal_a_per_client_module_loop(
         module = _client_module(engine, i, engine.params, engine.buffers)
         module.eval()
         with torch.no_grad():
-            expected = (module(engine.x_test).argmax(1) == engine.y_test).double().mean()
+            expected = (module(engine.batches.x_test).argmax(1) == engine.batches.y_test).double().mean()
         assert acc[i] == pytest.approx(float(expected))
 
 
@@ -100,11 +100,11 @@ def test_checkpoint_resume_keeps_the_statistics_bit_identical(tmp_path):
 
 def test_the_average_rule_mixes_statistics_with_the_rounds_matrix_and_counts_their_bytes():
     engine = Engine(config=_cfg(SMALL))
-    before, params, batch = engine.buffers.clone(), engine.params.clone(), engine.batch((0, 0))
+    before, params, batch = engine.buffers.clone(), engine.params.clone(), engine.batches.minibatch((0, 0))
     updated = torch.stack([engine.model.updated_buffers(params[i], before[i], batch["x"][i]) for i in range(5)])
-    sent_without = engine.message_bytes(engine.mixing_at(0), 1)
+    sent_without = engine.network.message_bytes(engine.network.mixing_at(0), 1)
     engine.step()
-    W = engine.mixing_at(0).toarray()
+    W = engine.network.mixing_at(0).toarray()
     np.testing.assert_allclose(engine.buffers.numpy(), W @ updated.numpy(), rtol=0, atol=1e-12)
     assert engine.metrics["bytes_sent"][-1] == pytest.approx(sent_without * (1 + engine.model.buffer_dim / engine.dim))
 
@@ -115,7 +115,7 @@ def test_the_star_averages_statistics_like_fedavg_and_the_local_rule_keeps_them(
     assert torch.allclose(star.buffers, star.buffers[:1].expand_as(star.buffers))
     local = Engine(config=_cfg(SMALL))
     local.model.buffer_rule = "local"
-    before, params, batch = local.buffers.clone(), local.params.clone(), local.batch((0, 0))
+    before, params, batch = local.buffers.clone(), local.params.clone(), local.batches.minibatch((0, 0))
     local.step()
     for i in range(5):
         torch.testing.assert_close(local.buffers[i], local.model.updated_buffers(params[i], before[i], batch["x"][i]))
@@ -145,7 +145,7 @@ def test_a_forget_request_keeps_the_statistics_in_the_checkpoint_it_writes(tmp_p
                           reference=False, progress=False)
     engine, _ = experiment.load_run(run)
     stored = history.read_h5(run / "history.h5").arrays["checkpoint/buffers"]
-    np.testing.assert_array_equal(engine.gather_params(engine.buffers), stored)
+    np.testing.assert_array_equal(engine.network.gather(engine.buffers), stored)
     assert not torch.equal(engine.buffers, engine.init_buffers)
     stored_request = {"method": "finetune", "finetune": {"rounds": 1}}  # the run's config now names the request's method
     more = experiment.run(_cfg(SMALL, run={"rounds": 5}, unlearn=stored_request), out=run, resume=True, progress=False)

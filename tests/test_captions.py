@@ -210,11 +210,11 @@ def test_a_flickr30k_folder_and_a_trainer_checkpoint_run_on_the_engine_with_uint
         "model": {"kind": "clip", "clip": {"pretrained": str(tmp_path / "epoch_1.pt")}},
         "train": {"lr": 0.01, "local_steps": 1, "batch_size": 0}, "audit": {"after_forget": False}})
     engine = Engine(config=cfg)
-    assert engine.x.dtype == torch.uint8 and engine.x_test.dtype == torch.uint8
-    batch = {k: v[0] for k, v in engine.full_batch().items()}
+    assert engine.batches.x.dtype == torch.uint8 and engine.batches.x_test.dtype == torch.uint8
+    batch = {k: v[0] for k, v in engine.batches.full().items()}
     decoded = batch | {"x": captions.decode_pixels(batch["x"], torch.float32)}
     flat = engine.params[0]
     assert torch.equal(engine.task.data_loss(flat, batch), engine.task.data_loss(flat, decoded))
     engine.train(progress=False)
     result = forget(engine, clients=[1], method="finetune", rounds=1, progress=False)
-    assert result.metrics["unlearned"]["TA"]["mean"] >= 0.0 and engine.x.dtype == torch.uint8
+    assert result.metrics["unlearned"]["TA"]["mean"] >= 0.0 and engine.batches.x.dtype == torch.uint8

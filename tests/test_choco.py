@@ -26,12 +26,12 @@ def _np_topk(v, k):
 def test_choco_matches_a_numpy_reference(kind):
     cfg = _cfg(compression=kind, compression_ratio=0.3, quantization_levels=4, consensus_step=0.4)
     engine, ref = Engine(config=cfg), Engine(config=cfg)
-    W = engine.base_mixing.toarray()
+    W = engine.network.base_mixing.toarray()
     public = np.zeros((5, engine.dim))
     x = ref.params.numpy().copy()
     for r in range(6):
         engine.step()
-        half = ref.local_steps(torch.as_tensor(x)).numpy()   # the local SGD part (tested elsewhere)
+        half = ref.compute.local_steps(torch.as_tensor(x)).numpy()   # the local SGD part (tested elsewhere)
         diff = half - public
         if kind == "topk":
             q = _np_topk(diff, int(round(0.3 * engine.dim)))

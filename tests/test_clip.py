@@ -122,15 +122,15 @@ def test_big_sets_are_embedded_in_chunks_with_the_same_embeddings(monkeypatch):
 
     engine = Engine(config=config.from_dict({"topology": {"n_clients": 2}, "model": {"kind": "clip"},
                                              "data": {"kind": "captions_synth", "n_samples_per_client": 4, "n_test": 10}}))
-    flat, tokens = engine.params[0], engine.extras_test["tokens"]
+    flat, tokens = engine.params[0], engine.batches.extras_test["tokens"]
     with torch.no_grad():
-        whole = (engine.model.call(flat, "embed_images", engine.x_test),
+        whole = (engine.model.call(flat, "embed_images", engine.batches.x_test),
                  engine.model.call(flat, "embed_texts", tokens.reshape(-1, tokens.shape[-1])))
         calls = []
         encode = engine.model.module.clip.encode_image
         monkeypatch.setattr(engine.model.module.clip, "encode_image", lambda x, **kw: calls.append(len(x)) or encode(x, **kw))
         monkeypatch.setattr(clip, "EMBED_PAIRS", 3)
-        chunked = (engine.model.call(flat, "embed_images", engine.x_test),
+        chunked = (engine.model.call(flat, "embed_images", engine.batches.x_test),
                    engine.model.call(flat, "embed_texts", tokens.reshape(-1, tokens.shape[-1])))
     assert calls == [3, 3, 3, 1]  # 10 images, 3 at a time
     for a, b in zip(whole, chunked):

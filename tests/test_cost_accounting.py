@@ -15,7 +15,7 @@ def _engine(kind: str, **train) -> Engine:
 def _round(engine: Engine) -> tuple[float, float]:
     """The bytes of one training round, and the FLOPs of its local steps (the per-round metric
     evaluation, also counted by the FLOP counter, is bookkeeping)."""
-    _, _, flops = measured(lambda: engine.local_steps(engine.params))
+    _, _, flops = measured(lambda: engine.compute.local_steps(engine.params))
     engine.train(1, progress=False)
     return engine.metrics["bytes_sent"][-1], flops
 
@@ -44,14 +44,14 @@ def test_relay_on_a_star_receives_but_does_not_upload():
 
 def test_skipped_rows_change_no_number():
     """Computing only the rows of clients with data gives the step every row would take: the
-    others' local steps are one SGD step on :meth:`Engine.gradients` (all rows), a relay's row
+    others' local steps are one SGD step on :meth:`~p2pforget.engine.compute.Compute.gradients` (all rows), a relay's row
     stays where it was."""
     engine = _engine("ring", local_steps=1)
     engine.train(2, progress=False)
     engine.exclude(samples={4: np.arange(12)})
-    g, _ = engine.gradients(engine.params, engine.batch((engine.round, 0)))
+    g, _ = engine.compute.gradients(engine.params, engine.batches.minibatch((engine.round, 0)))
     expected = engine.params - engine.config.train.lr * g
-    stepped = engine.local_steps(engine.params)
+    stepped = engine.compute.local_steps(engine.params)
     assert np.allclose(stepped.numpy(), expected.numpy(), rtol=0, atol=1e-7)
     assert np.array_equal(stepped[4].numpy(), engine.params[4].numpy())
 
@@ -65,14 +65,14 @@ def test_the_flop_counter_sees_gossip_mixing_and_the_hubs_average(kind):
     engine = Engine(config=config.replace(_engine(kind).config, ledger={"kind": "off"}))
     engine.exclude(samples={j: np.arange(12) for j in (2, 3)}, removed=[2, 3])
     engine.train(1, progress=False)
-    _, _, steps = measured(lambda: engine.local_steps(engine.params))
+    _, _, steps = measured(lambda: engine.compute.local_steps(engine.params))
     _, _, whole = measured(lambda: engine.step())
     _, _, evaluation = measured(lambda: engine.evaluate())
     d = engine.dim
     if kind == "star":  # the hub averages the 6 uploads that carry weight
         expected = 2 * 6 * d
     else:
-        W = engine.base_mixing.toarray()
+        W = engine.network.base_mixing.toarray()
         received = int(np.count_nonzero(W))  # every member row's neighbours and itself
         expected = d * (2 * received - engine.n_clients)
     assert whole - steps - evaluation * engine.evaluates(engine.round) == expected

@@ -186,7 +186,7 @@ def test_standard_normalization_does_not_depend_on_the_forgotten_client(client_2
         engine = Engine(config=cfg)
         engine.train(10, progress=False)
         r = forget(engine, clients=[2], progress=False)
-        out[kind] = (engine, r, remaining_optimum(engine, np.zeros(engine.dim), engine.inputs()))
+        out[kind] = (engine, r, remaining_optimum(engine, np.zeros(engine.dim), engine.batches.inputs()))
     (e0, r0, opt0), (e1, r1, opt1) = out.values()
     keep = np.arange(6) != 2
     assert not np.array_equal(e0.data.x[2], e1.data.x[2])  # the forgotten client's data did change ...

@@ -90,15 +90,15 @@ def _clip_cfg(**sections):
 
 def test_caption_batches_choose_per_round_and_travel_with_their_images():
     engine = Engine(config=_clip_cfg())
-    a, b = engine.batch((0, 0)), engine.batch((1, 0))
+    a, b = engine.batches.minibatch((0, 0)), engine.batches.minibatch((1, 0))
     assert a["tokens"].shape == (4, 4, 5, 16) and a["u"].shape == (4, 4)
     assert ((a["u"] >= 0) & (a["u"] < 1)).all() and not torch.equal(a["u"], b["u"])
-    assert torch.equal(engine.batch((0, 0))["u"], a["u"])  # keyed, not drawn from global state
+    assert torch.equal(engine.batches.minibatch((0, 0))["u"], a["u"])  # keyed, not drawn from global state
     # each image keeps its own captions: match rows of x back to the stored samples
     for i in range(4):
         for x, tok in zip(a["x"][i], a["tokens"][i]):
-            j = int(torch.nonzero((engine.x[i] == x).flatten(1).all(dim=1))[0])
-            assert torch.equal(engine.extras["tokens"][i, j], tok)
+            j = int(torch.nonzero((engine.batches.x[i] == x).flatten(1).all(dim=1))[0])
+            assert torch.equal(engine.batches.extras["tokens"][i, j], tok)
     engine.train(3, progress=False)
     assert 0.0 <= engine.metrics["test_acc_mean"][-1] <= 1.0  # R@1 as a fraction
 
@@ -132,8 +132,8 @@ def test_displacement_changes_only_its_branch_and_never_the_temperature(which):
         seen.setdefault("steps", []).append(rows.clone())
         return original(rows, *args, **kwargs)
 
-    original = engine.network_sum
-    engine.network_sum = spy
+    original = engine.network.sum
+    engine.network.sum = spy
     EASE().unlearn(engine, request, EASEOptions(rounds=1, excision="none", lock=False, displacement=which))
     g = seen["steps"][0]
     assert torch.count_nonzero(g[[0, 1, 3]]) == 0 and torch.count_nonzero(g[2]) > 0  # only the forget client
@@ -156,8 +156,8 @@ def test_the_displacement_step_is_excised_as_chosen(excision, monkeypatch):
     seen = {}
     bases = ease.excision_bases
     monkeypatch.setattr(ease, "excision_bases", lambda *a, **k: seen.setdefault("call", (a, k, bases(*a, **k)))[2])
-    original = engine.network_sum
-    engine.network_sum = lambda rows, *a, **k: (seen.setdefault("step", rows.clone()), original(rows, *a, **k))[1]
+    original = engine.network.sum
+    engine.network.sum = lambda rows, *a, **k: (seen.setdefault("step", rows.clone()), original(rows, *a, **k))[1]
     EASE().unlearn(engine, request, EASEOptions(rounds=1, rank=2, lock=False, excision=excision))
     args, kwargs, (_, sent_E) = seen["call"]
     B, E = bases(*args, **kwargs | {"entangled": True})  # both sets, whatever the method asked for
@@ -196,10 +196,10 @@ def test_recall_matches_numpy_recall_at_k_and_counts_same_words_as_hits():
     flat = engine.params[0]
     r = np.random.default_rng(0)
     tokens = torch.as_tensor(r.integers(1, 4000, (12, 5, 16)))  # distinct captions: plain R@k
-    batch = {"x": engine.x_test, "tokens": tokens}
+    batch = {"x": engine.batches.x_test, "tokens": tokens}
     with torch.no_grad():
         got = engine.model.call(flat, "recall", batch).numpy()
-        image = engine.model.call(flat, "embed_images", engine.x_test).numpy()
+        image = engine.model.call(flat, "embed_images", engine.batches.x_test).numpy()
         text = engine.model.call(flat, "embed_texts", tokens.reshape(60, 16)).numpy()
     ref = recall_at_k(image, text, captions_per_image=5, ks=RECALL_AT)
     names = [f"{w}_R@{k}" for w in ("i2t", "t2i") for k in RECALL_AT]
@@ -207,8 +207,8 @@ def test_recall_matches_numpy_recall_at_k_and_counts_same_words_as_hits():
     # every image described by the same five captions: any retrieval is a hit
     same = tokens[:1].expand(12, 5, 16)
     with torch.no_grad():
-        assert float(engine.model.call(flat, "recall", {"x": engine.x_test, "tokens": same}).min()) == 1.0
-        assert float(engine.task.score(flat, {"x": engine.x_test, "tokens": same})) == 1.0
+        assert float(engine.model.call(flat, "recall", {"x": engine.batches.x_test, "tokens": same}).min()) == 1.0
+        assert float(engine.task.score(flat, {"x": engine.batches.x_test, "tokens": same})) == 1.0
 
 
 def test_a_clip_run_reports_recall_at_1_5_10_both_ways(tmp_path):
@@ -231,7 +231,7 @@ def test_with_a_gallery_each_pair_faces_only_the_gallery_as_distractors():
     flat = engine.params[0]
     r = np.random.default_rng(1)
     tokens = torch.as_tensor(r.integers(1, 4000, (12, 5, 16)))
-    x = engine.x_test
+    x = engine.batches.x_test
     with torch.no_grad():
         image = engine.model.call(flat, "embed_images", x)
         text = engine.model.call(flat, "embed_texts", tokens.reshape(60, 16)).reshape(12, 5, -1)
@@ -278,7 +278,7 @@ def test_anchored_batches_pair_forget_pairs_with_the_clients_own_retained_pairs(
     width = 3  # the most forget pairs any client has
     assert batch["x"].shape[1] == width + 3 and batch["mask"][:, width:].abs().max() == 0
     kept = np.flatnonzero(engine.retained[1])[:3]
-    np.testing.assert_array_equal(batch["x"][1, width:].numpy(), engine.x[1, kept].numpy())
+    np.testing.assert_array_equal(batch["x"][1, width:].numpy(), engine.batches.x[1, kept].numpy())
     assert batch["partner"][1, :3].tolist() == [3, 4, 5] and batch["partner"][3, :1].tolist() == [3]
     assert batch["valid"][3].tolist() == [1, 0, 0, 1, 0, 0]  # client 3: one forget pair, one anchor
     plain = _forget_batches(engine, request, 1, anchored=False)[0]

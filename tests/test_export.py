@@ -21,7 +21,7 @@ def test_node_module_predicts_what_the_engine_scores():
         module = engine.node_module(i)
         assert not module.training
         with torch.no_grad():
-            mine = (module(engine.x_test).argmax(1) == engine.y_test).double().mean()
+            mine = (module(engine.batches.x_test).argmax(1) == engine.batches.y_test).double().mean()
         assert float(mine) == pytest.approx(acc[i])  # BatchNorm's running statistics came along
     with pytest.raises(ValueError, match="client 9 does not exist"):
         engine.node_module(9)
@@ -44,7 +44,7 @@ def test_export_writes_a_state_dict_the_model_loads(tmp_path, capsys):
         fresh.load_state_dict(state)
         fresh = fresh.to(result.engine.dtype).eval()
         with torch.no_grad():
-            torch.testing.assert_close(fresh(result.engine.x_test), expected(result.engine.x_test), rtol=0, atol=0)
+            torch.testing.assert_close(fresh(result.engine.batches.x_test), expected(result.engine.batches.x_test), rtol=0, atol=0)
 
 
 STUDY = {"run": {"rounds": 3, "eval_every": 0}, "topology": {"n_clients": 5}, "data": {"n_samples_per_client": 8},

@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from p2pforget import Engine, config, forget
+from p2pforget.engine.compute import Compute
 from p2pforget.models.l2u import L2U, VARIANCE_EPS
 from p2pforget.unlearn.foul import foul_direction, gamma_objective, solve_gamma
 
@@ -118,13 +119,13 @@ def test_cross_entropy_is_the_default_unlearning_loss(monkeypatch):
     """FOUL's clients train the classifier's cross-entropy while unlearning (as the official
     code), the L2U loss with loss = "l2u"."""
     seen = []
-    real = Engine.local_steps
+    real = Compute.local_steps
 
     def spy(self, params, **kw):
         seen.append(kw.get("loss"))
         return real(self, params, **kw)
 
-    monkeypatch.setattr(Engine, "local_steps", spy)
+    monkeypatch.setattr(Compute, "local_steps", spy)
     for loss in ("cross_entropy", "l2u"):
         engine = Engine(config=_foul_cfg(loss=loss))
         engine.train(1, progress=False)
@@ -134,7 +135,7 @@ def test_cross_entropy_is_the_default_unlearning_loss(monkeypatch):
         if loss == "l2u":
             assert set(seen) == {None}
             continue
-        b = engine.batch((0, 0))
+        b = engine.batches.minibatch((0, 0))
         flat = engine.params[0]
         ce = torch.nn.functional.cross_entropy(engine.task.logits(flat, b["x"][0]), b["y"][0], reduction="none")
         want = float((ce * b["mask"][0]).sum() / b["mask"][0].sum())

@@ -73,7 +73,7 @@ def test_test_accuracy_of_the_mean_model_is_its_own_metric_and_train_defaults_to
     assert engine.round == 4 and len(engine.metrics["test_acc_of_mean"]) == 4
     mean = engine.params.double().mean(dim=0).to(engine.dtype)
     with torch.no_grad():
-        acc = float((engine.task.logits(mean, engine.x_test).argmax(-1) == engine.y_test).float().mean())
+        acc = float((engine.task.logits(mean, engine.batches.x_test).argmax(-1) == engine.batches.y_test).float().mean())
     assert engine.metrics["test_acc_of_mean"][-1] == pytest.approx(acc)
     engine.train()
     assert engine.round == 4  # nothing left to run

@@ -57,11 +57,11 @@ def test_engine_sgd_momentum_is_the_per_client_torch_update_and_state_persists_a
     cfg = _cfg(optimizer="sgd", momentum=0.9, lr=0.05, dtype="float64", weight_decay=0.0)
     engine = Engine(config=cfg)
     params0 = engine.params.clone()
-    new = engine.local_steps(engine.params)
+    new = engine.compute.local_steps(engine.params)
     # the same two steps by hand: g from the engine's gradients at each iterate, torch's SGD rule
     p, buf = params0.clone(), torch.zeros_like(params0)
     for s in range(2):
-        g, _ = engine.gradients(p, engine.batch((0, s)))
+        g, _ = engine.compute.gradients(p, engine.batches.minibatch((0, s)))
         buf = 0.9 * buf + g
         p = p - 0.05 * buf
     np.testing.assert_allclose(new.numpy(), p.numpy(), rtol=1e-10, atol=1e-12)

@@ -46,7 +46,7 @@ def test_user_model_dataset_and_aggregator_run_from_toml(tmp_path, capsys):
     cfg = config.load(path)
     uniform, fedavg = Engine(config=cfg), Engine(config=config.replace(cfg, train={"aggregator": "fedavg"}))
     assert not np.allclose(uniform.sample_counts, uniform.sample_counts[0])  # unequal shards: the rules differ
-    local = uniform.local_steps(uniform.params)
+    local = uniform.compute.local_steps(uniform.params)
     uniform.train(1, progress=False)
     fedavg.train(1, progress=False)
     np.testing.assert_allclose(uniform.params[0].numpy(), local.mean(dim=0).numpy(), rtol=0, atol=1e-15)

@@ -26,12 +26,12 @@ def test_push_matrix_is_column_stochastic_and_a_directed_cycle_on_a_ring():
 def test_push_sum_matches_a_numpy_reference(kind, extra):
     cfg = _cfg(kind, 7, **extra)
     engine, ref = Engine(config=cfg), Engine(config=cfg)
-    A = topology.push_matrix(engine.base_mixing, 7).toarray()
+    A = topology.push_matrix(engine.network.base_mixing, 7).toarray()
     x, y = ref.params.numpy().copy(), np.ones((7, 1))
     for _ in range(5):
         engine.step()
         z = x / y
-        x = A @ (x + (ref.local_steps(torch.as_tensor(z)).numpy() - z))
+        x = A @ (x + (ref.compute.local_steps(torch.as_tensor(z)).numpy() - z))
         y = A @ y
         ref.round += 1
     np.testing.assert_allclose(engine.params.numpy(), x / y, atol=1e-10, rtol=0)
@@ -41,7 +41,7 @@ def test_push_sum_reaches_the_average_where_plain_column_mixing_does_not():
     cfg = config.replace(_cfg("erdos_renyi", 8, erdos_renyi={"p": 0.5}), train={"lr": 0.0})
     engine = Engine(config=cfg)
     start = engine.params.numpy().copy()
-    A = topology.push_matrix(engine.base_mixing, 8).toarray()
+    A = topology.push_matrix(engine.network.base_mixing, 8).toarray()
     assert np.abs(A.sum(axis=1) - 1).max() > 0.1  # not row-stochastic: plain mixing is biased
     engine.train(150, progress=False)
     np.testing.assert_allclose(engine.params.numpy(), np.broadcast_to(start.mean(axis=0), start.shape), atol=1e-8)
@@ -59,11 +59,11 @@ def test_the_influence_ledger_follows_the_push_matrix(kind, extra):
     match explicit numpy products of the push matrices, not of the undirected Metropolis ones."""
     cfg = config.replace(_cfg(kind, 7, **extra), ledger={"kind": "full"})
     engine = Engine(config=cfg)
-    A = topology.push_matrix(engine.base_mixing, 7).toarray()
-    W = engine.base_mixing.toarray()
+    A = topology.push_matrix(engine.network.base_mixing, 7).toarray()
+    W = engine.network.base_mixing.toarray()
     C, wrong = np.zeros((7, 7)), np.zeros((7, 7))
     for _ in range(5):
         engine.step()
         C, wrong = A @ (C + np.eye(7)), W @ (wrong + np.eye(7))
-    np.testing.assert_allclose(engine.ledger.numpy(), C, atol=1e-12, rtol=0)
+    np.testing.assert_allclose(engine.ledger.C.numpy(), C, atol=1e-12, rtol=0)
     assert np.abs(C - wrong).max() > 0.1  # the two ledgers differ: the test tells them apart

@@ -57,8 +57,8 @@ def _relabel_grad(engine, client, idx, labels):
 def test_one_round_changes_only_the_holder_by_the_relabelled_gradient(monkeypatch, method):
     engine = _engine("ring")
     # Freeze the other two parts of a round (local training, gossip) to isolate the method's own change.
-    monkeypatch.setattr(engine, "local_steps", lambda params, **kw: params.clone())
-    monkeypatch.setattr(engine, "mix", lambda params, W: params)
+    monkeypatch.setattr(engine.compute, "local_steps", lambda params, **kw: params.clone())
+    monkeypatch.setattr(engine.network, "mix", lambda params, W: params)
     before = engine.params.clone()
     idx = np.array([1, 4, 7])
     y = engine.data.y[3][idx]

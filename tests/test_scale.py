@@ -68,7 +68,7 @@ def test_consensus_distance_from_fixed_point_mean_matches_numpy():
     e = Engine(config=_cfg(topology={"kind": "erdos_renyi", "erdos_renyi": {"p": 0.5}}))
     e.train(3, progress=False)
     P = e.params.numpy()
-    mean = e.member_mean(e.params).numpy()
+    mean = e.network.mean(e.params).numpy()
     np.testing.assert_allclose(mean, P.mean(axis=0), rtol=0, atol=1e-15 * np.abs(P).max() * 9 * 2 ** 4)
     expected = np.linalg.norm(P - P.mean(axis=0), axis=1).mean()
     assert e.metrics["consensus_distance"][-1] == pytest.approx(expected, rel=1e-10)
@@ -81,9 +81,9 @@ def test_sparse_ledger_with_room_for_every_client_equals_the_full_ledger(kind):
                                 ledger={"kind": "sparse", "keep": 9}))
     full.train(12, progress=False)
     sparse.train(12, progress=False)
-    np.testing.assert_allclose(sparse.ledger.dense(9).numpy(), full.ledger.numpy(), rtol=0, atol=1e-12)
-    assert sparse.ledger.dropped.abs().max() < 1e-12
-    np.testing.assert_allclose(sparse.ledger_shares([2, 5]).numpy(), full.ledger_shares([2, 5]).numpy(), atol=1e-12)
+    np.testing.assert_allclose(sparse.ledger.C.dense(9).numpy(), full.ledger.C.numpy(), rtol=0, atol=1e-12)
+    assert sparse.ledger.C.dropped.abs().max() < 1e-12
+    np.testing.assert_allclose(sparse.ledger.shares([2, 5]).numpy(), full.ledger.shares([2, 5]).numpy(), atol=1e-12)
 
 
 def test_sparse_ledger_error_is_bounded_by_the_dropped_mass():
@@ -92,13 +92,13 @@ def test_sparse_ledger_error_is_bounded_by_the_dropped_mass():
     small = Engine(config=_cfg(**cfg, ledger={"kind": "sparse", "keep": 4}))
     full.train(10, progress=False)
     small.train(10, progress=False)
-    C, kept, dropped = full.ledger.numpy(), small.ledger.dense(16).numpy(), small.ledger.dropped.numpy()
+    C, kept, dropped = full.ledger.C.numpy(), small.ledger.C.dense(16).numpy(), small.ledger.C.dropped.numpy()
     np.testing.assert_allclose(kept.sum(axis=1) + dropped, 10.0, rtol=1e-12)  # mass is conserved
     assert dropped.min() > 0  # something was cut
     err = C - kept
     assert err.min() > -1e-12  # kept entries are lower bounds ...
     np.testing.assert_allclose(err.sum(axis=1), dropped, rtol=1e-9)  # ... whose errors add up to the dropped mass
-    share_err = full.ledger_shares(list(range(16))).numpy() - small.ledger_shares(list(range(16))).numpy()
+    share_err = full.ledger.shares(list(range(16))).numpy() - small.ledger.shares(list(range(16))).numpy()
     assert (share_err <= dropped[:, None] / 10 + 1e-12).all()
 
 
@@ -120,9 +120,9 @@ def test_large_sparse_ring_has_no_quadratic_arrays():
     assert rows.idx.shape == (100, 3) and rows.idx[0].tolist() == [499, 500, 501]
     e = Engine(config=_cfg(topology={"n_clients": 5000}, model={"kind": "logistic"}, data={"n_samples_per_client": 4},
                            run={"eval_every": 0}, ledger={"kind": "off"}))
-    assert e.base_mixing.nnz == 15_000
+    assert e.network.base_mixing.nnz == 15_000
     e.step()
-    s = e.topology_stats()
+    s = e.network.stats()
     # ARPACK's tol 1e-10 on eigenvalues near 1 pins a gap of 5e-7 to ~2e-4 relative
     assert s.spectral_gap == pytest.approx(2 / 3 * (1 - np.cos(2 * np.pi / 5000)), rel=5e-4)
     assert not s.diameter_exact and s.diameter == 2500  # the 2-sweep bound is exact on a ring
@@ -190,12 +190,12 @@ def test_any_vmap_failure_falls_back_and_a_models_own_error_still_surfaces():
         warnings.simplefilter("always")
         e = Engine(config=_cfg(model={"kind": "refuses_batches_test"}))
         e.train(2, progress=False)
-    assert not e.vectorized and e.round == 2 and np.isfinite(e.metrics["loss_mean"][-1])
+    assert not e.compute.vectorized and e.round == 2 and np.isfinite(e.metrics["loss_mean"][-1])
     assert sum("cannot be vectorized" in str(w.message) and "attn_bias" in str(w.message) for w in caught) == 1
     e = Engine(config=_cfg(model={"kind": "broken_test"}))
     with pytest.raises(RuntimeError, match="attn_bias"):
         e.train(1, progress=False)
-    assert e.vectorized  # the loop failed too: nothing was switched
+    assert e.compute.vectorized  # the loop failed too: nothing was switched
 
 
 def test_models_vmap_cannot_batch_fall_back_to_a_loop_once():
@@ -206,7 +206,7 @@ def test_models_vmap_cannot_batch_fall_back_to_a_loop_once():
         e = Engine(config=_cfg(model={"kind": "branchy_test"}))
         e.train(3, progress=False)
     messages = [str(w.message) for w in caught if "cannot be vectorized" in str(w.message)]
-    assert len(messages) == 1 and not e.vectorized
+    assert len(messages) == 1 and not e.compute.vectorized
     assert np.isfinite(e.metrics["loss_mean"][-1]) and e.round == 3
 
 
@@ -218,7 +218,7 @@ def test_edge_dropout_works_on_edge_arrays():
         assert (via_graph != via_edges).nnz == 0
     e = Engine(config=_cfg(topology={"n_clients": 50_000, "dropout": 0.3}, model={"kind": "logistic"},
                            data={"n_samples_per_client": 2}, run={"eval_every": 0}, ledger={"kind": "off"}))
-    W = e.mixing_at(5)
+    W = e.network.mixing_at(5)
     assert W.shape == (50_000, 50_000) and 50_000 < W.nnz < 150_000
     topology.validate_mixing(W)
 
@@ -227,18 +227,18 @@ def test_the_default_ledger_is_dense_up_to_its_limit_and_sparse_above():
     limit = config.LedgerConfig.FULL_UP_TO
     small = Engine(config=_cfg(topology={"n_clients": limit}, data={"n_samples_per_client": 2, "n_test": 4}))
     big = Engine(config=_cfg(topology={"n_clients": limit + 1}, data={"n_samples_per_client": 2, "n_test": 4}))
-    assert isinstance(small.ledger, torch.Tensor) and small.ledger.shape == (limit, limit)
-    assert isinstance(big.ledger, ledger.SparseRows)
+    assert isinstance(small.ledger.C, torch.Tensor) and small.ledger.C.shape == (limit, limit)
+    assert isinstance(big.ledger.C, ledger.SparseRows)
     big.step()
     # after one ring round node 0 holds itself and its two neighbours (1 and n - 1), 1/3 each
-    np.testing.assert_allclose(big.ledger_shares([0, 1, 2, limit])[0].numpy(), [1 / 3, 1 / 3, 0, 1 / 3])
+    np.testing.assert_allclose(big.ledger.shares([0, 1, 2, limit])[0].numpy(), [1 / 3, 1 / 3, 0, 1 / 3])
 
 
 def test_minibatch_training_keeps_the_inputs_once():
     engine = Engine(config=_cfg(train={"dtype": "float32"}, run={"eval_every": 3}))
-    assert np.shares_memory(engine._inputs.numpy(), engine.data.x)  # the data's own float64 array, not a copy
+    assert np.shares_memory(engine.batches.raw_inputs.numpy(), engine.data.x)  # the data's own float64 array, not a copy
     engine.train(6, progress=False)                                  # minibatches and two evaluations
-    assert engine._cast_inputs is None                               # no float32 copy of every input was made
-    batch = engine.full_batch()                                      # a full batch makes it, once
-    assert batch["x"].dtype == torch.float32 and engine.x is batch["x"]
+    assert engine.batches._cast is None                               # no float32 copy of every input was made
+    batch = engine.batches.full()                                      # a full batch makes it, once
+    assert batch["x"].dtype == torch.float32 and engine.batches.x is batch["x"]
     np.testing.assert_array_equal(batch["x"].numpy(), engine.data.x.astype(np.float32))

@@ -83,7 +83,7 @@ def _remain_sq(engine, client, theta, key):
     samples once) of the squared mean-CE gradient of ``client``'s batch."""
     out = []
     for s in range(3):  # 12 samples in batches of 4
-        b = engine.batch((key, s))
+        b = engine.batches.minibatch((key, s))
         real = b["mask"][client] > 0
         out.append(_minibatch_sq(engine, theta, b["x"][client][real], b["y"][client][real], 4))
     return sum(out) / len(out)
@@ -172,7 +172,7 @@ def test_every_node_gossip_carries_the_models_or_only_the_changes():
     engine = Engine(config=_cfg("ring", 6))
     engine.load_state(state)
     SFRon().unlearn(engine, ForgetRequest.build(engine, clients=[2]), SFRonOptions(steps=4, lr=0.0, placement="every_node"))
-    W = engine.base_mixing.toarray()  # the ring without node 2
+    W = engine.network.base_mixing.toarray()  # the ring without node 2
     want = np.linalg.matrix_power(W, 4) @ before.double().numpy()
     want[2] = before[2].double().numpy()  # the node that left keeps its model
     assert np.allclose(engine.params.double().numpy(), want, atol=1e-5)

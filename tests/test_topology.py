@@ -130,14 +130,14 @@ def test_user_mixing_matrix_is_used(tmp_path):
     W = 0.5 * np.eye(4) + 0.25 * nx.to_numpy_array(g, nodelist=range(4))
     np.save(tmp_path / "W.npy", W)
     cfg = config.from_dict({"topology": {"kind": "ring", "n_clients": 4, "mixing": "file", "mixing_path": str(tmp_path / "W.npy")}})
-    assert np.array_equal(Engine(config=cfg).base_mixing.toarray(), W)
+    assert np.array_equal(Engine(config=cfg).network.base_mixing.toarray(), W)
 
 
 def test_edge_dropout_is_seeded_and_recomputes_mixing():
     cfg = config.from_dict({"topology": {"kind": "complete", "n_clients": 8, "dropout": 0.5}})
     e = Engine(config=cfg)
-    W0, W1 = e.mixing_at(0).toarray(), e.mixing_at(1).toarray()
-    assert np.array_equal(W0, Engine(config=cfg).mixing_at(0).toarray())
+    W0, W1 = e.network.mixing_at(0).toarray(), e.network.mixing_at(1).toarray()
+    assert np.array_equal(W0, Engine(config=cfg).network.mixing_at(0).toarray())
     assert not np.array_equal(W0, W1)
     for W in (W0, W1):
         topology.validate_mixing(W)
@@ -156,7 +156,7 @@ def test_lazy_mixing_rescues_gradient_tracking_on_a_torus():
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             engine = Engine(config=cfg)
-        W = engine.base_mixing.toarray()
+        W = engine.network.base_mixing.toarray()
         engine.train(150, progress=False)
         return engine, W, [str(w.message) for w in caught]
 
@@ -208,7 +208,7 @@ def test_a_registered_mixing_rule_is_chosen_by_topology_mixing():
         engine = Engine(config=config.from_dict({"topology": {"kind": "ring", "n_clients": 6, "mixing": "quarter_test"},
                                                  "data": {"n_samples_per_client": 8}}))
         A = nx.to_numpy_array(nx.cycle_graph(6))
-        np.testing.assert_allclose(engine.base_mixing.toarray(), 0.25 * A + 0.5 * np.eye(6), rtol=0, atol=1e-15)
+        np.testing.assert_allclose(engine.network.base_mixing.toarray(), 0.25 * A + 0.5 * np.eye(6), rtol=0, atol=1e-15)
         with pytest.raises(TopologyError, match="mixing rule 'heavy_test' .* summing to 1.5 > 1"):
             topology.mixing_matrix(nx.cycle_graph(6), "heavy_test")
     finally:

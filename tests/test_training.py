@@ -43,7 +43,7 @@ def test_star_fedavg_matches_numpy_loop():
                 theta -= 0.4 * gradient(theta, d.x[i], d.y[i], 4, 0.01)
             local.append(theta)
         g = np.mean(local, axis=0)  # equal sample counts: FedAvg weights are uniform
-    trained = engine.gather_params()
+    trained = engine.network.gather()
     assert trained.shape == (5, 6 * 4 + 4)
     assert np.abs(trained - g).max() < 1e-10
     assert np.abs(g - engine.init_params[0].numpy()).max() > 0.1  # training moved the model
@@ -62,7 +62,7 @@ def test_gradient_tracking_reaches_centralized_optimum(kind, n):
     engine.train(500, progress=False)
     d = engine.data
     opt = sum_objective_optimum(list(d.x), list(d.y), 3, 0.3, np.zeros(12))
-    err = np.linalg.norm(engine.gather_params() - opt, axis=1) / np.linalg.norm(opt)
+    err = np.linalg.norm(engine.network.gather() - opt, axis=1) / np.linalg.norm(opt)
     assert err.max() < 1e-6, err
     assert split(opt, 3, 3)[0].std() > 0.05  # a non-trivial optimum
 
@@ -73,13 +73,13 @@ def test_dsgd_single_round_is_mix_of_local_steps(small_cfg):
     engine.step()
     d = engine.data
     stepped = np.stack([x0[i] - 0.3 * gradient(x0[i], d.x[i], d.y[i], 3, small_cfg.train.weight_decay) for i in range(6)])
-    np.testing.assert_allclose(engine.params.numpy(), engine.base_mixing.toarray() @ stepped, rtol=0, atol=1e-13)
+    np.testing.assert_allclose(engine.params.numpy(), engine.network.base_mixing.toarray() @ stepped, rtol=0, atol=1e-13)
 
 
 def test_minibatches_are_seeded_per_client_and_round(small_cfg):
     cfg = config.replace(small_cfg, train={"batch_size": 5})
     a, b = Engine(config=cfg), Engine(config=cfg)
-    xa, xb, xc = a.batch((3, 0))["x"], b.batch((3, 0))["x"], a.batch((4, 0))["x"]
+    xa, xb, xc = a.batches.minibatch((3, 0))["x"], b.batches.minibatch((3, 0))["x"], a.batches.minibatch((4, 0))["x"]
     assert torch.equal(xa, xb) and not torch.equal(xa, xc)
     assert xa.shape == (6, 5, 4)
 

@@ -79,8 +79,8 @@ def partial_mix(engine, W) -> int:
     """``x <- keep x' + (1 - keep) W x'`` with ``x'`` the models after the local steps; returns
     how many model vectors each message carried (one)."""
     keep = engine.config.train.options().keep
-    stepped = engine.local_steps(engine.params)
-    engine.set_params(keep * stepped + (1 - keep) * engine.mix(stepped, W), copy=False, keep_optimizer_state=True)
+    stepped = engine.compute.local_steps(engine.params)
+    engine.set_params(keep * stepped + (1 - keep) * engine.network.mix(stepped, W), copy=False, keep_optimizer_state=True)
     return 1
 
 

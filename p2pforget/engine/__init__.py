@@ -1,11 +1,13 @@
 """The round loop: local steps -> exchange -> mix -> metrics.
 
-The :class:`Engine` class (``core``) is the kernel: its state and the round. Each concern it
-offers methods lives in its own module: ``batches`` (the clients' data as batches), ``compute``
-(objectives, gradients, local steps, running statistics), ``gossip`` (mixing matrices, mixing,
-network sums, bytes, the influence ledger), ``evaluation`` (per-round metrics) and
-``checkpoint`` (state, restore, fork). What an unlearning method leaves installed acts through
-hooks (:mod:`p2pforget.hooks`); the engine names no method.
+The :class:`Engine` class (``core``) is the kernel: its state, membership and the round. Three
+parts, each a class in its own module, do the rest, reached as ``engine.batches`` (the clients'
+data as batches), ``engine.compute`` (objectives, gradients, local steps, running statistics) and
+``engine.network`` (mixing matrices, mixing, network sums and means, gathering, bytes); the
+influence ledger is a :class:`~p2pforget.ledger.Ledger`. ``evaluation`` (per-round metrics) and
+``checkpoint`` (state, restore, fork) are functions behind the engine's methods of those names.
+What an unlearning method leaves installed acts through hooks (:mod:`p2pforget.hooks`); the
+engine names no method.
 
 The engine holds this process's clients as one stacked ``[n_local, d]`` parameter tensor and
 evaluates all of them at once with ``torch.func.vmap``. It knows nothing of MPI or files: a

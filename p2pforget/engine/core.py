@@ -1,5 +1,5 @@
 """The engine's kernel: its state (this process's clients, models, statistics, optimizer state,
-metrics), membership and exclusions, and the round loop; see :mod:`p2pforget.engine`."""
+ledger, metrics), membership and exclusions, and the round loop; see :mod:`p2pforget.engine`."""
 from __future__ import annotations
 
 from typing import Callable, Iterable
@@ -11,15 +11,15 @@ from .. import aggregate, data as datasets, devices, models, seeding, topology
 from ..config import Config
 from .. import transport as transport_mod
 from ..hooks import Hook
+from ..ledger import Ledger
 from ..progress import bar as progress_bar
 from ..registry import AGGREGATORS, DATASETS, ROUNDS
-from ..tasks import Task, as_inputs
+from ..tasks import Task
 from ..transport import Transport
+from . import checkpoint, evaluation
 from .batches import Batches
-from .checkpoint import Checkpoint
 from .compute import Compute
-from .evaluation import Evaluation
-from .gossip import Gossip
+from .network import Network
 
 EVAL_METRICS = ("loss_mean", "test_acc_mean", "test_acc_min", "test_acc_of_mean", "consensus_distance")
 """Recorded at evaluation rounds (``run.eval_every``), listed in ``metrics["round"]``: the mean and
@@ -32,9 +32,13 @@ with the score on each of the data's probes (e.g. ``ASR``, :mod:`p2pforget.poiso
 the nodes is the metric ``<name>_mean``."""
 
 
-class Engine(Batches, Compute, Gossip, Evaluation, Checkpoint):
+class Engine:
     """Decentralized training of ``n_clients`` models on a gossip graph (or a star = FedAvg).
 
+    The engine holds the state and runs the round; its parts do the rest: ``batches`` (the
+    clients' data as batches, :class:`~p2pforget.engine.batches.Batches`), ``compute``
+    (gradients, local steps, running statistics, :class:`~p2pforget.engine.compute.Compute`) and
+    ``network`` (mixing, exchanges, sums, bytes, :class:`~p2pforget.engine.network.Network`).
     Extensions (unlearning methods, round rules, metrics, user plug-ins) use only the members
     listed in :data:`p2pforget.api.ENGINE_API`.
 
@@ -86,38 +90,16 @@ class Engine(Batches, Compute, Gossip, Evaluation, Checkpoint):
 
         # Each process builds and keeps its own clients' inputs only (labels and counts of all).
         self.data = datasets.build(cfg.data, n_clients=n, seed=self.seed, clients=range(self.lo, self.hi))
-        # On the CPU the inputs stay in the data's own array: a minibatch is cast to the training
-        # dtype as it is drawn, and a copy of all of them in that dtype (Engine.x) is made only if
-        # something asks for it (full batches), not held beside the data by every run.
-        self._inputs = torch.as_tensor(self.data.x) if self.device.type == "cpu" else as_inputs(self.data.x, self.dtype, self.device)
-        self._cast_inputs: torch.Tensor | None = None
-        self.y = torch.as_tensor(self.data.y[self.lo:self.hi], device=self.device)
         # Which samples each client still trains on, and which nodes are still in the graph;
         # forgetting (exclude) changes both.
         self.retained = self.data.valid.copy()
         self.members = np.ones(n, dtype=bool)
-        self.x_test = as_inputs(self.data.x_test, self.dtype, self.device)
-        self.y_test = torch.as_tensor(self.data.y_test, device=self.device)
-        # Further per-sample inputs (e.g. caption tokens) travel with the samples into batches.
-        self.extras = {k: torch.as_tensor(v, device=self.device) for k, v in self.data.extras.items()}
-        self.extras_test = {k: torch.as_tensor(v, device=self.device) for k, v in self.data.extras_test.items()}
-        # Further test sets every node is scored on at every evaluation (e.g. a backdoor's triggered inputs).
-        self.probes = {name: {"x": as_inputs(x, self.dtype, self.device),
-                              "y": torch.as_tensor(y, device=self.device)} for name, (x, y) in self.data.probes.items()}
-        self.metric_names = METRICS + tuple(f"{name}_mean" for name in self.probes)
-        self.per_node_names = PER_NODE + tuple(self.probes)
-
         self.model = models.FlatModel(models.build(cfg.model, input_shape=self.data.input_shape, n_classes=self.data.n_classes))
         self.model.module.to(self.device)
         self.task = Task(model=self.model, weight_decay=cfg.train.weight_decay)
         self.dim = self.model.dim
-        # Clients are computed in vmap batches of exactly `width` rows (the last one padded): fixed
-        # batch shapes keep each client's arithmetic independent of how many clients a process
-        # hosts, which keeps results bit-identical at any number of ranks.
-        self.width = min(cfg.run.vmap_width, n)
-        self.vectorized = True  # False after vmap failed once for this model: row-by-row fallback
-
-        self._update_topology()
+        self.batches, self.compute, self.network = Batches(self), Compute(self), Network(self)
+        self.refresh()
         ready = ROUNDS.entry(self.round_name).meta.get("ready")
         if ready is not None:
             ready(self)  # the rule's look at the built engine (e.g. a warning about the mixing spectrum)
@@ -131,10 +113,11 @@ class Engine(Batches, Compute, Gossip, Evaluation, Checkpoint):
         self.optimizer_state: dict[str, torch.Tensor] = {}  # e.g. gradient tracking's tracker / last_grad
         # What unlearning methods leave installed, acting in every later round (see hooks.py).
         self.hooks: dict[str, Hook] = {}
-        self.ledger = self._empty_ledger()  # row i: C_i (see ledger.py)
+        self.ledger = self.empty_ledger()
         self.round = 0
-        self.metrics: dict[str, list[float]] = {name: [] for name in self.metric_names}
-        self.per_node: dict[str, list[np.ndarray]] = {name: [] for name in self.per_node_names}  # at the root
+        probes = tuple(self.batches.probes)
+        self.metrics: dict[str, list[float]] = {name: [] for name in METRICS + tuple(f"{p}_mean" for p in probes)}
+        self.per_node: dict[str, list[np.ndarray]] = {name: [] for name in PER_NODE + probes}  # at the root
         self.eval_seconds = 0.0  # spent on the per-round metrics: simulator bookkeeping, not training
 
     @property
@@ -147,35 +130,22 @@ class Engine(Batches, Compute, Gossip, Evaluation, Checkpoint):
         return self.sample_counts > 0
 
     @property
-    def active(self) -> torch.Tensor:
-        """``[n_local]``: 1 for local clients that hold data (their objective has weight decay), 0 for relays."""
-        return self._local_active
-
-    @property
     def local_ids(self) -> range:
         return range(self.lo, self.hi)
 
-    def _update_topology(self) -> None:
-        self.base_mixing = self._static_mixing()
-        self.fedavg_weights = aggregate.fedavg_weights(self.sample_counts) if self.is_star else None
-        self._stats: topology.Stats | None = None
-        self._edges: np.ndarray | None = None  # sorted edge array, for edge dropout
-        neighbours = {i: [] if self.is_star else sorted(self.graph.neighbors(i)) for i in range(self.n_clients)}
-        self.halo = self.transport.neighbourhood(neighbours)
-        ext_ids = list(range(self.lo, self.hi)) + list(self.halo.ids)
-        self._ext_pos = np.full(self.n_clients, -1, dtype=np.int64)
-        self._ext_pos[ext_ids] = np.arange(len(ext_ids))
-        self._rows_of: tuple = (None, None, None)
-        self._round_mixing_of: tuple = (None, None)
-        self._local_mask = torch.as_tensor(self.retained[self.lo:self.hi], dtype=self.dtype, device=self.device)
-        self._local_active = torch.as_tensor(self.has_data[self.lo:self.hi], dtype=self.dtype, device=self.device)
-        # Training computes the rows of clients that hold data only: a node that left, or a relay,
-        # has a zero gradient, so computing (and charging) its row would be work nobody does. The
-        # vmap width follows the clients that train, the same at any rank count.
-        holding = np.flatnonzero(self.has_data[self.lo:self.hi])
-        self._training_rows = (None if len(holding) == self.hi - self.lo
-                               else torch.as_tensor(holding, dtype=torch.long, device=self.device))
-        self.training_width = min(self.config.run.vmap_width, max(int(self.has_data.sum()), 1))
+    def objective_weights(self) -> np.ndarray:
+        """Weight ``a_k`` of each client's objective in what training minimizes: 1 on a gossip graph
+        (``sum_k f_k``); on a star, FedAvg's sample-count weights scaled so equal clients weigh 1."""
+        if self.is_star:
+            return self.sample_counts / self.data.counts.mean()
+        return self.has_data.astype(np.float64)
+
+    def refresh(self) -> None:
+        """Follow the membership and exclusions in every part (after :meth:`exclude`, in a fork)."""
+        # [n_local]: 1 for local clients that hold data (their objective has weight decay), 0 for relays
+        self.active = torch.as_tensor(self.has_data[self.lo:self.hi], dtype=self.dtype, device=self.device)
+        for part in (self.batches, self.compute, self.network):
+            part.refresh()
 
     def exclude(self, *, samples: dict[int, np.ndarray] | None = None, removed: Iterable[int] = ()) -> None:
         """Take data out of training, and nodes out of the graph, for every later round.
@@ -191,9 +161,9 @@ class Engine(Batches, Compute, Gossip, Evaluation, Checkpoint):
         if removed:
             self.members[removed] = False
             self.graph.remove_edges_from([e for j in removed for e in list(self.graph.edges(j))])
-            topology.check_connected(self.member_graph(),
+            topology.check_connected(self.network.member_graph(),
                                      hint=f"removing node(s) {removed} splits the graph; use unlearn.mode = \"keep_relay\"")
-        self._update_topology()
+        self.refresh()
 
     def _init_params(self) -> torch.Tensor:
         if self.config.train.same_init or self.is_star:
@@ -204,10 +174,16 @@ class Engine(Batches, Compute, Gossip, Evaluation, Checkpoint):
         return torch.stack([self.model.init_vector(seeding.int_seed(self.seed, client=i, purpose="init"), self.dtype)
                             for i in range(self.lo, self.hi)]).to(self.device)
 
+    def empty_ledger(self) -> Ledger | None:
+        """A zero influence ledger of ``[ledger] kind`` for this process's nodes (``None``: off)."""
+        cfg = self.config.ledger
+        return Ledger.empty(cfg.kind_for(self.n_clients), lo=self.lo, hi=self.hi, n=self.n_clients, keep=cfg.keep,
+                            device=self.device)
+
     def set_params(self, rows: torch.Tensor, *, keep_optimizer_state: bool = False, copy: bool = True) -> None:
         """Replace this process's stacked parameters; the optimizer state (gradient tracking's
         tracker) restarts from them unless ``keep_optimizer_state``. ``copy=False`` takes ``rows``
-        as they are (for a fresh tensor nobody else holds, e.g. the output of :meth:`mix`)."""
+        as they are (for a fresh tensor nobody else holds, e.g. the output of ``network.mix``)."""
         rows = rows.detach().to(device=self.device, dtype=self.dtype)
         self.params = rows.clone() if copy or rows.data_ptr() == self.params.data_ptr() else rows
         if not keep_optimizer_state:
@@ -216,19 +192,19 @@ class Engine(Batches, Compute, Gossip, Evaluation, Checkpoint):
     def step(self) -> None:
         """One round of the configured algorithm (see :mod:`p2pforget.rounds`), then, at an
         evaluation round (``run.eval_every``), the round's metrics."""
-        W = self.mixing_at(self.round)
+        W = self.network.mixing_at(self.round)
         before = self.params
         vectors = self._round_fn(self, W)
         for hook in self.hooks.values():
             self.set_params(hook.after_round(before, self.params), keep_optimizer_state=True, copy=False)
-        sent = self.message_bytes(W, vectors) + self._communicate_buffers(W)
+        sent = self.network.message_bytes(W, vectors) + self.network.share_buffers(W)
         if self.ledger is not None:
-            self._update_ledger(self.round_mixing(W))
+            self.ledger.step(self.network.round_mixing(W), self.network)
         self.round += 1
         if self.transport.is_root:
             self.metrics["bytes_sent"].append(sent)
         if self.evaluates(self.round):
-            self._record()
+            evaluation.record(self)
 
     def evaluates(self, round: int) -> bool:
         """Whether the metrics are computed after ``round``: every ``run.eval_every`` rounds and
@@ -251,3 +227,40 @@ class Engine(Batches, Compute, Gossip, Evaluation, Checkpoint):
             if callback is not None:
                 callback(self)
         bar.close()
+
+    def evaluate(self, params: torch.Tensor | None = None) -> dict[str, np.ndarray] | None:
+        """Per-client train objective, test accuracy and distance to the members' mean model of
+        stacked ``params`` (default: current), as full (n_clients,) arrays at the root (``None``
+        elsewhere). Only per-client numbers travel: the mean model comes from an allreduce."""
+        return evaluation.evaluate(self, params)
+
+    def state(self) -> dict[str, np.ndarray] | None:
+        """Everything needed to continue training bit-identically (at the root; ``None`` elsewhere)."""
+        return checkpoint.state(self)
+
+    def load_state(self, state: dict[str, np.ndarray]) -> None:
+        """Restore a :meth:`state` (every process passes the same full dict), checked against this
+        engine's shapes first (a damaged or foreign checkpoint is refused, naming the array)."""
+        checkpoint.load_state(self, state)
+
+    def fork(self, *, fresh: bool = False) -> "Engine":
+        """A second engine over the same data, model, transport and exclusions, with its own copy
+        of everything training changes (models, statistics, optimizer state, ledger, hooks, metrics,
+        graph), so that it can run on without touching this one; nothing is rebuilt from the config.
+        ``fresh``: it starts where training started (round 0, the initial models), as retraining
+        from scratch does. Under MPI every process calls it (the neighbourhood exchange is set up again).
+
+        >>> from p2pforget import Engine, config
+        >>> engine = Engine(config=config.from_dict({"topology": {"n_clients": 4}}))
+        >>> engine.train(2, progress=False)
+        >>> engine.round, engine.fork().round, engine.fork(fresh=True).round
+        (2, 2, 0)
+        """
+        return checkpoint.fork(self, fresh=fresh)
+
+    def node_module(self, client: int, params: torch.Tensor | None = None) -> torch.nn.Module:
+        """Node ``client``'s model (default: its current one; or its row of stacked local
+        ``params``) as a standalone ``nn.Module`` in ``eval()`` mode, running statistics
+        included: ``engine.node_module(3)(x)`` is what node 3 predicts. Every process takes part
+        under MPI, and every process gets the module."""
+        return checkpoint.node_module(self, client, params)

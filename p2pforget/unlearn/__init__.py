@@ -169,7 +169,7 @@ def forget_batch(engine: "Engine", samples: dict[int, np.ndarray]) -> dict[str, 
             idx[j - engine.lo, :len(picked)] = picked
             mask[j - engine.lo, :len(picked)] = 1.0
     take = torch.as_tensor(idx, device=engine.device)
-    full = engine.full_batch()
+    full = engine.batches.full()
     batch = {k: torch.stack([v[i, take[i]] for i in range(n_loc)]) for k, v in full.items() if k not in ("mask", "u")}
     return batch | {"mask": torch.as_tensor(mask, dtype=engine.dtype, device=engine.device)}
 
@@ -216,15 +216,15 @@ def rounds_with_local_change(engine: "Engine", rounds: int, request: ForgetReque
 
     comm = 0.0
     for r in range(rounds):
-        local = change(engine.params, engine.local_steps(engine.params, key_round=key + engine.round * 1000 + r), r)
+        local = change(engine.params, engine.compute.local_steps(engine.params, key_round=key + engine.round * 1000 + r), r)
         if engine.is_star:
             full = engine.transport.gather(local)
             avg = weighted_average(full, weights) if engine.transport.is_root else None
             new = engine.transport.broadcast(avg, like=local[0]).expand_as(local)
         else:
-            new = engine.mix(local, engine.base_mixing)
+            new = engine.network.mix(local, engine.network.base_mixing)
         engine.set_params(new)
-        comm += engine.message_bytes(engine.base_mixing, 1, senders=int((np.asarray(weights) > 0).sum()))
+        comm += engine.network.message_bytes(engine.network.base_mixing, 1, senders=int((np.asarray(weights) > 0).sum()))
         if request.after_round(engine.params):
             break
     return comm

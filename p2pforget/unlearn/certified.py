@@ -91,7 +91,7 @@ def influence_weights(engine: "Engine", forgotten: list[int]) -> torch.Tensor:
     n_local = engine.hi - engine.lo
     if engine.is_star or engine.config.train.algorithm == "gradient_tracking" or engine.round == 0:
         return torch.ones(n_local, len(forgotten), dtype=torch.float64, device=engine.device)
-    return int(engine.members.sum()) * engine.ledger_shares(forgotten).to(engine.device)
+    return int(engine.members.sum()) * engine.ledger.shares(forgotten).to(engine.device)
 
 
 def ledger_bytes(engine: "Engine") -> float:
@@ -102,11 +102,11 @@ def ledger_bytes(engine: "Engine") -> float:
     if engine.ledger is None or engine.is_star or engine.config.train.algorithm == "gradient_tracking":
         return 0.0
     entries = engine.n_clients if engine.config.ledger.kind_for(engine.n_clients) == "full" else 2 * engine.config.ledger.keep
-    return float(engine.round * topology.message_count(engine.base_mixing) * entries * 8)
+    return float(engine.round * topology.message_count(engine.network.base_mixing) * entries * 8)
 
 
 def trained_inputs(engine: "Engine", inputs: np.ndarray) -> np.ndarray:
-    """Every client's ``inputs`` (:meth:`~p2pforget.engine.Engine.inputs`) as the engine trains on
+    """Every client's ``inputs`` (:meth:`~p2pforget.engine.batches.Batches.inputs`) as the engine trains on
     them: rounded to the training dtype, then held in float64. The Newton steps, Retrain and the
     certificate all see these values, so that the optimum the certificate measures against is the
     one the steps converge to (a float32 run's optimum on the unrounded float64 inputs lies ~1e-8
@@ -352,9 +352,9 @@ class CertifiedNewton:
         # 1. g_j = a_j grad f_j - a'_j grad f'_j at client j's own model, before and after the exclusion.
         if first != "none":
             a_before = torch.as_tensor(engine.objective_weights()[lo:hi, None], dtype=f64, device=engine.device)
-            g_before = engine.gradients(theta, engine.full_batch(f64))[0] * a_before
+            g_before = engine.compute.gradients(theta, engine.batches.full(f64))[0] * a_before
         engine.exclude(samples=request.samples, removed=request.removed)
-        batch = engine.full_batch(f64)
+        batch = engine.batches.full(f64)
         a_after = torch.as_tensor(engine.objective_weights()[lo:hi, None], dtype=f64, device=engine.device)
         n_nodes = int(engine.members.sum())
         member_rows = torch.as_tensor(engine.members[lo:hi], device=engine.device)[:, None]
@@ -365,7 +365,7 @@ class CertifiedNewton:
         # the node's influence ledger (or uniformly); first_step() says when it is taken.
         last = None
         if first != "none":
-            g_after = engine.gradients(theta, batch)[0] * a_after
+            g_after = engine.compute.gradients(theta, batch)[0] * a_after
             full = engine.transport.gather(g_before - g_after)
             G = full[torch.as_tensor(forgotten)] if engine.transport.is_root else None
             G = engine.transport.broadcast(G, like=torch.zeros(len(forgotten), engine.dim, dtype=f64, device=engine.device))
@@ -427,15 +427,15 @@ class CertifiedNewton:
                                      f"{state.steps} Newton steps): raise unlearn.certified.damping or weight decay")
         per_node = theta
         if options.noise and options.noise_scope == "shared" and not state.agreed:
-            total, sent, _ = engine.network_sum(theta, averaging="tree", progress=request.progress)
+            total, sent, _ = engine.network.sum(theta, averaging="tree", progress=request.progress)
             theta = torch.where(state.member_rows, total / state.n_nodes, theta)
             state.comm += sent
             state.agreed = True
         before, step = last if last is not None else (theta, torch.zeros_like(theta))
 
         def evaluate() -> dict:
-            gathered = [engine.gather_params(v) for v in (before, step, per_node, theta)]
-            inputs = engine.inputs()  # every process takes part; only the root uses them
+            gathered = [engine.network.gather(v) for v in (before, step, per_node, theta)]
+            inputs = engine.batches.inputs()  # every process takes part; only the root uses them
             cert = (certificate(engine, *gathered, options, inputs=inputs, steps=state.steps,
                                 fallback_from=state.fallback_from) if engine.transport.is_root else None)
             return engine.transport.bcast_object(cert)
@@ -579,7 +579,7 @@ class _NewtonState:
     fallback_from: int | None = None  # the step count when exact fallback steps began
 
     def net_sum(self, rows: torch.Tensor, *, exact: bool = False) -> torch.Tensor:
-        total, sent, _ = self.engine.network_sum(rows, tol=self.options.gossip_tol, progress=self.request.progress,
+        total, sent, _ = self.engine.network.sum(rows, tol=self.options.gossip_tol, progress=self.request.progress,
                                                  averaging="tree" if exact else self.options.averaging)
         self.comm += sent
         return total
@@ -591,7 +591,7 @@ class _NewtonState:
         curv = curv * (self.a if is_diagonal(o.curvature) else self.a[:, :, None])
         if o.topk and not is_diagonal(o.curvature):
             curv = sparsify_topk(curv, o.topk)
-        H, sent, r = engine.network_sum(curv, tol=o.curvature_tol, averaging=o.averaging, progress=self.request.progress)
+        H, sent, r = engine.network.sum(curv, tol=o.curvature_tol, averaging=o.averaging, progress=self.request.progress)
         if o.topk and not is_diagonal(o.curvature):
             # Sent as the diagonal plus (index, value) pairs of the upper triangle; every partial sum's
             # support lies within the total's, so its size bounds each message.
@@ -613,11 +613,11 @@ class _NewtonState:
         active = engine.active.to(theta.dtype)
 
         def hvp(flat, batch, act, vec):
-            return jvp(lambda t: grad(engine.objective)(t, batch, act), (flat,), (vec,))[1]
+            return jvp(lambda t: grad(engine.compute.objective)(t, batch, act), (flat,), (vec,))[1]
 
         def H(v: torch.Tensor) -> torch.Tensor:
-            local = engine.per_client(hvp, theta, self.batch, active, v) * self.a
-            total, sent, _ = engine.network_sum(local, tol=o.gossip_tol, averaging=o.averaging, progress=False)
+            local = engine.compute.per_client(hvp, theta, self.batch, active, v) * self.a
+            total, sent, _ = engine.network.sum(local, tol=o.gossip_tol, averaging=o.averaging, progress=False)
             self.comm += sent
             return total
 
@@ -642,7 +642,7 @@ class _NewtonState:
 
     def local(self, theta: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Each node's weighted remaining gradient ``[n_local, d]`` and objective ``[n_local, 1]``."""
-        g, f = self.engine.gradients(theta, self.batch)
+        g, f = self.engine.compute.gradients(theta, self.batch)
         return g * self.a, f[:, None] * self.a
 
     def gradient_bound(self, theta: torch.Tensor, g: torch.Tensor) -> float:

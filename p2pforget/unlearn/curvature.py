@@ -37,7 +37,7 @@ def is_diagonal(kind: str) -> bool:
 
 
 def _exact(engine: "Engine", params: torch.Tensor) -> torch.Tensor:
-    return engine.per_client(hessian(engine.objective), params.detach(), engine.full_batch(params.dtype), engine.active)
+    return engine.compute.per_client(hessian(engine.compute.objective), params.detach(), engine.batches.full(params.dtype), engine.active)
 
 
 def _output_curvature(engine: "Engine", flat: torch.Tensor, x: torch.Tensor, mask: torch.Tensor):
@@ -59,7 +59,7 @@ def _ggn(engine: "Engine", params: torch.Tensor) -> torch.Tensor:
         G = torch.einsum("scd,sce,sef->df", J, A, J)
         return G + active * wd * torch.eye(flat.shape[0], dtype=flat.dtype, device=flat.device)
 
-    return engine.per_client(one, params.detach(), engine.full_batch(params.dtype), engine.active)
+    return engine.compute.per_client(one, params.detach(), engine.batches.full(params.dtype), engine.active)
 
 
 def _diag_fisher(engine: "Engine", params: torch.Tensor) -> torch.Tensor:
@@ -69,7 +69,7 @@ def _diag_fisher(engine: "Engine", params: torch.Tensor) -> torch.Tensor:
         J, A = _output_curvature(engine, flat, batch["x"], batch["mask"])
         return torch.einsum("scd,sce,sed->d", J, A, J) + active * wd
 
-    return engine.per_client(one, params.detach(), engine.full_batch(params.dtype), engine.active)
+    return engine.compute.per_client(one, params.detach(), engine.batches.full(params.dtype), engine.active)
 
 
 def _kfac(engine: "Engine", params: torch.Tensor) -> torch.Tensor:
@@ -81,7 +81,7 @@ def _kfac(engine: "Engine", params: torch.Tensor) -> torch.Tensor:
     module = copy.deepcopy(engine.model.module).to(params.dtype)  # the engine's own module stays as it is
     d = engine.dim
     out = torch.zeros(params.shape[0], d, d, dtype=params.dtype, device=params.device)
-    batch = engine.full_batch(params.dtype)
+    batch = engine.batches.full(params.dtype)
     x, y, mask = batch["x"], batch["y"], batch["mask"]
     for r in range(params.shape[0]):
         keep = mask[r] > 0

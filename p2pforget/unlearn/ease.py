@@ -31,7 +31,7 @@ reading of its three mechanisms, written out in ``docs/methods/ease.md``:
 
 On the star the hub relays the displacement (the forget clients' projected gradients, summed) and
 aggregates as in training; on a gossip graph the same sum travels a spanning tree
-(:meth:`~p2pforget.Engine.network_sum`) and the nodes gossip in between.
+(:meth:`~p2pforget.engine.network.Network.sum`) and the nodes gossip in between.
 """
 from __future__ import annotations
 
@@ -168,7 +168,7 @@ def _tree_gather_bytes(engine: "Engine", root: int, sources: list[int], entries:
     if engine.is_star:
         hops = 2 * sum(1 for s in sources if s != root)
     else:
-        depth = nx.single_source_shortest_path_length(engine.member_graph(), root)
+        depth = nx.single_source_shortest_path_length(engine.network.member_graph(), root)
         hops = sum(depth[s] for s in sources)
     return float(hops * entries * itemsize)
 
@@ -222,7 +222,7 @@ class EASE:
         lr = options.lr or engine.config.train.lr
         forget_clients = sorted(request.samples)
         engine.exclude(samples=request.samples)  # nodes stay in the graph while they unlearn
-        trained_mean = engine.member_mean(engine.params)
+        trained_mean = engine.network.mean(engine.params)
 
         def loss(flat, batch):
             sim = model.call(flat, "similarities", batch)
@@ -252,7 +252,7 @@ class EASE:
         for r in range(options.rounds):
             batch = whole | {"u": torch.full_like(whole["mask"], (r % 5 + 0.5) / 5)}
             g = project(displacement(engine.params, batch))
-            total, sent, _ = engine.network_sum(g, progress=False)
+            total, sent, _ = engine.network.sum(g, progress=False)
             comm += sent
             engine.set_params(engine.params - lr * total / len(forget_clients))
             comm += continue_training(engine, 1, request)  # the retained clients' loss holds the rest
@@ -260,7 +260,7 @@ class EASE:
                 break
         engine.exclude(removed=request.removed)
         if options.lock and basis is not None and basis.shape[1]:
-            back = torch.sign((trained_mean - engine.member_mean(engine.params)) @ basis)
+            back = torch.sign((trained_mean - engine.network.mean(engine.params)) @ basis)
             lock = subspace.ForgetLock(basis=basis, back=back, anchor=engine.params.clone(), mu=options.lock_mu)
             engine.hooks[lock.name] = lock
         return Outcome.plain(engine.params.clone(), comm_bytes=comm, rounds=options.rounds)
@@ -275,7 +275,7 @@ class EASE:
         chunks = _forget_batches(engine, request, options.rank, anchored=options.partners == "retained")
         # [n_local, rank * d]: one row per client, as the transport gathers them
         G_f = torch.cat([displacement(engine.params, c | {"u": torch.zeros_like(c["mask"])}) for c in chunks], dim=1)
-        G_r, _ = engine.gradients(engine.params, engine.full_batch())
+        G_r, _ = engine.compute.gradients(engine.params, engine.batches.full())
         G_r = G_r * branch * engine.active[:, None].to(G_r.dtype)
         full_f, full_r = engine.transport.gather(G_f), engine.transport.gather(G_r)
         bases = None

@@ -202,7 +202,7 @@ class FOUL:
         done = 0
         for r in range(options.rounds):
             key = 10_000_000 + engine.round * 1000 + r  # batches of unlearning rounds never repeat training's
-            local = engine.local_steps(engine.params, grad_mask=mask, key_round=key, loss=loss)
+            local = engine.compute.local_steps(engine.params, grad_mask=mask, key_round=key, loss=loss)
             updates = local - engine.params
             if engine.is_star:
                 new, sent = self._star_round(engine, rule, updates, weights, forget)
@@ -231,16 +231,16 @@ class FOUL:
     @staticmethod
     def _gossip_round(engine: "Engine", rule: FOULAggregator, updates: torch.Tensor, weights: np.ndarray,
                       forget: np.ndarray, mask: torch.Tensor) -> tuple[torch.Tensor, int]:
-        W = engine.base_mixing
-        ext, pos = engine.neighbour_rows(updates)
+        W = engine.network.base_mixing
+        ext, pos = engine.network.neighbour_rows(updates)
         ids = np.flatnonzero(forget)
         full = engine.transport.gather(updates)
         flood = engine.transport.broadcast(full[torch.as_tensor(ids)] if engine.transport.is_root else None,
                                            like=updates[:len(ids)])
-        mixed = engine.mix(engine.params, W)
+        mixed = engine.network.mix(engine.params, W)
         out = torch.where(mask, mixed, engine.params)  # only theta_V is exchanged and mixed
         for r, i in enumerate(engine.local_ids):
-            hood = [i, *engine.neighbours(i)]
+            hood = [i, *engine.network.neighbours(i)]
             near = [j for j in hood if not forget[j]]
             if not near:
                 continue

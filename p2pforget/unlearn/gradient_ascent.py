@@ -43,12 +43,12 @@ class GradientAscent:
             forget_mask[j, idx] = True
         weights = engine.sample_counts.copy()
         engine.exclude(samples=request.samples)  # nodes stay in the graph while they ascend
-        batch = engine.full_batch() | {"mask": torch.as_tensor(forget_mask[engine.lo:engine.hi], dtype=engine.dtype,
+        batch = engine.batches.full() | {"mask": torch.as_tensor(forget_mask[engine.lo:engine.hi], dtype=engine.dtype,
                                                               device=engine.device)}
         ascent = grad(engine.task.data_loss)
 
         def step_up(params: torch.Tensor, local: torch.Tensor, r: int) -> torch.Tensor:
-            g = engine.per_client(ascent, params, batch)
+            g = engine.compute.per_client(ascent, params, batch)
             if options.clip > 0:
                 g = g * torch.clamp(options.clip / torch.linalg.vector_norm(g, dim=1, keepdim=True).clamp(min=1e-12), max=1.0)
             return local + lr * g

@@ -116,7 +116,7 @@ def observer(engine: "Engine", sets: metrics.EvalSets, nodes: np.ndarray, trace:
         with counter() as count:
             fa = metrics.forget_accuracy(engine, params, sets, nodes=nodes)
             if distances is not None:
-                full = engine.gather_params(params)
+                full = engine.network.gather(params)
                 if full is not None:
                     distances.append(float(np.linalg.norm(full[nodes] - optimum, axis=1).max()))
         spent["seconds"] += time.perf_counter() - start
@@ -171,7 +171,7 @@ def remaining_optimum(engine: "Engine") -> np.ndarray | None:
 
     if not optimum_solvable(engine):
         return None
-    inputs = engine.inputs()  # every process takes part; only the root uses them
+    inputs = engine.batches.inputs()  # every process takes part; only the root uses them
     if not engine.transport.is_root:
         return None
     return optimum_from(engine, np.zeros(engine.dim), inputs)  # from a start no method chose
@@ -232,13 +232,13 @@ def forget(engine: "Engine", *, clients=(), samples: dict | None = None, method:
     # each model with its own running statistics, for a model that keeps them
     statistics = {"trained": trained_statistics, "unlearned": engine.buffers,
                   "retrained": ref["engine"].buffers if ref is not None else None}
-    evaluated = {key: metrics.evaluate(engine, engine.with_buffers(local[key], statistics[key]), p.sets, nodes=p.nodes)
+    evaluated = {key: metrics.evaluate(engine, engine.compute.with_buffers(local[key], statistics[key]), p.sets, nodes=p.nodes)
                  for key in ("trained", "unlearned", "retrained") if key in local}
     trace = p.trace
     if not p.request.excluded.get("calls"):  # a one-shot method: its trace is the released models' FA (every rank takes part)
         fa = metrics.forget_accuracy(engine, released, p.sets, nodes=p.nodes)
         trace = [fa] if fa is not None else []
-    gathered = {k: engine.gather_params(v) for k, v in local.items()}
+    gathered = {k: engine.network.gather(v) for k, v in local.items()}
     audited = engine.config.audit.after_forget and engine.data.x_holdout is not None
     if audited:  # what the audit reads of the data, from the processes that hold it (every rank takes part)
         from ..audit import AuditData

@@ -69,7 +69,7 @@ def relabel_steps(engine: "Engine", params: torch.Tensor, batch: dict[str, torch
     (rows without forgotten samples have an all-zero mask, hence a zero gradient)."""
     descend = grad(engine.task.data_loss)
     for _ in range(steps):
-        params = params - lr * engine.per_client(descend, params, batch)
+        params = params - lr * engine.compute.per_client(descend, params, batch)
     return params
 
 

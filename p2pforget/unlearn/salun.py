@@ -60,7 +60,7 @@ class SalUn:
     def unlearn(self, engine: "Engine", request: ForgetRequest, options: SalUnOptions) -> Outcome:
         def saliency(plain: dict[str, torch.Tensor]) -> torch.Tensor:
             holders = plain["mask"].sum(dim=1) > 0
-            g = engine.per_client(grad(engine.task.data_loss), engine.params, plain)
+            g = engine.compute.per_client(grad(engine.task.data_loss), engine.params, plain)
             # Rows without forgotten data keep every weight: they simply train.
             return torch.where(holders[:, None], saliency_top(g, options.fraction), True).to(engine.dtype)
 

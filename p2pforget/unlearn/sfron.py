@@ -117,7 +117,7 @@ def remain_fisher(engine: "Engine", gradient, params: torch.Tensor, *, key: int,
     batches = 1 if b == 0 or b >= most else math.ceil(most / b)
     total = torch.zeros_like(params)
     for s in range(batches):
-        part = engine.batch((key, s))
+        part = engine.batches.minibatch((key, s))
         if rows is not None:
             part = {k: v[rows] for k, v in part.items()}
         total = total + gradient(params, part) ** 2
@@ -269,7 +269,7 @@ class SFRon:
                              remain_fisher(engine, gradient, sub, key=35_000_000 + engine.round, rows=rows), o.threshold)
 
         def remain_grad(params, t):
-            b = engine.batch((30_000_000 + engine.round, t))
+            b = engine.batches.minibatch((30_000_000 + engine.round, t))
             return self._rows(mean_ce, params, {k: v[rows] for k, v in b.items()}, local)
 
         def full(p):
@@ -295,7 +295,7 @@ class SFRon:
         # transport, which stands for each node asking the holder (the bytes are counted as such).
         held = []
         for j in request.clients:
-            picked = engine.client_samples(j, request.samples[j])
+            picked = engine.batches.client_samples(j, request.samples[j])
             held.append({"x": as_inputs(picked["x"], engine.dtype, engine.device),
                          "y": torch.as_tensor(picked["y"], device=engine.device),
                          "mask": torch.ones(len(picked["y"]), dtype=engine.dtype, device=engine.device)})
@@ -311,29 +311,29 @@ class SFRon:
             """The holders' mean of ``grad(fn)`` at every row of ``params``."""
             nonlocal comm
             comm += request_bytes
-            g = [engine.per_client(grad(fn), params, {k: v.expand(n_loc, *v.shape) for k, v in b.items()}) for b in held]
+            g = [engine.compute.per_client(grad(fn), params, {k: v.expand(n_loc, *v.shape) for k, v in b.items()}) for b in held]
             return sum(g) / len(g)
 
         size = engine.config.train.batch_size
-        F_f = sum(chunk_fisher(lambda p, part: engine.per_client(grad(mean_ce), p, part), engine.params,
+        F_f = sum(chunk_fisher(lambda p, part: engine.compute.per_client(grad(mean_ce), p, part), engine.params,
                                {k: v.expand(n_loc, *v.shape) for k, v in b.items()}, size) for b in held) / len(held)
         comm += request_bytes * max(math.ceil(max(len(b["y"]) for b in held) / size) if size else 1, 1)
-        F_r = remain_fisher(engine, lambda p, part: engine.per_client(grad(mean_ce), p, part), engine.params,
+        F_r = remain_fisher(engine, lambda p, part: engine.compute.per_client(grad(mean_ce), p, part), engine.params,
                             key=35_000_000 + engine.round)
         mask = saliency_mask(F_f, F_r, o.threshold)
 
         def remain_grad(params, t):
-            g, _ = engine.gradients(params, engine.batch((30_000_000 + engine.round, t)))
+            g, _ = engine.compute.gradients(params, engine.batches.minibatch((30_000_000 + engine.round, t)))
             return g
 
         anchor = engine.params  # gossip = "changes": the models as of the last gossip step
 
         def gossip(params):
             nonlocal comm, anchor
-            comm += engine.message_bytes(engine.base_mixing, 1)
+            comm += engine.network.message_bytes(engine.network.base_mixing, 1)
             if o.gossip == "models":
-                return engine.mix(params, engine.base_mixing)
-            anchor = anchor + engine.mix(params - anchor, engine.base_mixing)
+                return engine.network.mix(params, engine.network.base_mixing)
+            anchor = anchor + engine.network.mix(params - anchor, engine.network.base_mixing)
             return anchor
 
         start = engine.params
@@ -357,18 +357,18 @@ class SFRon:
             nonlocal comm
             full = engine.transport.gather(g)
             avg = weighted_average(full, weights) if engine.transport.is_root else None
-            comm += engine.message_bytes(None, 1, senders=int((np.asarray(weights) > 0).sum()))
+            comm += engine.network.message_bytes(None, 1, senders=int((np.asarray(weights) > 0).sum()))
             return engine.transport.broadcast(avg, like=g[0]).expand_as(g)
 
         holder_weights = np.isin(np.arange(engine.n_clients), holders).astype(np.float64)
         gradient = (lambda p, b: self._rows(mean_ce, p, b, rows))  # noqa: E731
         F_f = hub_mean(chunk_fisher(gradient, engine.params, forget_set, engine.config.train.batch_size), holder_weights)
-        F_r = hub_mean(remain_fisher(engine, lambda p, b: engine.per_client(grad(mean_ce), p, b), engine.params,
+        F_r = hub_mean(remain_fisher(engine, lambda p, b: engine.compute.per_client(grad(mean_ce), p, b), engine.params,
                                      key=35_000_000 + engine.round), (remaining > 0).astype(np.float64))
         mask = saliency_mask(F_f[0], F_r[0], o.threshold)
 
         def remain_grad(params, t):
-            g, _ = engine.gradients(params, engine.batch((30_000_000 + engine.round, t)))
+            g, _ = engine.compute.gradients(params, engine.batches.minibatch((30_000_000 + engine.round, t)))
             return hub_mean(g, remaining)
 
         params = fast_slow(engine.params, forget_grad=lambda p, t: hub_mean(self._rows(adaptive, p, forget_set, rows),

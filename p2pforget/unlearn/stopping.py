@@ -112,8 +112,8 @@ def validation_clients(engine: "Engine", forgotten: dict[int, np.ndarray], nodes
 
 
 def _batch(engine: "Engine", mask: np.ndarray, *, held_out: bool = False) -> dict[str, torch.Tensor]:
-    """The samples ``mask`` picks (:meth:`~p2pforget.engine.Engine.samples`) as a batch."""
-    picked = engine.samples(mask, held_out=held_out)
+    """The samples ``mask`` picks (:meth:`~p2pforget.engine.batches.Batches.samples`) as a batch."""
+    picked = engine.batches.samples(mask, held_out=held_out)
     out = {"x": as_inputs(picked.pop("x"), engine.dtype)} | {k: torch.as_tensor(v) for k, v in picked.items()}
     return {k: v.to(engine.device) for k, v in out.items()}
 
