@@ -15,7 +15,8 @@ rounds 2..R of the slowest rank, as the yardstick measures them. One line per ce
 ``--write`` adds them to docs/results/scale.json. ``--repeat K`` runs each size's engine and limit
 K times, alternating (engine, limit, engine, ...), and prints every pair's ratio and their median:
 on a shared machine whose speed drifts from minute to minute, one pair can land on either side of
-a target that the median over pairs made back to back does not.
+a target that the median over pairs made back to back does not. ``--threads`` and ``--env`` set
+the environment of both sides alike (the limit is sensitive to the allocator: see docs/benchmarks.md).
 """
 from __future__ import annotations
 
@@ -89,9 +90,13 @@ def cell(clients: int, rounds: int, mode: str, device: str) -> None:
         print(json.dumps(out), flush=True)
 
 
+ENV: dict[str, str] = {}
+"""Environment of every process the script starts (``--threads``, ``--env``), the engine's and the limit's alike."""
+
+
 def _run(cmd: list[str]) -> dict | None:
-    env = os.environ | {"OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1"),
-                        "OMPI_ALLOW_RUN_AS_ROOT": "1", "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM": "1"}
+    env = {k: v for k, v in os.environ.items() if k != "OMP_NUM_THREADS"} | ENV
+    env |= {"OMPI_ALLOW_RUN_AS_ROOT": "1", "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM": "1"}
     done = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=ROOT)
     lines = [ln for ln in done.stdout.splitlines() if ln.startswith("{")]
     if done.returncode or not lines:
@@ -135,11 +140,19 @@ def main() -> int:
     p.add_argument("--yardstick", action="store_true", help="also run ../shared/bench/batched_limit.py (manual)")
     p.add_argument("--write", action="store_true", help="append the lines to docs/results/scale.json")
     p.add_argument("--repeat", type=int, default=1, help="pairs of engine and limit runs per size (one rank)")
+    p.add_argument("--threads", type=int, default=1,
+                   help="OMP_NUM_THREADS of every process (default 1: one thread per rank; 0: the machine's "
+                        "default, as the yardstick's README runs its scripts)")
+    p.add_argument("--env", action="append", default=[], metavar="KEY=VALUE",
+                   help="a further environment variable of every process, the engine's and the limit's "
+                        "(e.g. MALLOC_TRIM_THRESHOLD_=4294967296)")
     p.add_argument("--cell", type=int, help=argparse.SUPPRESS)  # one cell in this process
     a = p.parse_args()
     if a.cell is not None:
         cell(a.cell, a.rounds, a.mode, a.device)
         return 0
+    ENV.update({"OMP_NUM_THREADS": str(a.threads)} if a.threads > 0 else {})
+    ENV.update(kv.split("=", 1) for kv in a.env)
     ranks = [1] if a.device == "cuda" else [int(k) for k in a.ranks.split(",")]
     sizes = [int(s) for s in a.sizes.split(",")]
     if a.repeat > 1:  # pairs at one rank instead of the grid
@@ -151,8 +164,8 @@ def main() -> int:
             cmd = [sys.executable, __file__, "--cell", str(n), "--rounds", str(a.rounds), "--mode", a.mode,
                    "--device", a.device]
             if k > 1:
-                cmd = [str(Path(sys.executable).parent / "mpirun"), "-n", str(k), "--oversubscribe",
-                       "-x", "OMP_NUM_THREADS"] + cmd
+                cmd = ([str(Path(sys.executable).parent / "mpirun"), "-n", str(k), "--oversubscribe"]
+                       + [arg for key in ENV for arg in ("-x", key)] + cmd)
             r = _run(cmd)
             if r is None:
                 continue
