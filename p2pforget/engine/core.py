@@ -253,8 +253,10 @@ class Engine:
         >>> from p2pforget import Engine, config
         >>> engine = Engine(config=config.from_dict({"topology": {"n_clients": 4}}))
         >>> engine.train(2, progress=False)
-        >>> engine.round, engine.fork().round, engine.fork(fresh=True).round
-        (2, 2, 0)
+        >>> twin = engine.fork()
+        >>> twin.train(1, progress=False)
+        >>> engine.round, twin.round, engine.fork(fresh=True).round
+        (2, 3, 0)
         """
         return checkpoint.fork(self, fresh=fresh)
 
@@ -262,5 +264,12 @@ class Engine:
         """Node ``client``'s model (default: its current one; or its row of stacked local
         ``params``) as a standalone ``nn.Module`` in ``eval()`` mode, running statistics
         included: ``engine.node_module(3)(x)`` is what node 3 predicts. Every process takes part
-        under MPI, and every process gets the module."""
+        under MPI, and every process gets the module.
+
+        >>> from p2pforget import Engine, config
+        >>> engine = Engine(config=config.from_dict({"topology": {"n_clients": 3}, "data": {"n_samples_per_client": 6}}))
+        >>> x = engine.batches.x_test
+        >>> bool((engine.node_module(1)(x).argmax(1) == engine.task.logits(engine.params[1], x).argmax(1)).all())
+        True
+        """
         return checkpoint.node_module(self, client, params)
