@@ -105,6 +105,12 @@ def _run(cmd: list[str]) -> dict | None:
     return json.loads(lines[-1])
 
 
+def _environment() -> dict[str, str]:
+    """How both sides ran: their threads, and any further variables (``--env``)."""
+    extra = " ".join(f"{k}={v}" for k, v in ENV.items() if k != "OMP_NUM_THREADS")
+    return {"threads": ENV.get("OMP_NUM_THREADS", "machine default")} | ({"env": extra} if extra else {})
+
+
 def repeated_pairs(sizes: list[int], a) -> list[dict]:
     """``a.repeat`` alternating runs of the engine (one rank) and the batched limit per size: each
     pair's ratio, then their median and range."""
@@ -119,12 +125,12 @@ def repeated_pairs(sizes: list[int], a) -> list[dict]:
             if mine and y:
                 ratios.append(round(y["s_per_round"] / mine["s_per_round"], 2))
                 line = {"system": "pair", "mode": a.mode, "clients": n, "p2pforget_s": mine["s_per_round"],
-                        "limit_s": y["s_per_round"], "p2pforget_vs_limit": ratios[-1]}
+                        "limit_s": y["s_per_round"], "p2pforget_vs_limit": ratios[-1]} | _environment()
                 out.append(line)
                 print(json.dumps(line), flush=True)
         if ratios:
             line = {"system": "pairs_median", "mode": a.mode, "clients": n, "pairs": len(ratios),
-                    "p2pforget_vs_limit": statistics.median(ratios), "lowest": min(ratios), "highest": max(ratios)}
+                    "p2pforget_vs_limit": statistics.median(ratios), "lowest": min(ratios), "highest": max(ratios)} | _environment()
             out.append(line)
             print(json.dumps(line), flush=True)
     return out
