@@ -90,12 +90,10 @@ def cell(clients: int, rounds: int, mode: str, device: str) -> None:
         print(json.dumps(out), flush=True)
 
 
-ENV: dict[str, str] = {}
-"""Environment of every process the script starts (``--threads``, ``--env``), the engine's and the limit's alike."""
-
-
-def _run(cmd: list[str]) -> dict | None:
-    env = {k: v for k, v in os.environ.items() if k != "OMP_NUM_THREADS"} | ENV
+def _run(cmd: list[str], setting: dict[str, str]) -> dict | None:
+    """``cmd``'s last JSON line; ``setting`` (``--threads``, ``--env``) is the environment of
+    every process the script starts, the engine's and the limit's alike."""
+    env = {k: v for k, v in os.environ.items() if k != "OMP_NUM_THREADS"} | setting
     env |= {"OMPI_ALLOW_RUN_AS_ROOT": "1", "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM": "1"}
     done = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=ROOT)
     lines = [ln for ln in done.stdout.splitlines() if ln.startswith("{")]
@@ -105,13 +103,13 @@ def _run(cmd: list[str]) -> dict | None:
     return json.loads(lines[-1])
 
 
-def _environment() -> dict[str, str]:
+def _environment(setting: dict[str, str]) -> dict[str, str]:
     """How both sides ran: their threads, and any further variables (``--env``)."""
-    extra = " ".join(f"{k}={v}" for k, v in ENV.items() if k != "OMP_NUM_THREADS")
-    return {"threads": ENV.get("OMP_NUM_THREADS", "machine default")} | ({"env": extra} if extra else {})
+    extra = " ".join(f"{k}={v}" for k, v in setting.items() if k != "OMP_NUM_THREADS")
+    return {"threads": setting.get("OMP_NUM_THREADS", "machine default")} | ({"env": extra} if extra else {})
 
 
-def repeated_pairs(sizes: list[int], a) -> list[dict]:
+def repeated_pairs(sizes: list[int], a, setting: dict[str, str]) -> list[dict]:
     """``a.repeat`` alternating runs of the engine (one rank) and the batched limit per size: each
     pair's ratio, then their median and range."""
     out = []
@@ -119,18 +117,18 @@ def repeated_pairs(sizes: list[int], a) -> list[dict]:
         ratios = []
         for _ in range(a.repeat):
             mine = _run([sys.executable, __file__, "--cell", str(n), "--rounds", str(a.rounds), "--mode", a.mode,
-                         "--device", "cpu"])
+                         "--device", "cpu"], setting)
             y = _run([sys.executable, str(BENCH / "batched_limit.py"), "--clients", str(n), "--rounds", str(a.rounds),
-                      "--mode", a.mode, "--impl", "manual"])
+                      "--mode", a.mode, "--impl", "manual"], setting)
             if mine and y:
                 ratios.append(round(y["s_per_round"] / mine["s_per_round"], 2))
                 line = {"system": "pair", "mode": a.mode, "clients": n, "p2pforget_s": mine["s_per_round"],
-                        "limit_s": y["s_per_round"], "p2pforget_vs_limit": ratios[-1]} | _environment()
+                        "limit_s": y["s_per_round"], "p2pforget_vs_limit": ratios[-1]} | _environment(setting)
                 out.append(line)
                 print(json.dumps(line), flush=True)
         if ratios:
             line = {"system": "pairs_median", "mode": a.mode, "clients": n, "pairs": len(ratios),
-                    "p2pforget_vs_limit": statistics.median(ratios), "lowest": min(ratios), "highest": max(ratios)} | _environment()
+                    "p2pforget_vs_limit": statistics.median(ratios), "lowest": min(ratios), "highest": max(ratios)} | _environment(setting)
             out.append(line)
             print(json.dumps(line), flush=True)
     return out
@@ -157,12 +155,11 @@ def main() -> int:
     if a.cell is not None:
         cell(a.cell, a.rounds, a.mode, a.device)
         return 0
-    ENV.update({"OMP_NUM_THREADS": str(a.threads)} if a.threads > 0 else {})
-    ENV.update(kv.split("=", 1) for kv in a.env)
+    setting = ({"OMP_NUM_THREADS": str(a.threads)} if a.threads > 0 else {}) | dict(kv.split("=", 1) for kv in a.env)
     ranks = [1] if a.device == "cuda" else [int(k) for k in a.ranks.split(",")]
     sizes = [int(s) for s in a.sizes.split(",")]
     if a.repeat > 1:  # pairs at one rank instead of the grid
-        results, sizes = repeated_pairs(sizes, a), []
+        results, sizes = repeated_pairs(sizes, a, setting), []
     else:
         results = []
     for n in sizes:
@@ -171,8 +168,8 @@ def main() -> int:
                    "--device", a.device]
             if k > 1:
                 cmd = ([str(Path(sys.executable).parent / "mpirun"), "-n", str(k), "--oversubscribe"]
-                       + [arg for key in ENV for arg in ("-x", key)] + cmd)
-            r = _run(cmd)
+                       + [arg for key in setting for arg in ("-x", key)] + cmd)
+            r = _run(cmd, setting)
             if r is None:
                 continue
             if k > 1:
@@ -184,11 +181,11 @@ def main() -> int:
             print(json.dumps(r), flush=True)
         if a.yardstick and a.device == "cpu":
             y = _run([sys.executable, str(BENCH / "batched_limit.py"), "--clients", str(n), "--rounds", str(a.rounds),
-                      "--mode", a.mode, "--impl", "manual"])
+                      "--mode", a.mode, "--impl", "manual"], setting)
             mine = next((x for x in results if x["clients"] == n and x["ranks"] == 1), None)
             if y and mine:
                 line = {"system": "batched_limit", "mode": a.mode, "clients": n, "s_per_round": y["s_per_round"],
-                        "p2pforget_vs_limit": round(y["s_per_round"] / mine["s_per_round"], 2)}
+                        "p2pforget_vs_limit": round(y["s_per_round"] / mine["s_per_round"], 2)} | _environment(setting)
                 results.append(line)
                 print(json.dumps(line), flush=True)
     if a.write:

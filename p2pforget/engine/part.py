@@ -14,6 +14,10 @@ class Part:
     def __init__(self, engine: "Engine") -> None:
         self.engine = engine
 
+    def refresh(self) -> None:
+        """Follow the engine's graph, membership and exclusions; the engine calls it after every
+        change of them (:meth:`~p2pforget.engine.Engine.exclude`, a fork) and once when built."""
+
     def bound(self, engine: "Engine") -> "Part":
         """A shallow copy serving ``engine`` (a fork): what the part holds is shared until replaced."""
         twin = copy.copy(self)
