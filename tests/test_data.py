@@ -155,7 +155,7 @@ def test_a_registered_partition_is_chosen_by_data_partition():
     the config and used by the data builder (here: samples dealt out in label order)."""
     from p2pforget import config
 
-    @registry.PARTITIONS.register("label_order_test")
+    @registry.PARTITIONS.register("label_order_test", help="a test partition: clients by label order")
     def label_order(labels, sizes, *, seed, **params):
         order = np.argsort(labels, kind="stable")
         return np.split(order[:int(np.sum(sizes))], np.cumsum(sizes)[:-1])

@@ -184,7 +184,7 @@ class _RefusesBatches(nn.Module):
 def test_any_vmap_failure_falls_back_and_a_models_own_error_still_surfaces():
     for name, broken in (("refuses_batches_test", False), ("broken_test", True)):
         if name not in MODELS.names():
-            MODELS.register(name)(lambda cfg, input_shape, n_classes, broken=broken:
+            MODELS.register(name, help="a test model vmap cannot batch")(lambda cfg, input_shape, n_classes, broken=broken:
                                   _RefusesBatches(int(np.prod(input_shape)), n_classes, broken=broken))
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
@@ -200,7 +200,7 @@ def test_any_vmap_failure_falls_back_and_a_models_own_error_still_surfaces():
 
 def test_models_vmap_cannot_batch_fall_back_to_a_loop_once():
     if "branchy_test" not in MODELS.names():
-        MODELS.register("branchy_test")(lambda cfg, input_shape, n_classes: _Branchy(int(np.prod(input_shape)), n_classes))
+        MODELS.register("branchy_test", help="a test model with a data-dependent branch")(lambda cfg, input_shape, n_classes: _Branchy(int(np.prod(input_shape)), n_classes))
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         e = Engine(config=_cfg(model={"kind": "branchy_test"}))

@@ -196,11 +196,11 @@ def test_a_registered_mixing_rule_is_chosen_by_topology_mixing():
     at a node is refused, naming the rule."""
     from p2pforget import registry
 
-    @registry.MIXINGS.register("quarter_test")
+    @registry.MIXINGS.register("quarter_test", help="a test mixing rule")
     def quarter(deg, edges):
         return np.full(len(edges), 0.25)
 
-    @registry.MIXINGS.register("heavy_test")
+    @registry.MIXINGS.register("heavy_test", help="a test mixing rule")
     def heavy(deg, edges):
         return np.full(len(edges), 0.75)
 
